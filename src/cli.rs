@@ -1,0 +1,1 @@
+pub fn main(_args: Vec<std::ffi::OsString>) -> i32 { 0 }

@@ -1,0 +1,8 @@
+//! np-agent: edge agent for Dutch health data exchange (Twiin TA Notified Pull,
+//! Mitz consent notifications, Zorgviewer source access).
+//!
+//! Data flows down this list of modules; each has one job.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod util;
