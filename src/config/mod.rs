@@ -1,0 +1,1313 @@
+//! Configuration: the one env file (or the process environment) → a typed,
+//! validated [`Config`].
+//!
+//! Every key is listed once in [`KEYS`] / [`PARTNER_KEYS`]; that table drives
+//! parsing, `check-config`, the README key table and the man page, so they
+//! cannot drift apart. Validation collects every problem instead of stopping at
+//! the first, and each problem names its key.
+
+pub mod envfile;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::util::values::{parse_bool, parse_duration, parse_size};
+
+/// Exit code for configuration errors (EX_CONFIG); systemd's
+/// `RestartPreventExitStatus=78` stops restarting a broken configuration.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Default path of the env file.
+pub const DEFAULT_ENV_FILE: &str = "/etc/np-agent/np-agent.env";
+
+/// One documented configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    pub name: &'static str,
+    /// Default as written in the docs; `None` with `required` = must be set.
+    pub default: Option<&'static str>,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+const fn key(
+    name: &'static str,
+    default: Option<&'static str>,
+    required: bool,
+    doc: &'static str,
+) -> KeySpec {
+    KeySpec {
+        name,
+        default,
+        required,
+        doc,
+    }
+}
+
+/// Global keys, in the order of DESIGN.md, then our additions.
+pub const KEYS: &[KeySpec] = &[
+    key(
+        "NP_LISTEN",
+        Some("0.0.0.0:8443"),
+        false,
+        "mTLS listener for all partner-facing endpoints",
+    ),
+    key(
+        "NP_ADMIN_LISTEN",
+        Some("127.0.0.1:9464"),
+        false,
+        "plain HTTP, loopback only: /healthz, /readyz, /metrics (Prometheus text)",
+    ),
+    key(
+        "NP_PUBLIC_URL",
+        None,
+        true,
+        "our origin as partners reach it, e.g. https://np.hospital.example:8443",
+    ),
+    key(
+        "NP_TLS_CERT",
+        None,
+        true,
+        "PEM chain; used as server and as client certificate",
+    ),
+    key(
+        "NP_TLS_KEY",
+        None,
+        true,
+        "PEM private key of NP_TLS_CERT (mode 0600)",
+    ),
+    key(
+        "NP_TLS_TRUST",
+        None,
+        true,
+        "PEM bundle of the CA certificates accepted for peers (server and client side)",
+    ),
+    key(
+        "NP_TLS_CRL_DIR",
+        None,
+        false,
+        "directory of CRLs (PEM/DER), re-read hourly and on SIGHUP",
+    ),
+    key(
+        "NP_TLS_MIN_VERSION",
+        Some("1.3"),
+        false,
+        "1.3, or 1.2 for AORTA-style partners; NCSC \"Goed\" suites only either way",
+    ),
+    key(
+        "NP_SIGNING_KEY",
+        None,
+        true,
+        "PKCS#8 PEM signing key for assertions, separate from the TLS key (mode 0600)",
+    ),
+    key(
+        "NP_SIGNING_ALG",
+        Some("PS256"),
+        false,
+        "PS256, ES256, ES384 or ES512",
+    ),
+    key(
+        "NP_SIGNING_KID",
+        Some("RFC 7638 thumbprint"),
+        false,
+        "kid in our JWS headers and JWKS",
+    ),
+    key(
+        "NP_ORG_URA",
+        None,
+        true,
+        "our organisation's URA (8 digits)",
+    ),
+    key(
+        "NP_ORG_AGB",
+        None,
+        false,
+        "our AGB code (8 digits), for partners that address by AGB",
+    ),
+    key("NP_ORG_NAME", None, false, "display name"),
+    key(
+        "NP_CLIENT_ID",
+        Some("host name of NP_PUBLIC_URL"),
+        false,
+        "our client id at partners (per-partner override NP_PARTNER_<NAME>_OUR_CLIENT_ID)",
+    ),
+    key(
+        "NP_SYSTEM_ID",
+        Some("NP_PUBLIC_URL"),
+        false,
+        "our system's identifier in Task.requester.agent (an OID is written as urn:oid:<OID>)",
+    ),
+    key(
+        "NP_ORG_OID",
+        Some("2.16.528.1.1007.3.3.<URA>"),
+        false,
+        "our organisation's OID (used in Meta.source)",
+    ),
+    key(
+        "NP_OUTBOX",
+        Some("/var/lib/np-agent/outbox"),
+        false,
+        "the EHR export folder",
+    ),
+    key(
+        "NP_INBOX",
+        Some("/var/lib/np-agent/inbox"),
+        false,
+        "the EHR import folder",
+    ),
+    key(
+        "NP_STATE_DIR",
+        Some("/var/lib/np-agent/state"),
+        false,
+        "spool, replay cache, tokens (hashed), audit trail",
+    ),
+    key(
+        "NP_POLL_INTERVAL",
+        Some("2s"),
+        false,
+        "outbox scan interval",
+    ),
+    key(
+        "NP_NOTIFICATION_TTL",
+        Some("7d"),
+        false,
+        "restriction.period.end of notifications we send",
+    ),
+    key("NP_LOG", Some("info"), false, "error, warn, info or debug"),
+    key(
+        "NP_MAX_BODY",
+        Some("16MiB"),
+        false,
+        "largest request body accepted",
+    ),
+    key(
+        "NP_MAX_CONNECTIONS",
+        Some("256"),
+        false,
+        "open connections; above it new ones are refused at once",
+    ),
+    key(
+        "NP_PARTNERS",
+        Some(""),
+        false,
+        "comma-separated partner names ([a-z0-9]{1,32})",
+    ),
+    // Additions to DESIGN.md, documented in the README.
+    key(
+        "NP_IDLE_TIMEOUT",
+        Some("30s"),
+        false,
+        "keep-alive connections idle this long are closed (also the TLS handshake deadline)",
+    ),
+    key(
+        "NP_RETRY_MAX_AGE",
+        Some("72h"),
+        false,
+        "outgoing work older than this goes to the dead folder",
+    ),
+    key(
+        "NP_MIN_FREE_DISK",
+        Some("512MiB"),
+        false,
+        "below this free space in NP_STATE_DIR new work is refused until space returns",
+    ),
+];
+
+/// Per-partner keys: `NP_PARTNER_<NAME>_<FIELD>`; `name` holds the field.
+pub const PARTNER_KEYS: &[KeySpec] = &[
+    key("KIND", Some("twiin"), false, "twiin, mitz or zorgviewer"),
+    key(
+        "FHIR_BASE",
+        None,
+        false,
+        "their FHIR base (notify goes to <base>/Task, pulls read from it); required for twiin",
+    ),
+    key(
+        "TOKEN_URL",
+        Some("discovered"),
+        false,
+        "their token endpoint; unset: from <base>/.well-known/smart-configuration",
+    ),
+    key(
+        "JWKS_URL",
+        Some("discovered"),
+        false,
+        "where their assertion-signing keys are published; unset: jwks_uri from discovery",
+    ),
+    key(
+        "ISSUER",
+        Some("origin of FHIR_BASE"),
+        false,
+        "expected iss of their assertions",
+    ),
+    key(
+        "CLIENT_ID",
+        Some("host of FHIR_BASE"),
+        false,
+        "expected sub of their client assertions",
+    ),
+    key(
+        "OUR_CLIENT_ID",
+        Some("NP_CLIENT_ID"),
+        false,
+        "the client id they gave us",
+    ),
+    key(
+        "ORG",
+        None,
+        false,
+        "the organisation they act for: ura:<8 digits> or agb:<8 digits>; required for twiin",
+    ),
+    key(
+        "ID_SCHEME",
+        Some("ura"),
+        false,
+        "ura or agb: how we write organisations in claims and Tasks for them",
+    ),
+    key(
+        "CERT",
+        None,
+        true,
+        "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>",
+    ),
+    key(
+        "SEND_BSN",
+        Some("false"),
+        false,
+        "true: put the patient claim in our authorization assertions",
+    ),
+    key(
+        "ADDRESS_SYSTEM",
+        Some("false"),
+        false,
+        "true: the partner is addressed as a system (no authorizer, no Task.owner)",
+    ),
+    key(
+        "CONSENT",
+        Some("mitz"),
+        false,
+        "zorgviewer partners: mitz (serve only with a Mitz permit) or none",
+    ),
+    key(
+        "PROVIDER_CATEGORY",
+        Some("RPZAC104"),
+        false,
+        "zorgviewer partners: Mitz provider category of the requesting organisations",
+    ),
+    key(
+        "AUDIENCES",
+        Some(""),
+        false,
+        "extra values (comma-separated) accepted as aud for our token endpoint from this partner",
+    ),
+    key(
+        "ACCEPT_ALGS",
+        Some("PS256,PS384,PS512,ES256,ES384,ES512"),
+        false,
+        "JWS algorithms accepted from this partner; add RS256 only if the partner needs it",
+    ),
+];
+
+/// Algorithms we can sign with (`NP_SIGNING_ALG`).
+pub const SIGNING_ALGS: &[&str] = &["PS256", "ES256", "ES384", "ES512"];
+/// Algorithms a partner may be allowed to sign with (`ACCEPT_ALGS`).
+pub const ACCEPTABLE_ALGS: &[&str] = &[
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "RS256",
+];
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+    /// Line in the env file, when the value came from one.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Minimum TLS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+/// What a partner is to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartnerKind {
+    Twiin,
+    Mitz,
+    Zorgviewer,
+}
+
+impl PartnerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartnerKind::Twiin => "twiin",
+            PartnerKind::Mitz => "mitz",
+            PartnerKind::Zorgviewer => "zorgviewer",
+        }
+    }
+}
+
+/// How organisations are written for a partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdScheme {
+    Ura,
+    Agb,
+}
+
+/// An organisation identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgId {
+    Ura(String),
+    Agb(String),
+}
+
+impl OrgId {
+    /// Parses `ura:<8 digits>` or `agb:<8 digits>`.
+    pub fn parse(text: &str) -> Result<OrgId, String> {
+        let (scheme, number) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} must be ura:<8 digits> or agb:<8 digits>"))?;
+        if !is_digits(number, 8) {
+            return Err(format!("{text:?}: {number:?} is not 8 digits"));
+        }
+        match scheme {
+            "ura" => Ok(OrgId::Ura(number.into())),
+            "agb" => Ok(OrgId::Agb(number.into())),
+            _ => Err(format!("{text:?} must start with ura: or agb:")),
+        }
+    }
+
+    /// The bare number.
+    pub fn number(&self) -> &str {
+        match self {
+            OrgId::Ura(n) | OrgId::Agb(n) => n,
+        }
+    }
+
+    /// The bare OID: `2.16.528.1.1007.3.3.<URA>` or `2.16.840.1.113883.2.4.6.1.<AGB>`.
+    pub fn oid(&self) -> String {
+        match self {
+            OrgId::Ura(n) => format!("{URA_OID_ROOT}.{n}"),
+            OrgId::Agb(n) => format!("{AGB_OID_ROOT}.{n}"),
+        }
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrgId::Ura(n) => write!(f, "ura:{n}"),
+            OrgId::Agb(n) => write!(f, "agb:{n}"),
+        }
+    }
+}
+
+/// OID root of URA numbers.
+pub const URA_OID_ROOT: &str = "2.16.528.1.1007.3.3";
+/// OID root of AGB codes (VIPLive style).
+pub const AGB_OID_ROOT: &str = "2.16.840.1.113883.2.4.6.1";
+
+/// Which TLS client certificate belongs to a partner (`NP_PARTNER_<NAME>_CERT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertRule {
+    Ura(String),
+    Serial(String),
+    Dns(String),
+    Sha256([u8; 32]),
+}
+
+impl CertRule {
+    /// Parses `ura:<8 digits>`, `serial:<value>`, `dns:<name>` or `sha256:<64 hex>`.
+    pub fn parse(text: &str) -> Result<CertRule, String> {
+        let (kind, value) = text.split_once(':').ok_or_else(|| {
+            format!("{text:?} must be ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex>")
+        })?;
+        match kind {
+            "ura" if is_digits(value, 8) => Ok(CertRule::Ura(value.into())),
+            "ura" => Err(format!("{value:?} is not an 8-digit URA")),
+            "serial" if !value.trim().is_empty() => Ok(CertRule::Serial(value.trim().into())),
+            "dns"
+                if !value.is_empty()
+                    && value.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*'
+                    }) =>
+            {
+                Ok(CertRule::Dns(value.to_ascii_lowercase()))
+            }
+            "sha256" => crate::util::b64::parse_hex(value)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(CertRule::Sha256)
+                .ok_or_else(|| format!("{value:?} is not 64 hex digits (':' separators allowed)")),
+            "serial" | "dns" => Err(format!("{text:?} has an empty or invalid value")),
+            _ => Err(format!("{kind:?} is not one of ura, serial, dns, sha256")),
+        }
+    }
+}
+
+/// Mitz consent handling for Zorgviewer partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consent {
+    Mitz,
+    None,
+}
+
+/// One configured partner.
+#[derive(Debug, Clone)]
+pub struct Partner {
+    /// Lower-case name as in `NP_PARTNERS` (also the outbox/inbox folder name).
+    pub name: String,
+    pub kind: PartnerKind,
+    /// FHIR base without a trailing slash.
+    pub fhir_base: Option<String>,
+    pub token_url: Option<String>,
+    pub jwks_url: Option<String>,
+    /// Expected `iss` of their assertions.
+    pub issuer: Option<String>,
+    /// Expected `sub` of their client assertions.
+    pub client_id: Option<String>,
+    /// The client id they gave us.
+    pub our_client_id: String,
+    pub org: Option<OrgId>,
+    pub id_scheme: IdScheme,
+    pub cert: CertRule,
+    pub send_bsn: bool,
+    pub address_system: bool,
+    pub consent: Consent,
+    pub provider_category: String,
+    pub audiences: Vec<String>,
+    pub accept_algs: Vec<String>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Origin without a trailing slash.
+    pub public_url: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub tls_trust: PathBuf,
+    pub tls_crl_dir: Option<PathBuf>,
+    pub tls_min_version: TlsVersion,
+    pub signing_key: PathBuf,
+    pub signing_alg: String,
+    pub signing_kid: Option<String>,
+    pub org_ura: String,
+    pub org_agb: Option<String>,
+    pub org_name: Option<String>,
+    pub client_id: String,
+    pub system_id: String,
+    pub org_oid: String,
+    pub outbox: PathBuf,
+    pub inbox: PathBuf,
+    pub state_dir: PathBuf,
+    pub poll_interval: Duration,
+    pub notification_ttl: Duration,
+    pub log_level: log::LevelFilter,
+    pub max_body: u64,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub retry_max_age: Duration,
+    pub min_free_disk: u64,
+    pub partners: Vec<Partner>,
+}
+
+impl Config {
+    /// Our token endpoint URL, the `aud` partners must use.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth/token", self.public_url)
+    }
+
+    /// Our JWKS URL.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/.well-known/jwks.json", self.public_url)
+    }
+
+    /// The partner with this name.
+    pub fn partner(&self, name: &str) -> Option<&Partner> {
+        self.partners.iter().find(|p| p.name == name)
+    }
+
+    /// Our organisation in the given id scheme, or `None` for AGB when we have no AGB.
+    pub fn our_org(&self, scheme: IdScheme) -> Option<OrgId> {
+        match scheme {
+            IdScheme::Ura => Some(OrgId::Ura(self.org_ura.clone())),
+            IdScheme::Agb => self.org_agb.clone().map(OrgId::Agb),
+        }
+    }
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// An env file in systemd syntax.
+    File(PathBuf),
+    /// The process environment (systemd `EnvironmentFile=` already applied).
+    Process,
+}
+
+/// Loads and validates configuration. On failure returns every problem found.
+pub fn load(source: &Source) -> Result<Config, Vec<ConfigError>> {
+    let vars = read_source(source)?;
+    from_vars(&vars)
+}
+
+/// A raw value and the env file line it came from.
+pub type Vars = BTreeMap<String, (String, Option<usize>)>;
+
+/// Reads the raw `NP_` variables of a source.
+pub fn read_source(source: &Source) -> Result<Vars, Vec<ConfigError>> {
+    match source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                vec![ConfigError {
+                    key: "--env-file".into(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                    line: None,
+                }]
+            })?;
+            let (vars, syntax) = envfile::parse(&text);
+            if !syntax.is_empty() {
+                return Err(syntax
+                    .into_iter()
+                    .map(|e| ConfigError {
+                        key: path.display().to_string(),
+                        reason: e.reason,
+                        line: Some(e.line),
+                    })
+                    .collect());
+            }
+            Ok(vars
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("NP_"))
+                .map(|(k, a)| (k, (a.value, Some(a.line))))
+                .collect())
+        }
+        Source::Process => Ok(std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+            .filter(|(k, _)| k.starts_with("NP_"))
+            .map(|(k, v)| (k, (v.to_string_lossy().into_owned(), None)))
+            .collect()),
+    }
+}
+
+/// Validates raw variables into a [`Config`], collecting every problem.
+pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator {
+        vars,
+        errors: Vec::new(),
+    };
+    v.check_unknown_keys();
+
+    let listen = v.parsed("NP_LISTEN", |s| {
+        s.parse::<SocketAddr>().map_err(|e| e.to_string())
+    });
+    let admin_listen = v.parsed("NP_ADMIN_LISTEN", |s| {
+        s.parse::<SocketAddr>().map_err(|e| e.to_string())
+    });
+    let public_url = v.parsed("NP_PUBLIC_URL", parse_origin);
+    let tls_cert = v.path("NP_TLS_CERT", FileCheck::Readable);
+    let tls_key = v.path("NP_TLS_KEY", FileCheck::Secret);
+    let tls_trust = v.path("NP_TLS_TRUST", FileCheck::Readable);
+    let tls_crl_dir = v.optional_path("NP_TLS_CRL_DIR", FileCheck::Directory);
+    let tls_min_version = v.parsed("NP_TLS_MIN_VERSION", |s| match s {
+        "1.3" => Ok(TlsVersion::V13),
+        "1.2" => Ok(TlsVersion::V12),
+        _ => Err(format!("{s:?} must be 1.3 or 1.2")),
+    });
+    let signing_key = v.path("NP_SIGNING_KEY", FileCheck::Secret);
+    let signing_alg = v.parsed("NP_SIGNING_ALG", |s| {
+        if SIGNING_ALGS.contains(&s) {
+            Ok(s.to_string())
+        } else {
+            Err(format!("{s:?} must be one of {}", SIGNING_ALGS.join(", ")))
+        }
+    });
+    let signing_kid = v.optional("NP_SIGNING_KID", |s| {
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            Err("must be 1 to 128 visible ASCII characters".to_string())
+        } else {
+            Ok(s.to_string())
+        }
+    });
+    let org_ura = v.parsed("NP_ORG_URA", |s| digits8(s, "URA"));
+    let org_agb = v.optional("NP_ORG_AGB", |s| digits8(s, "AGB code"));
+    let org_name = v.optional("NP_ORG_NAME", |s| Ok(s.to_string()));
+    let client_id = v.optional("NP_CLIENT_ID", non_empty).flatten();
+    let system_id = v.optional("NP_SYSTEM_ID", non_empty).flatten();
+    let org_oid = v
+        .optional("NP_ORG_OID", |s| {
+            if is_oid(s) {
+                Ok(s.to_string())
+            } else {
+                Err(format!("{s:?} is not a dotted OID"))
+            }
+        })
+        .flatten();
+    let outbox = v.dir("NP_OUTBOX");
+    let inbox = v.dir("NP_INBOX");
+    let state_dir = v.dir("NP_STATE_DIR");
+    let poll_interval = v.parsed("NP_POLL_INTERVAL", positive_duration);
+    let notification_ttl = v.parsed("NP_NOTIFICATION_TTL", positive_duration);
+    let log_level = v.parsed("NP_LOG", |s| match s {
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        _ => Err(format!("{s:?} must be error, warn, info or debug")),
+    });
+    let max_body = v.parsed("NP_MAX_BODY", |s| {
+        let n = parse_size(s)?;
+        if (1024..=(1 << 30)).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{s:?} must be between 1KiB and 1GiB"))
+        }
+    });
+    let max_connections = v.parsed("NP_MAX_CONNECTIONS", |s| match s.parse::<usize>() {
+        Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} must be a whole number from 1 to 65536")),
+    });
+    let idle_timeout = v.parsed("NP_IDLE_TIMEOUT", positive_duration);
+    let retry_max_age = v.parsed("NP_RETRY_MAX_AGE", positive_duration);
+    let min_free_disk = v.parsed("NP_MIN_FREE_DISK", parse_size);
+    let partner_names = v.parsed("NP_PARTNERS", parse_partner_names);
+
+    let client_id = client_id.or_else(|| public_url.as_deref().map(host_of));
+    let partners = partner_names
+        .as_deref()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| v.partner(n, client_id.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    v.check_partner_keys(partner_names.as_deref().unwrap_or_default());
+    v.check_unique_certs(&partners);
+
+    if !v.errors.is_empty() {
+        return Err(v.errors);
+    }
+    // Every Option below is Some: each None pushed an error above.
+    let (
+        Some(listen),
+        Some(admin_listen),
+        Some(public_url),
+        Some(tls_cert),
+        Some(tls_key),
+        Some(tls_trust),
+        Some(tls_min_version),
+        Some(signing_key),
+        Some(signing_alg),
+        Some(org_ura),
+        Some(outbox),
+        Some(inbox),
+        Some(state_dir),
+        Some(poll_interval),
+        Some(notification_ttl),
+        Some(log_level),
+        Some(max_body),
+        Some(max_connections),
+        Some(idle_timeout),
+        Some(retry_max_age),
+        Some(min_free_disk),
+        Some(client_id),
+    ) = (
+        listen,
+        admin_listen,
+        public_url,
+        tls_cert,
+        tls_key,
+        tls_trust,
+        tls_min_version,
+        signing_key,
+        signing_alg,
+        org_ura,
+        outbox,
+        inbox,
+        state_dir,
+        poll_interval,
+        notification_ttl,
+        log_level,
+        max_body,
+        max_connections,
+        idle_timeout,
+        retry_max_age,
+        min_free_disk,
+        client_id,
+    )
+    else {
+        return Err(vec![ConfigError {
+            key: "NP_".into(),
+            reason: "internal: a value was missing without an error".into(),
+            line: None,
+        }]);
+    };
+    let system_id = system_id.unwrap_or_else(|| public_url.clone());
+    let org_oid = org_oid.unwrap_or_else(|| format!("{URA_OID_ROOT}.{org_ura}"));
+    Ok(Config {
+        listen,
+        admin_listen,
+        public_url,
+        tls_cert,
+        tls_key,
+        tls_trust,
+        tls_crl_dir: tls_crl_dir.flatten(),
+        tls_min_version,
+        signing_key,
+        signing_alg,
+        signing_kid: signing_kid.flatten(),
+        org_ura,
+        org_agb: org_agb.flatten(),
+        org_name: org_name.flatten(),
+        client_id,
+        system_id,
+        org_oid,
+        outbox,
+        inbox,
+        state_dir,
+        poll_interval,
+        notification_ttl,
+        log_level,
+        max_body,
+        max_connections,
+        idle_timeout,
+        retry_max_age,
+        min_free_disk,
+        partners,
+    })
+}
+
+/// Keys a site must fill in: required keys that have no default.
+pub fn required_keys() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().filter(|k| k.required).map(|k| k.name)
+}
+
+/// What to check about a configured path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileCheck {
+    Readable,
+    /// A private key: readable, and not readable by group or others.
+    Secret,
+    Directory,
+}
+
+struct Validator<'a> {
+    vars: &'a Vars,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, key: &str, reason: impl Into<String>) {
+        let line = self.vars.get(key).and_then(|(_, line)| *line);
+        self.errors.push(ConfigError {
+            key: key.to_string(),
+            reason: reason.into(),
+            line,
+        });
+    }
+
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(|(v, _)| v.as_str())
+    }
+
+    fn spec(name: &str) -> Option<&'static KeySpec> {
+        KEYS.iter().find(|k| k.name == name)
+    }
+
+    /// A value that is required or has a default.
+    fn parsed<T>(&mut self, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let spec = Self::spec(key);
+        let value = match self.raw(key) {
+            Some(v) => v.to_string(),
+            None => match spec {
+                Some(KeySpec {
+                    default: Some(d), ..
+                }) => d.to_string(),
+                _ => {
+                    self.error(key, "required but not set");
+                    return None;
+                }
+            },
+        };
+        match parse(&value) {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                self.error(key, reason);
+                None
+            }
+        }
+    }
+
+    /// An optional value without a literal default: `Some(None)` when unset
+    /// (or set to the empty string), `None` when invalid.
+    fn optional<T>(
+        &mut self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        match self.raw(key) {
+            None | Some("") => Some(None),
+            Some(v) => {
+                let v = v.to_string();
+                match parse(&v) {
+                    Ok(t) => Some(Some(t)),
+                    Err(reason) => {
+                        self.error(key, reason);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str, check: FileCheck) -> Option<PathBuf> {
+        let p = PathBuf::from(self.parsed(key, non_empty)?);
+        match check_path(&p, check) {
+            Ok(()) => Some(p),
+            Err(reason) => {
+                self.error(key, reason);
+                None
+            }
+        }
+    }
+
+    fn optional_path(&mut self, key: &str, check: FileCheck) -> Option<Option<PathBuf>> {
+        let p = self.optional(key, |s| Ok(PathBuf::from(s)))?;
+        let Some(p) = p else { return Some(None) };
+        match check_path(&p, check) {
+            Ok(()) => Some(Some(p)),
+            Err(reason) => {
+                self.error(key, reason);
+                None
+            }
+        }
+    }
+
+    /// A folder path: must be absolute; it need not exist yet (`run` creates it).
+    fn dir(&mut self, key: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(self.parsed(key, non_empty)?);
+        if !p.is_absolute() {
+            self.error(key, format!("{} must be an absolute path", p.display()));
+            return None;
+        }
+        if p.exists() && !p.is_dir() {
+            self.error(
+                key,
+                format!("{} exists but is not a directory", p.display()),
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    fn check_unknown_keys(&mut self) {
+        let unknown: Vec<String> = self
+            .vars
+            .keys()
+            .filter(|k| !k.starts_with("NP_PARTNER_") && Self::spec(k).is_none())
+            .cloned()
+            .collect();
+        for k in unknown {
+            let known = KEYS.iter().map(|s| s.name);
+            let hint = closest(&k, known)
+                .map(|c| format!(" (did you mean {c}?)"))
+                .unwrap_or_default();
+            self.error(&k, format!("unknown key{hint}"));
+        }
+    }
+
+    fn check_partner_keys(&mut self, names: &[String]) {
+        let keys: Vec<String> = self
+            .vars
+            .keys()
+            .filter(|k| k.starts_with("NP_PARTNER_"))
+            .cloned()
+            .collect();
+        for k in keys {
+            let rest = &k["NP_PARTNER_".len()..];
+            let Some((upper, field)) = rest.split_once('_') else {
+                self.error(&k, "unknown key: expected NP_PARTNER_<NAME>_<FIELD>");
+                continue;
+            };
+            let name = upper.to_ascii_lowercase();
+            if upper != upper.to_ascii_uppercase() {
+                self.error(&k, "the partner name in a key is written in upper case");
+            } else if !names.contains(&name) {
+                self.error(&k, format!("partner {name:?} is not listed in NP_PARTNERS"));
+            } else if !PARTNER_KEYS.iter().any(|s| s.name == field) {
+                let known = PARTNER_KEYS.iter().map(|s| s.name);
+                let hint = closest(field, known)
+                    .map(|c| format!(" (did you mean NP_PARTNER_{upper}_{c}?)"))
+                    .unwrap_or_default();
+                self.error(&k, format!("unknown partner key{hint}"));
+            }
+        }
+    }
+
+    fn check_unique_certs(&mut self, partners: &[Partner]) {
+        for (i, a) in partners.iter().enumerate() {
+            if let Some(b) = partners[..i].iter().find(|b| b.cert == a.cert) {
+                let key = format!("NP_PARTNER_{}_CERT", a.name.to_ascii_uppercase());
+                self.error(
+                    &key,
+                    format!(
+                        "the same certificate rule as partner {:?}: each certificate must map to exactly one partner",
+                        b.name
+                    ),
+                );
+            }
+        }
+    }
+
+    fn partner(&mut self, name: &str, default_client_id: &str) -> Option<Partner> {
+        let upper = name.to_ascii_uppercase();
+        let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
+        let before = self.errors.len();
+
+        let kind = match self.raw(&k("KIND")).unwrap_or("twiin") {
+            "twiin" => Some(PartnerKind::Twiin),
+            "mitz" => Some(PartnerKind::Mitz),
+            "zorgviewer" => Some(PartnerKind::Zorgviewer),
+            other => {
+                self.error(
+                    &k("KIND"),
+                    format!("{other:?} must be twiin, mitz or zorgviewer"),
+                );
+                None
+            }
+        };
+        let url = |v: &mut Self, field: &str| v.optional(&k(field), parse_https_url).flatten();
+        let fhir_base = url(self, "FHIR_BASE");
+        let token_url = url(self, "TOKEN_URL");
+        let jwks_url = url(self, "JWKS_URL");
+        let issuer = self.optional(&k("ISSUER"), non_empty).flatten();
+        let client_id = self.optional(&k("CLIENT_ID"), non_empty).flatten();
+        let our_client_id = self
+            .optional(&k("OUR_CLIENT_ID"), non_empty)
+            .flatten()
+            .unwrap_or_else(|| default_client_id.to_string());
+        let org = self.optional(&k("ORG"), OrgId::parse).flatten();
+        let id_scheme = match self.raw(&k("ID_SCHEME")).unwrap_or("ura") {
+            "ura" => IdScheme::Ura,
+            "agb" => IdScheme::Agb,
+            other => {
+                self.error(&k("ID_SCHEME"), format!("{other:?} must be ura or agb"));
+                IdScheme::Ura
+            }
+        };
+        let cert = match self.raw(&k("CERT")) {
+            None | Some("") => {
+                self.error(&k("CERT"), "required but not set");
+                None
+            }
+            Some(v) => {
+                let v = v.to_string();
+                match CertRule::parse(&v) {
+                    Ok(c) => Some(c),
+                    Err(reason) => {
+                        self.error(&k("CERT"), reason);
+                        None
+                    }
+                }
+            }
+        };
+        let flag = |v: &mut Self, field: &str| -> bool {
+            v.optional(&k(field), parse_bool).flatten().unwrap_or(false)
+        };
+        let send_bsn = flag(self, "SEND_BSN");
+        let address_system = flag(self, "ADDRESS_SYSTEM");
+        let consent = match self.raw(&k("CONSENT")).unwrap_or("mitz") {
+            "mitz" => Consent::Mitz,
+            "none" => Consent::None,
+            other => {
+                self.error(&k("CONSENT"), format!("{other:?} must be mitz or none"));
+                Consent::Mitz
+            }
+        };
+        let provider_category = self
+            .optional(&k("PROVIDER_CATEGORY"), non_empty)
+            .flatten()
+            .unwrap_or_else(|| "RPZAC104".into());
+        let audiences = self
+            .raw(&k("AUDIENCES"))
+            .map(split_list)
+            .unwrap_or_default();
+        let accept_algs = match self.raw(&k("ACCEPT_ALGS")) {
+            None => ACCEPTABLE_ALGS[..6].iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                let algs = split_list(list);
+                let bad: Vec<&String> = algs
+                    .iter()
+                    .filter(|a| !ACCEPTABLE_ALGS.contains(&a.as_str()))
+                    .collect();
+                if algs.is_empty() || !bad.is_empty() {
+                    self.error(
+                        &k("ACCEPT_ALGS"),
+                        format!(
+                            "must be a comma-separated list of {} (none, HS* and others are never accepted)",
+                            ACCEPTABLE_ALGS.join(", ")
+                        ),
+                    );
+                }
+                algs
+            }
+        };
+
+        if kind == Some(PartnerKind::Twiin) {
+            if fhir_base.is_none() && self.raw(&k("FHIR_BASE")).is_none() {
+                self.error(&k("FHIR_BASE"), "required for a twiin partner");
+            }
+            if org.is_none() && self.raw(&k("ORG")).is_none() {
+                self.error(&k("ORG"), "required for a twiin partner");
+            }
+        }
+        if id_scheme == IdScheme::Agb && self.raw("NP_ORG_AGB").unwrap_or("").is_empty() {
+            self.error(&k("ID_SCHEME"), "agb needs our own AGB code in NP_ORG_AGB");
+        }
+        let issuer = issuer.or_else(|| fhir_base.as_deref().map(origin_of));
+        let client_id = client_id.or_else(|| fhir_base.as_deref().map(host_of));
+
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Partner {
+            name: name.to_string(),
+            kind: kind?,
+            fhir_base,
+            token_url,
+            jwks_url,
+            issuer,
+            client_id,
+            our_client_id,
+            org,
+            id_scheme,
+            cert: cert?,
+            send_bsn,
+            address_system,
+            consent,
+            provider_category,
+            audiences,
+            accept_algs,
+        })
+    }
+}
+
+fn check_path(p: &Path, check: FileCheck) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    match check {
+        FileCheck::Directory => {
+            if !meta.is_dir() {
+                return Err(format!("{} is not a directory", p.display()));
+            }
+            std::fs::read_dir(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        }
+        FileCheck::Readable | FileCheck::Secret => {
+            if !meta.is_file() {
+                return Err(format!("{} is not a regular file", p.display()));
+            }
+            std::fs::File::open(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if check == FileCheck::Secret && mode & 0o077 != 0 {
+                let who = if mode & 0o007 != 0 {
+                    "world-readable"
+                } else {
+                    "group-readable"
+                };
+                return Err(format!(
+                    "key file {} is {who} (mode {mode:04o}): chmod 600 {}",
+                    p.display(),
+                    p.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        Err(format!("{s:?} must be longer than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn digits8(s: &str, what: &str) -> Result<String, String> {
+    if is_digits(s, 8) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an 8-digit {what}"))
+    }
+}
+
+fn is_digits(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_oid(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').count() >= 2
+        && s.split('.')
+            .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_partner_names(s: &str) -> Result<Vec<String>, String> {
+    let names = split_list(s);
+    for n in &names {
+        if n.is_empty()
+            || n.len() > 32
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(format!(
+                "{n:?} is not a valid partner name: [a-z0-9]{{1,32}}, no underscore"
+            ));
+        }
+    }
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(format!("partner {n:?} is listed twice"));
+        }
+    }
+    Ok(names)
+}
+
+/// An `https://host[:port]` origin, returned without a trailing slash.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let url = parse_https_url(s)?;
+    let after_scheme = &url["https://".len()..];
+    if after_scheme.contains('/') || after_scheme.contains('?') || after_scheme.contains('#') {
+        return Err(format!(
+            "{s:?} must be an origin (https://host[:port]) without a path"
+        ));
+    }
+    Ok(url)
+}
+
+/// An absolute `https://` URL without query or fragment, trailing slash removed.
+fn parse_https_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let Some(rest) = s.strip_prefix("https://") else {
+        return Err(format!("{s:?} must start with https://"));
+    };
+    let host_port = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = split_host_port(host_port).ok_or_else(|| format!("{s:?} has an invalid port"))?;
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
+    {
+        return Err(format!("{s:?} has no valid host"));
+    }
+    if rest.contains('?') || rest.contains('#') || s.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(format!(
+            "{s:?} must not contain a query, fragment or white space"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+/// `host[:port]` or `[v6][:port]` → host; `None` when the port is not a number.
+fn split_host_port(hp: &str) -> Option<&str> {
+    let (host, port) = match hp.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            let after = &rest[end + 1..];
+            let port = if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            };
+            (&hp[..end + 2], port)
+        }
+        None => match hp.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hp, None),
+        },
+    };
+    match port {
+        None => Some(host),
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(host)
+        }
+        Some(_) => None,
+    }
+}
+
+/// `https://host:port/path` → `https://host:port`.
+pub fn origin_of(url: &str) -> String {
+    match url.strip_prefix("https://") {
+        Some(rest) => format!("https://{}", rest.split('/').next().unwrap_or_default()),
+        None => url.to_string(),
+    }
+}
+
+/// `https://host:port/path` → `host` (no scheme, no port).
+pub fn host_of(url: &str) -> String {
+    let origin = origin_of(url);
+    let hp = origin.strip_prefix("https://").unwrap_or(&origin);
+    split_host_port(hp).unwrap_or(hp).to_string()
+}
+
+/// The known key closest to `unknown` by edit distance, if reasonably close.
+fn closest(unknown: &str, known: impl Iterator<Item = &'static str>) -> Option<&'static str> {
+    known
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

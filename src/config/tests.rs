@@ -1,0 +1,540 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = std::env::temp_dir().join(format!(
+            "np-config-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        std::fs::create_dir_all(dir.join("crl")).unwrap();
+        for (name, mode) in [
+            ("cert.pem", 0o644),
+            ("key.pem", 0o600),
+            ("trust.pem", 0o644),
+            ("signing.pem", 0o600),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, "x").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn base(&self) -> Vars {
+        let mut v = Vars::new();
+        for (k, val) in [
+            (
+                "NP_PUBLIC_URL",
+                "https://np.hospital-a.example:8443/".to_string(),
+            ),
+            ("NP_TLS_CERT", self.path("cert.pem")),
+            ("NP_TLS_KEY", self.path("key.pem")),
+            ("NP_TLS_TRUST", self.path("trust.pem")),
+            ("NP_SIGNING_KEY", self.path("signing.pem")),
+            ("NP_ORG_URA", "12345678".to_string()),
+        ] {
+            v.insert(k.to_string(), (val, None));
+        }
+        v
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn set(v: &mut Vars, k: &str, val: &str) {
+    v.insert(k.to_string(), (val.to_string(), None));
+}
+
+fn errors(v: &Vars) -> Vec<String> {
+    match from_vars(v) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn has(errs: &[String], needle: &str) -> bool {
+    errs.iter().any(|e| e.contains(needle))
+}
+
+#[test]
+fn minimal_config_gets_every_default() {
+    let f = Files::new();
+    let c = from_vars(&f.base()).unwrap();
+    assert_eq!(c.public_url, "https://np.hospital-a.example:8443");
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(c.tls_min_version, TlsVersion::V13);
+    assert_eq!(c.signing_alg, "PS256");
+    assert_eq!(c.signing_kid, None);
+    assert_eq!(c.client_id, "np.hospital-a.example");
+    assert_eq!(c.system_id, "https://np.hospital-a.example:8443");
+    assert_eq!(c.org_oid, "2.16.528.1.1007.3.3.12345678");
+    assert_eq!(c.outbox, PathBuf::from("/var/lib/np-agent/outbox"));
+    assert_eq!(c.inbox, PathBuf::from("/var/lib/np-agent/inbox"));
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/np-agent/state"));
+    assert_eq!(c.poll_interval, Duration::from_secs(2));
+    assert_eq!(c.notification_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(c.log_level, log::LevelFilter::Info);
+    assert_eq!(c.max_body, 16 << 20);
+    assert_eq!(c.max_connections, 256);
+    assert_eq!(c.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.retry_max_age, Duration::from_secs(72 * 3_600));
+    assert_eq!(c.min_free_disk, 512 << 20);
+    assert!(c.partners.is_empty());
+    assert_eq!(
+        c.token_endpoint(),
+        "https://np.hospital-a.example:8443/oauth/token"
+    );
+    assert_eq!(
+        c.jwks_uri(),
+        "https://np.hospital-a.example:8443/.well-known/jwks.json"
+    );
+}
+
+#[test]
+fn every_missing_required_key_is_reported_at_once() {
+    let errs = errors(&Vars::new());
+    for k in required_keys() {
+        assert!(
+            has(&errs, &format!("{k}: required but not set")),
+            "{k}: {errs:?}"
+        );
+    }
+    assert_eq!(errs.len(), required_keys().count(), "{errs:?}");
+}
+
+#[test]
+fn unknown_keys_are_named_with_the_closest_known_key() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_LISTN", "0.0.0.0:1");
+    set(&mut v, "NP_TOTALLY_UNRELATED_THING", "1");
+    let errs = errors(&v);
+    assert!(
+        has(&errs, "NP_LISTN: unknown key (did you mean NP_LISTEN?)"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "NP_TOTALLY_UNRELATED_THING: unknown key"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_values_name_the_key_and_the_reason() {
+    let f = Files::new();
+    let mut v = f.base();
+    for (k, val, needle) in [
+        ("NP_LISTEN", "8443", "NP_LISTEN: invalid socket address"),
+        (
+            "NP_TLS_MIN_VERSION",
+            "1.1",
+            "NP_TLS_MIN_VERSION: \"1.1\" must be 1.3 or 1.2",
+        ),
+        (
+            "NP_SIGNING_ALG",
+            "HS256",
+            "NP_SIGNING_ALG: \"HS256\" must be one of",
+        ),
+        (
+            "NP_LOG",
+            "trace",
+            "NP_LOG: \"trace\" must be error, warn, info or debug",
+        ),
+        (
+            "NP_MAX_BODY",
+            "16MB",
+            "NP_MAX_BODY: \"16MB\" has unit \"MB\"",
+        ),
+        (
+            "NP_MAX_CONNECTIONS",
+            "0",
+            "NP_MAX_CONNECTIONS: \"0\" must be a whole number",
+        ),
+        (
+            "NP_POLL_INTERVAL",
+            "0s",
+            "NP_POLL_INTERVAL: \"0s\" must be longer than zero",
+        ),
+        ("NP_NOTIFICATION_TTL", "7 days", "NP_NOTIFICATION_TTL:"),
+        (
+            "NP_ORG_AGB",
+            "1234",
+            "NP_ORG_AGB: \"1234\" is not an 8-digit AGB code",
+        ),
+        (
+            "NP_ORG_OID",
+            "2.16.x",
+            "NP_ORG_OID: \"2.16.x\" is not a dotted OID",
+        ),
+        (
+            "NP_OUTBOX",
+            "relative/outbox",
+            "NP_OUTBOX: relative/outbox must be an absolute path",
+        ),
+        (
+            "NP_PARTNERS",
+            "good,Bad_name",
+            "NP_PARTNERS: \"Bad_name\" is not a valid partner name",
+        ),
+    ] {
+        set(&mut v, k, val);
+        let errs = errors(&v);
+        assert!(has(&errs, needle), "{k}={val}: {errs:?}");
+        v = f.base();
+    }
+}
+
+#[test]
+fn public_url_must_be_an_https_origin() {
+    let f = Files::new();
+    for bad in [
+        "http://np.example",
+        "https://",
+        "https://np.example/fhir",
+        "https://np.example:port",
+        "https://np.example?x=1",
+        "https://np example",
+    ] {
+        let mut v = f.base();
+        set(&mut v, "NP_PUBLIC_URL", bad);
+        let errs = errors(&v);
+        assert!(has(&errs, "NP_PUBLIC_URL:"), "{bad}: {errs:?}");
+    }
+    let mut v = f.base();
+    set(&mut v, "NP_PUBLIC_URL", "https://[::1]:8443");
+    let c = from_vars(&v).unwrap();
+    assert_eq!(c.client_id, "[::1]");
+}
+
+#[test]
+fn key_files_must_not_be_readable_by_group_or_others() {
+    let f = Files::new();
+    let key = f.dir.join("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let errs = errors(&f.base());
+    assert!(
+        has(
+            &errs,
+            &format!(
+                "NP_TLS_KEY: key file {} is group-readable (mode 0640): chmod 600 {}",
+                key.display(),
+                key.display()
+            )
+        ),
+        "{errs:?}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+    assert!(has(&errors(&f.base()), "is world-readable"));
+}
+
+#[test]
+fn missing_files_and_directories_are_named() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_TLS_TRUST", "/nonexistent/trust.pem");
+    set(&mut v, "NP_TLS_CRL_DIR", &f.path("cert.pem"));
+    let errs = errors(&v);
+    assert!(
+        has(&errs, "NP_TLS_TRUST: cannot read /nonexistent/trust.pem"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "NP_TLS_CRL_DIR:") && has(&errs, "is not a directory"),
+        "{errs:?}"
+    );
+    let mut v = f.base();
+    set(&mut v, "NP_TLS_CRL_DIR", &f.path("crl"));
+    assert_eq!(from_vars(&v).unwrap().tls_crl_dir, Some(f.dir.join("crl")));
+}
+
+fn with_partner(f: &Files) -> Vars {
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "hospb, vip");
+    set(&mut v, "NP_ORG_AGB", "01234567");
+    set(
+        &mut v,
+        "NP_PARTNER_HOSPB_FHIR_BASE",
+        "https://np.hospital-b.example:9443/fhir/",
+    );
+    set(&mut v, "NP_PARTNER_HOSPB_ORG", "ura:87654321");
+    set(&mut v, "NP_PARTNER_HOSPB_CERT", "ura:87654321");
+    set(
+        &mut v,
+        "NP_PARTNER_VIP_FHIR_BASE",
+        "https://fhir.test-datakluis.shared.topicuszorg.nl/fhir/stu3",
+    );
+    set(&mut v, "NP_PARTNER_VIP_ORG", "agb:44446666");
+    set(&mut v, "NP_PARTNER_VIP_ID_SCHEME", "agb");
+    set(&mut v, "NP_PARTNER_VIP_CERT", "serial:00000001234567890000");
+    set(&mut v, "NP_PARTNER_VIP_CLIENT_ID", "viplive-databroker");
+    set(&mut v, "NP_PARTNER_VIP_OUR_CLIENT_ID", "hospital-a");
+    set(&mut v, "NP_PARTNER_VIP_SEND_BSN", "true");
+    set(
+        &mut v,
+        "NP_PARTNER_VIP_AUDIENCES",
+        "ontvanger.nl/token, https://alias.example/token",
+    );
+    set(&mut v, "NP_PARTNER_VIP_ACCEPT_ALGS", "PS256,RS256");
+    v
+}
+
+#[test]
+fn partners_with_defaults_and_overrides() {
+    let f = Files::new();
+    let c = from_vars(&with_partner(&f)).unwrap();
+    let b = c.partner("hospb").unwrap();
+    assert_eq!(b.kind, PartnerKind::Twiin);
+    assert_eq!(
+        b.fhir_base.as_deref(),
+        Some("https://np.hospital-b.example:9443/fhir")
+    );
+    assert_eq!(
+        b.issuer.as_deref(),
+        Some("https://np.hospital-b.example:9443")
+    );
+    assert_eq!(b.client_id.as_deref(), Some("np.hospital-b.example"));
+    assert_eq!(b.our_client_id, "np.hospital-a.example");
+    assert_eq!(b.org, Some(OrgId::Ura("87654321".into())));
+    assert_eq!(b.id_scheme, IdScheme::Ura);
+    assert_eq!(b.cert, CertRule::Ura("87654321".into()));
+    assert!(!b.send_bsn && !b.address_system);
+    assert_eq!(
+        b.accept_algs,
+        ["PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+    );
+    let vip = c.partner("vip").unwrap();
+    assert_eq!(vip.client_id.as_deref(), Some("viplive-databroker"));
+    assert_eq!(vip.our_client_id, "hospital-a");
+    assert_eq!(vip.id_scheme, IdScheme::Agb);
+    assert!(vip.send_bsn);
+    assert_eq!(
+        vip.audiences,
+        ["ontvanger.nl/token", "https://alias.example/token"]
+    );
+    assert_eq!(vip.accept_algs, ["PS256", "RS256"]);
+    assert_eq!(
+        vip.org.as_ref().unwrap().oid(),
+        "2.16.840.1.113883.2.4.6.1.44446666"
+    );
+    assert_eq!(
+        c.our_org(IdScheme::Agb),
+        Some(OrgId::Agb("01234567".into()))
+    );
+}
+
+#[test]
+fn partner_problems_are_each_named() {
+    let f = Files::new();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "NP_PARTNER_HOSPB_KIND",
+            "nuts",
+            "NP_PARTNER_HOSPB_KIND: \"nuts\" must be twiin, mitz or zorgviewer",
+        ),
+        (
+            "NP_PARTNER_HOSPB_CERT",
+            "ura:123",
+            "NP_PARTNER_HOSPB_CERT: \"123\" is not an 8-digit URA",
+        ),
+        (
+            "NP_PARTNER_HOSPB_CERT",
+            "sha256:abcd",
+            "NP_PARTNER_HOSPB_CERT: \"abcd\" is not 64 hex digits",
+        ),
+        (
+            "NP_PARTNER_HOSPB_CERT",
+            "cn:foo",
+            "NP_PARTNER_HOSPB_CERT: \"cn\" is not one of ura, serial, dns, sha256",
+        ),
+        (
+            "NP_PARTNER_HOSPB_CERT",
+            "serial:00000001234567890000",
+            "NP_PARTNER_VIP_CERT: the same certificate rule as partner \"hospb\"",
+        ),
+        (
+            "NP_PARTNER_HOSPB_ORG",
+            "kvk:12345678",
+            "NP_PARTNER_HOSPB_ORG: \"kvk:12345678\" must start with ura: or agb:",
+        ),
+        (
+            "NP_PARTNER_HOSPB_FHIR_BASE",
+            "http://b.example/fhir",
+            "NP_PARTNER_HOSPB_FHIR_BASE: \"http://b.example/fhir\" must start with https://",
+        ),
+        (
+            "NP_PARTNER_HOSPB_SEND_BSN",
+            "yes",
+            "NP_PARTNER_HOSPB_SEND_BSN: \"yes\" is not true or false",
+        ),
+        (
+            "NP_PARTNER_HOSPB_ACCEPT_ALGS",
+            "PS256,HS256",
+            "NP_PARTNER_HOSPB_ACCEPT_ALGS: must be a comma-separated list",
+        ),
+        (
+            "NP_PARTNER_HOSPB_ACCEPT_ALGS",
+            "none",
+            "NP_PARTNER_HOSPB_ACCEPT_ALGS: must be a comma-separated list",
+        ),
+        (
+            "NP_PARTNER_HOSPB_FHIR_BAS",
+            "https://x",
+            "NP_PARTNER_HOSPB_FHIR_BAS: unknown partner key (did you mean NP_PARTNER_HOSPB_FHIR_BASE?)",
+        ),
+        (
+            "NP_PARTNER_OTHER_CERT",
+            "ura:11111111",
+            "NP_PARTNER_OTHER_CERT: partner \"other\" is not listed in NP_PARTNERS",
+        ),
+        (
+            "NP_PARTNER_hospb_CERT",
+            "ura:11111111",
+            "written in upper case",
+        ),
+        (
+            "NP_PARTNER_HOSPB",
+            "x",
+            "expected NP_PARTNER_<NAME>_<FIELD>",
+        ),
+    ];
+    for (k, val, needle) in cases {
+        let mut v = with_partner(&f);
+        set(&mut v, k, val);
+        let errs = errors(&v);
+        assert!(has(&errs, needle), "{k}={val}: {errs:?}");
+    }
+    let mut v = with_partner(&f);
+    v.remove("NP_PARTNER_HOSPB_FHIR_BASE");
+    v.remove("NP_PARTNER_HOSPB_ORG");
+    v.remove("NP_PARTNER_HOSPB_CERT");
+    v.remove("NP_ORG_AGB");
+    let errs = errors(&v);
+    assert!(
+        has(
+            &errs,
+            "NP_PARTNER_HOSPB_FHIR_BASE: required for a twiin partner"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "NP_PARTNER_HOSPB_ORG: required for a twiin partner"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "NP_PARTNER_HOSPB_CERT: required but not set"),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "NP_PARTNER_VIP_ID_SCHEME: agb needs our own AGB code in NP_ORG_AGB"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn mitz_partner_needs_only_a_certificate() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:broker.vzvz.example");
+    let c = from_vars(&v).unwrap();
+    assert_eq!(c.partners[0].kind, PartnerKind::Mitz);
+    assert_eq!(
+        c.partners[0].cert,
+        CertRule::Dns("broker.vzvz.example".into())
+    );
+}
+
+#[test]
+fn env_file_errors_carry_the_line() {
+    let f = Files::new();
+    let path = f.dir.join("np-agent.env");
+    std::fs::write(
+        &path,
+        format!(
+            "# np-agent\nNP_PUBLIC_URL=https://a.example\nNP_TLS_CERT={}\nNP_TLS_KEY={}\nNP_TLS_TRUST={}\n\
+             NP_SIGNING_KEY={}\nNP_ORG_URA=1234\nNP_POLL_INTERVAL=\"5s\"\nOTHER_VAR=ignored\n",
+            f.path("cert.pem"),
+            f.path("key.pem"),
+            f.path("trust.pem"),
+            f.path("signing.pem")
+        ),
+    )
+    .unwrap();
+    let errs = load(&Source::File(path.clone())).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(
+        errs[0].to_string(),
+        "NP_ORG_URA: \"1234\" is not an 8-digit URA (line 7)"
+    );
+    std::fs::write(&path, "NP_A=\"open\n").unwrap();
+    let errs = load(&Source::File(path.clone())).unwrap_err();
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("unterminated double quote (line 1)"),
+        "{errs:?}"
+    );
+    let errs = load(&Source::File(f.dir.join("missing.env"))).unwrap_err();
+    assert!(
+        errs[0].to_string().starts_with("--env-file: cannot read"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn cert_rules_and_org_ids() {
+    assert!(CertRule::parse("sha256:AB:").is_err());
+    let hex = "ab".repeat(32);
+    assert_eq!(
+        CertRule::parse(&format!("sha256:{hex}")).unwrap(),
+        CertRule::Sha256([0xab; 32])
+    );
+    assert_eq!(
+        CertRule::parse("dns:NP.Example").unwrap(),
+        CertRule::Dns("np.example".into())
+    );
+    assert!(CertRule::parse("dns:").is_err());
+    assert!(CertRule::parse("serial: ").is_err());
+    assert!(CertRule::parse("ura12345678").is_err());
+    assert_eq!(
+        OrgId::parse("ura:12345678").unwrap().oid(),
+        "2.16.528.1.1007.3.3.12345678"
+    );
+    assert!(OrgId::parse("ura:1234567x").is_err());
+    assert_eq!(OrgId::Agb("01234567".into()).to_string(), "agb:01234567");
+}
+
+#[test]
+fn url_helpers() {
+    assert_eq!(
+        origin_of("https://h.example:8443/fhir/stu3"),
+        "https://h.example:8443"
+    );
+    assert_eq!(host_of("https://h.example:8443/fhir/stu3"), "h.example");
+    assert_eq!(host_of("https://h.example"), "h.example");
+    assert_eq!(host_of("https://[::1]:8443/x"), "[::1]");
+    assert_eq!(
+        parse_https_url("https://h.example/fhir/").unwrap(),
+        "https://h.example/fhir"
+    );
+    assert!(parse_https_url("https://h.example:99999999/").is_err());
+    assert!(parse_https_url("https://h.example/a#b").is_err());
+}
