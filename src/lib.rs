@@ -4,6 +4,9 @@
 //! Data flows down this list of modules; each has one job.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod cli;
 pub mod config;
+pub mod ids;
+pub mod ops;
 pub mod util;

@@ -1,0 +1,4 @@
+//! Operations: logging, systemd notifications, signals, metrics, admin endpoint.
+
+pub mod logging;
+pub mod notify;
