@@ -8,5 +8,6 @@ pub mod assertion;
 pub mod cli;
 pub mod config;
 pub mod ids;
+pub mod oauth;
 pub mod ops;
 pub mod util;

@@ -1,0 +1,7 @@
+//! Our OAuth 2.0 authorization server for partners (RFC 6749 / RFC 7523) and
+//! the client side that gets tokens from theirs.
+
+pub mod form;
+pub mod grants;
+
+pub use grants::{Grant, TokenKind, TokenRejection, TokenStore};
