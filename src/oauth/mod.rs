@@ -3,5 +3,6 @@
 
 pub mod form;
 pub mod grants;
+pub mod messages;
 
 pub use grants::{Grant, TokenKind, TokenRejection, TokenStore};
