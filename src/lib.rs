@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assertion;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod ids;
