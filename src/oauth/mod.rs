@@ -3,6 +3,7 @@
 
 pub mod form;
 pub mod grants;
+pub mod keycache;
 pub mod messages;
 
 pub use grants::{Grant, TokenKind, TokenRejection, TokenStore};
