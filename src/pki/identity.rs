@@ -4,7 +4,9 @@
 //! certificate to a configured partner.
 //!
 //! Only call [`peer_identity`] on a certificate the TLS layer has verified:
-//! these fields are as trustworthy as the CA that signed them.
+//! these fields are as trustworthy as the CA that signed them. Every CA in
+//! the trust bundle can therefore assert any URA or serialNumber, which is
+//! why `NP_TLS_TRUST` should hold only the UZI and PKIoverheid hierarchies.
 
 use std::fmt;
 use std::str::FromStr;

@@ -307,8 +307,14 @@ fn load_crl_dir(dir: &Path, roots: &Arc<RootCertStore>) -> Result<Vec<LoadedCrl>
             continue;
         }
         let path = entry.path();
-        // Follow symlinks; skip subdirectories and other non-files.
-        if fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
+        // Follow symlinks (a dangling one is an error, not a silent gap);
+        // skip subdirectories and other non-files.
+        let meta = fs::metadata(&path).map_err(|source| PkiError::Read {
+            role: FileRole::Crl,
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_file() {
             paths.push(path);
         }
     }
@@ -656,6 +662,15 @@ mod tests {
             (now + 3_500..=now + 3_700).contains(&earliest),
             "{earliest}"
         );
+
+        // A dangling symlink is an error naming it, not a silently missing CRL.
+        std::os::unix::fs::symlink(s.0.join("gone.crl"), dir.join("c.crl")).unwrap();
+        let err = TlsMaterial::load(&files).unwrap_err().to_string();
+        assert!(
+            err.contains("c.crl") && err.contains("cannot read"),
+            "{err}"
+        );
+        fs::remove_file(dir.join("c.crl")).unwrap();
 
         // Anything else in the directory is an error naming that file.
         fs::write(dir.join("README"), b"crls go here").unwrap();
