@@ -79,7 +79,11 @@ impl TlsMaterial {
         let chain = load_chain(&files.cert)?;
         let key = load_key(&files.key)?;
         check_key_matches(&chain, &key, files)?;
-        let leaf = &chain[0];
+        let leaf = chain.first().ok_or_else(|| PkiError::Content {
+            role: FileRole::Chain,
+            path: files.cert.clone(),
+            reason: "holds no CERTIFICATE section".into(),
+        })?;
         let leaf_not_after = not_after(leaf).map_err(|reason| PkiError::Content {
             role: FileRole::Chain,
             path: files.cert.clone(),
