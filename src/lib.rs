@@ -11,4 +11,5 @@ pub mod config;
 pub mod ids;
 pub mod oauth;
 pub mod ops;
+pub mod pki;
 pub mod util;

@@ -1,0 +1,411 @@
+//! Getting tokens from partners (interactions 1 and 3): discovery, our two
+//! assertions, the form POST, and a bounded parse of the answer.
+//!
+//! I/O goes through [`PartnerHttp`] (ureq over our mTLS configuration in
+//! production), so this module holds only the protocol.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::assertion::Outgoing;
+use crate::assertion::claims::OUR_LIFETIME_SECS;
+use crate::config::{Config, OrgId, Partner};
+use crate::ids::{self, Bsn};
+use crate::jose::{Jwks, SigningKey};
+use crate::oauth::endpoint::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER};
+use crate::oauth::form::encode;
+use crate::oauth::keycache::{self, Fetch, Fetched};
+use crate::oauth::messages::{self, Discovery};
+use crate::util::random;
+
+/// A partner's answer to one HTTP request.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub cache_control: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+/// HTTP to partners over mutual TLS, one connection pool per partner.
+pub trait PartnerHttp: Send + Sync {
+    /// `GET url`; errors are transport failures described for an operator.
+    fn get(&self, partner: &str, url: &str, accept: &str) -> Result<HttpReply, String>;
+    /// `POST url` with a body.
+    fn post(
+        &self,
+        partner: &str,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<HttpReply, String>;
+}
+
+/// Why no token could be had. Display names the partner, the endpoint, the
+/// status and the OAuth error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenClientError {
+    /// Discovery failed or gave nothing usable.
+    Discovery { partner: String, url: String, detail: String },
+    /// The token endpoint could not be reached.
+    Transport { partner: String, endpoint: String, detail: String },
+    /// The token endpoint answered with an error.
+    Refused {
+        partner: String,
+        endpoint: String,
+        status: u16,
+        error: Option<String>,
+        description: Option<String>,
+        retry_after: Option<String>,
+    },
+    /// The answer was 200 but not a usable token response.
+    BadResponse { partner: String, endpoint: String, detail: String },
+    /// We could not build or sign our assertions.
+    Local { partner: String, detail: String },
+}
+
+impl std::fmt::Display for TokenClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenClientError::Discovery { partner, url, detail } => {
+                write!(f, "partner {partner}: discovery at {url} failed: {detail}")
+            }
+            TokenClientError::Transport { partner, endpoint, detail } => {
+                write!(f, "partner {partner}: token endpoint {endpoint} unreachable: {detail}")
+            }
+            TokenClientError::Refused { partner, endpoint, status, error, description, .. } => {
+                write!(f, "partner {partner}: token endpoint {endpoint} answered {status}")?;
+                if let Some(e) = error {
+                    write!(f, " {e}")?;
+                }
+                if let Some(d) = description {
+                    write!(f, " ({d})")?;
+                }
+                Ok(())
+            }
+            TokenClientError::BadResponse { partner, endpoint, detail } => {
+                write!(f, "partner {partner}: token endpoint {endpoint} gave an unusable response: {detail}")
+            }
+            TokenClientError::Local { partner, detail } => write!(f, "partner {partner}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenClientError {}
+
+impl TokenClientError {
+    /// The OAuth error code, when the partner sent one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            TokenClientError::Refused { error, .. } => error.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True for failures worth retrying later (transport, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenClientError::Transport { .. } | TokenClientError::Discovery { .. } => true,
+            TokenClientError::Refused { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+/// What the token is for: the claims of the authorization assertion differ.
+#[derive(Debug, Clone)]
+pub enum Purpose<'a> {
+    /// Interaction 1: we are the sender and notify the partner.
+    Notify { patient: Option<&'a Bsn> },
+    /// Interaction 3: we pull from the partner with its authorization base.
+    Pull {
+        authorization_base: &'a str,
+        /// Task.owner, or our default organisation when the Task had none.
+        requesting: &'a OrgId,
+        /// Task.requester.onBehalfOf: the sending organisation.
+        authorizer: Option<&'a OrgId>,
+        patient: Option<&'a Bsn>,
+    },
+}
+
+/// A token from a partner.
+#[derive(Clone)]
+pub struct AccessToken {
+    pub token: String,
+    /// Unix seconds after which we no longer use it (30 s before its end).
+    pub use_until: i64,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token", &"***")
+            .field("use_until", &self.use_until)
+            .finish()
+    }
+}
+
+/// How long a discovery document is kept when the partner sends no max-age (spec §2.2).
+pub const DISCOVERY_MAX_AGE: i64 = 4 * 3_600;
+
+/// Tokens from partners: discovery cache, assertions, token cache.
+pub struct TokenClient {
+    config: Arc<Config>,
+    signing: Arc<SigningKey>,
+    http: Arc<dyn PartnerHttp>,
+    discovery: Mutex<HashMap<String, (Discovery, i64)>>,
+    tokens: Mutex<HashMap<(String, String), AccessToken>>,
+}
+
+impl TokenClient {
+    pub fn new(config: Arc<Config>, signing: Arc<SigningKey>, http: Arc<dyn PartnerHttp>) -> TokenClient {
+        TokenClient {
+            config,
+            signing,
+            http,
+            discovery: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A token for `purpose` at `partner`, reused until 30 s before it ends.
+    pub fn token(&self, partner: &Partner, purpose: &Purpose<'_>, now: i64) -> Result<AccessToken, TokenClientError> {
+        let key = (partner.name.clone(), cache_key(purpose));
+        if let Some(t) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if now < t.use_until {
+                return Ok(t.clone());
+            }
+        }
+        let fresh = self.request(partner, purpose, now)?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Forgets a cached token (after the partner answered 401 with it).
+    pub fn invalidate(&self, partner: &Partner, purpose: &Purpose<'_>) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(partner.name.clone(), cache_key(purpose)));
+    }
+
+    /// The partner's token endpoint: configured, or discovered.
+    pub fn token_endpoint(&self, partner: &Partner, now: i64) -> Result<String, TokenClientError> {
+        if let Some(url) = &partner.token_url {
+            return Ok(url.clone());
+        }
+        Ok(self.discover(partner, now)?.token_endpoint)
+    }
+
+    /// The partner's discovery document (cached per max-age, default 4 h).
+    pub fn discover(&self, partner: &Partner, now: i64) -> Result<Discovery, TokenClientError> {
+        if let Some((d, until)) = self.discovery.lock().unwrap_or_else(|p| p.into_inner()).get(&partner.name) {
+            if now < *until {
+                return Ok(d.clone());
+            }
+        }
+        let url = discovery_url(partner).ok_or_else(|| TokenClientError::Discovery {
+            partner: partner.name.clone(),
+            url: "-".into(),
+            detail: "no FHIR base configured".into(),
+        })?;
+        let err = |detail: String| TokenClientError::Discovery {
+            partner: partner.name.clone(),
+            url: url.clone(),
+            detail,
+        };
+        let reply = self.http.get(&partner.name, &url, "application/json").map_err(err)?;
+        if reply.status != 200 {
+            return Err(err(format!("answered {}", reply.status)));
+        }
+        let d = messages::parse_discovery(&reply.body).map_err(|e| err(e.to_string()))?;
+        let ttl = keycache::max_age(reply.cache_control.as_deref())
+            .unwrap_or(DISCOVERY_MAX_AGE)
+            .clamp(keycache::MIN_MAX_AGE, keycache::MAX_MAX_AGE);
+        self.discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partner.name.clone(), (d.clone(), now + ttl));
+        Ok(d)
+    }
+
+    fn request(&self, partner: &Partner, purpose: &Purpose<'_>, now: i64) -> Result<AccessToken, TokenClientError> {
+        let endpoint = self.token_endpoint(partner, now)?;
+        let (client, authz) = self.assertions(partner, purpose, &endpoint, now)?;
+        let body = format!(
+            "grant_type={}&assertion={}&client_assertion_type={}&client_assertion={}",
+            encode(GRANT_JWT_BEARER),
+            encode(&authz),
+            encode(CLIENT_ASSERTION_TYPE),
+            encode(&client)
+        );
+        let reply = self
+            .http
+            .post(
+                &partner.name,
+                &endpoint,
+                "application/x-www-form-urlencoded",
+                body.as_bytes(),
+                &[("Accept", "application/json")],
+            )
+            .map_err(|detail| TokenClientError::Transport {
+                partner: partner.name.clone(),
+                endpoint: endpoint.clone(),
+                detail,
+            })?;
+        if reply.status != 200 {
+            let e = messages::parse_error_body(&reply.body);
+            return Err(TokenClientError::Refused {
+                partner: partner.name.clone(),
+                endpoint,
+                status: reply.status,
+                error: e.error,
+                description: e.description,
+                retry_after: reply.retry_after,
+            });
+        }
+        let t = messages::parse_token_response(&reply.body).map_err(|e| TokenClientError::BadResponse {
+            partner: partner.name.clone(),
+            endpoint: endpoint.clone(),
+            detail: e.to_string(),
+        })?;
+        let lifetime = t.expires_in.unwrap_or(300);
+        Ok(AccessToken {
+            token: t.access_token,
+            use_until: now + (lifetime - 30).max(0),
+        })
+    }
+
+    /// Our client assertion and authorization assertion for this request
+    /// (DESIGN.md "Our assertions"; spec §3.3).
+    pub fn assertions(
+        &self,
+        partner: &Partner,
+        purpose: &Purpose<'_>,
+        audience: &str,
+        now: i64,
+    ) -> Result<(String, String), TokenClientError> {
+        let local = |detail: String| TokenClientError::Local {
+            partner: partner.name.clone(),
+            detail,
+        };
+        let iss = self.config.public_url.as_str();
+        let exp = now + OUR_LIFETIME_SECS;
+        let jti1 = random::uuid_v4().map_err(|e| local(e.to_string()))?;
+        let jti2 = random::uuid_v4().map_err(|e| local(e.to_string()))?;
+        let client = Outgoing {
+            iss,
+            sub: &partner.our_client_id,
+            aud: audience,
+            iat: now,
+            exp,
+            jti: &jti1,
+            authorization_base: None,
+            authorizer: None,
+            patient: None,
+        };
+        let our_org = self
+            .config
+            .our_org(partner.id_scheme)
+            .ok_or_else(|| local("no organisation id of ours in the partner's id scheme".into()))?;
+        let (sub, authorizer, base, patient) = match purpose {
+            Purpose::Notify { patient } => (
+                ids::org_claim(&our_org),
+                if partner.address_system {
+                    None
+                } else {
+                    partner.org.as_ref().map(ids::org_claim)
+                },
+                None,
+                *patient,
+            ),
+            Purpose::Pull {
+                authorization_base,
+                requesting,
+                authorizer,
+                patient,
+            } => (
+                ids::org_claim(requesting),
+                authorizer.map(ids::org_claim),
+                Some(*authorization_base),
+                *patient,
+            ),
+        };
+        let patient_claim = patient.filter(|_| partner.send_bsn).map(Bsn::urn_oid);
+        let authz = Outgoing {
+            iss,
+            sub: &sub,
+            aud: audience,
+            iat: now,
+            exp,
+            jti: &jti2,
+            authorization_base: base,
+            authorizer: authorizer.as_deref(),
+            patient: patient_claim.as_deref(),
+        };
+        let sign = |o: &Outgoing<'_>| -> Result<String, TokenClientError> {
+            let json = o.to_json().map_err(|e| local(e.to_string()))?;
+            self.signing
+                .sign_jwt(&json)
+                .map_err(|e| local(format!("signing failed: {e}")))
+        };
+        Ok((sign(&client)?, sign(&authz)?))
+    }
+}
+
+fn cache_key(purpose: &Purpose<'_>) -> String {
+    match purpose {
+        Purpose::Notify { patient } => format!("notify:{}", patient.map(Bsn::as_str).unwrap_or("-")),
+        Purpose::Pull { authorization_base, .. } => format!("pull:{authorization_base}"),
+    }
+}
+
+/// `<FHIR base>/.well-known/smart-configuration`.
+pub fn discovery_url(partner: &Partner) -> Option<String> {
+    partner
+        .fhir_base
+        .as_ref()
+        .map(|b| format!("{}/.well-known/smart-configuration", b.trim_end_matches('/')))
+}
+
+/// Fetches partners' JWKS for the [`keycache::KeyCache`]: the configured
+/// `JWKS_URL`, else `jwks_uri` from discovery.
+pub struct JwksFetcher {
+    pub config: Arc<Config>,
+    pub http: Arc<dyn PartnerHttp>,
+    pub tokens: Arc<TokenClient>,
+}
+
+impl Fetch<Jwks> for JwksFetcher {
+    fn fetch(&self, partner_name: &str) -> Result<Fetched<Jwks>, String> {
+        let partner = self
+            .config
+            .partner(partner_name)
+            .ok_or_else(|| format!("partner {partner_name} is not configured"))?;
+        let url = match &partner.jwks_url {
+            Some(u) => u.clone(),
+            None => self
+                .tokens
+                .discover(partner, crate::util::time::now_unix())
+                .map_err(|e| e.to_string())?
+                .jwks_uri
+                .ok_or_else(|| format!("partner {partner_name}: no JWKS_URL configured and discovery has no jwks_uri"))?,
+        };
+        let reply = self
+            .http
+            .get(partner_name, &url, "application/json")
+            .map_err(|e| format!("partner {partner_name}: JWKS {url}: {e}"))?;
+        if reply.status != 200 {
+            return Err(format!("partner {partner_name}: JWKS {url} answered {}", reply.status));
+        }
+        let keys = Jwks::parse(&reply.body).map_err(|e| format!("partner {partner_name}: JWKS {url}: {e}"))?;
+        Ok(Fetched {
+            keys,
+            max_age: keycache::max_age(reply.cache_control.as_deref()),
+        })
+    }
+}
