@@ -422,42 +422,7 @@ pub const URA_OID_ROOT: &str = "2.16.528.1.1007.3.3";
 /// OID root of AGB codes (VIPLive style).
 pub const AGB_OID_ROOT: &str = "2.16.840.1.113883.2.4.6.1";
 
-/// Which TLS client certificate belongs to a partner (`NP_PARTNER_<NAME>_CERT`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertRule {
-    Ura(String),
-    Serial(String),
-    Dns(String),
-    Sha256([u8; 32]),
-}
-
-impl CertRule {
-    /// Parses `ura:<8 digits>`, `serial:<value>`, `dns:<name>` or `sha256:<64 hex>`.
-    pub fn parse(text: &str) -> Result<CertRule, String> {
-        let (kind, value) = text.split_once(':').ok_or_else(|| {
-            format!("{text:?} must be ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex>")
-        })?;
-        match kind {
-            "ura" if is_digits(value, 8) => Ok(CertRule::Ura(value.into())),
-            "ura" => Err(format!("{value:?} is not an 8-digit URA")),
-            "serial" if !value.trim().is_empty() => Ok(CertRule::Serial(value.trim().into())),
-            "dns"
-                if !value.is_empty()
-                    && value.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*'
-                    }) =>
-            {
-                Ok(CertRule::Dns(value.to_ascii_lowercase()))
-            }
-            "sha256" => crate::util::b64::parse_hex(value)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .map(CertRule::Sha256)
-                .ok_or_else(|| format!("{value:?} is not 64 hex digits (':' separators allowed)")),
-            "serial" | "dns" => Err(format!("{text:?} has an empty or invalid value")),
-            _ => Err(format!("{kind:?} is not one of ura, serial, dns, sha256")),
-        }
-    }
-}
+pub use crate::pki::CertSelector;
 
 /// Mitz consent handling for Zorgviewer partners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,7 +449,7 @@ pub struct Partner {
     pub our_client_id: String,
     pub org: Option<OrgId>,
     pub id_scheme: IdScheme,
-    pub cert: CertRule,
+    pub cert: CertSelector,
     pub send_bsn: bool,
     pub address_system: bool,
     pub consent: Consent,
@@ -1020,10 +985,10 @@ impl Validator<'_> {
             }
             Some(v) => {
                 let v = v.to_string();
-                match CertRule::parse(&v) {
+                match v.parse::<CertSelector>() {
                     Ok(c) => Some(c),
-                    Err(reason) => {
-                        self.error(&k("CERT"), reason);
+                    Err(e) => {
+                        self.error(&k("CERT"), e.to_string());
                         None
                     }
                 }
@@ -1111,7 +1076,6 @@ impl Validator<'_> {
 }
 
 fn check_path(p: &Path, check: FileCheck) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     match check {
         FileCheck::Directory => {
@@ -1125,18 +1089,8 @@ fn check_path(p: &Path, check: FileCheck) -> Result<(), String> {
                 return Err(format!("{} is not a regular file", p.display()));
             }
             std::fs::File::open(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let mode = meta.permissions().mode() & 0o777;
-            if check == FileCheck::Secret && mode & 0o077 != 0 {
-                let who = if mode & 0o007 != 0 {
-                    "world-readable"
-                } else {
-                    "group-readable"
-                };
-                return Err(format!(
-                    "key file {} is {who} (mode {mode:04o}): chmod 600 {}",
-                    p.display(),
-                    p.display()
-                ));
+            if check == FileCheck::Secret {
+                crate::pki::check_key_file_permissions(p).map_err(|e| e.to_string())?;
             }
         }
     }
