@@ -107,6 +107,24 @@ impl fmt::Display for PkiError {
     }
 }
 
+impl PkiError {
+    /// The configuration key this error is about, for one-line config errors.
+    pub fn config_key(&self) -> &'static str {
+        let role = match self {
+            PkiError::Read { role, .. } | PkiError::Content { role, .. } => *role,
+            PkiError::KeyPermissions { .. } | PkiError::KeyMismatch { .. } => FileRole::Key,
+            PkiError::Selector { .. } => return "NP_PARTNER_<NAME>_CERT",
+            _ => FileRole::Chain,
+        };
+        match role {
+            FileRole::Key => "NP_TLS_KEY",
+            FileRole::Trust => "NP_TLS_TRUST",
+            FileRole::CrlDir | FileRole::Crl => "NP_TLS_CRL_DIR",
+            FileRole::Chain | FileRole::Output => "NP_TLS_CERT",
+        }
+    }
+}
+
 impl std::error::Error for PkiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
