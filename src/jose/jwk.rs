@@ -91,12 +91,22 @@ const RSA_MAX_BITS: usize = 8192;
 
 impl Jwk {
     /// A signature key as we publish our own: `alg` set and `"use":"sig"`.
-    pub(crate) fn for_signing(material: KeyMaterial, alg: Alg, kid: Option<String>) -> Jwk {
+    /// Without `kid` until [`Jwk::with_kid`]: the default kid is the
+    /// thumbprint, which needs the key first.
+    pub(crate) fn for_signing(material: KeyMaterial, alg: Alg) -> Jwk {
         Jwk {
             material,
-            kid,
+            kid: None,
             alg: Some(alg),
             use_sig: true,
+        }
+    }
+
+    /// The same key under `kid`.
+    pub(crate) fn with_kid(self, kid: String) -> Jwk {
+        Jwk {
+            kid: Some(kid),
+            ..self
         }
     }
 

@@ -61,12 +61,12 @@ impl SigningKey {
             Alg::Es512 => load_p521(der),
         }
         .map_err(|problem| JoseError::Key { alg, problem })?;
-        let public = Jwk::for_signing(material, alg, None);
+        let public = Jwk::for_signing(material, alg);
         let kid = match kid {
             Some(kid) => checked_kid(kid)?,
             None => public.thumbprint(),
         };
-        let public = Jwk::for_signing(public.material().clone(), alg, Some(kid.clone()));
+        let public = public.with_kid(kid.clone());
         // `Value::String` displays as a quoted, escaped JSON string.
         let header = format!(
             r#"{{"alg":"{}","typ":"JWT","kid":{}}}"#,
@@ -108,14 +108,9 @@ impl SigningKey {
             part: Part::Claims,
             problem,
         })?;
-        let payload_b64 = b64::encode(claims_json);
-        let mut token = String::with_capacity(self.header_b64.len() + payload_b64.len() + 2 + 700);
-        token.push_str(&self.header_b64);
-        token.push('.');
-        token.push_str(&payload_b64);
-        let signature = self.sign_raw(token.as_bytes())?;
-        token.push('.');
-        token.push_str(&b64::encode(&signature));
+        let signing_input = format!("{}.{}", self.header_b64, b64::encode(claims_json));
+        let signature = self.sign_raw(signing_input.as_bytes())?;
+        let token = format!("{signing_input}.{}", b64::encode(&signature));
         if token.len() > MAX_TOKEN_LEN {
             return Err(JoseError::TooLarge {
                 what: "signed jws",

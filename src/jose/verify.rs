@@ -86,10 +86,7 @@ pub fn verify_compact(token: &str, keys: &Jwks, allowed: &[Alg]) -> Result<Verif
             found: token.split('.').count(),
         });
     };
-    let header = Header::parse(header_b64)?;
-    if !allowed.contains(&header.alg) {
-        return Err(JoseError::AlgNotAllowed { alg: header.alg });
-    }
+    let header = Header::parse(header_b64, allowed)?;
     let signature = b64::decode(signature_b64).map_err(|_| JoseError::Base64 {
         part: Part::Signature,
         member: None,
@@ -121,7 +118,7 @@ struct Header {
 }
 
 impl Header {
-    fn parse(segment: &str) -> Result<Header, JoseError> {
+    fn parse(segment: &str, allowed: &[Alg]) -> Result<Header, JoseError> {
         let part = Part::Header;
         let bytes = b64::decode(segment).map_err(|_| JoseError::Base64 { part, member: None })?;
         let object =
@@ -139,6 +136,9 @@ impl Header {
             problem: "is required".into(),
         })?;
         let alg = classify_alg(alg)?;
+        if !allowed.contains(&alg) {
+            return Err(JoseError::AlgNotAllowed { alg });
+        }
         if object.contains("crit") {
             return Err(JoseError::Crit);
         }
