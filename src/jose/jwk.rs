@@ -279,7 +279,10 @@ impl Jwk {
                     ops.kind()
                 )));
             };
-            if !ops.iter().any(|op| *op == Value::String("verify".into())) {
+            if !ops
+                .iter()
+                .any(|op| matches!(op, Value::String(s) if s == "verify"))
+            {
                 return Ok(None);
             }
         }
