@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod ids;
+pub mod jose;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
