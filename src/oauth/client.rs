@@ -47,9 +47,17 @@ pub trait PartnerHttp: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenClientError {
     /// Discovery failed or gave nothing usable.
-    Discovery { partner: String, url: String, detail: String },
+    Discovery {
+        partner: String,
+        url: String,
+        detail: String,
+    },
     /// The token endpoint could not be reached.
-    Transport { partner: String, endpoint: String, detail: String },
+    Transport {
+        partner: String,
+        endpoint: String,
+        detail: String,
+    },
     /// The token endpoint answered with an error.
     Refused {
         partner: String,
@@ -60,7 +68,11 @@ pub enum TokenClientError {
         retry_after: Option<String>,
     },
     /// The answer was 200 but not a usable token response.
-    BadResponse { partner: String, endpoint: String, detail: String },
+    BadResponse {
+        partner: String,
+        endpoint: String,
+        detail: String,
+    },
     /// We could not build or sign our assertions.
     Local { partner: String, detail: String },
 }
@@ -68,14 +80,35 @@ pub enum TokenClientError {
 impl std::fmt::Display for TokenClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TokenClientError::Discovery { partner, url, detail } => {
+            TokenClientError::Discovery {
+                partner,
+                url,
+                detail,
+            } => {
                 write!(f, "partner {partner}: discovery at {url} failed: {detail}")
             }
-            TokenClientError::Transport { partner, endpoint, detail } => {
-                write!(f, "partner {partner}: token endpoint {endpoint} unreachable: {detail}")
+            TokenClientError::Transport {
+                partner,
+                endpoint,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "partner {partner}: token endpoint {endpoint} unreachable: {detail}"
+                )
             }
-            TokenClientError::Refused { partner, endpoint, status, error, description, .. } => {
-                write!(f, "partner {partner}: token endpoint {endpoint} answered {status}")?;
+            TokenClientError::Refused {
+                partner,
+                endpoint,
+                status,
+                error,
+                description,
+                ..
+            } => {
+                write!(
+                    f,
+                    "partner {partner}: token endpoint {endpoint} answered {status}"
+                )?;
                 if let Some(e) = error {
                     write!(f, " {e}")?;
                 }
@@ -84,8 +117,15 @@ impl std::fmt::Display for TokenClientError {
                 }
                 Ok(())
             }
-            TokenClientError::BadResponse { partner, endpoint, detail } => {
-                write!(f, "partner {partner}: token endpoint {endpoint} gave an unusable response: {detail}")
+            TokenClientError::BadResponse {
+                partner,
+                endpoint,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "partner {partner}: token endpoint {endpoint} gave an unusable response: {detail}"
+                )
             }
             TokenClientError::Local { partner, detail } => write!(f, "partner {partner}: {detail}"),
         }
@@ -107,7 +147,9 @@ impl TokenClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             TokenClientError::Transport { .. } | TokenClientError::Discovery { .. } => true,
-            TokenClientError::Refused { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            TokenClientError::Refused { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             _ => false,
         }
     }
@@ -159,7 +201,11 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
-    pub fn new(config: Arc<Config>, signing: Arc<SigningKey>, http: Arc<dyn PartnerHttp>) -> TokenClient {
+    pub fn new(
+        config: Arc<Config>,
+        signing: Arc<SigningKey>,
+        http: Arc<dyn PartnerHttp>,
+    ) -> TokenClient {
         TokenClient {
             config,
             signing,
@@ -170,9 +216,19 @@ impl TokenClient {
     }
 
     /// A token for `purpose` at `partner`, reused until 30 s before it ends.
-    pub fn token(&self, partner: &Partner, purpose: &Purpose<'_>, now: i64) -> Result<AccessToken, TokenClientError> {
+    pub fn token(
+        &self,
+        partner: &Partner,
+        purpose: &Purpose<'_>,
+        now: i64,
+    ) -> Result<AccessToken, TokenClientError> {
         let key = (partner.name.clone(), cache_key(purpose));
-        if let Some(t) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(t) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             if now < t.use_until {
                 return Ok(t.clone());
             }
@@ -203,7 +259,12 @@ impl TokenClient {
 
     /// The partner's discovery document (cached per max-age, default 4 h).
     pub fn discover(&self, partner: &Partner, now: i64) -> Result<Discovery, TokenClientError> {
-        if let Some((d, until)) = self.discovery.lock().unwrap_or_else(|p| p.into_inner()).get(&partner.name) {
+        if let Some((d, until)) = self
+            .discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partner.name)
+        {
             if now < *until {
                 return Ok(d.clone());
             }
@@ -218,7 +279,10 @@ impl TokenClient {
             url: url.clone(),
             detail,
         };
-        let reply = self.http.get(&partner.name, &url, "application/json").map_err(err)?;
+        let reply = self
+            .http
+            .get(&partner.name, &url, "application/json")
+            .map_err(err)?;
         if reply.status != 200 {
             return Err(err(format!("answered {}", reply.status)));
         }
@@ -233,7 +297,12 @@ impl TokenClient {
         Ok(d)
     }
 
-    fn request(&self, partner: &Partner, purpose: &Purpose<'_>, now: i64) -> Result<AccessToken, TokenClientError> {
+    fn request(
+        &self,
+        partner: &Partner,
+        purpose: &Purpose<'_>,
+        now: i64,
+    ) -> Result<AccessToken, TokenClientError> {
         let endpoint = self.token_endpoint(partner, now)?;
         let (client, authz) = self.assertions(partner, purpose, &endpoint, now)?;
         let body = format!(
@@ -268,10 +337,12 @@ impl TokenClient {
                 retry_after: reply.retry_after,
             });
         }
-        let t = messages::parse_token_response(&reply.body).map_err(|e| TokenClientError::BadResponse {
-            partner: partner.name.clone(),
-            endpoint: endpoint.clone(),
-            detail: e.to_string(),
+        let t = messages::parse_token_response(&reply.body).map_err(|e| {
+            TokenClientError::BadResponse {
+                partner: partner.name.clone(),
+                endpoint: endpoint.clone(),
+                detail: e.to_string(),
+            }
         })?;
         let lifetime = t.expires_in.unwrap_or(300);
         Ok(AccessToken {
@@ -359,17 +430,23 @@ impl TokenClient {
 
 fn cache_key(purpose: &Purpose<'_>) -> String {
     match purpose {
-        Purpose::Notify { patient } => format!("notify:{}", patient.map(Bsn::as_str).unwrap_or("-")),
-        Purpose::Pull { authorization_base, .. } => format!("pull:{authorization_base}"),
+        Purpose::Notify { patient } => {
+            format!("notify:{}", patient.map(Bsn::as_str).unwrap_or("-"))
+        }
+        Purpose::Pull {
+            authorization_base, ..
+        } => format!("pull:{authorization_base}"),
     }
 }
 
 /// `<FHIR base>/.well-known/smart-configuration`.
 pub fn discovery_url(partner: &Partner) -> Option<String> {
-    partner
-        .fhir_base
-        .as_ref()
-        .map(|b| format!("{}/.well-known/smart-configuration", b.trim_end_matches('/')))
+    partner.fhir_base.as_ref().map(|b| {
+        format!(
+            "{}/.well-known/smart-configuration",
+            b.trim_end_matches('/')
+        )
+    })
 }
 
 /// Fetches partners' JWKS for the [`keycache::KeyCache`]: the configured
@@ -400,9 +477,13 @@ impl Fetch<Jwks> for JwksFetcher {
             .get(partner_name, &url, "application/json")
             .map_err(|e| format!("partner {partner_name}: JWKS {url}: {e}"))?;
         if reply.status != 200 {
-            return Err(format!("partner {partner_name}: JWKS {url} answered {}", reply.status));
+            return Err(format!(
+                "partner {partner_name}: JWKS {url} answered {}",
+                reply.status
+            ));
         }
-        let keys = Jwks::parse(&reply.body).map_err(|e| format!("partner {partner_name}: JWKS {url}: {e}"))?;
+        let keys = Jwks::parse(&reply.body)
+            .map_err(|e| format!("partner {partner_name}: JWKS {url}: {e}"))?;
         Ok(Fetched {
             keys,
             max_age: keycache::max_age(reply.cache_control.as_deref()),

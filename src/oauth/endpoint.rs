@@ -88,7 +88,12 @@ pub struct Refusal {
     pub reason: &'static str,
 }
 
-fn refuse(status: u16, error: &'static str, reason: &'static str, description: impl Into<String>) -> Refusal {
+fn refuse(
+    status: u16,
+    error: &'static str,
+    reason: &'static str,
+    description: impl Into<String>,
+) -> Refusal {
     Refusal {
         status,
         error,
@@ -190,17 +195,30 @@ impl TokenService {
                 403,
                 "unauthorized_client",
                 "wrong_kind",
-                format!("partner {} is a {} partner, not twiin", partner.name, partner.kind.name()),
+                format!(
+                    "partner {} is a {} partner, not twiin",
+                    partner.name,
+                    partner.kind.name()
+                ),
             ));
         }
 
         // 2. HTTP: form-encoded, bounded, no repeats, both JWTs, exact types.
         if req.body.len() > MAX_TOKEN_BODY {
-            return Err(refuse(413, "invalid_request", "too_large", "the request body is too large"));
+            return Err(refuse(
+                413,
+                "invalid_request",
+                "too_large",
+                "the request body is too large",
+            ));
         }
-        let media = req
-            .content_type
-            .map(|c| c.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+        let media = req.content_type.map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
         if media.as_deref() != Some("application/x-www-form-urlencoded") {
             return Err(invalid_request(
                 "content_type",
@@ -223,7 +241,12 @@ impl TokenService {
             ));
         }
         match form.get("client_assertion_type") {
-            None => return Err(invalid_request("missing_parameter", "client_assertion_type is missing")),
+            None => {
+                return Err(invalid_request(
+                    "missing_parameter",
+                    "client_assertion_type is missing",
+                ));
+            }
             Some(t) if t != CLIENT_ASSERTION_TYPE => {
                 return Err(invalid_request(
                     "client_assertion_type",
@@ -241,21 +264,36 @@ impl TokenService {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid_request("missing_parameter", "assertion is missing"))?;
 
-        let algs: Vec<Alg> = partner.accept_algs.iter().filter_map(|a| Alg::from_name(a)).collect();
+        let algs: Vec<Alg> = partner
+            .accept_algs
+            .iter()
+            .filter_map(|a| Alg::from_name(a))
+            .collect();
         let mut audiences = vec![self.config.token_endpoint()];
         audiences.extend(partner.audiences.iter().cloned());
         let issuer = partner.issuer.as_deref().unwrap_or_default();
 
         // 3–4. Client assertion: signature, then claims, then replay → invalid_client.
         let client = self
-            .check_assertion(partner, client_jwt, &algs, issuer, partner.client_id.as_deref(), &audiences, now)
+            .check_assertion(
+                partner,
+                client_jwt,
+                &algs,
+                issuer,
+                partner.client_id.as_deref(),
+                &audiences,
+                now,
+            )
             .map_err(|(reason, d)| match reason {
                 "keys_unavailable" => unavailable(d),
                 _ => invalid_client(reason, format!("client assertion: {d}")),
             })?;
         if let Some(id) = form.get("client_id") {
             if id != client.claims.sub {
-                return Err(invalid_client("client_id", "client_id does not match the client assertion sub"));
+                return Err(invalid_client(
+                    "client_id",
+                    "client_id does not match the client assertion sub",
+                ));
             }
         }
 
@@ -264,18 +302,28 @@ impl TokenService {
             .check_assertion(partner, authz_jwt, &algs, issuer, None, &audiences, now)
             .map_err(|(reason, d)| match reason {
                 "keys_unavailable" => unavailable(d),
-                _ => invalid_grant(grant_reason(reason), format!("authorization assertion: {d}")),
+                _ => invalid_grant(
+                    grant_reason(reason),
+                    format!("authorization assertion: {d}"),
+                ),
             })?
             .claims;
 
         // 6. Authorization claims.
         let scheme = partner.id_scheme;
-        let requesting = ids::parse_org(&authz.sub, scheme)
-            .ok_or_else(|| invalid_grant("org", "authorization assertion: sub is not an organisation id"))?;
+        let requesting = ids::parse_org(&authz.sub, scheme).ok_or_else(|| {
+            invalid_grant(
+                "org",
+                "authorization assertion: sub is not an organisation id",
+            )
+        })?;
         if partner.org.as_ref() != Some(&requesting) {
             return Err(invalid_grant(
                 "org",
-                format!("authorization assertion: partner {} may not act for that organisation", partner.name),
+                format!(
+                    "authorization assertion: partner {} may not act for that organisation",
+                    partner.name
+                ),
             ));
         }
         match authz.authorizer.as_deref() {
@@ -285,18 +333,27 @@ impl TokenService {
                         || Some(&org) == self.config.our_org(crate::config::IdScheme::Agb).as_ref()
                 });
                 if !ours {
-                    return Err(invalid_grant("authorizer", "authorization assertion: authorizer is not our organisation"));
+                    return Err(invalid_grant(
+                        "authorizer",
+                        "authorization assertion: authorizer is not our organisation",
+                    ));
                 }
             }
             None if partner.address_system => {}
             None => {
-                return Err(invalid_grant("authorizer", "authorization assertion: authorizer is missing"));
+                return Err(invalid_grant(
+                    "authorizer",
+                    "authorization assertion: authorizer is missing",
+                ));
             }
         }
         let patient = match authz.patient.as_deref() {
             None => None,
             Some(p) => Some(Bsn::from_patient_claim(p).ok_or_else(|| {
-                invalid_grant("patient", "authorization assertion: patient is not a valid BSN OID")
+                invalid_grant(
+                    "patient",
+                    "authorization assertion: patient is not a valid BSN OID",
+                )
             })?),
         };
         let mut grant = Grant {
@@ -315,7 +372,10 @@ impl TokenService {
             match self.bases.lookup(&partner.name, base, now) {
                 BaseLookup::NotIssued => {}
                 BaseLookup::Ended => {
-                    return Err(invalid_grant("base_ended", "authorization_base cancelled or expired"));
+                    return Err(invalid_grant(
+                        "base_ended",
+                        "authorization_base cancelled or expired",
+                    ));
                 }
                 BaseLookup::Live(binding) => {
                     if binding.owner.as_ref().is_some_and(|o| *o != requesting) {
@@ -325,7 +385,10 @@ impl TokenService {
                         ));
                     }
                     if patient.as_ref().is_some_and(|p| *p != binding.patient) {
-                        return Err(invalid_grant("base_patient", "patient does not match the authorization_base"));
+                        return Err(invalid_grant(
+                            "base_patient",
+                            "patient does not match the authorization_base",
+                        ));
                     }
                     grant.kind = TokenKind::Pull;
                     grant.authorization_base = Some(base.to_string());
@@ -336,13 +399,15 @@ impl TokenService {
         }
 
         // 7. Issue, durably, and audit.
-        let issued = self
-            .tokens
-            .issue(grant, now)
-            .map_err(|e| {
-                log::error!("event=token.store_failed error={}", Q(&e.to_string()));
-                refuse(503, "temporarily_unavailable", "server_error", "the token could not be stored")
-            })?;
+        let issued = self.tokens.issue(grant, now).map_err(|e| {
+            log::error!("event=token.store_failed error={}", Q(&e.to_string()));
+            refuse(
+                503,
+                "temporarily_unavailable",
+                "server_error",
+                "the token could not be stored",
+            )
+        })?;
         let audited = self.audit.record(Event {
             action: "token.issued",
             outcome: "success",
@@ -361,7 +426,12 @@ impl TokenService {
         if let Err(e) = audited {
             // Without an audit record the token must not be handed out.
             log::error!("event=audit.failed error={}", Q(&e.to_string()));
-            return Err(refuse(503, "temporarily_unavailable", "server_error", "the audit trail is unavailable"));
+            return Err(refuse(
+                503,
+                "temporarily_unavailable",
+                "server_error",
+                "the audit trail is unavailable",
+            ));
         }
         Ok((issued.grant, issued.access_token))
     }
@@ -379,20 +449,30 @@ impl TokenService {
         audiences: &[String],
         now: i64,
     ) -> Result<Checked, (&'static str, String)> {
-        let keys = self
-            .keys
-            .keys(&partner.name, now)
-            .map_err(|e| ("keys_unavailable", format!("signing keys of partner {} unavailable: {e}", partner.name)))?;
+        let keys = self.keys.keys(&partner.name, now).map_err(|e| {
+            (
+                "keys_unavailable",
+                format!("signing keys of partner {} unavailable: {e}", partner.name),
+            )
+        })?;
         let verified = match jose::verify_compact(jwt, &keys, algs) {
-            Err(JoseError::UnknownKid(_)) => match self.keys.refresh_for_unknown_kid(&partner.name, now) {
-                Ok(Some(fresh)) => jose::verify_compact(jwt, &fresh, algs),
-                Ok(None) => jose::verify_compact(jwt, &keys, algs),
-                Err(e) => return Err(("keys_unavailable", format!("signing keys of partner {} unavailable: {e}", partner.name))),
-            },
+            Err(JoseError::UnknownKid { .. }) => {
+                match self.keys.refresh_for_unknown_kid(&partner.name, now) {
+                    Ok(Some(fresh)) => jose::verify_compact(jwt, &fresh, algs),
+                    Ok(None) => jose::verify_compact(jwt, &keys, algs),
+                    Err(e) => {
+                        return Err((
+                            "keys_unavailable",
+                            format!("signing keys of partner {} unavailable: {e}", partner.name),
+                        ));
+                    }
+                }
+            }
             other => other,
         }
         .map_err(|e| (jose_reason(&e), e.to_string()))?;
-        let claims = assertion::claims::parse(&verified.payload).map_err(|e| ("claims", e.to_string()))?;
+        let claims =
+            assertion::claims::parse(verified.payload()).map_err(|e| ("claims", e.to_string()))?;
         assertion::claims::check(
             &claims,
             &Expectations {
@@ -403,10 +483,12 @@ impl TokenService {
             now,
         )
         .map_err(|e| (claim_reason(&e), e.to_string()))?;
-        match self
-            .replay
-            .record(&partner.name, &claims.iss, &claims.jti, assertion::claims::replay_horizon(&claims))
-        {
+        match self.replay.record(
+            &partner.name,
+            &claims.iss,
+            &claims.jti,
+            assertion::claims::replay_horizon(&claims),
+        ) {
             Ok(Seen::Fresh) => Ok(Checked { claims }),
             Ok(Seen::Replayed) => Err(("replay", "jti was used before".into())),
             Err(e) => {
@@ -418,14 +500,25 @@ impl TokenService {
 }
 
 fn unavailable(description: String) -> Refusal {
-    refuse(503, "temporarily_unavailable", "keys_unavailable", description)
+    refuse(
+        503,
+        "temporarily_unavailable",
+        "keys_unavailable",
+        description,
+    )
 }
 
 fn jose_reason(e: &JoseError) -> &'static str {
     match e {
-        JoseError::UnknownKid(_) => "unknown_kid",
-        JoseError::BadSignature => "bad_signature",
-        JoseError::AlgNotAllowed(_) => "alg_not_allowed",
+        JoseError::UnknownKid { .. } | JoseError::NoKid { .. } | JoseError::AmbiguousKid { .. } => {
+            "unknown_kid"
+        }
+        JoseError::BadSignature { .. } => "bad_signature",
+        JoseError::AlgNotAllowed { .. }
+        | JoseError::AlgNone
+        | JoseError::AlgHmac { .. }
+        | JoseError::AlgUnknown { .. }
+        | JoseError::AlgKeyMismatch { .. } => "alg_not_allowed",
         _ => "bad_jws",
     }
 }
