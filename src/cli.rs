@@ -1,1 +1,3 @@
-pub fn main(_args: Vec<std::ffi::OsString>) -> i32 { 0 }
+pub fn main(_args: Vec<std::ffi::OsString>) -> i32 {
+    0
+}

@@ -5,4 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod http;
+pub mod ops;
 pub mod util;

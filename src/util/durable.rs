@@ -21,7 +21,13 @@ pub struct DurableError {
 
 impl std::fmt::Display for DurableError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} failed: {}", self.path.display(), self.step, self.source)
+        write!(
+            f,
+            "{}: {} failed: {}",
+            self.path.display(),
+            self.step,
+            self.source
+        )
     }
 }
 

@@ -78,7 +78,16 @@ mod tests {
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("72h").unwrap(), Duration::from_secs(259_200));
-        for bad in ["", "s", "2", "2 s", "2x", "-1s", "1.5h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "s",
+            "2",
+            "2 s",
+            "2x",
+            "-1s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

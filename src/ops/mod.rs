@@ -1,0 +1,3 @@
+//! Operations: what the daemon exposes about itself (metrics; later logging, signals, sd_notify).
+
+pub mod metrics;
