@@ -23,7 +23,7 @@ fn threads() -> usize {
 #[test]
 fn connection_cap_refuses_at_once_and_recovers_after_idle_timeout() {
     const CAP: usize = 4;
-    let idle_timeout = Duration::from_secs(2);
+    let idle_timeout = Duration::from_secs(3);
     let world = World::new();
     let baseline = threads();
     let limits = np_agent::http::Limits {

@@ -414,7 +414,9 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!(idle.request(&get("/hello", "")).unwrap().status, 200);
     let mut busy = RawClient::connect(addr, world.client_config()).unwrap();
     busy.send(&get("/sleep", "")).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(eventually(Duration::from_secs(10), || SLEEPERS
+        .load(Ordering::SeqCst)
+        == 1));
     let TestServer { server, .. } = srv;
     let stopper = std::thread::spawn(move || server.shutdown(Duration::from_secs(5)));
     let r = busy.read_response(false).unwrap();
@@ -550,4 +552,28 @@ fn client_refuses_untrusted_server_and_plain_http() {
         .call()
         .unwrap_err();
     assert!(matches!(err, ureq::Error::RequireHttpsOnly(_)), "{err}");
+}
+
+#[test]
+fn tls12_peer_is_reported() {
+    let world = World::new();
+    let srv = TestServer::start(world.server_config(), test_limits());
+    let roots = world.ca.roots();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        world.client_leaf.chain.clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(world.client_leaf.key.clone_key()),
+    )
+    .unwrap();
+    let mut c = RawClient::connect(srv.addr(), Arc::new(config)).unwrap();
+    let r = c.request(&get("/peer", "")).unwrap();
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        "TLSv1.2 certs=1 query=-"
+    );
 }

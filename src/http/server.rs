@@ -388,6 +388,7 @@ fn dispatch(shared: &Arc<Shared>, job: Job) {
             drop(pool);
             for _ in &orphans {
                 shared.metrics.connection_closed();
+                shared.metrics.connection_refused();
             }
             log::warn!(
                 "event=http.spawn_failed error={}",

@@ -184,6 +184,9 @@ impl TestServer {
     }
 }
 
+/// How many `/sleep` requests have reached the handler (only one test uses it).
+pub static SLEEPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The application of the tests.
 pub struct TestHandler;
 
@@ -204,6 +207,7 @@ impl Handler for TestHandler {
                 ),
             ),
             ("GET", "/sleep") => {
+                SLEEPERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(500));
                 Response::text(200, "slept")
             }
