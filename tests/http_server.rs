@@ -318,7 +318,7 @@ fn no_client_certificate_is_refused_and_counted() {
             == 1
             && srv
                 .metrics
-                .get(TLS_HANDSHAKE_FAILURES, &[("reason", "unknown_issuer")])
+                .get(TLS_HANDSHAKE_FAILURES, &[("reason", "unknown_ca")])
                 == 1
     }));
     assert!(

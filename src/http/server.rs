@@ -179,35 +179,38 @@ impl Drop for Server {
     }
 }
 
-/// The default classifier of TLS handshake errors: a fixed set of labels.
+/// The default classifier of TLS handshake errors: a fixed set of labels, a subset of
+/// the vocabulary of `pki::classify_tls_error` (which the daemon passes instead). Besides
+/// these, the server itself reports `timeout`, `eof` and `io`.
 pub fn classify_tls_error(e: &rustls::Error) -> &'static str {
     use rustls::{CertificateError, Error};
     match e {
         Error::NoCertificatesPresented => "no_client_cert",
         Error::InvalidCertificate(c) => match c {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "cert_expired",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "cert_not_yet_valid"
+                "not_yet_valid"
             }
-            CertificateError::Revoked => "cert_revoked",
-            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownIssuer => "unknown_ca",
             CertificateError::UnknownRevocationStatus => "revocation_unknown",
             CertificateError::ExpiredRevocationList
             | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
-            CertificateError::BadSignature => "bad_signature",
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "invalid_purpose"
+                "wrong_purpose"
             }
-            _ => "bad_certificate",
+            _ => "bad_cert",
         },
-        Error::AlertReceived(_) => "alert_received",
-        Error::PeerIncompatible(_) => "incompatible",
-        Error::PeerMisbehaved(_) => "misbehaved",
+        Error::InvalidCertRevocationList(_) => "crl_invalid",
+        Error::AlertReceived(_) => "peer_alert",
+        Error::PeerIncompatible(_) => "protocol_version",
+        Error::NoApplicationProtocol => "alpn",
         Error::InvalidMessage(_)
         | Error::InappropriateMessage { .. }
-        | Error::InappropriateHandshakeMessage { .. } => "protocol",
-        Error::DecryptError => "decrypt",
-        Error::InvalidCertRevocationList(_) => "crl_invalid",
+        | Error::InappropriateHandshakeMessage { .. }
+        | Error::PeerMisbehaved(_)
+        | Error::PeerSentOversizedRecord
+        | Error::DecryptError => "protocol_error",
         _ => "other",
     }
 }
@@ -962,11 +965,11 @@ mod tests {
         );
         assert_eq!(
             classify_tls_error(&Error::InvalidCertificate(CertificateError::UnknownIssuer)),
-            "unknown_issuer"
+            "unknown_ca"
         );
         assert_eq!(
             classify_tls_error(&Error::InvalidCertificate(CertificateError::Revoked)),
-            "cert_revoked"
+            "revoked"
         );
         assert_eq!(classify_tls_error(&Error::General("x".into())), "other");
     }

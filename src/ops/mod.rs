@@ -1,3 +1,3 @@
-//! Operations: what the daemon exposes about itself (metrics; later logging, signals, sd_notify).
+//! Operations: logging, systemd notifications, signals, metrics, admin endpoint.
 
 pub mod metrics;
