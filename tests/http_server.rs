@@ -577,3 +577,94 @@ fn tls12_peer_is_reported() {
         "TLSv1.2 certs=1 query=-"
     );
 }
+
+/// Collects log lines of the whole test process.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!(
+            "level={} {}",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        );
+        self.0.lock().unwrap().push(line);
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+
+fn captured(needle: &str) -> Vec<String> {
+    CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn access_log_holds_no_query_headers_or_body() {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Debug);
+    let world = World::new();
+    let srv = TestServer::start(world.server_config(), test_limits());
+    let mut c = RawClient::connect(srv.addr(), world.client_config()).unwrap();
+    let r = c
+        .request(&get(
+            "/peer?patient=999999990",
+            "X-Request-Id: log-check-1\r\nAuthorization: Bearer SECRET-TOKEN\r\n",
+        ))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = c
+        .request(b"POST /oauth/token HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: log-check-2\r\nContent-Length: 99999\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.status, 413);
+    let _ = RawClient::connect(srv.addr(), client_config(&world.ca, None))
+        .and_then(|mut c| c.request(&get("/hello", "")));
+
+    assert!(eventually(Duration::from_secs(5), || !captured(
+        "event=tls.handshake_failed"
+    )
+    .is_empty()));
+    let lines = captured("rid=log-check-1");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(
+        line.starts_with(
+            "level=info event=http.request rid=log-check-1 method=GET endpoint=/peer status=200 ms="
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(" bytes=") && line.contains(" peer=127.0.0.1:"),
+        "{line}"
+    );
+    let line = &captured("rid=log-check-2")[0];
+    assert!(
+        line.contains("method=POST endpoint=/oauth/token status=413")
+            && line.contains("reason=\"request body too large\""),
+        "{line}"
+    );
+    let all = CAPTURE.0.lock().unwrap().join("\n");
+    for secret in [
+        "999999990",
+        "SECRET",
+        "patient",
+        "Authorization",
+        "authorization",
+    ] {
+        assert!(!all.contains(secret), "{secret} leaked into logs");
+    }
+    assert!(
+        all.contains("event=tls.handshake_failed peer=127.0.0.1:")
+            && all.contains("reason=no_client_cert")
+    );
+}

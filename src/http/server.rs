@@ -17,7 +17,7 @@ use rustls::{ServerConfig, ServerConnection};
 
 use super::parse::{ParsedRequest, Reject, RequestReader, Step};
 use super::wire::{self, Framing};
-use super::{Handler, Limits, Peer, Request};
+use super::{Handler, Limits, Peer, Request, Response};
 use crate::ops::metrics::Metrics;
 use crate::util::time;
 
@@ -591,106 +591,146 @@ fn serve_requests(
 
         let started = Instant::now();
         let mut reader = RequestReader::new(limits.reader());
-        let result = read_request(limits, conn, &mut reader, started);
-        let handler = &shared.handler;
-        let (resp, close, rid, head_only, endpoint, method, reason) = match result {
+        let handler = &*shared.handler;
+        let answer = match read_request(limits, conn, &mut reader, started) {
             Ok(parsed) => {
                 served += 1;
-                let ParsedRequest { head, body } = parsed;
-                let request_id = wire::request_id(&head.headers);
-                let req = Request {
-                    method: head.method,
-                    target: head.target,
-                    path: head.path,
-                    query: head.query,
-                    headers: head.headers,
-                    body,
-                    request_id,
-                    peer: peer.clone(),
-                };
-                let resp = handler.handle(&req);
-                let close = head.close
-                    || wire::wants_close(&resp)
+                let mut answer = answer_request(handler, parsed, peer);
+                answer.close = answer.close
                     || served >= limits.max_requests_per_connection
                     || Instant::now() >= age_deadline
                     || shared.stopping.load(Ordering::SeqCst);
-                let endpoint = handler.endpoint_label(&req.path);
-                let head_only = req.method == "HEAD";
-                let method = wire::method_label(&req.method);
-                (
-                    resp,
-                    close,
-                    req.request_id,
-                    head_only,
-                    endpoint,
-                    method,
-                    None,
-                )
+                answer
             }
-            Err(ReadFail::Reject(r)) => {
-                let path = reader.path_hint();
-                let resp = handler.error_response(path, r.status, r.reason);
-                let rid = reader
-                    .head()
-                    .map_or_else(wire::new_request_id, |h| wire::request_id(&h.headers));
-                let endpoint = path.map_or("none", |p| handler.endpoint_label(p));
-                let method = reader.head().map_or("-", |h| wire::method_label(&h.method));
-                let head_only = reader.head().is_some_and(|h| h.method == "HEAD");
-                (resp, true, rid, head_only, endpoint, method, Some(r.reason))
-            }
+            Err(ReadFail::Reject(r)) => answer_reject(handler, &reader, r),
             Err(ReadFail::Io(IoFail::Eof)) => return Close::Quiet,
             Err(ReadFail::Io(e)) => {
                 log_conn_error(peer, &e);
                 return Close::Abort;
             }
         };
-
-        let framing = Framing {
-            request_id: &rid,
-            close,
-            head_only,
-            now: time::now_unix(),
-        };
-        let (out, close) = match wire::serialize(&resp, framing) {
-            Ok(out) => (out, close),
-            Err(why) => {
-                log::warn!(
-                    "event=http.invalid_response rid={} endpoint={endpoint} reason={}",
-                    wire::log_value(&rid),
-                    wire::log_value(why)
-                );
-                let path = reader.path_hint();
-                let fallback = handler.error_response(path, 500, "invalid response");
-                let fallback = wire::serialize(
-                    &fallback,
-                    Framing {
-                        close: true,
-                        ..framing
-                    },
-                )
-                .unwrap_or_else(|_| wire::fallback_500(&rid, framing.now));
-                (fallback, true)
-            }
-        };
-        let status = status_of(&out.bytes);
-        let written = conn.write_all(&out.bytes, Instant::now() + limits.write_timeout);
-        let ms = started.elapsed().as_millis();
-        shared.metrics.http_request(endpoint, status);
-        let reason = reason.map(|r| format!(" reason={}", wire::log_value(r)));
-        log::info!(
-            "event=http.request rid={} method={method} endpoint={} status={status} ms={ms} bytes={} peer={}{}",
-            wire::log_value(&rid),
-            wire::log_value(endpoint),
-            out.body_len,
-            peer.addr,
-            reason.as_deref().unwrap_or("")
-        );
-        if let Err(e) = written {
-            log_conn_error(peer, &e);
-            return Close::Abort;
+        match send_answer(shared, conn, answer, peer, started) {
+            Ok(false) => {}
+            Ok(true) => return Close::Linger,
+            Err(()) => return Close::Abort,
         }
-        if close {
-            return Close::Linger;
+    }
+}
+
+/// A response on its way out, with what the access log and metrics need.
+struct Answer {
+    resp: Response,
+    close: bool,
+    request_id: String,
+    path: Option<String>,
+    head_only: bool,
+    endpoint: &'static str,
+    method: &'static str,
+    /// Why the server answered instead of the handler.
+    reason: Option<&'static str>,
+}
+
+/// Runs the handler on a complete request.
+fn answer_request(handler: &dyn Handler, parsed: ParsedRequest, peer: &Peer) -> Answer {
+    let ParsedRequest { head, body } = parsed;
+    let req = Request {
+        request_id: wire::request_id(&head.headers),
+        method: head.method,
+        target: head.target,
+        path: head.path,
+        query: head.query,
+        headers: head.headers,
+        body,
+        peer: peer.clone(),
+    };
+    let resp = handler.handle(&req);
+    Answer {
+        close: head.close || wire::wants_close(&resp),
+        resp,
+        endpoint: handler.endpoint_label(&req.path),
+        head_only: req.method == "HEAD",
+        method: wire::method_label(&req.method),
+        request_id: req.request_id,
+        path: Some(req.path),
+        reason: None,
+    }
+}
+
+/// The server's own answer to a request it refused (always closing).
+fn answer_reject(handler: &dyn Handler, reader: &RequestReader, r: Reject) -> Answer {
+    let path = reader.path_hint();
+    let head = reader.head();
+    Answer {
+        resp: handler.error_response(path, r.status, r.reason),
+        close: true,
+        request_id: head.map_or_else(wire::new_request_id, |h| wire::request_id(&h.headers)),
+        path: path.map(str::to_string),
+        head_only: head.is_some_and(|h| h.method == "HEAD"),
+        endpoint: path.map_or("none", |p| handler.endpoint_label(p)),
+        method: head.map_or("-", |h| wire::method_label(&h.method)),
+        reason: Some(r.reason),
+    }
+}
+
+/// Serializes and writes an answer, counts it and logs it. `Ok(true)` when the connection
+/// closes now; `Err` when the write failed.
+fn send_answer(
+    shared: &Shared,
+    conn: &mut Conn<'_>,
+    answer: Answer,
+    peer: &Peer,
+    started: Instant,
+) -> Result<bool, ()> {
+    let rid = &answer.request_id;
+    let framing = Framing {
+        request_id: rid,
+        close: answer.close,
+        head_only: answer.head_only,
+        now: time::now_unix(),
+    };
+    let (out, close) = match wire::serialize(&answer.resp, framing) {
+        Ok(out) => (out, answer.close),
+        Err(why) => {
+            log::warn!(
+                "event=http.invalid_response rid={} endpoint={} reason={}",
+                wire::log_value(rid),
+                wire::log_value(answer.endpoint),
+                wire::log_value(why)
+            );
+            let fallback =
+                shared
+                    .handler
+                    .error_response(answer.path.as_deref(), 500, "invalid response");
+            let closing = Framing {
+                close: true,
+                ..framing
+            };
+            let out = wire::serialize(&fallback, closing)
+                .unwrap_or_else(|_| wire::fallback_500(rid, framing.now));
+            (out, true)
+        }
+    };
+    let status = status_of(&out.bytes);
+    let written = conn.write_all(&out.bytes, Instant::now() + shared.limits.write_timeout);
+    shared.metrics.http_request(answer.endpoint, status);
+    let reason = answer
+        .reason
+        .map(|r| format!(" reason={}", wire::log_value(r)));
+    log::info!(
+        "event=http.request rid={} method={} endpoint={} status={status} ms={} bytes={} peer={}{}",
+        wire::log_value(rid),
+        answer.method,
+        wire::log_value(answer.endpoint),
+        started.elapsed().as_millis(),
+        out.body_len,
+        peer.addr,
+        reason.as_deref().unwrap_or("")
+    );
+    match written {
+        Ok(()) => Ok(close),
+        Err(e) => {
+            log_conn_error(peer, &e);
+            Err(())
         }
     }
 }
