@@ -40,6 +40,7 @@ pub mod parse;
 mod server;
 mod wire;
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +50,10 @@ use rustls_pki_types::CertificateDer;
 pub use self::server::{Server, TlsErrorClassifier, TlsSlot, classify_tls_error};
 
 /// One request, complete and checked against the [`Limits`].
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows the method, path, header names, body length, request id and
+/// peer address only: queries, header values and bodies may hold patient data or tokens.
+#[derive(Clone)]
 pub struct Request {
     /// The method token as sent (`GET`, `POST`, …; case-sensitive).
     pub method: String,
@@ -68,6 +72,21 @@ pub struct Request {
     pub request_id: String,
     /// Who is asking.
     pub peer: Peer,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query.as_ref().map(|_| "<redacted>"))
+            .field("header_names", &names)
+            .field("body_len", &self.body.len())
+            .field("request_id", &self.request_id)
+            .field("peer", &self.peer.addr)
+            .finish()
+    }
 }
 
 impl Request {
@@ -313,6 +332,22 @@ mod tests {
         assert_eq!(r.header("x-ctl"), None);
         assert_eq!(r.header("absent"), None);
         assert_eq!((r.header("X-DUP"), r.header_count("x-dup")), (Some("1"), 2));
+    }
+
+    #[test]
+    fn debug_output_redacts_query_values_and_body() {
+        let mut r = request(&[("authorization", b"Bearer secret-token")]);
+        r.query = Some("patient=999999990".into());
+        r.body = b"{\"bsn\":\"999999990\"}".to_vec();
+        let text = format!("{r:?}");
+        assert!(
+            text.contains("authorization") && text.contains("<redacted>"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret") && !text.contains("999999990"),
+            "{text}"
+        );
     }
 
     #[test]
