@@ -668,3 +668,56 @@ fn access_log_holds_no_query_headers_or_body() {
             && all.contains("reason=no_client_cert")
     );
 }
+
+/// Headers and body leave in one plaintext write: a small response is exactly one TLS
+/// record (two writes would make two).
+#[test]
+fn small_response_is_one_tls_record() {
+    use rustls::ClientConnection;
+    use rustls::pki_types::ServerName;
+
+    let world = World::new();
+    let srv = TestServer::start(world.server_config(), test_limits());
+    let mut tcp = TcpStream::connect(srv.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(world.client_config(), name).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).unwrap();
+    }
+    let mut exchange = |tls: &mut ClientConnection| -> (Vec<u8>, Vec<u8>) {
+        tls.writer().write_all(&get("/hello", "")).unwrap();
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp).unwrap();
+        }
+        let (mut raw, mut plain) = (Vec::new(), Vec::new());
+        while !plain.ends_with(b"\r\n\r\nhello") {
+            let mut chunk = [0u8; 16384];
+            let n = tcp.read(&mut chunk).unwrap();
+            assert!(n > 0, "server closed");
+            raw.extend_from_slice(&chunk[..n]);
+            tls.read_tls(&mut &chunk[..n]).unwrap();
+            tls.process_new_packets().unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = tls.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                plain.extend_from_slice(&buf[..n]);
+            }
+        }
+        (raw, plain)
+    };
+    // The first exchange also carries the session tickets sent after the handshake.
+    let _ = exchange(&mut tls);
+    let (raw, plain) = exchange(&mut tls);
+    assert!(plain.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let mut records = 0;
+    let mut at = 0;
+    while at + 5 <= raw.len() {
+        let len = usize::from(u16::from_be_bytes([raw[at + 3], raw[at + 4]]));
+        at += 5 + len;
+        records += 1;
+    }
+    assert_eq!((records, at), (1, raw.len()));
+}
