@@ -2,13 +2,13 @@
 //! count belongs to this test only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod http_common;
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use http_common::*;
 use np_agent::ops::metrics::CONNECTIONS_REFUSED;
 
 fn threads() -> usize {

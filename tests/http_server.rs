@@ -2,7 +2,7 @@
 //! 127.0.0.1 with real TLS (certificates generated per test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod http_common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use http_common::*;
 use np_agent::http::admin::AdminServer;
 use np_agent::http::client::{self, BodyError, ClientTimeouts};
 use np_agent::ops::metrics::{CONNECTIONS_ACCEPTED, HTTP_REQUESTS, TLS_HANDSHAKE_FAILURES};
@@ -104,7 +104,7 @@ fn oversized_content_length_is_413_without_reading_the_body() {
     let world = World::new();
     // A long read timeout: were the server to wait for the body, the client's 5 s read
     // timeout would expire first.
-    let limits = common::test_limits();
+    let limits = http_common::test_limits();
     let limits = np_agent::http::Limits {
         read_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(30),
