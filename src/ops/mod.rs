@@ -1,4 +1,5 @@
 //! Operations: logging, systemd notifications, signals, metrics, admin endpoint.
 
 pub mod logging;
+pub mod metrics;
 pub mod notify;
