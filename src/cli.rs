@@ -1,3 +1,378 @@
-pub fn main(_args: Vec<std::ffi::OsString>) -> i32 {
+//! The command line. [`COMMANDS`] is the one description of every command:
+//! `--help` output, the README command table and the man page come from it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::config::{self, EXIT_CONFIG, Source};
+
+/// EX_USAGE: the command line was wrong.
+pub const EXIT_USAGE: i32 = 64;
+/// Any other fatal error.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// One command of `np-agent`.
+#[derive(Debug, Clone, Copy)]
+pub struct Command {
+    pub name: &'static str,
+    pub usage: &'static str,
+    pub summary: &'static str,
+    pub details: &'static str,
+}
+
+/// Every command, in the order `--help` lists them.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "run",
+        usage: "np-agent run [--env-file F]",
+        summary: "run the daemon",
+        details: "Without --env-file the configuration comes from the process environment \
+(systemd EnvironmentFile=). Sends READY=1 to $NOTIFY_SOCKET once listening. SIGHUP reloads \
+certificates, keys, trust, CRLs and partners without dropping work; SIGTERM drains within 10 s. \
+Exit 0 on a clean stop, 78 on a configuration error, 1 on another fatal error.",
+    },
+    Command {
+        name: "check-config",
+        usage: "np-agent check-config [--env-file F]",
+        summary: "validate the configuration and print every problem",
+        details: "Prints one line per problem, each naming the key, and loads the certificate, \
+key, trust bundle, CRLs and signing key to check they parse and match. Exit 0 when valid, 78 otherwise.",
+    },
+    Command {
+        name: "jwks",
+        usage: "np-agent jwks [--env-file F]",
+        summary: "print our public JWKS",
+        details: "Prints the JSON Web Key Set partners use to verify our assertions (the same \
+document served at /.well-known/jwks.json).",
+    },
+    Command {
+        name: "keygen",
+        usage: "np-agent keygen --alg PS256|ES256|ES384|ES512 --out F",
+        summary: "create a new signing key (PKCS#8 PEM, mode 0600)",
+        details: "Writes a new private key for NP_SIGNING_KEY. Refuses to overwrite an existing \
+file. Prints the key's kid (RFC 7638 thumbprint) and public JWK.",
+    },
+];
+
+/// Entry point: returns the process exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let args: Vec<String> = match args.into_iter().skip(1).map(|a| a.into_string()).collect() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("np-agent: arguments must be valid UTF-8");
+            return EXIT_USAGE;
+        }
+    };
+    let Some(first) = args.first() else {
+        eprint!("{}", overview());
+        return EXIT_USAGE;
+    };
+    match first.as_str() {
+        "-h" | "--help" | "help" => {
+            print!("{}", overview());
+            return 0;
+        }
+        "-V" | "--version" => {
+            println!("np-agent {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        _ => {}
+    }
+    let Some(cmd) = COMMANDS.iter().find(|c| c.name == first) else {
+        eprintln!("np-agent: unknown command {first:?}; see np-agent --help");
+        return EXIT_USAGE;
+    };
+    let rest = &args[1..];
+    if rest.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{}", command_help(cmd));
+        return 0;
+    }
+    if rest.iter().any(|a| a == "-V" || a == "--version") {
+        println!("np-agent {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let opts = match Options::parse(cmd, rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("np-agent {}: {e}\nusage: {}", cmd.name, cmd.usage);
+            return EXIT_USAGE;
+        }
+    };
+    match cmd.name {
+        "run" => run(&opts),
+        "check-config" => check_config(&opts),
+        "jwks" => jwks(&opts),
+        "keygen" => keygen(&opts),
+        _ => EXIT_USAGE,
+    }
+}
+
+/// `np-agent --help`.
+pub fn overview() -> String {
+    let mut s = format!(
+        "np-agent {} — edge agent for Dutch health data exchange (Twiin TA Notified Pull, Mitz, Zorgviewer)\n\n\
+         usage: np-agent <command> [options]\n\ncommands:\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for c in COMMANDS {
+        s.push_str(&format!("  {:<14} {}\n", c.name, c.summary));
+    }
+    s.push_str(&format!(
+        "\noptions:\n  --env-file F   read configuration from F (systemd EnvironmentFile syntax; \
+         the service uses {})\n  -h, --help     help for np-agent or a command\n  -V, --version  print the version\n\n\
+         Run 'np-agent <command> --help' for more.\n",
+        config::DEFAULT_ENV_FILE
+    ));
+    s
+}
+
+/// `np-agent <command> --help`.
+pub fn command_help(cmd: &Command) -> String {
+    format!(
+        "usage: {}\n\n{}.\n\n{}\n",
+        cmd.usage,
+        cmd.summary,
+        wrap(cmd.details, 78)
+    )
+}
+
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out
+}
+
+#[derive(Debug, Default)]
+struct Options {
+    env_file: Option<PathBuf>,
+    alg: Option<String>,
+    out: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(cmd: &Command, args: &[String]) -> Result<Options, String> {
+        let mut o = Options::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            let mut value = |name: &str| -> Result<String, String> {
+                inline
+                    .clone()
+                    .or_else(|| it.next().cloned())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match (cmd.name, flag) {
+                (_, "--env-file") if cmd.name != "keygen" => {
+                    o.env_file = Some(value("--env-file")?.into())
+                }
+                ("keygen", "--alg") => o.alg = Some(value("--alg")?),
+                ("keygen", "--out") => o.out = Some(value("--out")?.into()),
+                _ => return Err(format!("unexpected argument {a:?}")),
+            }
+        }
+        if cmd.name == "keygen" && (o.alg.is_none() || o.out.is_none()) {
+            return Err("--alg and --out are required".into());
+        }
+        Ok(o)
+    }
+
+    fn source(&self) -> Source {
+        match &self.env_file {
+            Some(f) => Source::File(f.clone()),
+            None => Source::Process,
+        }
+    }
+}
+
+/// Loads configuration or prints every problem and returns the exit code.
+fn load_config(opts: &Options) -> Result<config::Config, i32> {
+    config::load(&opts.source()).map_err(|errors| {
+        for e in &errors {
+            eprintln!("config error: {e}");
+        }
+        EXIT_CONFIG
+    })
+}
+
+fn run(opts: &Options) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => {
+            // Also to the log stream, so journald shows why the unit stopped.
+            crate::ops::logging::init(log::LevelFilter::Info);
+            log::error!("event=startup.failed reason=configuration exit={code}");
+            return code;
+        }
+    };
+    crate::daemon::run(cfg, opts.env_file.clone())
+}
+
+fn check_config(opts: &Options) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let problems = crate::daemon::check_material(&cfg);
+    if problems.is_empty() {
+        println!(
+            "configuration OK: {} partner(s), listening on {}, public URL {}",
+            cfg.partners.len(),
+            cfg.listen,
+            cfg.public_url
+        );
+        0
+    } else {
+        for p in &problems {
+            eprintln!("config error: {p}");
+        }
+        EXIT_CONFIG
+    }
+}
+
+fn jwks(opts: &Options) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::daemon::load_signing_key(&cfg) {
+        Ok(key) => match crate::jose::Jwks::new(vec![key.public_jwk()]) {
+            Ok(set) => {
+                println!("{}", set.to_json());
+                0
+            }
+            Err(e) => {
+                eprintln!("config error: NP_SIGNING_KEY: {e}");
+                EXIT_CONFIG
+            }
+        },
+        Err(e) => {
+            eprintln!("config error: {e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+fn keygen(opts: &Options) -> i32 {
+    let (Some(alg_name), Some(out)) = (&opts.alg, &opts.out) else {
+        return EXIT_USAGE;
+    };
+    let alg = match crate::jose::Alg::from_name(alg_name) {
+        Some(a) if config::SIGNING_ALGS.contains(&a.name()) => a,
+        _ => {
+            eprintln!(
+                "np-agent keygen: --alg {alg_name:?} must be one of {}",
+                config::SIGNING_ALGS.join(", ")
+            );
+            return EXIT_USAGE;
+        }
+    };
+    let pem = match crate::jose::generate_pkcs8_pem(alg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("np-agent keygen: key generation failed: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let key = match crate::jose::SigningKey::from_pkcs8_pem(&pem, alg, None) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("np-agent keygen: the new key does not load: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if let Err(e) = write_new_secret(out, pem.as_bytes()) {
+        eprintln!("np-agent keygen: {}: {e}", out.display());
+        return EXIT_FAILURE;
+    }
+    println!(
+        "wrote {} ({}), kid {}",
+        out.display(),
+        alg.name(),
+        key.kid()
+    );
+    println!("{}", key.public_jwk().to_json());
     0
+}
+
+/// Creates `path` with mode 0600, refusing to overwrite, durably.
+fn write_new_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::io::Error::new(e.kind(), "file exists; refusing to overwrite a key")
+            } else {
+                e
+            }
+        })?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(cmd: &str, args: &[&str]) -> Result<Options, String> {
+        let c = COMMANDS.iter().find(|c| c.name == cmd).unwrap();
+        Options::parse(c, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn option_parsing() {
+        assert_eq!(
+            opts("run", &["--env-file", "/x.env"]).unwrap().env_file,
+            Some("/x.env".into())
+        );
+        assert_eq!(
+            opts("run", &["--env-file=/y.env"]).unwrap().env_file,
+            Some("/y.env".into())
+        );
+        assert!(opts("run", &["--env-file"]).is_err());
+        assert!(opts("run", &["--bogus"]).is_err());
+        assert!(opts("run", &["--alg", "PS256"]).is_err());
+        let k = opts("keygen", &["--alg", "ES256", "--out", "k.pem"]).unwrap();
+        assert_eq!(
+            (k.alg.as_deref(), k.out),
+            (Some("ES256"), Some("k.pem".into()))
+        );
+        assert!(opts("keygen", &["--alg", "ES256"]).is_err());
+        assert!(opts("keygen", &["--env-file", "x"]).is_err());
+    }
+
+    #[test]
+    fn help_texts_cover_every_command() {
+        let o = overview();
+        for c in COMMANDS {
+            assert!(o.contains(c.name));
+            let h = command_help(c);
+            assert!(h.starts_with(&format!("usage: {}", c.usage)));
+            assert!(h.lines().all(|l| l.len() <= 80), "{h}");
+        }
+    }
 }

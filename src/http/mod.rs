@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod client;
 pub mod parse;
+pub mod partners;
 mod server;
 mod wire;
 

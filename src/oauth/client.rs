@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::assertion::Outgoing;
 use crate::assertion::claims::OUR_LIFETIME_SECS;
 use crate::config::{Config, OrgId, Partner};
+pub use crate::http::partners::{HttpReply, PartnerHttp};
 use crate::ids::{self, Bsn};
 use crate::jose::{Jwks, SigningKey};
 use crate::oauth::endpoint::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER};
@@ -17,30 +18,6 @@ use crate::oauth::form::encode;
 use crate::oauth::keycache::{self, Fetch, Fetched};
 use crate::oauth::messages::{self, Discovery};
 use crate::util::random;
-
-/// A partner's answer to one HTTP request.
-#[derive(Debug, Clone)]
-pub struct HttpReply {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub cache_control: Option<String>,
-    pub retry_after: Option<String>,
-}
-
-/// HTTP to partners over mutual TLS, one connection pool per partner.
-pub trait PartnerHttp: Send + Sync {
-    /// `GET url`; errors are transport failures described for an operator.
-    fn get(&self, partner: &str, url: &str, accept: &str) -> Result<HttpReply, String>;
-    /// `POST url` with a body.
-    fn post(
-        &self,
-        partner: &str,
-        url: &str,
-        content_type: &str,
-        body: &[u8],
-        headers: &[(&str, &str)],
-    ) -> Result<HttpReply, String>;
-}
 
 /// Why no token could be had. Display names the partner, the endpoint, the
 /// status and the OAuth error code.
@@ -281,7 +258,7 @@ impl TokenClient {
         };
         let reply = self
             .http
-            .get(&partner.name, &url, "application/json")
+            .get(&partner.name, &url, &[("Accept", "application/json")])
             .map_err(err)?;
         if reply.status != 200 {
             return Err(err(format!("answered {}", reply.status)));
@@ -314,8 +291,9 @@ impl TokenClient {
         );
         let reply = self
             .http
-            .post(
+            .send(
                 &partner.name,
+                "POST",
                 &endpoint,
                 "application/x-www-form-urlencoded",
                 body.as_bytes(),
@@ -474,7 +452,7 @@ impl Fetch<Jwks> for JwksFetcher {
         };
         let reply = self
             .http
-            .get(partner_name, &url, "application/json")
+            .get(partner_name, &url, &[("Accept", "application/json")])
             .map_err(|e| format!("partner {partner_name}: JWKS {url}: {e}"))?;
         if reply.status != 200 {
             return Err(format!(

@@ -183,6 +183,12 @@ impl TokenService {
     }
 
     fn decide(&self, req: &TokenRequest<'_>, now: i64) -> Result<(Grant, String), Refusal> {
+        log::debug!(
+            "event=token.request rid={} partner={} bytes={}",
+            Q(req.request_id),
+            req.partner.map(|p| p.name.as_str()).unwrap_or("-"),
+            req.body.len()
+        );
         // 1. TLS: the certificate must belong to a configured partner of the right kind.
         let partner = req.partner.ok_or_else(|| {
             invalid_client(
@@ -471,6 +477,12 @@ impl TokenService {
             other => other,
         }
         .map_err(|e| (jose_reason(&e), e.to_string()))?;
+        log::debug!(
+            "event=token.signature_ok partner={} alg={} kid={}",
+            partner.name,
+            verified.alg().name(),
+            Q(verified.kid().unwrap_or("-"))
+        );
         let claims =
             assertion::claims::parse(verified.payload()).map_err(|e| ("claims", e.to_string()))?;
         assertion::claims::check(
@@ -550,7 +562,6 @@ fn grant_reason(reason: &'static str) -> &'static str {
 
 fn no_store() -> Vec<(&'static str, String)> {
     vec![
-        ("Content-Type", "application/json;charset=UTF-8".into()),
         ("Cache-Control", "no-store".into()),
         ("Pragma", "no-cache".into()),
     ]

@@ -9,6 +9,7 @@
 // Test helpers panic on setup failure; [lints.clippy] denies this in product code only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent;
 pub mod pki;
 pub mod tls;
 

@@ -1,0 +1,612 @@
+//! The daemon: assembles configuration, TLS, keys and stores into a running
+//! agent; routes partner requests; reloads on SIGHUP and hourly; drains on
+//! SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::assertion::ReplayCache;
+use crate::audit::AuditLog;
+use crate::config::{self, Config, Partner, Source, TlsVersion};
+use crate::http::{self, Handler, Request, Response};
+use crate::jose::{Alg, Jwks, SigningKey};
+use crate::oauth::TokenStore;
+use crate::oauth::client::{JwksFetcher, TokenClient};
+use crate::oauth::endpoint::{NoBases, TokenRequest, TokenService};
+use crate::oauth::keycache::KeyCache;
+use crate::ops::logging::Q;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify;
+use crate::pki::{self, MinVersion, TlsFiles, TlsMaterial};
+use crate::util::time::now_unix;
+
+/// How often CRLs (and the rest of the TLS material) are re-read.
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(3_600);
+/// How long SIGTERM waits for in-flight requests.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A start-up failure and the exit code it maps to.
+#[derive(Debug)]
+pub struct StartupError {
+    pub exit: i32,
+    pub message: String,
+}
+
+fn config_error(message: impl Into<String>) -> StartupError {
+    StartupError {
+        exit: config::EXIT_CONFIG,
+        message: message.into(),
+    }
+}
+
+/// Loads the signing key named by the configuration.
+pub fn load_signing_key(cfg: &Config) -> Result<SigningKey, String> {
+    let path = &cfg.signing_key;
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("NP_SIGNING_KEY: cannot read {}: {e}", path.display()))?;
+    let alg = Alg::from_name(&cfg.signing_alg)
+        .ok_or_else(|| format!("NP_SIGNING_ALG: {:?} is not supported", cfg.signing_alg))?;
+    SigningKey::from_pkcs8_pem(&pem, alg, cfg.signing_kid.clone())
+        .map_err(|e| format!("NP_SIGNING_KEY: {}: {e}", path.display()))
+}
+
+fn tls_files(cfg: &Config) -> TlsFiles {
+    TlsFiles {
+        cert: cfg.tls_cert.clone(),
+        key: cfg.tls_key.clone(),
+        trust: cfg.tls_trust.clone(),
+        crl_dir: cfg.tls_crl_dir.clone(),
+    }
+}
+
+fn min_version(cfg: &Config) -> MinVersion {
+    match cfg.tls_min_version {
+        TlsVersion::V12 => MinVersion::Tls12,
+        TlsVersion::V13 => MinVersion::Tls13,
+    }
+}
+
+/// Loads everything key-shaped the configuration names, reporting every
+/// problem (for `check-config` and start-up).
+pub fn check_material(cfg: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    match TlsMaterial::load(&tls_files(cfg)) {
+        Ok(m) => {
+            if let Err(e) = pki::server_config(&m, min_version(cfg)) {
+                problems.push(format!("NP_TLS_CERT: {e}"));
+            }
+        }
+        Err(e) => problems.push(format!("{}: {e}", e.config_key())),
+    }
+    if let Err(e) = load_signing_key(cfg) {
+        problems.push(e);
+    }
+    problems
+}
+
+/// Everything that a reload replaces at once.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub tls: Arc<TlsMaterial>,
+    pub signing: Arc<SigningKey>,
+    pub token_service: TokenService,
+    pub token_client: Arc<TokenClient>,
+    pub jwks_json: Vec<u8>,
+    pub discovery_json: Vec<u8>,
+    pub metadata_json: Vec<u8>,
+}
+
+/// State that lives across reloads.
+pub struct Stores {
+    pub tokens: Arc<TokenStore>,
+    pub audit: Arc<AuditLog>,
+    pub replay: ReplayCache,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Stores {
+    pub fn open(cfg: &Config, metrics: Arc<Metrics>) -> Result<Stores, StartupError> {
+        let state = &cfg.state_dir;
+        crate::util::durable::create_dir_all(state).map_err(|e| StartupError {
+            exit: 1,
+            message: format!("NP_STATE_DIR: {e}"),
+        })?;
+        let io = |e: String| StartupError {
+            exit: 1,
+            message: e,
+        };
+        Ok(Stores {
+            tokens: Arc::new(TokenStore::open(state, now_unix()).map_err(|e| io(e.to_string()))?),
+            audit: Arc::new(AuditLog::open(state).map_err(|e| io(e.to_string()))?),
+            replay: ReplayCache::open(state).map_err(|e| io(e.to_string()))?,
+            metrics,
+        })
+    }
+}
+
+/// Builds the reloadable part from a configuration.
+pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError> {
+    let config = Arc::new(cfg);
+    let tls = Arc::new(
+        TlsMaterial::load(&tls_files(&config))
+            .map_err(|e| config_error(format!("{}: {e}", e.config_key())))?,
+    );
+    let client_tls = pki::client_config(&tls, min_version(&config))
+        .map_err(|e| config_error(format!("NP_TLS_CERT: {e}")))?;
+    let signing = Arc::new(load_signing_key(&config).map_err(config_error)?);
+    let http_client: Arc<dyn crate::oauth::client::PartnerHttp> = Arc::new(
+        http::partners::Partners::new(client_tls, http::client::ClientTimeouts::default()),
+    );
+    let token_client = Arc::new(TokenClient::new(
+        config.clone(),
+        signing.clone(),
+        http_client.clone(),
+    ));
+    let keys = Arc::new(KeyCache::<Jwks>::new(Box::new(JwksFetcher {
+        config: config.clone(),
+        http: http_client,
+        tokens: token_client.clone(),
+    })));
+    let token_service = TokenService {
+        config: config.clone(),
+        replay: stores.replay.clone(),
+        tokens: stores.tokens.clone(),
+        keys,
+        bases: Arc::new(NoBases),
+        audit: stores.audit.clone(),
+    };
+    let jwks_json = Jwks::new(vec![signing.public_jwk()])
+        .map_err(|e| config_error(format!("NP_SIGNING_KEY: {e}")))?
+        .to_json()
+        .into_bytes();
+    Ok(Shared {
+        discovery_json: discovery_document(&config).into_bytes(),
+        metadata_json: capability_statement(&config).into_bytes(),
+        config,
+        tls,
+        signing,
+        token_service,
+        token_client,
+        jwks_json,
+    })
+}
+
+/// Our `.well-known/smart-configuration` (spec §2.3, DESIGN.md).
+pub fn discovery_document(cfg: &Config) -> String {
+    serde_json::json!({
+        "issuer": cfg.public_url,
+        "token_endpoint": cfg.token_endpoint(),
+        "token_url": cfg.token_endpoint(),
+        "jwks_uri": cfg.jwks_uri(),
+        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:jwt-bearer"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["PS256", "PS384", "PS512", "ES256", "ES384", "ES512"],
+        "capabilities": [],
+    })
+    .to_string()
+}
+
+/// Our STU3 CapabilityStatement: what this build serves.
+pub fn capability_statement(cfg: &Config) -> String {
+    serde_json::json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": crate::util::time::rfc3339(now_unix()),
+        "kind": "instance",
+        "software": {"name": "np-agent", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "np-agent edge agent", "url": format!("{}/fhir", cfg.public_url)},
+        "fhirVersion": "3.0.2",
+        "acceptUnknown": "no",
+        "format": ["application/fhir+json", "application/fhir+xml"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "service": [{"coding": [{"system": "http://hl7.org/fhir/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": cfg.token_endpoint()}]
+                }]
+            },
+            "resource": []
+        }]
+    })
+    .to_string()
+}
+
+/// The request router for the partner-facing listener.
+pub struct Router {
+    shared: RwLock<Arc<Shared>>,
+    stores: Arc<Stores>,
+}
+
+impl Router {
+    pub fn new(shared: Shared, stores: Arc<Stores>) -> Router {
+        Router {
+            shared: RwLock::new(Arc::new(shared)),
+            stores,
+        }
+    }
+
+    /// The current shared state.
+    pub fn current(&self) -> Arc<Shared> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the shared state (reload).
+    pub fn replace(&self, shared: Shared) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shared);
+    }
+
+    /// The configured partner the peer's certificate belongs to: exactly one, or none.
+    pub fn partner_of<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
+        let leaf = req.peer.certs.first()?;
+        let id = pki::peer_identity(leaf.as_ref()).ok()?;
+        let mut matches = shared
+            .config
+            .partners
+            .iter()
+            .filter(|p| p.cert.matches(&id));
+        let partner = matches.next()?;
+        if matches.next().is_some() {
+            log::warn!(
+                "event=tls.ambiguous_partner rid={} cert_sha256={}",
+                Q(&req.request_id),
+                id.fingerprint()
+            );
+            return None;
+        }
+        Some(partner)
+    }
+}
+
+fn json(status: u16, body: Vec<u8>) -> Response {
+    Response::new(status).body("application/json", body)
+}
+
+/// An OperationOutcome error body.
+pub fn outcome(status: u16, code: &str, diagnostics: &str) -> Response {
+    let body = serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
+    })
+    .to_string()
+    .into_bytes();
+    Response::new(status).body("application/fhir+json", body)
+}
+
+impl Handler for Router {
+    fn handle(&self, req: &Request) -> Response {
+        let shared = self.current();
+        let path = req.path.as_str();
+        let get = req.method == "GET" || req.method == "HEAD";
+        match path {
+            "/.well-known/smart-configuration" | "/fhir/.well-known/smart-configuration" if get => {
+                json(200, shared.discovery_json.clone()).header("Cache-Control", "max-age=3600")
+            }
+            "/.well-known/jwks.json" | "/.well-known/jwks" | "/.well-known/openid-connect/jwks"
+                if get =>
+            {
+                json(200, shared.jwks_json.clone()).header("Cache-Control", "max-age=3600")
+            }
+            "/fhir/metadata" if get => {
+                Response::new(200).body("application/fhir+json", shared.metadata_json.clone())
+            }
+            "/oauth/token" => {
+                if req.method != "POST" {
+                    return self
+                        .error_response(Some(path), 405, "use POST")
+                        .header("Allow", "POST");
+                }
+                let partner = self.partner_of(&shared, req);
+                let reply = shared.token_service.handle(
+                    &TokenRequest {
+                        partner,
+                        content_type: req.header("content-type"),
+                        body: &req.body,
+                        request_id: &req.request_id,
+                    },
+                    now_unix(),
+                );
+                match reply.outcome.strip_prefix("issued:") {
+                    Some(kind) => self.stores.metrics.token_issued(if kind == "pull" {
+                        "pull"
+                    } else {
+                        "notify"
+                    }),
+                    None => self.stores.metrics.token_refused(reply.outcome),
+                }
+                token_response(reply)
+            }
+            _ if path.starts_with("/fhir/") || path == "/fhir" => {
+                // Data endpoints need a configured partner; what they serve comes with the FHIR side.
+                if self.partner_of(&shared, req).is_none() {
+                    return outcome(
+                        403,
+                        "forbidden",
+                        "the TLS client certificate does not belong to a configured partner",
+                    );
+                }
+                outcome(404, "not-found", "no such endpoint")
+            }
+            _ => json(404, br#"{"error":"not_found"}"#.to_vec()),
+        }
+    }
+
+    fn endpoint_label(&self, path: &str) -> &'static str {
+        match path {
+            "/oauth/token" => "/oauth/token",
+            "/.well-known/smart-configuration" | "/fhir/.well-known/smart-configuration" => {
+                "/.well-known/smart-configuration"
+            }
+            "/.well-known/jwks.json" | "/.well-known/jwks" | "/.well-known/openid-connect/jwks" => {
+                "/.well-known/jwks"
+            }
+            "/fhir/metadata" => "/fhir/metadata",
+            "/fhir/Task" => "/fhir/Task",
+            p if p.starts_with("/fhir/") => "/fhir/{type}",
+            _ => "other",
+        }
+    }
+
+    fn error_response(&self, path: Option<&str>, status: u16, reason: &str) -> Response {
+        if path == Some("/oauth/token") {
+            let r = crate::oauth::endpoint::Refusal {
+                status,
+                error: "invalid_request",
+                description: reason.to_string(),
+                reason: "http",
+            };
+            return token_response(crate::oauth::endpoint::reply_error(&r));
+        }
+        let code = match status {
+            413 => "too-costly",
+            405 => "not-supported",
+            _ => "invalid",
+        };
+        outcome(status, code, reason)
+    }
+}
+
+fn token_response(reply: crate::oauth::endpoint::TokenReply) -> Response {
+    let mut resp = Response::new(reply.status);
+    for (k, v) in reply.headers {
+        resp = resp.header(k, v);
+    }
+    resp.body("application/json;charset=UTF-8", reply.body)
+}
+
+fn limits(cfg: &Config) -> http::Limits {
+    http::Limits {
+        max_connections: cfg.max_connections,
+        handshake_timeout: cfg.idle_timeout.min(Duration::from_secs(10)),
+        idle_timeout: cfg.idle_timeout,
+        max_body: cfg.max_body,
+        ..http::Limits::default()
+    }
+}
+
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns the exit code.
+pub fn run(cfg: Config, env_file: Option<PathBuf>) -> i32 {
+    crate::ops::logging::init(cfg.log_level);
+    match serve(cfg, env_file) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!(
+                "event=startup.failed exit={} error={}",
+                e.exit,
+                Q(&e.message)
+            );
+            e.exit
+        }
+    }
+}
+
+fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
+    let source = match &env_file {
+        Some(f) => Source::File(f.clone()),
+        None => Source::Process,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let stores = Arc::new(Stores::open(&cfg, metrics.clone())?);
+    let listen = cfg.listen;
+    let admin_listen = cfg.admin_listen;
+    let lim = limits(&cfg);
+    let min = min_version(&cfg);
+    let shared = build_shared(cfg, &stores)?;
+    let server_tls = pki::server_config(&shared.tls, min)
+        .map_err(|e| config_error(format!("NP_TLS_CERT: {e}")))?;
+    startup_line(&shared, &env_file);
+    let router = Arc::new(Router::new(shared, stores.clone()));
+
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| StartupError {
+        exit: 1,
+        message: format!("NP_LISTEN: cannot listen on {listen}: {e}"),
+    })?;
+    let admin = std::net::TcpListener::bind(admin_listen).map_err(|e| StartupError {
+        exit: 1,
+        message: format!("NP_ADMIN_LISTEN: cannot listen on {admin_listen}: {e}"),
+    })?;
+    let slot = Arc::new(http::TlsSlot::new(server_tls));
+    let server = http::Server::start_with_classifier(
+        listener,
+        slot.clone(),
+        router.clone(),
+        lim,
+        metrics.clone(),
+        pki::classify_tls_error,
+    )
+    .map_err(|e| StartupError {
+        exit: 1,
+        message: format!("NP_LISTEN: {e}"),
+    })?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_server = http::admin::AdminServer::start(admin, metrics.clone(), ready.clone())
+        .map_err(|e| StartupError {
+            exit: 1,
+            message: format!("NP_ADMIN_LISTEN: {e}"),
+        })?;
+
+    let (tx, rx) = mpsc::channel();
+    spawn_signal_thread(tx)?;
+    ready.store(true, Ordering::SeqCst);
+    notify::notify("READY=1");
+    log::info!(
+        "event=ready listen={} admin={}",
+        server.local_addr(),
+        admin_server.local_addr()
+    );
+
+    let watchdog = notify::watchdog_interval().map(|d| d / 2);
+    let mut last_tls_reload = Instant::now();
+    let mut last_sweep = Instant::now();
+    loop {
+        let tick = watchdog
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        match rx.recv_timeout(tick) {
+            Ok(Signal::Stop) => break,
+            Ok(Signal::Reload) => {
+                notify::notify("RELOADING=1");
+                reload(&router, &slot, &stores, &source, min);
+                last_tls_reload = Instant::now();
+                notify::notify("READY=1");
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if watchdog.is_some() {
+            notify::notify("WATCHDOG=1");
+        }
+        if last_tls_reload.elapsed() >= TLS_RELOAD_INTERVAL {
+            reload_tls(&router, &slot, min);
+            last_tls_reload = Instant::now();
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(60) {
+            let now = now_unix();
+            let tokens = stores.tokens.sweep(now);
+            let jtis = stores.replay.sweep(now).unwrap_or(0);
+            log::debug!("event=sweep tokens={tokens} jtis={jtis}");
+            last_sweep = Instant::now();
+        }
+    }
+    ready.store(false, Ordering::SeqCst);
+    notify::notify("STOPPING=1");
+    log::info!("event=stopping grace_s={}", DRAIN_GRACE.as_secs());
+    server.shutdown(DRAIN_GRACE);
+    admin_server.shutdown();
+    log::info!("event=stopped");
+    Ok(())
+}
+
+fn spawn_signal_thread(tx: mpsc::Sender<Signal>) -> Result<(), StartupError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]).map_err(|e| {
+            StartupError {
+                exit: 1,
+                message: format!("cannot install signal handlers: {e}"),
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let msg = if sig == SIGHUP {
+                    Signal::Reload
+                } else {
+                    Signal::Stop
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| StartupError {
+            exit: 1,
+            message: format!("cannot start the signal thread: {e}"),
+        })?;
+    Ok(())
+}
+
+fn startup_line(shared: &Shared, env_file: &Option<PathBuf>) {
+    let cfg = &shared.config;
+    let days = (shared.tls.leaf_not_after - now_unix()) / 86_400;
+    let partners: Vec<&str> = cfg.partners.iter().map(|p| p.name.as_str()).collect();
+    log::info!(
+        "event=startup version={} config={} listen={} admin={} public_url={} partners={} cert_days_left={} signing_alg={} kid={}",
+        env!("CARGO_PKG_VERSION"),
+        Q(&env_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "environment".into())),
+        cfg.listen,
+        cfg.admin_listen,
+        Q(&cfg.public_url),
+        Q(&partners.join(",")),
+        days,
+        shared.signing.alg().name(),
+        Q(shared.signing.kid())
+    );
+}
+
+/// SIGHUP: re-read the configuration and everything it names; keep the old
+/// state when anything is wrong.
+fn reload(
+    router: &Router,
+    slot: &http::TlsSlot,
+    stores: &Stores,
+    source: &Source,
+    min_hint: MinVersion,
+) {
+    let cfg = match config::load(source) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                log::error!(
+                    "event=reload.refused reason=config error={}",
+                    Q(&e.to_string())
+                );
+            }
+            return;
+        }
+    };
+    let min = min_version(&cfg);
+    let _ = min_hint;
+    let shared = match build_shared(cfg, stores) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("event=reload.refused error={}", Q(&e.message));
+            return;
+        }
+    };
+    match pki::server_config(&shared.tls, min) {
+        Ok(server_tls) => {
+            slot.set(server_tls);
+            router.replace(shared);
+            log::info!("event=reload.done");
+        }
+        Err(e) => log::error!("event=reload.refused error={}", Q(&e.to_string())),
+    }
+}
+
+/// Hourly: re-read certificates and CRLs with the current configuration.
+fn reload_tls(router: &Router, slot: &http::TlsSlot, min: MinVersion) {
+    let current = router.current();
+    match TlsMaterial::load(&current.tls.files).and_then(|m| pki::server_config(&m, min)) {
+        Ok(server_tls) => {
+            slot.set(server_tls);
+            log::info!("event=tls.reloaded");
+        }
+        Err(e) => log::error!("event=tls.reload_failed error={}", Q(&e.to_string())),
+    }
+}
