@@ -65,6 +65,8 @@ pub struct Party {
     pub material: TlsMaterial,
     pub keys: Vec<SigningKey>,
     pub key_pems: Vec<String>,
+    /// The serial number of its certificate (for CRLs).
+    pub serial: Vec<u8>,
 }
 
 impl Party {
@@ -87,6 +89,7 @@ impl Party {
             material,
             keys,
             key_pems,
+            serial: issued.serial.clone(),
         }
     }
 
