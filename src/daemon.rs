@@ -477,7 +477,7 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
             Ok(Signal::Stop) => break,
             Ok(Signal::Reload) => {
                 notify::notify("RELOADING=1");
-                reload(&router, &slot, &stores, &source, min);
+                reload(&router, &slot, &stores, &source);
                 last_tls_reload = Instant::now();
                 notify::notify("READY=1");
             }
@@ -488,7 +488,7 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
             notify::notify("WATCHDOG=1");
         }
         if last_tls_reload.elapsed() >= TLS_RELOAD_INTERVAL {
-            reload_tls(&router, &slot, min);
+            reload_tls(&router, &slot, &stores);
             last_tls_reload = Instant::now();
         }
         if last_sweep.elapsed() >= Duration::from_secs(60) {
@@ -561,15 +561,9 @@ fn startup_line(shared: &Shared, env_file: &Option<PathBuf>) {
 
 /// SIGHUP: re-read the configuration and everything it names; keep the old
 /// state when anything is wrong.
-fn reload(
-    router: &Router,
-    slot: &http::TlsSlot,
-    stores: &Stores,
-    source: &Source,
-    min_hint: MinVersion,
-) {
-    let cfg = match config::load(source) {
-        Ok(c) => c,
+fn reload(router: &Router, slot: &http::TlsSlot, stores: &Stores, source: &Source) {
+    match config::load(source) {
+        Ok(cfg) => rebuild(router, slot, stores, cfg, "reload"),
         Err(errors) => {
             for e in &errors {
                 log::error!(
@@ -577,36 +571,32 @@ fn reload(
                     Q(&e.to_string())
                 );
             }
-            return;
         }
-    };
-    let min = min_version(&cfg);
-    let _ = min_hint;
-    let shared = match build_shared(cfg, stores) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("event=reload.refused error={}", Q(&e.message));
-            return;
-        }
-    };
-    match pki::server_config(&shared.tls, min) {
-        Ok(server_tls) => {
-            slot.set(server_tls);
-            router.replace(shared);
-            log::info!("event=reload.done");
-        }
-        Err(e) => log::error!("event=reload.refused error={}", Q(&e.to_string())),
     }
 }
 
-/// Hourly: re-read certificates and CRLs with the current configuration.
-fn reload_tls(router: &Router, slot: &http::TlsSlot, min: MinVersion) {
-    let current = router.current();
-    match TlsMaterial::load(&current.tls.files).and_then(|m| pki::server_config(&m, min)) {
-        Ok(server_tls) => {
+/// Hourly: re-read certificates, keys and CRLs (both the server and the
+/// client side) with the current configuration.
+fn reload_tls(router: &Router, slot: &http::TlsSlot, stores: &Stores) {
+    let cfg = (*router.current().config).clone();
+    rebuild(router, slot, stores, cfg, "tls");
+}
+
+/// Builds everything from `cfg` and swaps it in atomically, or logs why not
+/// and keeps the running state. `what` names the trigger in the log.
+fn rebuild(router: &Router, slot: &http::TlsSlot, stores: &Stores, cfg: Config, what: &str) {
+    let min = min_version(&cfg);
+    let built = build_shared(cfg, stores).and_then(|shared| {
+        pki::server_config(&shared.tls, min)
+            .map(|server_tls| (shared, server_tls))
+            .map_err(|e| config_error(format!("NP_TLS_CERT: {e}")))
+    });
+    match built {
+        Ok((shared, server_tls)) => {
             slot.set(server_tls);
-            log::info!("event=tls.reloaded");
+            router.replace(shared);
+            log::info!("event={what}.done");
         }
-        Err(e) => log::error!("event=tls.reload_failed error={}", Q(&e.to_string())),
+        Err(e) => log::error!("event={what}.refused error={}", Q(&e.message)),
     }
 }

@@ -527,3 +527,32 @@ fn url_helpers() {
     assert!(parse_https_url("https://h.example:99999999/").is_err());
     assert!(parse_https_url("https://h.example/a#b").is_err());
 }
+
+#[test]
+fn readme_documents_every_key_with_its_default() {
+    let readme = include_str!("../../README.md");
+    for k in KEYS {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", k.name)))
+            .unwrap_or_else(|| panic!("README has no row for {}", k.name));
+        match (k.required, k.default) {
+            (true, _) => assert!(row.contains("| required |"), "{row}"),
+            (false, Some(d)) if !d.is_empty() && !d.contains(' ') => {
+                assert!(
+                    row.contains(&format!("`{d}`")),
+                    "README default of {}: {row}",
+                    k.name
+                )
+            }
+            _ => {}
+        }
+    }
+    for k in PARTNER_KEYS {
+        assert!(
+            readme.contains(&format!("| `NP_PARTNER_<NAME>_{}` |", k.name)),
+            "README has no row for NP_PARTNER_<NAME>_{}",
+            k.name
+        );
+    }
+}
