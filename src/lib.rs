@@ -6,6 +6,7 @@
 
 pub mod assertion;
 pub mod audit;
+pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -15,4 +16,5 @@ pub mod jose;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
+pub mod spool;
 pub mod util;

@@ -1,0 +1,446 @@
+//! Cases we export (sender role): one per `(partner, case-id)`, with every
+//! version of the exported data, the authorization base bound to it, and the
+//! notification Tasks sent for it.
+//!
+//! ```text
+//! <state>/cases/<partner>/<case-id>/case.json   the record ([`Case`])
+//!                                  /v<N>.json    version N of the data (a FHIR Bundle, JSON)
+//! ```
+//! All writes go through the durable-write function. The store keeps every
+//! record in memory (indexed by case and by authorization base) and answers
+//! the token endpoint's question "is this base ours, for whom, still live?"
+//! through [`crate::oauth::endpoint::BaseRegistry`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::OrgId;
+use crate::ids::Bsn;
+use crate::oauth::endpoint::{BaseBinding, BaseLookup, BaseRegistry};
+use crate::util::{b64, durable, random};
+
+/// Whether a case may still be pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseStatus {
+    Live,
+    Cancelled,
+}
+
+/// One notification Task we created for a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTask {
+    /// Bare UUID of `Task.identifier` (`urn:uuid:<this>`).
+    pub task_id: String,
+    /// The data version it announced.
+    pub version: u32,
+    /// The spool item that delivers it.
+    pub item_id: String,
+    /// `requested`, or `cancelled` once a cancellation was created for it.
+    pub status: String,
+}
+
+/// A case record.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Case {
+    pub partner: String,
+    pub case_id: String,
+    /// Bare UUID of `Task.groupIdentifier`, fixed for the life of the case.
+    pub group_id: String,
+    /// The patient's BSN (the one place besides the audit trail and the data it is kept).
+    pub patient: String,
+    /// Opaque, unguessable; played back by the partner in its token request.
+    pub authorization_base: String,
+    /// The organisation we notified (`ura:…`/`agb:…`); `None` when addressed as a system.
+    pub owner: Option<String>,
+    /// `restriction.period.end` of the latest notification.
+    pub expires_at: i64,
+    pub status: CaseStatus,
+    /// Current data version (1 for the first export).
+    pub version: u32,
+    pub tasks: Vec<SentTask>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case")
+            .field("partner", &self.partner)
+            .field("case_id", &self.case_id)
+            .field("group_id", &self.group_id)
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Case {
+    /// A new live case with a fresh group id and authorization base.
+    pub fn new(
+        partner: &str,
+        case_id: &str,
+        patient: &Bsn,
+        owner: Option<&OrgId>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Case, random::RandomUnavailable> {
+        Ok(Case {
+            partner: partner.into(),
+            case_id: case_id.into(),
+            group_id: random::uuid_v4()?,
+            patient: patient.as_str().into(),
+            authorization_base: b64::encode(&random::bytes::<32>()?),
+            owner: owner.map(|o| o.to_string()),
+            expires_at,
+            status: CaseStatus::Live,
+            version: 0,
+            tasks: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// True while the partner may pull.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.status == CaseStatus::Live && now < self.expires_at
+    }
+}
+
+/// A failure of the case store.
+#[derive(Debug)]
+pub enum CaseError {
+    Io(durable::DurableError),
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+    },
+    Missing {
+        partner: String,
+        case_id: String,
+        version: u32,
+    },
+}
+
+impl std::fmt::Display for CaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaseError::Io(e) => write!(f, "case store: {e}"),
+            CaseError::Corrupt { path, reason } => {
+                write!(f, "case store: {}: {reason}", path.display())
+            }
+            CaseError::Missing {
+                partner,
+                case_id,
+                version,
+            } => {
+                write!(
+                    f,
+                    "case store: partner {partner} case {case_id} has no version {version}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for CaseError {}
+
+impl From<durable::DurableError> for CaseError {
+    fn from(e: durable::DurableError) -> Self {
+        CaseError::Io(e)
+    }
+}
+
+type Key = (String, String);
+
+/// The case store.
+pub struct CaseStore {
+    dir: PathBuf,
+    cases: RwLock<HashMap<Key, Case>>,
+    by_base: RwLock<HashMap<String, Key>>,
+    data: Mutex<HashMap<(String, String, u32), Arc<serde_json::Value>>>,
+}
+
+/// Parsed data versions kept in memory.
+const DATA_CACHE: usize = 64;
+
+impl CaseStore {
+    /// Opens `<state_dir>/cases`, loading every case record.
+    pub fn open(state_dir: &Path) -> Result<CaseStore, CaseError> {
+        let dir = state_dir.join("cases");
+        durable::create_dir_all(&dir)?;
+        let store = CaseStore {
+            dir,
+            cases: RwLock::new(HashMap::new()),
+            by_base: RwLock::new(HashMap::new()),
+            data: Mutex::new(HashMap::new()),
+        };
+        for partner in read_dir_names(&store.dir)? {
+            let pdir = store.dir.join(&partner);
+            for case_id in read_dir_names(&pdir)? {
+                let cdir = pdir.join(&case_id);
+                durable::remove_temp_files(&cdir)?;
+                let path = cdir.join("case.json");
+                if !path.exists() {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).map_err(|source| durable::DurableError {
+                    path: path.clone(),
+                    step: "read",
+                    source,
+                })?;
+                let case: Case =
+                    serde_json::from_slice(&bytes).map_err(|e| CaseError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                store.index(case);
+            }
+        }
+        Ok(store)
+    }
+
+    fn index(&self, case: Case) {
+        let key = (case.partner.clone(), case.case_id.clone());
+        self.by_base
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(case.authorization_base.clone(), key.clone());
+        self.cases
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, case);
+    }
+
+    fn case_dir(&self, partner: &str, case_id: &str) -> PathBuf {
+        self.dir.join(partner).join(case_id)
+    }
+
+    /// The record of a case.
+    pub fn get(&self, partner: &str, case_id: &str) -> Option<Case> {
+        self.cases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(partner.to_string(), case_id.to_string()))
+            .cloned()
+    }
+
+    /// The case an authorization base belongs to (any partner).
+    pub fn by_base(&self, base: &str) -> Option<Case> {
+        let key = self
+            .by_base
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(base)
+            .cloned()?;
+        self.get(&key.0, &key.1)
+    }
+
+    /// Every case record.
+    pub fn all(&self) -> Vec<Case> {
+        self.cases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Writes a case record durably and indexes it.
+    pub fn save(&self, case: &Case) -> Result<(), CaseError> {
+        let dir = self.case_dir(&case.partner, &case.case_id);
+        durable::create_dir_all(&dir)?;
+        let bytes = serde_json::to_vec_pretty(case).map_err(|e| CaseError::Corrupt {
+            path: dir.join("case.json"),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&dir.join("case.json"), &bytes)?;
+        self.index(case.clone());
+        Ok(())
+    }
+
+    /// Path of version `version` of a case's data.
+    pub fn data_path(&self, partner: &str, case_id: &str, version: u32) -> PathBuf {
+        self.case_dir(partner, case_id)
+            .join(format!("v{version}.json"))
+    }
+
+    /// Stores version `version` of a case's data (a FHIR Bundle as JSON) durably.
+    pub fn write_data(
+        &self,
+        partner: &str,
+        case_id: &str,
+        version: u32,
+        json: &[u8],
+    ) -> Result<(), CaseError> {
+        let dir = self.case_dir(partner, case_id);
+        durable::create_dir_all(&dir)?;
+        durable::write_atomic(&self.data_path(partner, case_id, version), json)?;
+        Ok(())
+    }
+
+    /// Version `version` of a case's data, parsed (cached).
+    pub fn data(
+        &self,
+        partner: &str,
+        case_id: &str,
+        version: u32,
+    ) -> Result<Arc<serde_json::Value>, CaseError> {
+        let key = (partner.to_string(), case_id.to_string(), version);
+        if let Some(v) = self
+            .data
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(v.clone());
+        }
+        let path = self.data_path(partner, case_id, version);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CaseError::Missing {
+                    partner: partner.into(),
+                    case_id: case_id.into(),
+                    version,
+                });
+            }
+            Err(source) => {
+                return Err(CaseError::Io(durable::DurableError {
+                    path,
+                    step: "read",
+                    source,
+                }));
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| CaseError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let value = Arc::new(value);
+        let mut cache = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DATA_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, value.clone());
+        Ok(value)
+    }
+}
+
+impl BaseRegistry for CaseStore {
+    fn lookup(&self, partner: &str, base: &str, now: i64) -> BaseLookup {
+        let Some(case) = self.by_base(base) else {
+            return BaseLookup::NotIssued;
+        };
+        if case.partner != partner {
+            return BaseLookup::NotIssued;
+        }
+        if !case.is_live(now) {
+            return BaseLookup::Ended;
+        }
+        let Some(patient) = Bsn::parse(&case.patient) else {
+            return BaseLookup::Ended;
+        };
+        BaseLookup::Live(BaseBinding {
+            case_id: case.case_id.clone(),
+            patient,
+            owner: case.owner.as_deref().and_then(|o| OrgId::parse(o).ok()),
+        })
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, CaseError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CaseError::Io(durable::DurableError {
+                path: dir.to_path_buf(),
+                step: "read directory",
+                source,
+            }));
+        }
+    };
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("np-cases-{}", random::uuid_v4().unwrap()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn cases_persist_and_answer_base_lookups() {
+        let d = dir();
+        let store = CaseStore::open(&d).unwrap();
+        let bsn = Bsn::parse("999999151").unwrap();
+        let owner = OrgId::Ura("87654321".into());
+        let mut case = Case::new("hospb", "c-0042", &bsn, Some(&owner), 1_000, 2_000).unwrap();
+        case.version = 1;
+        assert_eq!(case.authorization_base.len(), 43, "256 bits");
+        assert!(random::is_uuid(&case.group_id));
+        store
+            .write_data("hospb", "c-0042", 1, br#"{"resourceType":"Bundle"}"#)
+            .unwrap();
+        store.save(&case).unwrap();
+        let base = case.authorization_base.clone();
+
+        let reopened = CaseStore::open(&d).unwrap();
+        assert_eq!(reopened.get("hospb", "c-0042").unwrap(), case);
+        assert_eq!(
+            reopened.data("hospb", "c-0042", 1).unwrap()["resourceType"],
+            "Bundle"
+        );
+        assert!(matches!(
+            reopened.data("hospb", "c-0042", 2),
+            Err(CaseError::Missing { .. })
+        ));
+        match reopened.lookup("hospb", &base, 1_500) {
+            BaseLookup::Live(b) => {
+                assert_eq!(
+                    (b.case_id.as_str(), b.patient, b.owner),
+                    ("c-0042", bsn, Some(owner))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reopened.lookup("hospc", &base, 1_500),
+            BaseLookup::NotIssued,
+            "bound to the partner"
+        );
+        assert_eq!(
+            reopened.lookup("hospb", "guess", 1_500),
+            BaseLookup::NotIssued
+        );
+        assert_eq!(
+            reopened.lookup("hospb", &base, 2_000),
+            BaseLookup::Ended,
+            "expired"
+        );
+        case.status = CaseStatus::Cancelled;
+        reopened.save(&case).unwrap();
+        assert_eq!(
+            reopened.lookup("hospb", &base, 1_500),
+            BaseLookup::Ended,
+            "cancelled"
+        );
+        assert!(!format!("{case:?}").contains("999999151"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,404 @@
+//! The spool: every piece of outgoing and incoming work (a notification to
+//! send, a cancellation, a notification to pull) is one JSON file that moves
+//! between state folders by atomic rename:
+//!
+//! ```text
+//! <state>/spool/queued/     waiting to be tried
+//!              /in-flight/  being worked on (back to queued on start-up)
+//!              /retry/      failed, to be tried again at `not_before`
+//!              /done/       finished
+//!              /dead/       given up, with the reason
+//! ```
+//!
+//! Every write goes through [`crate::util::durable`]. An item id is fixed when
+//! the item is created (deterministic where the work has a natural identity,
+//! e.g. a Task identifier), so enqueueing the same work twice is a no-op and a
+//! resend after a crash is the same work. When a crash leaves the same id in
+//! two folders, the further state wins: done > dead > retry > queued >
+//! in-flight.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::durable::{self, DurableError};
+
+/// The state folders, in recovery precedence (highest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Done,
+    Dead,
+    Retry,
+    Queued,
+    InFlight,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Done,
+        State::Dead,
+        State::Retry,
+        State::Queued,
+        State::InFlight,
+    ];
+
+    /// The folder name.
+    pub fn dir(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::InFlight => "in-flight",
+            State::Retry => "retry",
+            State::Done => "done",
+            State::Dead => "dead",
+        }
+    }
+}
+
+/// One piece of work. `body` is the kind-specific payload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    /// File-name safe id: `[A-Za-z0-9._-]{1,128}`.
+    pub id: String,
+    /// What to do: `notify`, `cancel`, `pull`, …
+    pub kind: String,
+    /// The partner the work is for or from.
+    pub partner: String,
+    pub created_at: i64,
+    /// Failed attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not to be tried before this time (Unix seconds).
+    #[serde(default)]
+    pub not_before: i64,
+    /// After this the work is pointless and goes to `dead` (e.g. the
+    /// notification's `restriction.period.end`).
+    #[serde(default)]
+    pub give_up_at: Option<i64>,
+    /// Why the last attempt failed, or why the item is dead.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// A spool failure: a file or folder that could not be read or written.
+#[derive(Debug)]
+pub enum SpoolError {
+    Io(DurableError),
+    BadId(String),
+    Corrupt { path: PathBuf, reason: String },
+    Missing { id: String, state: State },
+}
+
+impl std::fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpoolError::Io(e) => write!(f, "spool: {e}"),
+            SpoolError::BadId(id) => write!(f, "spool: {id:?} is not a valid item id"),
+            SpoolError::Corrupt { path, reason } => {
+                write!(f, "spool: {}: {reason}", path.display())
+            }
+            SpoolError::Missing { id, state } => {
+                write!(f, "spool: item {id} is not in {}", state.dir())
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+impl From<DurableError> for SpoolError {
+    fn from(e: DurableError) -> Self {
+        SpoolError::Io(e)
+    }
+}
+
+fn io_err(path: &Path, step: &'static str) -> impl FnOnce(io::Error) -> SpoolError + use<> {
+    let path = path.to_path_buf();
+    move |source| SpoolError::Io(DurableError { path, step, source })
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// In-flight items put back in the queue.
+    pub requeued: usize,
+    /// Half-written temp files removed.
+    pub temp_files: usize,
+    /// Stale copies of an item that also exists in a further state.
+    pub duplicates: usize,
+    /// Files that are not valid items, moved to `dead` as `<name>.corrupt`.
+    pub corrupt: usize,
+}
+
+/// Counts per state and the age of the oldest unfinished item.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub queued: usize,
+    pub in_flight: usize,
+    pub retry: usize,
+    pub done: usize,
+    pub dead: usize,
+    pub oldest_age_s: i64,
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+/// True for ids that are safe as file names.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Spool {
+    /// Opens `<state_dir>/spool`, creating the folders, and recovers from a
+    /// crash: temp files removed, duplicates resolved by precedence, in-flight
+    /// items requeued.
+    pub fn open(state_dir: &Path) -> Result<(Spool, Recovery), SpoolError> {
+        let root = state_dir.join("spool");
+        for s in State::ALL {
+            durable::create_dir_all(&root.join(s.dir()))?;
+        }
+        let spool = Spool { root };
+        let recovery = spool.recover()?;
+        Ok((spool, recovery))
+    }
+
+    fn path(&self, state: State, id: &str) -> PathBuf {
+        self.root.join(state.dir()).join(format!("{id}.json"))
+    }
+
+    fn recover(&self) -> Result<Recovery, SpoolError> {
+        let mut r = Recovery::default();
+        for s in State::ALL {
+            r.temp_files += durable::remove_temp_files(&self.root.join(s.dir()))?;
+        }
+        // Resolve ids present in more than one state: the further state wins.
+        let mut seen = std::collections::HashSet::new();
+        for s in State::ALL {
+            for id in self.ids(s)? {
+                if !seen.insert(id.clone()) {
+                    durable::remove(&self.path(s, &id))?;
+                    r.duplicates += 1;
+                }
+            }
+        }
+        for s in State::ALL {
+            for id in self.ids(s)? {
+                let path = self.path(s, &id);
+                if self.read(&path).is_err() {
+                    let dead = self
+                        .root
+                        .join(State::Dead.dir())
+                        .join(format!("{id}.json.corrupt"));
+                    durable::rename(&path, &dead)?;
+                    log::warn!(
+                        "event=spool.corrupt item={id} state={} moved_to=dead",
+                        s.dir()
+                    );
+                    r.corrupt += 1;
+                }
+            }
+        }
+        for id in self.ids(State::InFlight)? {
+            durable::rename(
+                &self.path(State::InFlight, &id),
+                &self.path(State::Queued, &id),
+            )?;
+            r.requeued += 1;
+        }
+        Ok(r)
+    }
+
+    /// Ids in a state, oldest name first.
+    pub fn ids(&self, state: State) -> Result<Vec<String>, SpoolError> {
+        let dir = self.root.join(state.dir());
+        let mut ids: Vec<String> = fs::read_dir(&dir)
+            .map_err(io_err(&dir, "read directory"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .filter(|id| valid_id(id))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Where an item is, if anywhere.
+    pub fn find(&self, id: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| self.path(*s, id).exists())
+    }
+
+    fn read(&self, path: &Path) -> Result<Item, SpoolError> {
+        let bytes = fs::read(path).map_err(io_err(path, "read"))?;
+        serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Loads an item from a state.
+    pub fn load(&self, state: State, id: &str) -> Result<Item, SpoolError> {
+        if !valid_id(id) {
+            return Err(SpoolError::BadId(id.into()));
+        }
+        let path = self.path(state, id);
+        if !path.exists() {
+            return Err(SpoolError::Missing {
+                id: id.into(),
+                state,
+            });
+        }
+        self.read(&path)
+    }
+
+    fn write(&self, state: State, item: &Item) -> Result<(), SpoolError> {
+        let bytes = serde_json::to_vec(item).map_err(|e| SpoolError::Corrupt {
+            path: self.path(state, &item.id),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&self.path(state, &item.id), &bytes)?;
+        Ok(())
+    }
+
+    /// Adds an item to `queued`. Returns `false` (and writes nothing) when an
+    /// item with this id exists in any state: the same work is never queued twice.
+    pub fn enqueue(&self, item: &Item) -> Result<bool, SpoolError> {
+        if !valid_id(&item.id) {
+            return Err(SpoolError::BadId(item.id.clone()));
+        }
+        if self.find(&item.id).is_some() {
+            return Ok(false);
+        }
+        self.write(State::Queued, item)?;
+        Ok(true)
+    }
+
+    /// Items in `queued` and `retry` whose time has come, oldest first.
+    pub fn due(&self, now: i64) -> Result<Vec<Item>, SpoolError> {
+        let mut out = Vec::new();
+        for s in [State::Queued, State::Retry] {
+            for id in self.ids(s)? {
+                match self.load(s, &id) {
+                    Ok(item) if item.not_before <= now => out.push(item),
+                    Ok(_) => {}
+                    Err(e) => log::warn!(
+                        "event=spool.unreadable item={id} error={}",
+                        crate::ops::logging::Q(&e.to_string())
+                    ),
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.not_before, a.created_at, &a.id).cmp(&(b.not_before, b.created_at, &b.id))
+        });
+        Ok(out)
+    }
+
+    /// Moves an item from `queued`/`retry` to `in-flight`.
+    pub fn claim(&self, id: &str) -> Result<Item, SpoolError> {
+        for s in [State::Queued, State::Retry] {
+            let from = self.path(s, id);
+            if from.exists() {
+                let to = self.path(State::InFlight, id);
+                durable::rename(&from, &to)?;
+                return self.read(&to);
+            }
+        }
+        Err(SpoolError::Missing {
+            id: id.into(),
+            state: State::Queued,
+        })
+    }
+
+    /// Finishes an in-flight item: it moves to `done` (with its final content).
+    pub fn complete(&self, item: &Item) -> Result<(), SpoolError> {
+        self.finish(item, State::Done)
+    }
+
+    /// Schedules an in-flight item for another attempt.
+    pub fn retry(&self, item: &Item) -> Result<(), SpoolError> {
+        self.finish(item, State::Retry)
+    }
+
+    /// Gives up on an in-flight item; `item.last_error` says why.
+    pub fn bury(&self, item: &Item) -> Result<(), SpoolError> {
+        self.finish(item, State::Dead)
+    }
+
+    /// Writes the item's new content into `to`, then removes the in-flight
+    /// copy. A crash in between leaves both; recovery keeps `to`.
+    fn finish(&self, item: &Item, to: State) -> Result<(), SpoolError> {
+        self.write(to, item)?;
+        durable::remove(&self.path(State::InFlight, &item.id))?;
+        Ok(())
+    }
+
+    /// Moves every dead item (of `partner`, or all) back to `queued` with its
+    /// attempts reset. Returns how many.
+    pub fn requeue_dead(&self, partner: Option<&str>, now: i64) -> Result<usize, SpoolError> {
+        let mut n = 0;
+        for id in self.ids(State::Dead)? {
+            let Ok(mut item) = self.load(State::Dead, &id) else {
+                continue;
+            };
+            if partner.is_some_and(|p| p != item.partner) {
+                continue;
+            }
+            item.attempts = 0;
+            item.not_before = now;
+            item.last_error = None;
+            self.write(State::Queued, &item)?;
+            durable::remove(&self.path(State::Dead, &id))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Counts per state and the age of the oldest item not yet done or dead.
+    pub fn counts(&self, now: i64) -> Result<Counts, SpoolError> {
+        let mut c = Counts::default();
+        let mut oldest: Option<i64> = None;
+        for s in State::ALL {
+            let ids = self.ids(s)?;
+            match s {
+                State::Queued => c.queued = ids.len(),
+                State::InFlight => c.in_flight = ids.len(),
+                State::Retry => c.retry = ids.len(),
+                State::Done => c.done = ids.len(),
+                State::Dead => c.dead = ids.len(),
+            }
+            if matches!(s, State::Queued | State::InFlight | State::Retry) {
+                for id in ids {
+                    if let Ok(item) = self.load(s, &id) {
+                        oldest =
+                            Some(oldest.map_or(item.created_at, |o: i64| o.min(item.created_at)));
+                    }
+                }
+            }
+        }
+        c.oldest_age_s = oldest.map_or(0, |o| (now - o).max(0));
+        Ok(c)
+    }
+}
+
+/// Exponential back-off with full jitter (issue 5): the n-th retry waits a
+/// uniformly random time in `[0, min(cap, first * 2^(n-1))]`, at least 1 s.
+/// `random` is any u32 (from the CSPRNG in production, fixed in tests).
+pub fn backoff_secs(attempts: u32, first: u64, cap: u64, random: u32) -> u64 {
+    let exp = attempts.saturating_sub(1).min(30);
+    let ceiling = first.saturating_mul(1u64 << exp).min(cap);
+    (u64::from(random) % (ceiling + 1)).max(1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        let d = std::env::temp_dir().join(format!(
+            "np-spool-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn item(id: &str, partner: &str, created: i64) -> Item {
+    Item {
+        id: id.into(),
+        kind: "notify".into(),
+        partner: partner.into(),
+        created_at: created,
+        attempts: 0,
+        not_before: created,
+        give_up_at: None,
+        last_error: None,
+        body: serde_json::json!({"case": id}),
+    }
+}
+
+fn files(spool: &Spool, s: State) -> Vec<String> {
+    spool.ids(s).unwrap()
+}
+
+#[test]
+fn lifecycle_and_idempotent_enqueue() {
+    let d = Dir::new();
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!(rec, Recovery::default());
+    assert!(spool.enqueue(&item("a", "p", 10)).unwrap());
+    assert!(
+        !spool.enqueue(&item("a", "p", 10)).unwrap(),
+        "same id twice"
+    );
+    let claimed = spool.claim("a").unwrap();
+    assert_eq!(spool.find("a"), Some(State::InFlight));
+    assert!(
+        !spool.enqueue(&item("a", "p", 10)).unwrap(),
+        "not while in flight"
+    );
+    let mut failed = claimed.clone();
+    failed.attempts = 1;
+    failed.not_before = 50;
+    failed.last_error = Some("503".into());
+    spool.retry(&failed).unwrap();
+    assert_eq!(spool.find("a"), Some(State::Retry));
+    assert!(spool.due(49).unwrap().is_empty());
+    assert_eq!(spool.due(50).unwrap()[0].attempts, 1);
+    let again = spool.claim("a").unwrap();
+    spool.complete(&again).unwrap();
+    assert_eq!(spool.find("a"), Some(State::Done));
+    assert!(
+        !spool.enqueue(&item("a", "p", 10)).unwrap(),
+        "not after done either"
+    );
+    assert!(spool.enqueue(&item("../x", "p", 1)).is_err());
+    assert!(spool.claim("missing").is_err());
+}
+
+#[test]
+fn due_items_come_oldest_first() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    spool.enqueue(&item("c", "p", 30)).unwrap();
+    spool.enqueue(&item("a", "p", 10)).unwrap();
+    spool.enqueue(&item("b", "p", 20)).unwrap();
+    let ids: Vec<String> = spool.due(100).unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
+
+#[test]
+fn recovery_requeues_in_flight_and_removes_temp_files() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    spool.enqueue(&item("a", "p", 1)).unwrap();
+    spool.claim("a").unwrap();
+    // A crash inside write_atomic leaves a temp file.
+    fs::write(
+        d.0.join("spool/queued/.np-b.json.0011223344ff.tmp"),
+        b"{\"id\":",
+    )
+    .unwrap();
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!((rec.requeued, rec.temp_files), (1, 1));
+    assert_eq!(files(&spool, State::Queued), ["a"]);
+    assert!(files(&spool, State::InFlight).is_empty());
+    assert_eq!(fs::read_dir(d.0.join("spool/queued")).unwrap().count(), 1);
+}
+
+#[test]
+fn recovery_resolves_every_half_finished_move() {
+    // Each pair: (the further state, the stale one) as a crash between
+    // "write the new state" and "remove the old copy" leaves them.
+    let pairs = [
+        (State::Retry, State::InFlight),
+        (State::Done, State::InFlight),
+        (State::Dead, State::InFlight),
+        (State::Queued, State::InFlight),
+        (State::Done, State::Queued),
+        (State::Done, State::Retry),
+        (State::Dead, State::Retry),
+    ];
+    for (keep, stale) in pairs {
+        let d = Dir::new();
+        let (spool, _) = Spool::open(&d.0).unwrap();
+        let mut newer = item("x", "p", 1);
+        newer.attempts = 3;
+        spool.write(keep, &newer).unwrap();
+        spool.write(stale, &item("x", "p", 1)).unwrap();
+        drop(spool);
+        let (spool, rec) = Spool::open(&d.0).unwrap();
+        assert_eq!(rec.duplicates, 1, "{keep:?} + {stale:?}");
+        assert_eq!(spool.find("x"), Some(keep), "{keep:?} + {stale:?}");
+        assert_eq!(spool.load(keep, "x").unwrap().attempts, 3);
+        let total: usize = State::ALL.iter().map(|s| files(&spool, *s).len()).sum();
+        assert_eq!(total, 1);
+    }
+}
+
+#[test]
+fn recovery_moves_truncated_items_aside_instead_of_losing_them() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    let good = serde_json::to_vec(&item("whole", "p", 1)).unwrap();
+    // Every truncated prefix of a valid item, as a disk without fsync could leave it.
+    for cut in [0, 1, good.len() / 2, good.len() - 1] {
+        let id = format!("cut{cut}");
+        let mut bytes = serde_json::to_vec(&item(&id, "p", 1)).unwrap();
+        bytes.truncate(cut.min(bytes.len() - 1));
+        fs::write(d.0.join(format!("spool/queued/{id}.json")), bytes).unwrap();
+    }
+    fs::write(d.0.join("spool/queued/whole.json"), &good).unwrap();
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!(rec.corrupt, 4);
+    assert_eq!(files(&spool, State::Queued), ["whole"]);
+    let dead: Vec<String> = fs::read_dir(d.0.join("spool/dead"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(dead.len(), 4);
+    assert!(dead.iter().all(|n| n.ends_with(".json.corrupt")));
+}
+
+#[test]
+fn counts_oldest_and_requeue_dead() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    spool.enqueue(&item("a", "p", 100)).unwrap();
+    spool.enqueue(&item("b", "q", 200)).unwrap();
+    spool.enqueue(&item("c", "p", 300)).unwrap();
+    let mut b = spool.claim("b").unwrap();
+    b.last_error = Some("gave up".into());
+    spool.bury(&b).unwrap();
+    let mut c = spool.claim("c").unwrap();
+    c.last_error = Some("gave up".into());
+    spool.bury(&c).unwrap();
+    let counts = spool.counts(1_000).unwrap();
+    assert_eq!(
+        (
+            counts.queued,
+            counts.in_flight,
+            counts.retry,
+            counts.done,
+            counts.dead
+        ),
+        (1, 0, 0, 0, 2)
+    );
+    assert_eq!(counts.oldest_age_s, 900);
+    assert_eq!(spool.requeue_dead(Some("q"), 1_000).unwrap(), 1);
+    assert_eq!(spool.load(State::Queued, "b").unwrap().attempts, 0);
+    assert_eq!(spool.requeue_dead(None, 1_000).unwrap(), 1);
+    assert_eq!(files(&spool, State::Dead).len(), 0);
+}
+
+#[test]
+fn backoff_is_bounded_jittered_and_grows() {
+    assert_eq!(backoff_secs(1, 5, 900, 0), 1, "at least a second");
+    assert!(backoff_secs(1, 5, 900, u32::MAX) <= 5);
+    assert_eq!(backoff_secs(3, 5, 900, 20), 20, "within 5*4");
+    assert_eq!(
+        backoff_secs(3, 5, 900, 21),
+        1,
+        "21 mod 21 is 0, raised to the 1 s floor"
+    );
+    for n in 1..40 {
+        for r in [0u32, 7, 1_000, u32::MAX] {
+            assert!(backoff_secs(n, 5, 900, r) <= 900);
+        }
+    }
+    assert_eq!(backoff_secs(20, 5, 900, 900), 900);
+}
