@@ -391,6 +391,74 @@ impl Spool {
     }
 }
 
+/// What a worker decided about one attempt at an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished: the item moves to `done`.
+    Done,
+    /// Try again later: after `retry_after` seconds when the partner said so
+    /// (`Retry-After`), else after the back-off.
+    Retry {
+        reason: String,
+        retry_after: Option<u64>,
+    },
+    /// Pointless to try again: the item moves to `dead` with the reason.
+    Dead(String),
+}
+
+/// Back-off policy (issue 5): first retry within 5 s, cap 15 min.
+pub const BACKOFF_FIRST_SECS: u64 = 5;
+pub const BACKOFF_CAP_SECS: u64 = 900;
+
+/// Applies a worker's outcome to an in-flight item: done, dead, or retry with
+/// back-off (honouring `Retry-After`), turned into dead once the item's
+/// `give_up_at` or `max_age` has passed. `random` feeds the jitter.
+/// Returns the state the item ended in.
+pub fn settle(
+    spool: &Spool,
+    mut item: Item,
+    outcome: Outcome,
+    now: i64,
+    max_age_secs: i64,
+    random: u32,
+) -> Result<State, SpoolError> {
+    match outcome {
+        Outcome::Done => {
+            item.last_error = None;
+            spool.complete(&item)?;
+            Ok(State::Done)
+        }
+        Outcome::Dead(reason) => {
+            item.last_error = Some(reason);
+            spool.bury(&item)?;
+            Ok(State::Dead)
+        }
+        Outcome::Retry {
+            reason,
+            retry_after,
+        } => {
+            item.attempts = item.attempts.saturating_add(1);
+            let wait = backoff_secs(item.attempts, BACKOFF_FIRST_SECS, BACKOFF_CAP_SECS, random)
+                .max(retry_after.unwrap_or(0).min(BACKOFF_CAP_SECS));
+            item.not_before = now + i64::try_from(wait).unwrap_or(i64::MAX / 2);
+            let expired =
+                item.give_up_at.is_some_and(|t| t <= now) || now - item.created_at >= max_age_secs;
+            if expired {
+                item.last_error = Some(format!(
+                    "gave up after {} attempts: {reason}",
+                    item.attempts
+                ));
+                spool.bury(&item)?;
+                Ok(State::Dead)
+            } else {
+                item.last_error = Some(reason);
+                spool.retry(&item)?;
+                Ok(State::Retry)
+            }
+        }
+    }
+}
+
 /// Exponential back-off with full jitter (issue 5): the n-th retry waits a
 /// uniformly random time in `[0, min(cap, first * 2^(n-1))]`, at least 1 s.
 /// `random` is any u32 (from the CSPRNG in production, fixed in tests).

@@ -206,3 +206,73 @@ fn backoff_is_bounded_jittered_and_grows() {
     }
     assert_eq!(backoff_secs(20, 5, 900, 900), 900);
 }
+
+#[test]
+fn settle_applies_backoff_retry_after_and_give_up() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    spool.enqueue(&item("a", "p", 1_000)).unwrap();
+    let it = spool.claim("a").unwrap();
+    let retry = |reason: &str, after| Outcome::Retry {
+        reason: reason.into(),
+        retry_after: after,
+    };
+    assert_eq!(
+        settle(&spool, it, retry("503", Some(120)), 1_000, 3_600, 0).unwrap(),
+        State::Retry
+    );
+    let it = spool.load(State::Retry, "a").unwrap();
+    assert_eq!(
+        (it.attempts, it.not_before),
+        (1, 1_120),
+        "Retry-After honoured over a shorter back-off"
+    );
+    assert_eq!(it.last_error.as_deref(), Some("503"));
+    let it = spool.claim("a").unwrap();
+    assert_eq!(
+        settle(&spool, it, retry("timeout", None), 1_200, 3_600, 3).unwrap(),
+        State::Retry
+    );
+    let it = spool.load(State::Retry, "a").unwrap();
+    assert_eq!(it.not_before, 1_203, "jittered back-off");
+    // Past the maximum age: dead, with the reason.
+    let it = spool.claim("a").unwrap();
+    assert_eq!(
+        settle(&spool, it, retry("timeout", None), 1_000 + 3_600, 3_600, 3).unwrap(),
+        State::Dead
+    );
+    let it = spool.load(State::Dead, "a").unwrap();
+    assert_eq!(
+        it.last_error.as_deref(),
+        Some("gave up after 3 attempts: timeout")
+    );
+    // give_up_at (restriction.period.end) ends it too.
+    let mut b = item("b", "p", 1_000);
+    b.give_up_at = Some(1_500);
+    spool.enqueue(&b).unwrap();
+    let it = spool.claim("b").unwrap();
+    assert_eq!(
+        settle(&spool, it, retry("500", None), 1_500, 999_999, 0).unwrap(),
+        State::Dead
+    );
+    spool.enqueue(&item("c", "p", 1)).unwrap();
+    let it = spool.claim("c").unwrap();
+    assert_eq!(
+        settle(&spool, it, Outcome::Done, 2, 10, 0).unwrap(),
+        State::Done
+    );
+    spool.enqueue(&item("d", "p", 1)).unwrap();
+    let it = spool.claim("d").unwrap();
+    assert_eq!(
+        settle(
+            &spool,
+            it,
+            Outcome::Dead("400 invalid Task".into()),
+            2,
+            10,
+            0
+        )
+        .unwrap(),
+        State::Dead
+    );
+}
