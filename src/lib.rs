@@ -18,3 +18,4 @@ pub mod ops;
 pub mod pki;
 pub mod spool;
 pub mod util;
+pub mod worker;
