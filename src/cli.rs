@@ -39,6 +39,16 @@ Exit 0 on a clean stop, 78 on a configuration error, 1 on another fatal error.",
 key, trust bundle, CRLs and signing key to check they parse and match. Exit 0 when valid, 78 otherwise.",
     },
     Command {
+        name: "demo",
+        usage: "np-agent demo [--dir D] [--keep]",
+        summary: "run the whole exchange on loopback with a throwaway PKI",
+        details: "Starts two agents (this binary, np-agent run, twice: hospital A sends, hospital B \
+receives) with a throwaway PKI on 127.0.0.1, drops a sample BgZ export into A's outbox, checks that \
+B's inbox holds every exported resource unchanged, then sends an update and a cancellation, printing \
+each step as it happens. --dir D works in D (kept afterwards); --keep keeps the temporary directory. \
+Exit 0 only if everything arrived intact.",
+    },
+    Command {
         name: "jwks",
         usage: "np-agent jwks [--env-file F]",
         summary: "print our public JWKS",
@@ -121,6 +131,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "jwks" => jwks(&opts),
         "keygen" => keygen(&opts),
         "status" => status(&opts),
+        "demo" => crate::demo::run(opts.dir.clone(), opts.keep),
         "retry-dead" => retry_dead(&opts),
         _ => EXIT_USAGE,
     }
@@ -180,6 +191,8 @@ struct Options {
     out: Option<PathBuf>,
     json: bool,
     partner: Option<String>,
+    dir: Option<PathBuf>,
+    keep: bool,
 }
 
 impl Options {
@@ -199,12 +212,14 @@ impl Options {
                     .ok_or_else(|| format!("{name} needs a value"))
             };
             match (cmd.name, flag) {
-                (_, "--env-file") if cmd.name != "keygen" => {
+                (_, "--env-file") if !matches!(cmd.name, "keygen" | "demo") => {
                     o.env_file = Some(value("--env-file")?.into())
                 }
                 ("keygen", "--alg") => o.alg = Some(value("--alg")?),
                 ("keygen", "--out") => o.out = Some(value("--out")?.into()),
                 ("status", "--json") if inline.is_none() => o.json = true,
+                ("demo", "--dir") => o.dir = Some(value("--dir")?.into()),
+                ("demo", "--keep") if inline.is_none() => o.keep = true,
                 ("retry-dead", "--partner") => o.partner = Some(value("--partner")?),
                 _ => return Err(format!("unexpected argument {a:?}")),
             }
