@@ -8,6 +8,7 @@ pub mod assertion;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod fhir;
 pub mod ids;
 pub mod oauth;
 pub mod ops;
