@@ -334,7 +334,8 @@ impl XmlIn<'_> {
             match (a.ns, a.name.as_str()) {
                 (Ns::None, "value") => value = Some(self.prim_value(el, p, &a.value, path)?),
                 (Ns::None, "id") => {
-                    shadow.insert("id".into(), Value::String(a.value.clone()));
+                    let id = self.prim_value(el, Prim::String, &a.value, path)?;
+                    shadow.insert("id".into(), id);
                 }
                 _ => {
                     return Err(FhirError::UnknownElement {
@@ -694,19 +695,17 @@ impl XmlOut {
                 at: Location::path(path),
             });
         }
-        for m in members.iter().filter(|m| matches!(m.kind, Kind::Attr(_))) {
+        for m in members.iter() {
+            let Kind::Attr(prim) = m.kind else { continue };
             let p = format!("{path}.{}", m.name);
             if m.shadow.is_some() {
                 return Err(invalid(&p, "this element cannot carry extensions"));
             }
-            let Some(Value::String(s)) = m.value else {
-                return Err(invalid(&p, "expected a string"));
-            };
-            check_string(s, &p)?;
+            let text = attr_text(prim, m.value, &p)?;
             out.push(' ');
             out.push_str(&m.name);
             out.push_str("=\"");
-            xml::escape_attr(out, s);
+            xml::escape_attr(out, &text);
             out.push('"');
         }
         let elements: Vec<&Member<'_>> = members
@@ -824,16 +823,11 @@ impl XmlOut {
             None => Vec::new(),
         };
         // The shadow's id goes out as an attribute before `value`.
-        for m in shadow_members
-            .iter()
-            .filter(|m| matches!(m.kind, Kind::Attr(_)))
-        {
-            let Some(Value::String(id)) = m.value else {
-                return Err(invalid(path, "expected a string id"));
-            };
-            check_string(id, path)?;
+        for m in shadow_members.iter() {
+            let Kind::Attr(prim) = m.kind else { continue };
+            let text = attr_text(prim, m.value, path)?;
             out.push_str(" id=\"");
-            xml::escape_attr(out, id);
+            xml::escape_attr(out, &text);
             out.push('"');
         }
         if let Some(v) = v {
@@ -902,6 +896,14 @@ fn prim_to_text(p: Prim, v: &Value) -> Result<String, &'static str> {
         (JsonKind::String, Value::String(s)) => Ok(s.clone()),
         (JsonKind::String, _) => Err("expected a string"),
     }
+}
+
+/// The text of an attribute-like primitive (`id`, `url`), checked as its type.
+fn attr_text(p: Prim, value: Option<&Value>, path: &str) -> Result<String, FhirError> {
+    let v = value.ok_or_else(|| invalid(path, "expected a string"))?;
+    let text = prim_to_text(p, v).map_err(|reason| invalid(path, reason))?;
+    check_string(&text, path)?;
+    Ok(text)
 }
 
 /// XML cannot carry every character a JSON string can.
@@ -1134,6 +1136,10 @@ mod tests {
             r#"{"resourceType":"Patient","deceasedBoolean":true,"deceasedDateTime":"2020"}"#,
             r#"{"resourceType":"Patient","gender":"a\u0001b"}"#,
             r#"{"resourceType":"Patient","contained":[{"id":"x"}]}"#,
+            r#"{"resourceType":"Patient","name":[{"id":""}]}"#,
+            r#"{"resourceType":"Patient","name":[{"id":1}]}"#,
+            r#"{"resourceType":"Patient","gender":"male","_gender":{"id":""}}"#,
+            r#"{"resourceType":"Patient","extension":[{"url":"u","_url":{"id":"x"}}]}"#,
             r#"{"resourceType":"Nope"}"#,
             r#"{"resourceType":"Patient","text":{"status":"generated","div":"plain"}}"#,
         ] {
