@@ -23,6 +23,10 @@ pub const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
+/// Attributes (namespace declarations included) allowed on one element. FHIR
+/// elements have at most three; narrative XHTML rarely more than a handful.
+pub const MAX_ATTRIBUTES: usize = 64;
+
 /// The namespace of an element or attribute, as far as we care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ns {
@@ -299,7 +303,11 @@ impl<'a> Builder<'a> {
         }
         let scope = self.scopes.len();
         let mut raw_attrs: Vec<(String, String)> = Vec::new();
-        for attr in start.attributes().with_checks(true) {
+        for (count, attr) in start.attributes().with_checks(true).enumerate() {
+            // quick-xml's duplicate check is quadratic: stop long before that matters.
+            if count >= MAX_ATTRIBUTES {
+                return Err(syntax(self.text, pos, "too many attributes on one element"));
+            }
             let attr = attr.map_err(|_| syntax(self.text, pos, "malformed attribute"))?;
             let key = std::str::from_utf8(attr.key.as_ref())
                 .map_err(|_| syntax(self.text, pos, "attribute name is not utf-8"))?;
@@ -730,6 +738,17 @@ mod tests {
             parse(b"<abc/>", &small).unwrap_err(),
             FhirError::TooLarge { limit: 4 }
         );
+    }
+
+    #[test]
+    fn attribute_count_is_capped() {
+        let many: String = (0..MAX_ATTRIBUTES).map(|i| format!(" a{i}=\"\"")).collect();
+        parse_ok(&format!("<a{many}/>"));
+        let too_many: String = (0..100_000).map(|i| format!(" a{i}=\"\"")).collect();
+        assert!(matches!(
+            parse_err(&format!("<a{too_many}/>")),
+            FhirError::Syntax { .. }
+        ));
     }
 
     #[test]
