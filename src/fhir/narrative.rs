@@ -82,6 +82,17 @@ fn check_element(el: &Element, path: &str) -> Result<(), FhirError> {
         if has_script_url(&a.value) {
             return Err(unsafe_narrative(path, "script url"));
         }
+        let folded = fold(&a.value);
+        if folded.starts_with("data:") && !(name == "img" && attr == "src") {
+            return Err(unsafe_narrative(path, "data url outside an image"));
+        }
+        if attr == "style"
+            && ["expression(", "-moz-binding", "behavior:"]
+                .iter()
+                .any(|p| folded.contains(p))
+        {
+            return Err(unsafe_narrative(path, "active style"));
+        }
     }
     for child in &el.children {
         if let Node::Element(c) = child {
@@ -106,12 +117,17 @@ fn forbidden_reason(name: &str) -> &'static str {
 /// control characters (which browsers skip inside a scheme) are removed and
 /// case is folded; also covers `url(javascript:…)` in a style.
 fn has_script_url(value: &str) -> bool {
-    let folded: String = value
+    let folded = fold(value);
+    folded.contains("javascript:") || folded.contains("vbscript:")
+}
+
+/// The value without white space and control characters, lower case.
+fn fold(value: &str) -> String {
+    value
         .chars()
         .filter(|c| !c.is_whitespace() && !c.is_control())
         .flat_map(char::to_lowercase)
-        .collect();
-    folded.contains("javascript:") || folded.contains("vbscript:")
+        .collect()
 }
 
 fn unsafe_narrative(path: &str, reason: &'static str) -> FhirError {
@@ -225,6 +241,7 @@ mod tests {
             "<p>a <b>b</b> <i>c</i><br/></p>",
             "<table class=\"grid\"><tr><td colspan=\"2\">x</td></tr></table>",
             "<a href=\"http://example.org/x\">link</a> <img src=\"#p1\" alt=\"\"/>",
+            "<img src=\"data:image/png;base64,iVBORw0KGgo=\" alt=\"x\"/>",
             "<span style=\"color: red\" xml:lang=\"nl\">rood</span>",
             "<ul><li>one</li><li>two &amp; three</li></ul>",
         ] {
