@@ -16,7 +16,7 @@
 //! * Choice elements are named with the type appended (`valueQuantity`).
 //! * `Narrative.div` is XHTML in XML and an XHTML string in JSON.
 //! * JSON primitives are `true`/`false` for boolean, numbers for integer,
-//!   positiveInt, unsignedInt and decimal (a decimal keeps its exact text),
+//!   positiveInt, unsignedInt and decimal (a decimal keeps its digits),
 //!   strings for everything else.
 //! * XML elements are written in definition order.
 
@@ -24,7 +24,7 @@ use serde_json::{Map, Number, Value};
 
 use super::error::{FhirError, Location, safe_name};
 use super::narrative;
-use super::table::{self, Base, Child, Ctx, Def, JsonKind, Kind, Prim, Table};
+use super::table::{self, Child, Ctx, Def, JsonKind, Kind, Prim, Table};
 use super::xml::{self, Element, FHIR_NS, Node, Ns};
 use super::{FhirVersion, Limits};
 
@@ -32,8 +32,8 @@ use super::{FhirVersion, Limits};
 /// [`super::parse_json`] (which already caps depth).
 const MAX_WRITE_DEPTH: usize = 256;
 
-/// The shadow element (`_name`) of a primitive: an `Element`.
-const ELEMENT_CTX: Ctx = Ctx {
+/// The shadow element (`_name`) of a primitive: an `Element` (`id`, `extension`).
+const SHADOW_CTX: Ctx = Ctx {
     path: "Element",
     base: None,
 };
@@ -87,7 +87,8 @@ impl XmlIn<'_> {
         for a in &el.attrs {
             // xsi:schemaLocation and friends are allowed on the root only.
             if a.ns != Ns::Xsi {
-                return Err(self.invalid(el, &el.name, "unexpected attribute on a resource"));
+                let path = safe_name(&el.name);
+                return Err(self.invalid(el, path, "unexpected attribute on a resource"));
             }
         }
         self.resource(el, "")
@@ -115,9 +116,8 @@ impl XmlIn<'_> {
                 at: self.at(el, &path),
                 reason: "unknown resource type",
             })?;
-        if prefix.is_empty() {
-            // Root attributes were checked by the caller.
-        } else if !el.attrs.is_empty() {
+        // Root attributes were checked by the caller.
+        if !prefix.is_empty() && !el.attrs.is_empty() {
             return Err(self.invalid(el, &path, "unexpected attribute on a resource"));
         }
         let mut obj = Map::new();
@@ -817,7 +817,7 @@ impl XmlOut {
         out.push_str(name);
         let shadow_members = match s {
             Some(Value::Object(obj)) => {
-                self.members(obj, ELEMENT_CTX_WITH_BASE, &format!("{path}._"), false)?
+                self.members(obj, SHADOW_CTX, &format!("{path}._"), false)?
             }
             Some(_) => return Err(invalid(path, "extension property must be an object")),
             None => Vec::new(),
@@ -855,12 +855,6 @@ impl XmlOut {
         Ok(())
     }
 }
-
-/// The shadow object of a primitive is an `Element` (`id`, `extension`).
-const ELEMENT_CTX_WITH_BASE: Ctx = Ctx {
-    path: ELEMENT_CTX.path,
-    base: Some(Base::Element),
-};
 
 /// The items of a JSON property: an array for a repeating element (a single
 /// value is taken as one item), one value otherwise.
