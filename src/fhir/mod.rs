@@ -28,7 +28,9 @@ pub mod media;
 pub mod narrative;
 pub mod outcome;
 pub mod table;
+#[rustfmt::skip]
 mod table_r4;
+#[rustfmt::skip]
 mod table_stu3;
 pub mod xml;
 
