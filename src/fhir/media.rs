@@ -1,8 +1,8 @@
 //! FHIR media types and content negotiation.
 //!
 //! Reads: `application/fhir+json`, `application/json+fhir`,
-//! `application/json` (and `text/json`) as JSON; `application/fhir+xml`,
-//! `application/xml+fhir`, `application/xml` (and `text/xml`) as XML; with
+//! `application/json` as JSON; `application/fhir+xml`,
+//! `application/xml+fhir`, `application/xml` as XML; with
 //! optional `charset` (UTF-8 only) and `fhirVersion` parameters. Writes
 //! `application/fhir+json` / `application/fhir+xml` with `charset=utf-8`.
 //! The `_format` parameter wins over `Accept` (FHIR http §2.21.0.6).
@@ -34,19 +34,17 @@ pub struct ContentType {
     pub fhir_version: Option<String>,
 }
 
-/// Media types read as JSON.
+/// Media types read as JSON (the list in DESIGN.md).
 const JSON_TYPES: &[&str] = &[
     "application/fhir+json",
     "application/json+fhir",
     "application/json",
-    "text/json",
 ];
-/// Media types read as XML.
+/// Media types read as XML (the list in DESIGN.md).
 const XML_TYPES: &[&str] = &[
     "application/fhir+xml",
     "application/xml+fhir",
     "application/xml",
-    "text/xml",
 ];
 
 /// The longest header value considered; longer ones are refused outright.
@@ -287,6 +285,8 @@ mod tests {
             "application/fhir+json; fhirVersion=x",
             "application/fhir+turtle",
             "multipart/form-data",
+            "text/xml",
+            "text/json",
         ] {
             assert!(
                 matches!(
@@ -347,9 +347,7 @@ mod tests {
         );
         // Excluding every JSON type explicitly leaves XML even under */*.
         assert_eq!(
-            n(
-                "*/*, application/fhir+json;q=0, application/json+fhir;q=0, application/json;q=0, text/json;q=0"
-            ),
+            n("*/*, application/fhir+json;q=0, application/json+fhir;q=0, application/json;q=0"),
             Some(Format::Xml)
         );
         assert_eq!(n("*/*;q=0"), None);
