@@ -78,7 +78,9 @@ impl FhirVersion {
 pub struct Limits {
     /// Largest document in bytes.
     pub max_bytes: usize,
-    /// Deepest nesting: JSON objects and arrays, or XML elements.
+    /// Deepest nesting: JSON objects and arrays, or XML elements. (serde_json
+    /// itself stops at 128 levels, so JSON deeper than that is refused
+    /// whatever this says.)
     pub max_depth: usize,
 }
 
