@@ -45,6 +45,7 @@ use self::task::{
     Expect, PullPlan, Refusal, TaskIdentifier, TaskStatus, ValidatedCancellation, ValidatedTask,
 };
 use self::wire::Format;
+use crate::fhir::{FhirVersion, IssueType};
 
 /// The spool item kind of a pull.
 pub const KIND_PULL: &str = "pull";
@@ -221,9 +222,8 @@ impl Receiver {
     /// Task with status `cancelled` is a cancellation of the Task with its
     /// identifier. Refusals: 400/403/413/415 with an OperationOutcome.
     pub fn notify(&self, partner: &Partner, grant: &Grant, req: &Request, now: i64) -> Response {
-        let in_format = request_format(req);
-        let out = wire::response_format(req, in_format);
-        let (expect, value) = match self.admit(partner, grant, req, now) {
+        let mut out = Answer::for_request(req);
+        let (expect, value) = match self.admit(partner, grant, req, now, &mut out) {
             Ok(x) => x,
             Err(r) => return self.refuse(partner, grant, req, &r, out),
         };
@@ -263,8 +263,8 @@ impl Receiver {
     /// pull of it then ends without writing data) and written to the inbox as
     /// `<task>.cancelled.json`.
     pub fn cancel(&self, partner: &Partner, grant: &Grant, req: &Request, now: i64) -> Response {
-        let out = wire::response_format(req, request_format(req));
-        let (expect, value) = match self.admit(partner, grant, req, now) {
+        let mut out = Answer::for_request(req);
+        let (expect, value) = match self.admit(partner, grant, req, now, &mut out) {
             Ok(x) => x,
             Err(r) => return self.refuse(partner, grant, req, &r, out),
         };
@@ -312,13 +312,15 @@ impl Receiver {
 
     // ---- intake ----
 
-    /// Checks the partner and the grant, and reads the body.
+    /// Checks the partner and the grant, and reads the body (whose release
+    /// then decides the release of the answer).
     fn admit(
         &self,
         partner: &Partner,
         grant: &Grant,
         req: &Request,
         now: i64,
+        out: &mut Answer,
     ) -> Result<(Expect, Value), Refusal> {
         if partner.kind != PartnerKind::Twiin {
             return Err(Refusal::forbidden(
@@ -333,8 +335,9 @@ impl Receiver {
             ));
         }
         let expect = Expect::from_grant(&self.config, partner.id_scheme, grant, now)?;
-        let (value, _) = wire::read_task_body(&req.body, req.header("content-type"))?;
-        Ok((expect, value))
+        let body = wire::read_task_body(&req.body, req.header("content-type"))?;
+        out.version = body.version;
+        Ok((expect, body.value))
     }
 
     fn intake(
@@ -344,7 +347,7 @@ impl Receiver {
         req: &Request,
         v: ValidatedTask,
         now: i64,
-        out: Format,
+        out: Answer,
     ) -> Response {
         let id = item_id(&partner.name, v.identifier());
         let _guard = self.locks.intake.lock().unwrap_or_else(|p| p.into_inner());
@@ -359,7 +362,12 @@ impl Receiver {
                 order.inbox_task,
                 Q(&req.request_id)
             );
-            return wire::resource_response(200, &with_id(order.task, &id), out);
+            return wire::resource_response(
+                200,
+                &with_id(order.task, &id),
+                out.format,
+                out.version,
+            );
         }
         let order = PullOrder::new(&v, now);
         let body = match serde_json::to_value(&order) {
@@ -408,7 +416,8 @@ impl Receiver {
             Q(&req.request_id)
         );
         let location = format!("{}/fhir/Task/{id}", self.config.public_url);
-        wire::resource_response(201, &with_id(order.task, &id), out).header("Location", location)
+        wire::resource_response(201, &with_id(order.task, &id), out.format, out.version)
+            .header("Location", location)
     }
 
     // ---- cancellation ----
@@ -422,7 +431,7 @@ impl Receiver {
         (system, value): (Option<String>, String),
         c: ValidatedCancellation,
         now: i64,
-        out: Format,
+        out: Answer,
     ) -> Response {
         let systems: Vec<String> = match system {
             Some(s) => vec![s],
@@ -452,7 +461,7 @@ impl Receiver {
         item: Item,
         c: ValidatedCancellation,
         now: i64,
-        out: Format,
+        out: Answer,
     ) -> Response {
         let Ok(order) = serde_json::from_value::<PullOrder>(item.body) else {
             return self.fail(
@@ -523,7 +532,7 @@ impl Receiver {
         if let Some(obj) = task.as_object_mut() {
             obj.insert("status".into(), Value::String("cancelled".into()));
         }
-        wire::resource_response(200, &task, out)
+        wire::resource_response(200, &task, out.format, out.version)
     }
 
     fn cancel_record(&self, item_id: &str) -> PathBuf {
@@ -584,7 +593,7 @@ impl Receiver {
         grant: &Grant,
         req: &Request,
         r: &Refusal,
-        out: Format,
+        out: Answer,
     ) -> Response {
         let _ = self.audit.record(Event {
             action: "task.refused",
@@ -606,7 +615,7 @@ impl Receiver {
             Q(&r.diagnostics),
             Q(&req.request_id)
         );
-        wire::refusal_response(r, out)
+        wire::refusal_response(r, out.format)
     }
 
     fn fail(
@@ -615,7 +624,7 @@ impl Receiver {
         req: &Request,
         item: &str,
         why: &str,
-        out: Format,
+        out: Answer,
     ) -> Response {
         log::error!(
             "event=task.failed partner={} item={item} reason={} rid={}",
@@ -623,7 +632,10 @@ impl Receiver {
             Q(why),
             Q(&req.request_id)
         );
-        wire::refusal_response(&Refusal::new(500, "exception", why, None), out)
+        wire::refusal_response(
+            &Refusal::new(500, IssueType::Exception, why, None),
+            out.format,
+        )
     }
 }
 
@@ -690,17 +702,30 @@ fn percent_decode(s: &str) -> Option<String> {
 fn not_found() -> Refusal {
     Refusal::new(
         404,
-        "not-found",
+        IssueType::NotFound,
         "no Task with this identifier came from this partner",
         None,
     )
 }
 
-/// The request's body format, for answering in kind.
-fn request_format(req: &Request) -> Format {
-    match req.header("content-type") {
-        Some(ct) if ct.to_ascii_lowercase().contains("xml") => Format::Xml,
-        _ => Format::Json,
+/// How to answer: the format the request asks for (its own by default)
+/// and the release of the Task it carried.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    format: Format,
+    version: FhirVersion,
+}
+
+impl Answer {
+    fn for_request(req: &Request) -> Answer {
+        let own = match req.header("content-type") {
+            Some(ct) if ct.to_ascii_lowercase().contains("xml") => Format::Xml,
+            _ => Format::Json,
+        };
+        Answer {
+            format: wire::response_format(req, own),
+            version: FhirVersion::Stu3,
+        }
     }
 }
 

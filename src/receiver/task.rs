@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{AGB_OID_ROOT, IdScheme, OrgId, URA_OID_ROOT};
+use crate::fhir::IssueType;
 use crate::ids::{self, BSN_OID_ROOT, BSN_SYSTEM, Bsn, URA_SYSTEM, URI_SYSTEM};
 
 /// `Task.code` of a notification.
@@ -57,7 +58,7 @@ pub struct Refusal {
     /// HTTP status: 400, 403, 404, 413 or 415.
     pub status: u16,
     /// `OperationOutcome.issue.code` (`required`, `value`, `invalid`, `forbidden`, …).
-    pub code: &'static str,
+    pub code: IssueType,
     /// A message for the partner's operator, without patient data.
     pub diagnostics: String,
     /// FHIRPath of the element, e.g. `Task.input[3].valueString`.
@@ -67,23 +68,33 @@ pub struct Refusal {
 impl Refusal {
     /// 400: a required element is missing.
     pub fn required(expression: impl Into<String>, diagnostics: impl Into<String>) -> Refusal {
-        Refusal::new(400, "required", diagnostics, Some(expression.into()))
+        Refusal::new(
+            400,
+            IssueType::Required,
+            diagnostics,
+            Some(expression.into()),
+        )
     }
 
     /// 400: an element is there but its value is wrong.
     pub fn value(expression: impl Into<String>, diagnostics: impl Into<String>) -> Refusal {
-        Refusal::new(400, "value", diagnostics, Some(expression.into()))
+        Refusal::new(400, IssueType::Value, diagnostics, Some(expression.into()))
     }
 
     /// 403: well-formed, but not for this token.
     pub fn forbidden(expression: Option<&str>, diagnostics: impl Into<String>) -> Refusal {
-        Refusal::new(403, "forbidden", diagnostics, expression.map(String::from))
+        Refusal::new(
+            403,
+            IssueType::Forbidden,
+            diagnostics,
+            expression.map(String::from),
+        )
     }
 
     /// Any status and issue code.
     pub fn new(
         status: u16,
-        code: &'static str,
+        code: IssueType,
         diagnostics: impl Into<String>,
         expression: Option<String>,
     ) -> Refusal {
@@ -440,7 +451,7 @@ pub fn workflow_plan(task: &Value) -> (PullPlan, usize) {
         return (plan, 0);
     };
     for input in inputs {
-        match classify_input(input, "Task.input", true) {
+        match classify_input(input, "Task.input", false) {
             Ok(Input::Read(r)) => push_unique(&mut plan.reads, r),
             Ok(Input::Query(q)) => push_unique(&mut plan.queries, q),
             Ok(_) => {}
@@ -543,7 +554,7 @@ fn check_resource_type(task: &Value) -> Result<(), Refusal> {
         Some(Value::String(t)) if t == "Task" => Ok(()),
         _ => Err(Refusal::new(
             400,
-            "invalid",
+            IssueType::Invalid,
             "the body is not a Task",
             Some("Task.resourceType".into()),
         )),
@@ -1181,7 +1192,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_element() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, u16, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Mutation, u16, &str)> = vec![
             (
                 Box::new(|t| t["resourceType"] = json!("Patient")),
                 400,
