@@ -210,6 +210,10 @@ mod tests {
         assert_eq!(v["issue"][0]["code"], "value");
         let x = refusal_response(&r, Format::Xml);
         assert!(String::from_utf8_lossy(&x.body).contains("<OperationOutcome"));
-        assert!(x.headers.iter().any(|(_, v)| v.starts_with("application/fhir+xml")));
+        assert!(
+            x.headers
+                .iter()
+                .any(|(_, v)| v.starts_with("application/fhir+xml"))
+        );
     }
 }
