@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::TempDir;
@@ -226,6 +226,56 @@ fn origin(base: &str) -> String {
     base[..end].to_string()
 }
 
+// ---------------------------------------------------------------- the log
+
+/// Every line logged in this test binary (all tests share one logger).
+struct Capture(Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("np_agent") {
+            let line = format!("level={} {}", record.level(), record.args());
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
+        log::set_logger(c).unwrap();
+        log::set_max_level(log::LevelFilter::Debug);
+        c
+    })
+}
+
+/// The lines logged so far, after checking that none holds a BSN, a token,
+/// an authorization base, a query or resource content.
+fn log_lines() -> Vec<String> {
+    let lines = capture().0.lock().unwrap().clone();
+    for line in &lines {
+        for secret in [
+            "999999990",
+            "999999151",
+            "tok-",
+            "Bearer",
+            "base/",
+            "loinc",
+            "snomed",
+            "120.50",
+            "evil.example",
+        ] {
+            assert!(!line.contains(secret), "{secret:?} logged: {line}");
+        }
+    }
+    lines
+}
+
 // ---------------------------------------------------------------- the harness
 
 struct Harness {
@@ -244,6 +294,7 @@ struct Harness {
 
 impl Harness {
     fn new(label: &str) -> Harness {
+        capture();
         let tmp = TempDir::new(label);
         let world = World::new();
         let a = Party::new(&world, tmp.path(), "hospa", "12345678", &[]);
@@ -566,6 +617,22 @@ fn full_pull_pages_to_the_end_dedups_records_the_missing_and_replaces_on_repull(
     assert_eq!(outcome, Outcome::Done);
     assert_eq!(h.settle(item, outcome), State::Done);
 
+    let done_line = format!(
+        "event=pull.done partner=hospa item={id} group={GROUP} task=6128cfe7-0e89-4d37-ba90-e4ca3b3fcbbe resources=7 not_available=2 ms="
+    );
+    let lines = log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("level=INFO ") && l.contains(&done_line)),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains(&format!(
+        "event=pull.unavailable partner=hospa item={id} input=read:2 type=Binary status=404"
+    ))));
+    assert!(lines.iter().any(|l| l.contains(&format!(
+        "event=pull.next_refused partner=hospa item={id} query=1 page=1"
+    ))));
     let file = h.data_file(GROUP, "6128cfe7-0e89-4d37-ba90-e4ca3b3fcbbe");
     let bundle: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(bundle["resourceType"], "Bundle");
@@ -954,6 +1021,13 @@ fn cancellation_stops_a_queued_pull_and_lands_in_the_inbox() {
         now_unix(),
     );
     assert_eq!(r.status, 403);
+    let lines = log_lines();
+    assert!(lines.iter().any(|l| l.contains(&format!(
+        "event=task.cancelled partner=hospa item={id} group={GROUP} task={uuid}"
+    ))));
+    assert!(lines.iter().any(|l| l.contains(&format!(
+        "event=pull.skipped partner=hospa item={id} task={uuid} reason=cancelled"
+    ))));
 }
 
 #[test]
@@ -1023,6 +1097,10 @@ fn intake_refusals_and_formats() {
     );
     assert_eq!(order.inbox_group(), "4e5f6a7b-8c9d-4e0f-9a1b-2c3d4e5f6a7b");
     assert!(receiver::item_id("hospa", order.identifier()).starts_with("pull-"));
+    let lines = log_lines();
+    assert!(lines.iter().any(|l| l.contains(
+        "event=task.refused partner=hospa method=POST status=400 element=Task.input[4].valueString"
+    )));
 }
 
 fn item_id_of_location(location: &str) -> String {

@@ -337,6 +337,7 @@ impl Receiver {
         let expect = Expect::from_grant(&self.config, partner.id_scheme, grant, now)?;
         let body = wire::read_task_body(&req.body, req.header("content-type"))?;
         out.version = body.version;
+        out.format = wire::response_format(req, body.format);
         Ok((expect, body.value))
     }
 
