@@ -234,7 +234,8 @@ impl Receiver {
                         partner,
                         grant,
                         req,
-                        (id.system.clone().or(Some(String::new())), id.value.clone()),
+                        // A body without a system matches the Task under any system.
+                        (id.system.clone(), id.value.clone()),
                         c,
                         now,
                         out,
@@ -353,22 +354,7 @@ impl Receiver {
         let id = item_id(&partner.name, v.identifier());
         let _guard = self.locks.intake.lock().unwrap_or_else(|p| p.into_inner());
         if self.spool.find(&id).is_some() {
-            let Some(order) = self.order(&id) else {
-                return self.fail(partner, req, &id, "the stored Task could not be read", out);
-            };
-            self.audit_task(partner, grant, req, "task.duplicate", v.bsn().as_str(), &id);
-            log::info!(
-                "event=task.duplicate partner={} item={id} task={} rid={} status=200",
-                partner.name,
-                order.inbox_task,
-                Q(&req.request_id)
-            );
-            return wire::resource_response(
-                200,
-                &with_id(order.task, &id),
-                out.format,
-                out.version,
-            );
+            return self.duplicate(partner, grant, req, &v, &id, out);
         }
         let order = PullOrder::new(&v, now);
         let body = match serde_json::to_value(&order) {
@@ -389,13 +375,18 @@ impl Receiver {
             last_error: None,
             body,
         };
-        if let Err(e) = self.spool.enqueue(&item) {
-            log::error!(
-                "event=task.store_failed partner={} item={id} error={}",
-                partner.name,
-                Q(&e.to_string())
-            );
-            return self.fail(partner, req, &id, "the Task could not be stored", out);
+        match self.spool.enqueue(&item) {
+            Ok(true) => {}
+            // Someone else (another process on the same state) was first.
+            Ok(false) => return self.duplicate(partner, grant, req, &v, &id, out),
+            Err(e) => {
+                log::error!(
+                    "event=task.store_failed partner={} item={id} error={}",
+                    partner.name,
+                    Q(&e.to_string())
+                );
+                return self.fail(partner, req, &id, "the Task could not be stored", out);
+            }
         }
         if !self.audit_task(partner, grant, req, "task.received", v.bsn().as_str(), &id) {
             return self.fail(
@@ -419,6 +410,30 @@ impl Receiver {
         let location = format!("{}/fhir/Task/{id}", self.config.public_url);
         wire::resource_response(201, &with_id(order.task, &id), out.format, out.version)
             .header("Location", location)
+    }
+
+    /// The answer to a Task whose identifier is already stored: `200` with
+    /// the stored Task (not the new body); nothing else changes.
+    fn duplicate(
+        &self,
+        partner: &Partner,
+        grant: &Grant,
+        req: &Request,
+        v: &ValidatedTask,
+        id: &str,
+        out: Answer,
+    ) -> Response {
+        let Some(order) = self.order(id) else {
+            return self.fail(partner, req, id, "the stored Task could not be read", out);
+        };
+        self.audit_task(partner, grant, req, "task.duplicate", v.bsn().as_str(), id);
+        log::info!(
+            "event=task.duplicate partner={} item={id} task={} rid={} status=200",
+            partner.name,
+            order.inbox_task,
+            Q(&req.request_id)
+        );
+        wire::resource_response(200, &with_id(order.task, id), out.format, out.version)
     }
 
     // ---- cancellation ----

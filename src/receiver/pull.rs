@@ -33,8 +33,9 @@ use crate::util::durable;
 pub const MAX_PAGES: usize = 1000;
 /// Longest `Retry-After` honoured, in seconds (spec §8.4).
 pub const MAX_RETRY_AFTER_SECS: u64 = 300;
-/// Most response bytes one pull reads in total; above it the pull is given up.
-pub const MAX_PULL_BYTES: usize = 512 * 1024 * 1024;
+/// Most response bytes one pull reads in total (everything is held in memory
+/// until the inbox file is written); above it the pull is given up.
+pub const MAX_PULL_BYTES: usize = 256 * 1024 * 1024;
 
 /// What became of one input (or of the workflow Task).
 #[derive(Debug, Clone, Serialize)]
@@ -563,6 +564,9 @@ fn token_outcome(e: TokenClientError) -> Outcome {
     };
     match &e {
         TokenClientError::Refused { .. } if !e.is_transient() => Outcome::Dead(e.to_string()),
+        // We cannot build or sign our assertions (e.g. no organisation of ours
+        // in the partner's id scheme): trying again will not help.
+        TokenClientError::Local { .. } => Outcome::Dead(format!("configuration error: {e}")),
         _ => Outcome::Retry {
             reason: e.to_string(),
             retry_after,
@@ -644,6 +648,13 @@ mod tests {
         assert!(matches!(
             token_outcome(refused(400, Some("invalid_request"))),
             Outcome::Dead(_)
+        ));
+        assert!(matches!(
+            token_outcome(TokenClientError::Local {
+                partner: "vip".into(),
+                detail: "no organisation id of ours in the partner's id scheme".into()
+            }),
+            Outcome::Dead(r) if r.starts_with("configuration error: partner vip:")
         ));
     }
 
