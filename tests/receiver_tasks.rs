@@ -265,7 +265,15 @@ fn at_least_eight_valid_shapes_are_in_the_corpus() {
         } else {
             ura("12345678")
         };
-        valid(&format!("valid/{name}"), requester);
+        let t = valid(&format!("valid/{name}"), requester);
+        // Whatever a Task asks for, joined to the base, stays under the base.
+        let base = "https://sender.example:8443/fhir/stu3";
+        for rel in t.plan().reads.iter().chain(&t.plan().queries) {
+            assert!(
+                np_agent::receiver::url::same_base(base, &np_agent::receiver::url::join(base, rel)),
+                "{name}: {rel}"
+            );
+        }
         n += 1;
     }
     assert!(n >= 8, "{n} valid fixtures");

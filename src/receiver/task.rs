@@ -1148,6 +1148,44 @@ mod tests {
         }
     }
 
+    /// The property the pull relies on: whatever passes as a relative query
+    /// or read, joined to the base, is still under the base. Checked on
+    /// pseudo-random strings over the characters that matter.
+    #[test]
+    fn accepted_values_never_leave_the_base() {
+        const BASE: &str = "https://sender.example:8443/fhir/stu3";
+        const ALPHABET: &[u8] = b"/.%2eEfF5cC?#:@\\|aP$_-= ";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let mut s = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = 1 + (state % 12) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                s.push(char::from(
+                    ALPHABET[(state % ALPHABET.len() as u64) as usize],
+                ));
+            }
+            if relative_query_problem(&s).is_none() || is_read(&s) {
+                accepted += 1;
+                let joined = crate::receiver::url::join(BASE, &s);
+                assert!(
+                    crate::receiver::url::same_base(BASE, &joined),
+                    "{s:?} → {joined}"
+                );
+            }
+        }
+        assert!(
+            accepted > 1_000,
+            "the generator exercises accepted values ({accepted})"
+        );
+    }
+
     #[test]
     fn reads() {
         for ok in [
