@@ -285,8 +285,8 @@ struct Harness {
     state: Arc<Mutex<SenderState>>,
     config: Arc<Config>,
     spool: Arc<Spool>,
-    receiver: Receiver,
-    client: TokenClient,
+    receiver: Arc<Receiver>,
+    client: Arc<TokenClient>,
     http: Arc<Partners>,
     inbox: PathBuf,
     state_dir: PathBuf,
@@ -347,11 +347,11 @@ impl Harness {
         let (spool, _) = Spool::open(&state_dir).unwrap();
         let spool = Arc::new(spool);
         let audit = Arc::new(AuditLog::open(&state_dir).unwrap());
-        let receiver = Receiver::new(config.clone(), spool.clone(), audit).unwrap();
+        let receiver = Arc::new(Receiver::new(config.clone(), spool.clone(), audit).unwrap());
         let tls = pki::client_config(&b.material, MinVersion::Tls13).unwrap();
         let http = Arc::new(Partners::new(tls, ClientTimeouts::default()));
         let key = Arc::new(SigningKey::from_pkcs8_pem(&signing_pem, Alg::Es256, None).unwrap());
-        let client = TokenClient::new(config.clone(), key, http.clone());
+        let client = Arc::new(TokenClient::new(config.clone(), key, http.clone()));
         Harness {
             _tmp: tmp,
             server: Some(server),
@@ -1105,4 +1105,42 @@ fn intake_refusals_and_formats() {
 
 fn item_id_of_location(location: &str) -> String {
     location.rsplit('/').next().unwrap().to_string()
+}
+
+#[test]
+fn the_dispatcher_runs_pulls_through_the_pull_worker() {
+    use np_agent::worker::{Dispatcher, Handler as Work, Settings};
+    let h = Harness::new("pull-dispatch");
+    let worker: Arc<dyn Work> = Arc::new(receiver::PullWorker {
+        receiver: h.receiver.clone(),
+        tokens: h.client.clone(),
+        http: h.http.clone(),
+    });
+    let dispatcher = Dispatcher::start(
+        h.spool.clone(),
+        [(receiver::KIND_PULL.to_string(), worker)]
+            .into_iter()
+            .collect(),
+        Settings {
+            tick: Duration::from_millis(50),
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let uuid = "9d0e1f2a-3b4c-4d5e-8f6a-7b8c9d0e1f2a";
+    let resp = h.notify(&full_task(uuid));
+    assert_eq!(resp.status, 201);
+    dispatcher.wake();
+    let id = item_id_of(&resp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.spool.find(&id) != Some(State::Done) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not done: {:?}",
+            h.spool.find(&id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dispatcher.shutdown(Duration::from_secs(2));
+    assert!(h.data_file(GROUP, uuid).exists());
 }

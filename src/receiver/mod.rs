@@ -655,6 +655,22 @@ impl Receiver {
     }
 }
 
+/// The spool worker of kind [`KIND_PULL`] for the dispatcher
+/// ([`crate::worker`]): [`Receiver::pull`] with the token client and the
+/// partner HTTP client it needs.
+pub struct PullWorker {
+    pub receiver: Arc<Receiver>,
+    pub tokens: Arc<crate::oauth::client::TokenClient>,
+    pub http: Arc<dyn crate::http::partners::PartnerHttp>,
+}
+
+impl crate::worker::Handler for PullWorker {
+    fn run(&self, item: &Item, now: i64) -> spool::Outcome {
+        self.receiver
+            .pull(item, &self.tokens, self.http.as_ref(), now)
+    }
+}
+
 /// What a cancellation names.
 enum Target {
     /// From `?identifier=`: system (`None` = any) and value.
@@ -756,6 +772,13 @@ fn with_id(mut task: Value, id: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Receiver>();
+        check::<PullWorker>();
+    }
 
     #[test]
     fn item_ids_are_deterministic_and_file_safe() {
