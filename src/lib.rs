@@ -17,6 +17,7 @@ pub mod jose;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
+pub mod serve;
 pub mod spool;
 pub mod util;
 pub mod worker;
