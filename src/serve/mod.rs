@@ -153,11 +153,15 @@ fn serve(
     let base_url = base_url.trim_end_matches('/');
     let route = parse_route(req.path);
     let params = query::decode_query(req.query);
-    let format_param = params
-        .as_ref()
-        .ok()
-        .and_then(|p| p.iter().find(|(n, _)| n == "_format"))
-        .map(|(_, v)| v.clone());
+    // `_format` decides when given once; given twice it is refused below,
+    // in the format `Accept` asks for.
+    let format_param = params.as_ref().ok().and_then(|p| {
+        let mut formats = p.iter().filter(|(n, _)| n == "_format");
+        match (formats.next(), formats.next()) {
+            (Some((_, v)), None) => Some(v.clone()),
+            _ => None,
+        }
+    });
     let negotiated = wire::negotiate(format_param.as_deref(), req.accept);
     let mut cx = Cx {
         grant,
@@ -325,10 +329,12 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
         .collect::<Option<Vec<String>>>()
         .ok_or_else(|| bad("the path is not validly encoded"))?;
     let check_type = |t: &str| -> Result<String, Refusal> {
-        if query::is_type(t) {
-            Ok(t.to_string())
-        } else {
+        if !query::is_type(t) {
             Err(bad("the path does not start with a resource type"))
+        } else if !wire::is_resource_type(t) {
+            Err(bad(&format!("{t} is not an STU3 resource type")))
+        } else {
+            Ok(t.to_string())
         }
     };
     match segs
@@ -480,7 +486,7 @@ impl SearchCall<'_> {
             if state.v != self.case.version {
                 return cx.refuse(Refusal::new(
                     410,
-                    IssueType::Expired,
+                    IssueType::Processing,
                     "the case data was updated since this page link was made; repeat the search",
                 ));
             }
@@ -580,7 +586,7 @@ fn page_refusal(e: PageError) -> Refusal {
         ),
         PageError::Expired => Refusal::new(
             410,
-            IssueType::Expired,
+            IssueType::Processing,
             "the page link has expired; repeat the search",
         ),
         PageError::Unavailable => Refusal::new(

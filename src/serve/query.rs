@@ -282,7 +282,7 @@ fn parse_include(resource_type: &str, value: &str) -> Result<Include, Refusal> {
             "_include must be Type:parameter or Type:parameter:Target",
         ));
     };
-    if parts.next().is_some() || !is_type(source) {
+    if parts.next().is_some() || !is_known_type(source) {
         return Err(bad(
             "_include must be Type:parameter or Type:parameter:Target",
         ));
@@ -303,7 +303,7 @@ fn parse_include(resource_type: &str, value: &str) -> Result<Include, Refusal> {
         })?;
     let target = match target {
         None => None,
-        Some(t) if is_type(t) && (def.targets().is_empty() || def.targets().contains(&t)) => {
+        Some(t) if is_known_type(t) && (def.targets().is_empty() || def.targets().contains(&t)) => {
             Some(t.to_string())
         }
         Some(_) => {
@@ -377,7 +377,7 @@ fn parse_reference(
             resource_type: None,
             id: id.to_string(),
         },
-        [t, id] if is_type(t) && is_id(id) => RefValue {
+        [t, id] if is_known_type(t) && is_id(id) => RefValue {
             resource_type: Some(t.to_string()),
             id: id.to_string(),
         },
@@ -552,6 +552,11 @@ pub(crate) fn is_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// An STU3 resource type.
+fn is_known_type(t: &str) -> bool {
+    is_type(t) && super::wire::is_resource_type(t)
 }
 
 /// A resource type name: an upper-case letter, then letters.

@@ -860,7 +860,7 @@ fn page_links_that_were_tampered_with_or_forged_are_refused() {
     refused(
         &call_at(&f, &g, "GET", &target, None, NOW + PAGE_LINK_LIFETIME),
         410,
-        "expired",
+        "processing",
     );
     let ev = last_event(&f);
     assert_eq!(ev["outcome"], "refused");
@@ -882,7 +882,7 @@ fn page_links_end_when_the_data_is_updated() {
         .write_data("hospb", "c-0042", 2, &serde_json::to_vec(&v2).unwrap())
         .unwrap();
     f.cases.save(&case).unwrap();
-    refused(&get(&f, target_of(&next)), 410, "expired");
+    refused(&get(&f, target_of(&next)), 410, "processing");
     refused(&get(&f, "/Observation/bp-1"), 404, "not-found");
     assert_eq!(
         get(&f, "/Observation/weight-1").status,
@@ -1139,5 +1139,134 @@ fn every_answer_is_audited() {
         assert_eq!(ev["patient"], BSN_A);
         assert!(ev["request_id"].is_string());
         assert!(ev["object"].is_string());
+    }
+}
+
+// ---- formats ----
+
+fn from_xml(a: &Answer) -> Value {
+    assert_eq!(
+        a.header("Content-Type"),
+        Some("application/fhir+xml; charset=utf-8")
+    );
+    crate::fhir::xml_to_json(
+        &a.body,
+        crate::fhir::FhirVersion::Stu3,
+        &crate::fhir::Limits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&a.body)))
+}
+
+#[test]
+fn xml_on_format_or_accept() {
+    let f = fixture();
+    let g = pull_grant(&f.a);
+    let json = get(&f, "/Observation/bp-1").json();
+    for (target, accept) in [
+        ("/Observation/bp-1?_format=xml", None),
+        ("/Observation/bp-1?_format=application/fhir+xml", None),
+        ("/Observation/bp-1?_format=application%2Ffhir%2Bxml", None),
+        ("/Observation/bp-1", Some("application/fhir+xml")),
+        (
+            "/Observation/bp-1",
+            Some("text/html, application/xml;q=0.9"),
+        ),
+        (
+            "/Observation/bp-1?_format=xml",
+            Some("application/fhir+json"),
+        ),
+    ] {
+        let a = call(&f, &g, "GET", target, accept);
+        assert_eq!(a.status, 200, "{target}");
+        let text = String::from_utf8_lossy(&a.body);
+        assert!(text.contains("<Observation xmlns=\"http://hl7.org/fhir\">"));
+        assert_eq!(from_xml(&a), json, "{target} {accept:?}");
+    }
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/json"),
+        Some("application/xml;q=0.5, application/fhir+json"),
+    ] {
+        let a = call(&f, &g, "GET", "/Observation/bp-1", accept);
+        assert_eq!(a.json(), json, "{accept:?}");
+    }
+    let a = call(
+        &f,
+        &g,
+        "GET",
+        "/Observation/bp-1?_format=json",
+        Some("application/fhir+xml"),
+    );
+    assert_eq!(a.json(), json, "_format wins over Accept");
+
+    // A searchset, its paging and the Binary in XML.
+    let x = call(
+        &f,
+        &g,
+        "GET",
+        "/Observation?category=http://hl7.org/fhir/observation-category|vital-signs&_count=2&_format=xml&_include=Observation:subject",
+        None,
+    );
+    let b = from_xml(&x);
+    assert_eq!(b["type"], "searchset");
+    assert_eq!(b["total"], 5);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 3);
+    assert_eq!(b["entry"][2]["search"]["mode"], "include");
+    assert_eq!(b["entry"][0]["resource"], json);
+    let next = b["link"][1]["url"].as_str().unwrap();
+    assert!(next.ends_with("&_format=xml"), "{next}");
+    let p2 = from_xml(&call(&f, &g, "GET", target_of(next), None));
+    assert_eq!(p2["entry"][0]["resource"]["id"], "bp-3");
+    let bin = from_xml(&call(
+        &f,
+        &g,
+        "GET",
+        "/Binary/bin-1",
+        Some("application/fhir+xml"),
+    ));
+    assert_eq!(bin["content"], "T250c2xhZ2JyaWVm");
+
+    // Refusals come in the negotiated format too.
+    let a = call(&f, &g, "GET", "/Observation/obs-b1?_format=xml", None);
+    assert_eq!(a.status, 404);
+    assert_eq!(from_xml(&a)["issue"][0]["code"], "not-found");
+}
+
+#[test]
+fn nothing_acceptable_is_406() {
+    let f = fixture();
+    let g = pull_grant(&f.a);
+    for (target, accept) in [
+        ("/Patient/pat-1", Some("text/html")),
+        (
+            "/Patient/pat-1",
+            Some("application/fhir+json;q=0, application/fhir+xml;q=0"),
+        ),
+        ("/Patient/pat-1?_format=html", None),
+        (
+            "/Observation?_format=text/turtle",
+            Some("application/fhir+json"),
+        ),
+    ] {
+        let a = call(&f, &g, "GET", target, accept);
+        refused(&a, 406, "not-supported");
+        assert_eq!(
+            a.header("Content-Type"),
+            Some("application/fhir+json; charset=utf-8")
+        );
+    }
+}
+
+#[test]
+fn unknown_resource_types_are_400() {
+    let f = fixture();
+    for t in [
+        "/ServiceRequest?status=active",
+        "/Foo/1",
+        "/Observation?_include=Observation:subject:Foo",
+        "/Observation?subject=Foo/1",
+    ] {
+        refused(&get(&f, t), 400, "invalid");
     }
 }

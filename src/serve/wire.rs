@@ -1,67 +1,61 @@
-//! The one place the serving side turns JSON into response bytes.
-//!
-//! Temporary: JSON only until `crate::fhir` is merged, then this delegates to
-//! `fhir::negotiate`, `fhir::render` and `fhir::operation_outcome`.
+//! The one place the serving side meets the wire format: negotiation,
+//! rendering and error bodies, all through [`crate::fhir`], always STU3.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// A response format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // Xml is produced once crate::fhir is merged.
-pub(crate) enum Format {
-    Json,
-    Xml,
-}
+use crate::fhir::{self, FhirVersion, Severity};
+pub(crate) use crate::fhir::{Format, IssueType};
 
-/// `OperationOutcome.issue.code` values we use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IssueType {
-    Invalid,
-    Forbidden,
-    NotFound,
-    NotSupported,
-    Security,
-    Exception,
-    Transient,
-    Expired,
-}
-
-impl IssueType {
-    fn as_str(self) -> &'static str {
-        match self {
-            IssueType::Invalid => "invalid",
-            IssueType::Forbidden => "forbidden",
-            IssueType::NotFound => "not-found",
-            IssueType::NotSupported => "not-supported",
-            IssueType::Security => "security",
-            IssueType::Exception => "exception",
-            IssueType::Transient => "transient",
-            IssueType::Expired => "expired",
-        }
-    }
-}
-
-/// The response format from `_format` and `Accept`; `None`: answer 406.
+/// The response format from `_format` (decoded) and `Accept`; JSON when
+/// neither says anything; `None`: answer 406.
 pub(crate) fn negotiate(format_param: Option<&str>, accept: Option<&str>) -> Option<Format> {
-    let _ = (format_param, accept);
-    Some(Format::Json)
+    fhir::negotiate(format_param, accept, Format::Json)
 }
 
-/// A one-issue error OperationOutcome.
+/// A one-issue error OperationOutcome; `diagnostics` must hold no patient data.
 pub(crate) fn operation_outcome(code: IssueType, diagnostics: &str) -> Value {
-    json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code.as_str(), "diagnostics": diagnostics}]
-    })
+    fhir::operation_outcome(Severity::Error, code, diagnostics, None)
 }
 
-/// Content type and body of `value` in `format`; the error names the element
-/// path that could not be written, never content.
+/// `Content-Type` (with charset) and body of `value` in `format`. The error
+/// names an element path at most, never content.
 pub(crate) fn render(value: &Value, format: Format) -> Result<(&'static str, Vec<u8>), String> {
-    match format {
-        Format::Json => serde_json::to_vec(value)
-            .map(|b| ("application/fhir+json; charset=utf-8", b))
-            .map_err(|e| e.to_string()),
-        Format::Xml => Err("xml is not available yet".into()),
+    fhir::render(value, format, FhirVersion::Stu3)
+        .map(|r| (r.content_type, r.body))
+        .map_err(|e| e.to_string())
+}
+
+/// True for an STU3 resource type name.
+pub(crate) fn is_resource_type(name: &str) -> bool {
+    fhir::table::table(FhirVersion::Stu3)
+        .resource(name)
+        .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stu3_resource_types() {
+        for t in [
+            "Patient",
+            "Observation",
+            "ProcedureRequest",
+            "Binary",
+            "Bundle",
+        ] {
+            assert!(is_resource_type(t), "{t}");
+        }
+        for t in [
+            "ServiceRequest",
+            "Foo",
+            "patient",
+            "Resource",
+            "DomainResource",
+            "Coding",
+        ] {
+            assert!(!is_resource_type(t), "{t}");
+        }
     }
 }
