@@ -39,9 +39,9 @@
 //! Every answer, served or refused, is audited (`fhir.read`, `fhir.search`,
 //! or `fhir.request` when the path is not understood) with partner,
 //! requesting organisation, system, patient, object, result count, outcome
-//! and request id; a successful read is not answered unless its audit event
-//! was written. The log gets one line per refusal with the request id,
-//! partner, case, status and the diagnostics, which never hold a query value.
+//! and request id; nothing is served unless its audit event was written. The
+//! log gets one line per refusal with the request id, partner, case, status
+//! and a fixed reason: never request text, which may hold a BSN.
 
 mod page;
 mod params;
@@ -114,20 +114,41 @@ pub fn handle_with_key(
     serve(cases, grant, req, audit, base_url, now, Some(key))
 }
 
-/// A refusal: status, issue code and a diagnostics text without patient data.
+/// A refusal: status, issue code, a fixed reason, and optionally what it is
+/// about (a parameter name, a type, a resource reference from the request).
+///
+/// The reason alone goes to the log; reason and subject go to the partner
+/// (OperationOutcome `diagnostics`) and to the audit trail. Neither ever holds
+/// a parameter value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub status: u16,
     pub code: IssueType,
-    pub diagnostics: String,
+    pub reason: &'static str,
+    pub subject: Option<String>,
 }
 
 impl Refusal {
-    pub fn new(status: u16, code: IssueType, diagnostics: impl Into<String>) -> Refusal {
+    pub fn new(status: u16, code: IssueType, reason: &'static str) -> Refusal {
         Refusal {
             status,
             code,
-            diagnostics: diagnostics.into(),
+            reason,
+            subject: None,
+        }
+    }
+
+    /// Names what the refusal is about (request text: never logged).
+    pub fn about(mut self, subject: impl Into<String>) -> Refusal {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The OperationOutcome `diagnostics`.
+    pub fn diagnostics(&self) -> String {
+        match &self.subject {
+            Some(s) => format!("{s}: {}", self.reason),
+            None => self.reason.to_string(),
         }
     }
 }
@@ -258,11 +279,14 @@ fn serve(
             }
             match view.get(&resource_type, &id) {
                 Some(e) => cx.success(e.resource, 1),
-                None => cx.refuse(Refusal::new(
-                    404,
-                    IssueType::NotFound,
-                    format!("{resource_type}/{id} is not in the case this authorization covers"),
-                )),
+                None => cx.refuse(
+                    Refusal::new(
+                        404,
+                        IssueType::NotFound,
+                        "not in the case this authorization covers",
+                    )
+                    .about(format!("{resource_type}/{id}")),
+                ),
             }
         }
         Route::Search { resource_type, op } => {
@@ -283,7 +307,7 @@ fn serve(
 
 /// The case a grant may read, or why not.
 fn check_grant(cases: &CaseStore, grant: &Grant, now: i64) -> Result<Case, Refusal> {
-    let forbidden = |d: &str| Refusal::new(403, IssueType::Forbidden, d);
+    let forbidden = |reason| Refusal::new(403, IssueType::Forbidden, reason);
     if grant.kind != TokenKind::Pull {
         return Err(forbidden(
             "a notify token reads nothing; request a token with the notification's authorization_base",
@@ -318,8 +342,8 @@ fn check_grant(cases: &CaseStore, grant: &Grant, now: i64) -> Result<Case, Refus
 
 /// `/<Type>`, `/<Type>/<id>` or `/Observation/$lastn`, percent-decoded.
 fn parse_route(path: &str) -> Result<Route, Refusal> {
-    let bad = |d: &str| Refusal::new(400, IssueType::Invalid, d);
-    let unsupported = |d: String| Refusal::new(400, IssueType::NotSupported, d);
+    let bad = |reason| Refusal::new(400, IssueType::Invalid, reason);
+    let unsupported = |reason| Refusal::new(400, IssueType::NotSupported, reason);
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| bad("not a FHIR read or search path"))?;
@@ -332,7 +356,7 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
         if !query::is_type(t) {
             Err(bad("the path does not start with a resource type"))
         } else if !wire::is_resource_type(t) {
-            Err(bad(&format!("{t} is not an STU3 resource type")))
+            Err(bad("not an STU3 resource type").about(t))
         } else {
             Ok(t.to_string())
         }
@@ -344,7 +368,7 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
         .as_slice()
     {
         [""] => Err(unsupported(
-            "searching across all resource types is not supported".into(),
+            "searching across all resource types is not supported",
         )),
         [t] => Ok(Route::Search {
             resource_type: check_type(t)?,
@@ -361,9 +385,9 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"$_-".contains(&b))
             {
-                Err(unsupported(format!("{t}/{op} is not supported")))
+                Err(unsupported("this operation is not supported").about(format!("{t}/{op}")))
             } else {
-                Err(unsupported("this operation is not supported".into()))
+                Err(unsupported("this operation is not supported"))
             }
         }
         [t, id] => {
@@ -378,7 +402,7 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
         }
         [t, _, "_history", ..] => {
             check_type(t)?;
-            Err(unsupported("version history is not served".into()))
+            Err(unsupported("version history is not served"))
         }
         _ => Err(bad("not a FHIR read or search path")),
     }
@@ -641,9 +665,10 @@ impl Cx<'_> {
         self.grant.case_id.as_deref().unwrap_or("-")
     }
 
-    /// A refusal: audited, logged (no query values), answered with an OperationOutcome.
+    /// A refusal: audited, logged (the fixed reason only), answered with an OperationOutcome.
     fn refuse(&self, r: Refusal) -> Response {
-        self.record("refused", Some(&r.diagnostics), None);
+        let diagnostics = r.diagnostics();
+        self.record("refused", Some(&diagnostics), None);
         log::info!(
             "event=fhir.refused rid={} partner={} case={} action={} status={} reason={}",
             Q(self.req.request_id),
@@ -651,9 +676,9 @@ impl Cx<'_> {
             Q(self.case_label()),
             self.action,
             r.status,
-            Q(&r.diagnostics)
+            Q(r.reason)
         );
-        outcome(self.format, r.status, r.code, &r.diagnostics)
+        outcome(self.format, r.status, r.code, &diagnostics)
     }
 
     /// Our failure: `detail` goes to the log only (it names files, not content).

@@ -17,6 +17,8 @@ const MAX_QUERY: usize = 16 * 1024;
 const MAX_PARAMS: usize = 64;
 /// Most comma-separated values in one parameter.
 const MAX_VALUES: usize = 64;
+/// Most values in all parameters together (bounds the work of one search).
+const MAX_TOTAL_VALUES: usize = 256;
 /// Most `_include` parameters.
 const MAX_INCLUDES: usize = 16;
 /// Longest parameter name.
@@ -52,9 +54,9 @@ pub(crate) fn decode_query(raw: Option<&str>) -> Result<Vec<Param>, Refusal> {
             return Err(bad("a parameter name is not valid"));
         }
         let value = pct_decode(value)
-            .ok_or_else(|| bad(format!("parameter {name}: the value is not valid")))?;
+            .ok_or_else(|| bad("the value is not validly encoded").about(&name))?;
         if value.is_empty() {
-            return Err(bad(format!("parameter {name} has no value")));
+            return Err(bad("the parameter has no value").about(&name));
         }
         out.push((name, value));
     }
@@ -169,23 +171,24 @@ pub(crate) fn parse_search(
         count: DEFAULT_COUNT,
         max: 1,
     };
+    let mut total_values = 0usize;
     let mut seen_count = false;
     let mut seen_max = false;
     for (name, value) in params {
         match name.as_str() {
             "_count" => {
                 if std::mem::replace(&mut seen_count, true) {
-                    return Err(bad("_count is given more than once"));
+                    return Err(bad("given more than once").about(name));
                 }
                 search.count = parse_number(name, value)?.min(MAX_COUNT);
             }
             "max" if op == Op::LastN => {
                 if std::mem::replace(&mut seen_max, true) {
-                    return Err(bad("max is given more than once"));
+                    return Err(bad("given more than once").about(name));
                 }
                 let max = parse_number(name, value)?;
                 if !(1..=MAX_LASTN).contains(&max) {
-                    return Err(bad(format!("max must be between 1 and {MAX_LASTN}")));
+                    return Err(bad("must be a whole number from 1 to 1000").about(name));
                 }
                 search.max = max;
             }
@@ -196,11 +199,7 @@ pub(crate) fn parse_search(
                 search.includes.push(parse_include(resource_type, value)?);
             }
             "_revinclude" => {
-                return Err(Refusal::new(
-                    400,
-                    IssueType::NotSupported,
-                    "_revinclude is not supported",
-                ));
+                return Err(unsupported("_revinclude is not supported"));
             }
             "_id" => {
                 let ids = split_values(name, value)?
@@ -208,7 +207,7 @@ pub(crate) fn parse_search(
                     .map(|v| unescape(&v))
                     .collect::<Vec<_>>();
                 if ids.iter().any(|i| !is_id(i)) {
-                    return Err(bad("_id: a value is not a valid id"));
+                    return Err(bad("a value is not a valid id").about(name));
                 }
                 if resource_type == "Patient" && ids.iter().any(|i| i != binding.patient_id) {
                     return Err(other_patient("_id"));
@@ -216,26 +215,20 @@ pub(crate) fn parse_search(
                 search.filters.push(Filter::Id(ids));
             }
             _ if name.contains(':') => {
-                return Err(Refusal::new(
-                    400,
-                    IssueType::NotSupported,
-                    format!("parameter {name}: modifiers are not supported"),
-                ));
+                return Err(unsupported("modifiers are not supported").about(name));
             }
             _ if name.contains('.') => {
-                return Err(Refusal::new(
-                    400,
-                    IssueType::NotSupported,
-                    format!("parameter {name}: chained parameters are not supported"),
-                ));
+                return Err(unsupported("chained parameters are not supported").about(name));
             }
             _ => {
                 let def = params::param(resource_type, name).ok_or_else(|| {
-                    bad(format!(
-                        "unknown search parameter {name} for {resource_type}"
-                    ))
+                    bad("not a search parameter served for this resource type").about(name)
                 })?;
                 let values = split_values(name, value)?;
+                total_values += values.len();
+                if total_values > MAX_TOTAL_VALUES {
+                    return Err(bad("too many search values in one request"));
+                }
                 let filter = match def.kind {
                     ParamKind::Token => {
                         let values = values
@@ -267,38 +260,34 @@ pub(crate) fn parse_search(
 
 fn parse_number(name: &str, value: &str) -> Result<usize, Refusal> {
     if value.is_empty() || value.len() > 6 || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(format!("{name} must be a whole number")));
+        return Err(bad("must be a whole number").about(name));
     }
     value
         .parse()
-        .map_err(|_| bad(format!("{name} must be a whole number")))
+        .map_err(|_| bad("must be a whole number").about(name))
 }
 
 fn parse_include(resource_type: &str, value: &str) -> Result<Include, Refusal> {
     let mut parts = value.split(':');
     let (source, name, target) = (parts.next(), parts.next(), parts.next());
     let (Some(source), Some(name)) = (source, name) else {
-        return Err(bad(
-            "_include must be Type:parameter or Type:parameter:Target",
-        ));
+        return Err(bad("must be Type:parameter or Type:parameter:Target").about("_include"));
     };
     if parts.next().is_some() || !is_known_type(source) {
-        return Err(bad(
-            "_include must be Type:parameter or Type:parameter:Target",
-        ));
+        return Err(bad("must be Type:parameter or Type:parameter:Target").about("_include"));
     }
     if source != resource_type {
-        return Err(bad(format!(
-            "_include must start with the searched type {resource_type}"
-        )));
+        return Err(bad("must start with the searched resource type").about("_include"));
     }
     let def = params::param(resource_type, name)
         .filter(|d| matches!(d.kind, ParamKind::Reference { .. }))
         .ok_or_else(|| {
-            if is_param_name(name) && name != "*" {
-                bad(format!("_include {resource_type}:{name} is not allowed"))
+            let refusal =
+                bad("names no reference parameter of the searched type that can be included");
+            if is_param_name(name) {
+                refusal.about(format!("_include={resource_type}:{name}"))
             } else {
-                bad("_include names no reference parameter we serve")
+                refusal.about("_include")
             }
         })?;
     let target = match target {
@@ -307,9 +296,7 @@ fn parse_include(resource_type: &str, value: &str) -> Result<Include, Refusal> {
             Some(t.to_string())
         }
         Some(_) => {
-            return Err(bad(format!(
-                "_include {resource_type}:{name}: the target type is not allowed"
-            )));
+            return Err(bad("the target type is not allowed").about("_include"));
         }
     };
     Ok(Include { def, target })
@@ -327,10 +314,10 @@ fn parse_token(name: &str, value: &str) -> Result<TokenValue, Refusal> {
             let code = (!code.is_empty()).then(|| unescape(code));
             (system, code)
         }
-        _ => return Err(bad(format!("{name}: a value has more than one |"))),
+        _ => return Err(bad("a value has more than one |").about(name)),
     };
     if system == SystemSel::Absent && code.is_none() {
-        return Err(bad(format!("{name}: a value is only |")));
+        return Err(bad("a value is only |").about(name));
     }
     Ok(TokenValue { system, code })
 }
@@ -345,11 +332,10 @@ fn parse_reference(
     // The Nuts convention `patient=<bsn system>|<BSN>` (spec §9.2).
     if let Some((system, id_value)) = value.split_once('|') {
         if !def.can_name_patient() || system != BSN_SYSTEM {
-            return Err(Refusal::new(
-                400,
-                IssueType::NotSupported,
-                format!("{name}: only Patient references and BSN identifiers are supported"),
-            ));
+            return Err(
+                unsupported("only Patient references and BSN identifiers are supported")
+                    .about(name),
+            );
         }
         if id_value != binding.bsn {
             return Err(other_patient(name));
@@ -364,11 +350,7 @@ fn parse_reference(
             .strip_prefix(binding.base_url)
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(|| {
-                Refusal::new(
-                    400,
-                    IssueType::NotSupported,
-                    format!("{name}: references to other servers are not supported"),
-                )
+                unsupported("references to other servers are not supported").about(name)
             })?,
         None => value.as_str(),
     };
@@ -381,12 +363,14 @@ fn parse_reference(
             resource_type: Some(t.to_string()),
             id: id.to_string(),
         },
-        _ => return Err(bad(format!("{name}: a value is not a valid reference"))),
+        _ => return Err(bad("a value is not a valid reference").about(name)),
     };
     if let Some(t) = &parsed.resource_type {
         let targets = def.targets();
         if !targets.is_empty() && !targets.contains(&t.as_str()) {
-            return Err(bad(format!("{name}: cannot refer to a {t}")));
+            return Err(
+                bad("the reference points to a type this parameter cannot refer to").about(name),
+            );
         }
     }
     let names_patient = match &parsed.resource_type {
@@ -420,22 +404,27 @@ fn other_patient(name: &str) -> Refusal {
     Refusal::new(
         403,
         IssueType::Forbidden,
-        format!("{name}: this authorization only covers the patient of its case"),
+        "this authorization only covers the patient of its case",
     )
+    .about(name)
 }
 
-fn bad(diagnostics: impl Into<String>) -> Refusal {
-    Refusal::new(400, IssueType::Invalid, diagnostics)
+fn bad(reason: &'static str) -> Refusal {
+    Refusal::new(400, IssueType::Invalid, reason)
+}
+
+fn unsupported(reason: &'static str) -> Refusal {
+    Refusal::new(400, IssueType::NotSupported, reason)
 }
 
 /// The comma-separated values of a parameter (escapes kept; `\,` is not a separator).
 fn split_values(name: &str, value: &str) -> Result<Vec<String>, Refusal> {
     let parts = split_unescaped(value, ',');
     if parts.len() > MAX_VALUES {
-        return Err(bad(format!("{name}: too many values")));
+        return Err(bad("too many values").about(name));
     }
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad(format!("{name}: empty value")));
+        return Err(bad("empty value").about(name));
     }
     Ok(parts)
 }
@@ -607,6 +596,12 @@ mod tests {
                 "{hostile}"
             );
         }
+        let values = vec!["x"; MAX_VALUES].join(",");
+        let q = vec![format!("code={values}"); MAX_TOTAL_VALUES / MAX_VALUES + 1].join("&");
+        assert_eq!(
+            search("Observation", &q).unwrap_err().reason,
+            "too many search values in one request"
+        );
         let many = vec!["a=1"; MAX_PARAMS + 1].join("&");
         assert!(decode_query(Some(&many)).is_err());
         assert!(decode_query(Some(&"a".repeat(MAX_QUERY + 1))).is_err());
@@ -715,14 +710,14 @@ mod tests {
         assert!(
             search("Observation", "foo=999999151")
                 .unwrap_err()
-                .diagnostics
+                .diagnostics()
                 .contains("foo"),
             "names the parameter"
         );
         assert!(
             !search("Observation", "code=a|b|999999151")
                 .unwrap_err()
-                .diagnostics
+                .diagnostics()
                 .contains("999999151"),
             "never echoes a value"
         );
@@ -799,7 +794,7 @@ mod tests {
         ] {
             let r = search(t, q).unwrap_err();
             assert_eq!((r.status, r.code), (403, IssueType::Forbidden), "{t}?{q}");
-            assert!(!r.diagnostics.contains("999999163"));
+            assert!(!r.diagnostics().contains("999999163"));
         }
         assert!(
             search(
