@@ -1270,3 +1270,21 @@ fn unknown_resource_types_are_400() {
         refused(&get(&f, t), 400, "invalid");
     }
 }
+
+#[test]
+fn data_that_cannot_be_written_as_xml_is_406_in_xml_and_served_in_json() {
+    let f = fixture();
+    let mut data = case_a_data();
+    data["entry"][2]["resource"]["notAnStu3Element"] = json!(true);
+    let c = add_case(&f.cases, "hospb", "c-odd", BSN_A, &data, |_| {});
+    let g = pull_grant(&c);
+    assert_eq!(call(&f, &g, "GET", "/Condition/cond-1", None).status, 200);
+    let a = call(&f, &g, "GET", "/Condition/cond-1?_format=xml", None);
+    refused(&a, 406, "not-supported");
+    assert!(!String::from_utf8_lossy(&a.body).contains("Hypertensive"));
+    assert_eq!(last_event(&f)["outcome"], "refused");
+    assert_eq!(
+        call(&f, &g, "GET", "/Condition/cond-2?_format=xml", None).status,
+        200
+    );
+}
