@@ -16,5 +16,6 @@ pub mod jose;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
+pub mod sender;
 pub mod spool;
 pub mod util;
