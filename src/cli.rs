@@ -39,11 +39,38 @@ Exit 0 on a clean stop, 78 on a configuration error, 1 on another fatal error.",
 key, trust bundle, CRLs and signing key to check they parse and match. Exit 0 when valid, 78 otherwise.",
     },
     Command {
+        name: "demo",
+        usage: "np-agent demo [--dir D] [--keep]",
+        summary: "run the whole exchange on loopback with a throwaway PKI",
+        details: "Starts two agents (this binary, np-agent run, twice: hospital A sends, hospital B \
+receives) with a throwaway PKI on 127.0.0.1, drops a sample BgZ export into A's outbox, checks that \
+B's inbox holds every exported resource unchanged, then sends an update and a cancellation, printing \
+each step as it happens. --dir D works in D (kept afterwards); --keep keeps the temporary directory. \
+Exit 0 only if everything arrived intact.",
+    },
+    Command {
         name: "jwks",
         usage: "np-agent jwks [--env-file F]",
         summary: "print our public JWKS",
         details: "Prints the JSON Web Key Set partners use to verify our assertions (the same \
 document served at /.well-known/jwks.json).",
+    },
+    Command {
+        name: "status",
+        usage: "np-agent status [--env-file F] [--json]",
+        summary: "show the spool: counts per state and the oldest item's age",
+        details: "Counts the work in NP_STATE_DIR/spool: queued, in flight, waiting for retry, \
+delivered (done) and given up (dead), and the age of the oldest unfinished item. --json prints \
+{\"queued\":n,\"in_flight\":n,\"retry\":n,\"done\":n,\"dead\":n,\"oldest_age_s\":n}. \
+Safe to run while the daemon runs.",
+    },
+    Command {
+        name: "retry-dead",
+        usage: "np-agent retry-dead [--env-file F] [--partner P]",
+        summary: "requeue work that was given up",
+        details: "Moves every dead spool item (of partner P, or of all partners) back to the queue \
+with its attempts reset, e.g. after a partner's outage or a configuration fix. The running \
+daemon picks them up within a second.",
     },
     Command {
         name: "keygen",
@@ -103,6 +130,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "check-config" => check_config(&opts),
         "jwks" => jwks(&opts),
         "keygen" => keygen(&opts),
+        "status" => status(&opts),
+        "demo" => crate::demo::run(opts.dir.clone(), opts.keep),
+        "retry-dead" => retry_dead(&opts),
         _ => EXIT_USAGE,
     }
 }
@@ -159,6 +189,10 @@ struct Options {
     env_file: Option<PathBuf>,
     alg: Option<String>,
     out: Option<PathBuf>,
+    json: bool,
+    partner: Option<String>,
+    dir: Option<PathBuf>,
+    keep: bool,
 }
 
 impl Options {
@@ -178,11 +212,15 @@ impl Options {
                     .ok_or_else(|| format!("{name} needs a value"))
             };
             match (cmd.name, flag) {
-                (_, "--env-file") if cmd.name != "keygen" => {
+                (_, "--env-file") if !matches!(cmd.name, "keygen" | "demo") => {
                     o.env_file = Some(value("--env-file")?.into())
                 }
                 ("keygen", "--alg") => o.alg = Some(value("--alg")?),
                 ("keygen", "--out") => o.out = Some(value("--out")?.into()),
+                ("status", "--json") if inline.is_none() => o.json = true,
+                ("demo", "--dir") => o.dir = Some(value("--dir")?.into()),
+                ("demo", "--keep") if inline.is_none() => o.keep = true,
+                ("retry-dead", "--partner") => o.partner = Some(value("--partner")?),
                 _ => return Err(format!("unexpected argument {a:?}")),
             }
         }
@@ -308,6 +346,75 @@ fn keygen(opts: &Options) -> i32 {
     );
     println!("{}", key.public_jwk().to_json());
     0
+}
+
+fn open_spool(cfg: &config::Config) -> Result<crate::spool::Spool, i32> {
+    // Opening runs recovery, which is only safe when no daemon is running, so
+    // read-only commands look at the folders without opening.
+    crate::spool::Spool::at(&cfg.state_dir).map_err(|e| {
+        eprintln!("np-agent: {e}");
+        EXIT_FAILURE
+    })
+}
+
+fn status(opts: &Options) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let spool = match open_spool(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match spool.counts(crate::util::time::now_unix()) {
+        Ok(c) if opts.json => {
+            println!(
+                "{{\"queued\":{},\"in_flight\":{},\"retry\":{},\"done\":{},\"dead\":{},\"oldest_age_s\":{}}}",
+                c.queued, c.in_flight, c.retry, c.done, c.dead, c.oldest_age_s
+            );
+            0
+        }
+        Ok(c) => {
+            println!("queued      {}", c.queued);
+            println!("in flight   {}", c.in_flight);
+            println!("retry       {}", c.retry);
+            println!("delivered   {}", c.done);
+            println!("dead        {}", c.dead);
+            println!("oldest      {} s", c.oldest_age_s);
+            0
+        }
+        Err(e) => {
+            eprintln!("np-agent status: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn retry_dead(opts: &Options) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(p) = &opts.partner {
+        if cfg.partner(p).is_none() {
+            eprintln!("np-agent retry-dead: --partner {p:?} is not a configured partner");
+            return EXIT_USAGE;
+        }
+    }
+    let spool = match open_spool(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match spool.requeue_dead(opts.partner.as_deref(), crate::util::time::now_unix()) {
+        Ok(n) => {
+            println!("requeued {n} item(s)");
+            0
+        }
+        Err(e) => {
+            eprintln!("np-agent retry-dead: {e}");
+            EXIT_FAILURE
+        }
+    }
 }
 
 /// Creates `path` with mode 0600, refusing to overwrite, durably.

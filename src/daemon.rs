@@ -9,17 +9,19 @@ use std::time::{Duration, Instant};
 
 use crate::assertion::ReplayCache;
 use crate::audit::AuditLog;
+use crate::cases::CaseStore;
 use crate::config::{self, Config, Partner, Source, TlsVersion};
 use crate::http::{self, Handler, Request, Response};
 use crate::jose::{Alg, Jwks, SigningKey};
 use crate::oauth::TokenStore;
 use crate::oauth::client::{JwksFetcher, TokenClient};
-use crate::oauth::endpoint::{NoBases, TokenRequest, TokenService};
+use crate::oauth::endpoint::{TokenRequest, TokenService};
 use crate::oauth::keycache::KeyCache;
 use crate::ops::logging::Q;
 use crate::ops::metrics::Metrics;
 use crate::ops::notify;
 use crate::pki::{self, MinVersion, TlsFiles, TlsMaterial};
+use crate::spool::Spool;
 use crate::util::time::now_unix;
 
 /// How often CRLs (and the rest of the TLS material) are re-read.
@@ -104,6 +106,8 @@ pub struct Stores {
     pub audit: Arc<AuditLog>,
     pub replay: ReplayCache,
     pub metrics: Arc<Metrics>,
+    pub spool: Arc<Spool>,
+    pub cases: Arc<CaseStore>,
 }
 
 impl Stores {
@@ -117,7 +121,17 @@ impl Stores {
             exit: 1,
             message: e,
         };
+        let (spool, recovery) = Spool::open(state).map_err(|e| io(e.to_string()))?;
+        log::info!(
+            "event=spool.recovered requeued={} temp_files={} duplicates={} corrupt={}",
+            recovery.requeued,
+            recovery.temp_files,
+            recovery.duplicates,
+            recovery.corrupt
+        );
         Ok(Stores {
+            spool: Arc::new(spool),
+            cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
             tokens: Arc::new(TokenStore::open(state, now_unix()).map_err(|e| io(e.to_string()))?),
             audit: Arc::new(AuditLog::open(state).map_err(|e| io(e.to_string()))?),
             replay: ReplayCache::open(state).map_err(|e| io(e.to_string()))?,
@@ -154,7 +168,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         replay: stores.replay.clone(),
         tokens: stores.tokens.clone(),
         keys,
-        bases: Arc::new(NoBases),
+        bases: stores.cases.clone(),
         audit: stores.audit.clone(),
     };
     let jwks_json = Jwks::new(vec![signing.public_jwk()])

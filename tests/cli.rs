@@ -180,3 +180,47 @@ fn keygen_writes_a_private_pkcs8_key_and_never_overwrites() {
     let o = np(&["keygen", "--alg", "ES256"]);
     assert_eq!(o.status.code(), Some(64));
 }
+
+#[test]
+fn status_and_retry_dead_report_and_requeue_spool_work() {
+    let tmp = TempDir::new("cli-status");
+    let world = World::new();
+    let setup = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
+    let agent = setup.start();
+    assert!(agent.stop().success());
+    let env = setup.env_file();
+    let o = np(&["status", "--env-file", env.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(
+        text(&o).0.trim(),
+        r#"{"queued":0,"in_flight":0,"retry":0,"done":0,"dead":0,"oldest_age_s":0}"#
+    );
+    // A dead item, as the daemon leaves one after giving up.
+    let dead = setup.dir.join("state/spool/dead/notify-1.json");
+    let now = np_agent::util::time::now_unix();
+    let item = serde_json::json!({"id": "notify-1", "kind": "notify", "partner": "hospb",
+        "created_at": now - 100, "attempts": 9, "not_before": now, "last_error": "gave up", "body": {}});
+    std::fs::write(&dead, item.to_string()).unwrap();
+    let o = np(&["status", "--env-file", env.to_str().unwrap()]);
+    assert!(text(&o).0.contains("dead        1"), "{}", text(&o).0);
+    let o = np(&[
+        "retry-dead",
+        "--env-file",
+        env.to_str().unwrap(),
+        "--partner",
+        "nobody",
+    ]);
+    assert_eq!(o.status.code(), Some(64));
+    let o = np(&["retry-dead", "--env-file", env.to_str().unwrap()]);
+    assert_eq!(
+        (o.status.code(), text(&o).0.trim()),
+        (Some(0), "requeued 1 item(s)")
+    );
+    let o = np(&["status", "--env-file", env.to_str().unwrap(), "--json"]);
+    let counts: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (counts["queued"].as_i64(), counts["dead"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert!(counts["oldest_age_s"].as_i64().unwrap() >= 100);
+}

@@ -173,6 +173,20 @@ impl Spool {
         Ok((spool, recovery))
     }
 
+    /// The spool of `state_dir` without recovery (for commands that run
+    /// beside the daemon: `status`, `retry-dead`). Fails when it does not exist.
+    pub fn at(state_dir: &Path) -> Result<Spool, SpoolError> {
+        let root = state_dir.join("spool");
+        if !root.is_dir() {
+            return Err(SpoolError::Io(DurableError {
+                path: root,
+                step: "open (has the daemon run yet?)",
+                source: io::Error::from(io::ErrorKind::NotFound),
+            }));
+        }
+        Ok(Spool { root })
+    }
+
     fn path(&self, state: State, id: &str) -> PathBuf {
         self.root.join(state.dir()).join(format!("{id}.json"))
     }

@@ -232,6 +232,8 @@ impl Env {
 
 /// The configuration of an agent under test, with its own directory.
 pub struct AgentSetup {
+    pub name: String,
+    pub ura: String,
     pub dir: PathBuf,
     pub env: Env,
     pub port: u16,
@@ -267,6 +269,8 @@ impl AgentSetup {
             .set("NP_INBOX", dir.join("inbox").display().to_string())
             .set("NP_LOG", "debug");
         AgentSetup {
+            name: name.to_string(),
+            ura: ura.to_string(),
             dir,
             env,
             port,
@@ -294,6 +298,33 @@ impl AgentSetup {
             .set(&k("CLIENT_ID"), format!("{}-client", party.name))
             .set(&k("ORG"), format!("ura:{}", party.ura))
             .set(&k("CERT"), format!("ura:{}", party.ura));
+    }
+
+    /// Adds another agent under test as a twiin partner: its FHIR base,
+    /// organisation and certificate; issuer, client id, token endpoint and
+    /// JWKS come from defaults and discovery, as between two np-agents.
+    pub fn add_agent(&mut self, other: &AgentSetup) {
+        let upper = other.name.to_ascii_uppercase();
+        let mut names: Vec<String> = self
+            .env
+            .vars
+            .get("NP_PARTNERS")
+            .map(|s| s.split(',').map(String::from).collect())
+            .unwrap_or_default();
+        names.push(other.name.clone());
+        self.env.set("NP_PARTNERS", names.join(","));
+        self.env
+            .set(&format!("NP_PARTNER_{upper}_FHIR_BASE"), other.url("/fhir"))
+            .set(&format!("NP_PARTNER_{upper}_ORG"), format!("ura:{}", other.ura))
+            .set(&format!("NP_PARTNER_{upper}_CERT"), format!("ura:{}", other.ura));
+    }
+
+    pub fn outbox(&self, partner: &str) -> PathBuf {
+        self.dir.join("outbox").join(partner)
+    }
+
+    pub fn inbox(&self, partner: &str) -> PathBuf {
+        self.dir.join("inbox").join(partner)
     }
 
     pub fn env_file(&self) -> PathBuf {

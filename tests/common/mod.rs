@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod pki;
+pub mod proxy;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

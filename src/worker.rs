@@ -1,0 +1,347 @@
+//! Runs spool items: a scheduler claims due items and hands them to a bounded
+//! pool of worker threads, at most `per_partner` at a time for one partner so
+//! a slow or dead partner cannot occupy every worker. Each worker runs the
+//! handler registered for the item's kind and settles the outcome (done,
+//! retry with back-off, dead) in the spool.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::ops::logging::Q;
+use crate::spool::{self, Item, Outcome, Spool, State};
+use crate::util::time::now_unix;
+
+/// Work for one kind of spool item.
+pub trait Handler: Send + Sync {
+    fn run(&self, item: &Item, now: i64) -> Outcome;
+}
+
+/// Dispatcher settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub workers: usize,
+    pub per_partner: usize,
+    /// Items older than this are given up (`NP_RETRY_MAX_AGE`).
+    pub max_age_secs: i64,
+    /// How often the scheduler looks for due items when nothing woke it.
+    pub tick: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            workers: 4,
+            per_partner: 2,
+            max_age_secs: 72 * 3_600,
+            tick: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Shared {
+    spool: Arc<Spool>,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    settings: Settings,
+    busy: Mutex<HashMap<String, usize>>,
+    stop: AtomicBool,
+    wake: (Mutex<bool>, Condvar),
+}
+
+/// The running dispatcher.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    /// Starts the scheduler and the workers.
+    pub fn start(
+        spool: Arc<Spool>,
+        handlers: HashMap<String, Arc<dyn Handler>>,
+        settings: Settings,
+    ) -> std::io::Result<Dispatcher> {
+        let shared = Arc::new(Shared {
+            spool,
+            handlers,
+            settings,
+            busy: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(false), Condvar::new()),
+        });
+        let (tx, rx) = mpsc::sync_channel::<Item>(settings.workers.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for n in 0..settings.workers.max(1) {
+            let (s, rx) = (shared.clone(), rx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{n}"))
+                    .spawn(move || worker(s, rx))?,
+            );
+        }
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("scheduler".into())
+                .spawn(move || scheduler(s, tx))?,
+        );
+        Ok(Dispatcher { shared, threads })
+    }
+
+    /// Asks the scheduler to look for due items now (after an enqueue).
+    pub fn wake(&self) {
+        wake(&self.shared);
+    }
+
+    /// Stops taking new items and waits up to `grace` for running ones; items
+    /// still running then stay in `in-flight` and are requeued on the next start.
+    pub fn shutdown(self, grace: Duration) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        wake(&self.shared);
+        let deadline = std::time::Instant::now() + grace;
+        for t in self.threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn wake(shared: &Shared) {
+    let (lock, cv) = &shared.wake;
+    *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    cv.notify_all();
+}
+
+fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let now = now_unix();
+        match shared.spool.due(now) {
+            Ok(items) => {
+                for item in items {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    {
+                        let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = busy.entry(item.partner.clone()).or_insert(0);
+                        if *n >= shared.settings.per_partner {
+                            continue;
+                        }
+                        *n += 1;
+                    }
+                    let claimed = match shared.spool.claim(&item.id) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            release(&shared, &item.partner);
+                            log::warn!(
+                                "event=spool.claim_failed item={} error={}",
+                                item.id,
+                                Q(&e.to_string())
+                            );
+                            continue;
+                        }
+                    };
+                    if tx.send(claimed).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => log::error!("event=spool.scan_failed error={}", Q(&e.to_string())),
+        }
+        let (lock, cv) = &shared.wake;
+        let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, shared.settings.tick)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *woken = false;
+    }
+}
+
+fn release(shared: &Shared, partner: &str) {
+    let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = busy.get_mut(partner) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
+    loop {
+        let next = {
+            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+            guard.recv_timeout(Duration::from_millis(200))
+        };
+        let item = match next {
+            Ok(item) => item,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let started = std::time::Instant::now();
+        let outcome = match shared.handlers.get(&item.kind) {
+            Some(h) => h.run(&item, now_unix()),
+            None => Outcome::Dead(format!("no handler for kind {:?}", item.kind)),
+        };
+        let (id, partner, kind) = (item.id.clone(), item.partner.clone(), item.kind.clone());
+        let random = crate::util::random::bytes::<4>()
+            .map(u32::from_le_bytes)
+            .unwrap_or(0);
+        match spool::settle(
+            &shared.spool,
+            item,
+            outcome,
+            now_unix(),
+            shared.settings.max_age_secs,
+            random,
+        ) {
+            Ok(State::Dead) => {
+                let reason = shared
+                    .spool
+                    .load(State::Dead, &id)
+                    .ok()
+                    .and_then(|i| i.last_error)
+                    .unwrap_or_default();
+                log::warn!(
+                    "event=work.dead item={id} kind={kind} partner={partner} reason={}",
+                    Q(&reason)
+                );
+            }
+            Ok(State::Retry) => {
+                let it = shared.spool.load(State::Retry, &id).ok();
+                log::info!(
+                    "event=work.retry item={id} kind={kind} partner={partner} attempt={} in_s={} reason={}",
+                    it.as_ref().map_or(0, |i| i.attempts),
+                    it.as_ref().map_or(0, |i| i.not_before - now_unix()),
+                    Q(it.as_ref()
+                        .and_then(|i| i.last_error.as_deref())
+                        .unwrap_or(""))
+                );
+            }
+            Ok(_) => log::debug!(
+                "event=work.done item={id} kind={kind} partner={partner} ms={}",
+                started.elapsed().as_millis()
+            ),
+            Err(e) => log::error!(
+                "event=spool.settle_failed item={id} error={}",
+                Q(&e.to_string())
+            ),
+        }
+        release(&shared, &partner);
+        wake(&shared);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Flaky {
+        calls: AtomicUsize,
+        concurrent: AtomicUsize,
+        max_seen: AtomicUsize,
+    }
+
+    impl Handler for Flaky {
+        fn run(&self, item: &Item, _now: i64) -> Outcome {
+            let c = self.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_seen.fetch_max(c, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(30));
+            self.concurrent.fetch_sub(1, Ordering::SeqCst);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match item.body["mode"].as_str() {
+                Some("dead") => Outcome::Dead("refused".into()),
+                Some("retry") if item.attempts == 0 => Outcome::Retry {
+                    reason: "503".into(),
+                    retry_after: Some(0),
+                },
+                _ => Outcome::Done,
+            }
+        }
+    }
+
+    fn item(id: &str, partner: &str, mode: &str) -> Item {
+        Item {
+            id: id.into(),
+            kind: "test".into(),
+            partner: partner.into(),
+            created_at: now_unix(),
+            attempts: 0,
+            not_before: 0,
+            give_up_at: None,
+            last_error: None,
+            body: serde_json::json!({"mode": mode}),
+        }
+    }
+
+    #[test]
+    fn runs_items_with_a_per_partner_limit_and_settles_them() {
+        let dir = std::env::temp_dir().join(format!(
+            "np-worker-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        let (spool, _) = Spool::open(&dir).unwrap();
+        let spool = Arc::new(spool);
+        for i in 0..6 {
+            spool
+                .enqueue(&item(&format!("a{i}"), "slow", "ok"))
+                .unwrap();
+        }
+        spool.enqueue(&item("d", "other", "dead")).unwrap();
+        spool.enqueue(&item("r", "other", "retry")).unwrap();
+        let handler = Arc::new(Flaky {
+            calls: AtomicUsize::new(0),
+            concurrent: AtomicUsize::new(0),
+            max_seen: AtomicUsize::new(0),
+        });
+        let mut handlers: HashMap<String, Arc<dyn Handler>> = HashMap::new();
+        handlers.insert("test".into(), handler.clone());
+        let settings = Settings {
+            workers: 4,
+            per_partner: 1,
+            max_age_secs: 3_600,
+            tick: Duration::from_millis(20),
+        };
+        let d = Dispatcher::start(spool.clone(), handlers, settings).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // The retried item waits at least the 1 s back-off floor.
+        while spool.counts(now_unix()).unwrap().done < 7 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                spool.counts(now_unix())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.shutdown(Duration::from_secs(2));
+        let c = spool.counts(now_unix()).unwrap();
+        assert_eq!(
+            (c.done, c.dead, c.queued, c.retry, c.in_flight),
+            (7, 1, 0, 0, 0)
+        );
+        assert_eq!(
+            handler.calls.load(Ordering::SeqCst),
+            9,
+            "6 + dead + retry twice"
+        );
+        assert!(
+            handler.max_seen.load(Ordering::SeqCst) <= 2,
+            "one per partner, two partners"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
