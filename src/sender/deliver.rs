@@ -37,9 +37,7 @@ use crate::ids::{self, Bsn};
 use crate::oauth::client::{Purpose, TokenClient, TokenClientError};
 use crate::oauth::form;
 use crate::ops::logging::Q;
-use crate::sender::outbox::{
-    CancelBody, KIND_CANCEL, KIND_NOTIFY, NotifyBody, TASK_CANCELLED,
-};
+use crate::sender::outbox::{CancelBody, KIND_CANCEL, KIND_NOTIFY, NotifyBody, TASK_CANCELLED};
 use crate::sender::task;
 use crate::spool::{Item, Outcome, Spool, State};
 
@@ -430,8 +428,10 @@ fn issue_code(body: &[u8]) -> Option<String> {
         return None;
     }
     let code = v.get("issue")?.get(0)?.get("code")?.as_str()?;
-    (!code.is_empty() && code.len() <= 32 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
-        .then(|| code.to_string())
+    (!code.is_empty()
+        && code.len() <= 32
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+    .then(|| code.to_string())
 }
 
 #[cfg(test)]
@@ -442,7 +442,10 @@ mod tests {
     fn retry_after_values() {
         assert_eq!(retry_after_secs(Some("120")), Some(120));
         assert_eq!(retry_after_secs(Some(" 7 ")), Some(7));
-        assert_eq!(retry_after_secs(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(
+            retry_after_secs(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
         assert_eq!(retry_after_secs(Some("-1")), None);
         assert_eq!(retry_after_secs(Some("99999999999")), None);
         assert_eq!(retry_after_secs(None), None);

@@ -25,6 +25,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::config::{Config, PartnerKind};
+use crate::fhir::{FhirVersion, table};
 use crate::ids::{BSN_SYSTEM, Bsn};
 
 /// Bundle types an export may have.
@@ -95,19 +96,12 @@ impl fmt::Display for CaseId {
     }
 }
 
-/// The wire format of a data export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Xml,
-}
+pub use crate::fhir::Format;
 
-impl Format {
-    fn name(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Xml => "xml",
-        }
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Json => "json",
+        Format::Xml => "xml",
     }
 }
 
@@ -176,7 +170,7 @@ pub enum Problem {
     EntryNotAList,
     /// `entry[i]` has no `resource` object.
     EntryWithoutResource { index: usize },
-    /// `entry[i].resource` has no usable `resourceType`.
+    /// `entry[i].resource` has no `resourceType` naming an STU3 resource.
     ResourceWithoutType { index: usize },
     /// `entry[i].resource` has no `id`.
     ResourceWithoutId { index: usize },
@@ -226,7 +220,7 @@ impl fmt::Display for Problem {
                 "file is {size} bytes, over the limit of {limit} bytes (NP_MAX_BODY)"
             ),
             Problem::Invalid { format, detail } => {
-                write!(f, "invalid {}: {detail}", format.name())
+                write!(f, "invalid {}: {detail}", format_name(*format))
             }
             Problem::NotABundle { found } => {
                 write!(f, "not a Bundle (resourceType is {found})")
@@ -241,7 +235,7 @@ impl fmt::Display for Problem {
                 write!(f, "entry[{index}] has no resource")
             }
             Problem::ResourceWithoutType { index } => {
-                write!(f, "entry[{index}].resource has no valid resourceType")
+                write!(f, "entry[{index}].resource has no STU3 resourceType")
             }
             Problem::ResourceWithoutId { index } => write!(
                 f,
@@ -454,24 +448,23 @@ pub fn validate(
     })
 }
 
-/// The one place export bytes become JSON.
+/// Deepest nesting accepted in an export (JSON objects and arrays, or XML
+/// elements): room for nested Questionnaire items and extensions.
+pub const MAX_DEPTH: usize = 64;
+
+/// The one place export bytes become JSON: the hardened FHIR reader (size
+/// and depth caps, duplicate JSON keys refused, XML without DOCTYPE or
+/// entities and checked against the STU3 definitions, narratives checked).
 fn parse_document(bytes: &[u8], format: Format, max_bytes: u64) -> Result<Value, Problem> {
-    let _ = max_bytes;
-    match format {
-        Format::Json => {
-            let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-            serde_json::from_slice(bytes).map_err(|e| Problem::Invalid {
-                format,
-                // serde_json's syntax errors name line and column, never content.
-                detail: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
-                    .to_lowercase(),
-            })
-        }
-        Format::Xml => Err(Problem::Invalid {
-            format,
-            detail: "xml exports are not supported by this build".into(),
-        }),
-    }
+    let limits = crate::fhir::Limits {
+        max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        max_depth: MAX_DEPTH,
+    };
+    // FhirError names positions and element paths, never content.
+    crate::fhir::parse(bytes, format, FhirVersion::Stu3, &limits).map_err(|e| Problem::Invalid {
+        format,
+        detail: e.to_string(),
+    })
 }
 
 /// The Bundle rules; returns the patient and the resource list.
@@ -577,11 +570,11 @@ fn categories(resource: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A resource type name: an upper-case ASCII letter, then letters; at most 64.
+/// A resource type of FHIR STU3.
 fn is_type_name(t: &str) -> bool {
     t.len() <= 64
-        && t.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
         && t.bytes().all(|b| b.is_ascii_alphabetic())
+        && table::table(FhirVersion::Stu3).resource(t).is_some()
 }
 
 /// `t` when it is a plain type name, else `?` (it goes into a reason).
@@ -758,9 +751,20 @@ mod tests {
 
     #[test]
     fn invalid_json() {
-        let r = validate(b"c1.json", b"{\"resourceType\": \"Bundle\",", "hospb", &rules())
-            .unwrap_err();
-        assert!(matches!(r.problem, Problem::Invalid { format: Format::Json, .. }));
+        let r = validate(
+            b"c1.json",
+            b"{\"resourceType\": \"Bundle\",",
+            "hospb",
+            &rules(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            r.problem,
+            Problem::Invalid {
+                format: Format::Json,
+                ..
+            }
+        ));
         assert!(r.to_string().starts_with("c1.json: invalid json: "), "{r}");
         let r = validate(b"c1.json", BSN.as_bytes(), "hospb", &rules()).unwrap_err();
         assert!(!r.to_string().contains(BSN), "{r}");
@@ -779,12 +783,10 @@ mod tests {
             problem("c1.json", &json!({"resourceType": BSN})).to_string(),
             "not a Bundle (resourceType is ?)"
         );
-        assert_eq!(
+        assert!(matches!(
             problem("c1.json", &json!([1])),
-            Problem::NotABundle {
-                found: "missing".into()
-            }
-        );
+            Problem::Invalid { .. }
+        ));
     }
 
     #[test]
@@ -804,7 +806,9 @@ mod tests {
         assert_eq!(
             problem(
                 "c1.json",
-                &bundle(vec![json!({"resource": {"resourceType": "Condition", "id": "c"}})])
+                &bundle(vec![
+                    json!({"resource": {"resourceType": "Condition", "id": "c"}})
+                ])
             ),
             Problem::NoPatient
         );
@@ -822,25 +826,35 @@ mod tests {
 
     #[test]
     fn bsn_rules() {
-        let no_bsn = bundle(vec![json!({"resource": {"resourceType": "Patient", "id": "p",
-            "identifier": [{"system": "urn:oid:1.2.3", "value": BSN}]}})]);
+        let no_bsn = bundle(vec![
+            json!({"resource": {"resourceType": "Patient", "id": "p",
+            "identifier": [{"system": "urn:oid:1.2.3", "value": BSN}]}}),
+        ]);
         assert_eq!(problem("c1.json", &no_bsn), Problem::NoBsn);
-        let no_ident = bundle(vec![json!({"resource": {"resourceType": "Patient", "id": "p"}})]);
+        let no_ident = bundle(vec![
+            json!({"resource": {"resourceType": "Patient", "id": "p"}}),
+        ]);
         assert_eq!(problem("c1.json", &no_ident), Problem::NoBsn);
         let bad = bundle(vec![patient("p", "999999152")]);
         let r = check("c1.json", &bad).unwrap_err();
         assert_eq!(r.problem, Problem::BadBsn);
         assert!(!r.to_string().contains("999999152"), "{r}");
-        let not_string = bundle(vec![json!({"resource": {"resourceType": "Patient", "id": "p",
-            "identifier": [{"system": BSN_SYSTEM, "value": 999999151}]}})]);
+        let not_string = bundle(vec![
+            json!({"resource": {"resourceType": "Patient", "id": "p",
+            "identifier": [{"system": BSN_SYSTEM, "value": 999999151}]}}),
+        ]);
         assert_eq!(problem("c1.json", &not_string), Problem::BadBsn);
-        let two = bundle(vec![json!({"resource": {"resourceType": "Patient", "id": "p",
+        let two = bundle(vec![
+            json!({"resource": {"resourceType": "Patient", "id": "p",
             "identifier": [{"system": BSN_SYSTEM, "value": BSN},
-                           {"system": BSN_SYSTEM, "value": "999999990"}]}})]);
+                           {"system": BSN_SYSTEM, "value": "999999990"}]}}),
+        ]);
         assert_eq!(problem("c1.json", &two), Problem::SeveralBsns);
-        let same_twice = bundle(vec![json!({"resource": {"resourceType": "Patient", "id": "p",
+        let same_twice = bundle(vec![
+            json!({"resource": {"resourceType": "Patient", "id": "p",
             "identifier": [{"system": BSN_SYSTEM, "value": BSN},
-                           {"system": BSN_SYSTEM, "value": BSN}]}})]);
+                           {"system": BSN_SYSTEM, "value": BSN}]}}),
+        ]);
         assert!(check("c1.json", &same_twice).is_ok());
     }
 
@@ -873,7 +887,13 @@ mod tests {
             ),
             Problem::ResourceWithoutId { index: 1 }
         );
-        for bad_id in [json!("../etc"), json!(""), json!(7), json!("a b"), json!("x".repeat(65))] {
+        for bad_id in [
+            json!("../etc"),
+            json!(""),
+            json!(7),
+            json!("a b"),
+            json!("x".repeat(65)),
+        ] {
             assert_eq!(
                 problem(
                     "c1.json",

@@ -229,7 +229,15 @@ impl Scanner<'_> {
                 }
                 let folder = String::from_utf8_lossy(name).into_owned();
                 if self.rules.knows(&folder) {
-                    self.scan_partner(&folder, &entry.path, state, &mut seen, &mut report, now, stop);
+                    self.scan_partner(
+                        &folder,
+                        &entry.path,
+                        state,
+                        &mut seen,
+                        &mut report,
+                        now,
+                        stop,
+                    );
                 } else {
                     self.scan_unknown(&entry.path, &mut report, now);
                 }
@@ -364,10 +372,8 @@ impl Scanner<'_> {
         }
         let name = entry.name.as_bytes();
         let result = self.carry_out(partner, entry, now, stop);
-        if stop.is_some() && result.is_none() {
-            return;
-        }
         match result {
+            // Stopped by the test hook, as by a crash.
             None => {}
             Some(Ok(done)) => match durable::remove(&entry.path) {
                 Ok(()) => {
@@ -441,6 +447,12 @@ impl Scanner<'_> {
         };
         let bytes = match kind {
             Name::Cancel { .. } => Vec::new(),
+            // Devices, sockets and FIFOs are never opened.
+            _ if !entry.meta.is_file() && !entry.meta.file_type().is_symlink() => {
+                return Some(Err(Fail::Reject(Problem::NotRegularFile(type_name(
+                    &entry.meta,
+                )))));
+            }
             _ => match read_capped(&entry.path, self.rules.max_bytes) {
                 Ok(b) => b,
                 Err(f) => return Some(Err(f)),
@@ -527,10 +539,7 @@ impl Scanner<'_> {
             Ok(u) => u,
             Err(e) => return transient("task id", &e),
         };
-        let json = match serde_json::to_vec(data.bundle()) {
-            Ok(j) => j,
-            Err(e) => return transient("serialise", &e),
-        };
+        let json = crate::fhir::to_json_string(data.bundle()).into_bytes();
         if let Err(e) = self
             .cases
             .write_data(&partner.name, case_id.as_str(), case.version, &json)
@@ -615,9 +624,8 @@ impl Scanner<'_> {
     /// Cancels a case: record, base revoked, one cancellation per Task that
     /// was (or is being) delivered. Safe to repeat after a crash.
     fn cancel(&self, partner: &Partner, case_id: &CaseId, now: i64) -> Result<Done, Fail> {
-        let transient = |what: &str, e: &dyn std::fmt::Display| {
-            Fail::Transient(format!("{what}: {e}"))
-        };
+        let transient =
+            |what: &str, e: &dyn std::fmt::Display| Fail::Transient(format!("{what}: {e}"));
         let Some(mut case) = self.cases.get(&partner.name, case_id.as_str()) else {
             return Err(Fail::Reject(Problem::UnknownCase));
         };
@@ -937,4 +945,4 @@ fn free_name(dir: &Path, name: &OsStr, now: i64) -> OsString {
 }
 
 #[cfg(test)]
-// tests follow in the next commit
+mod tests;

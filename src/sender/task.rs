@@ -97,7 +97,8 @@ const fn section(
 }
 
 /// Category of BgZ medication use (MedicationStatement).
-const MEDICATION_USE_CATEGORY: (&str, &str) = ("urn:oid:2.16.840.1.113883.2.4.3.11.60.20.77.5.3", "6");
+const MEDICATION_USE_CATEGORY: (&str, &str) =
+    ("urn:oid:2.16.840.1.113883.2.4.3.11.60.20.77.5.3", "6");
 
 const SECTIONS: &[Section] = &[
     section("Patient", LOINC, "79191-3", "Patient demographics"),
@@ -251,11 +252,7 @@ impl Notification<'_> {
                 "valueString",
                 json!(self.authorization_base),
             ),
-            input(
-                parameter("get-workflow-task"),
-                "valueBoolean",
-                json!(false),
-            ),
+            input(parameter("get-workflow-task"), "valueBoolean", json!(false)),
         ];
         input.extend(resource_inputs(self.resources));
         let mut task = json!({
@@ -275,10 +272,7 @@ impl Notification<'_> {
             "input": input,
         });
         if let (Some(owner), Value::Object(map)) = (self.owner, &mut task) {
-            map.insert(
-                "owner".into(),
-                json!({"identifier": org_identifier(owner)}),
-            );
+            map.insert("owner".into(), json!({"identifier": org_identifier(owner)}));
         }
         task
     }
@@ -358,7 +352,8 @@ pub fn resource_inputs(resources: &Resources) -> Vec<Value> {
         let section = SECTIONS.iter().find(|s| s.resource_type == resource_type);
         let (kind, query) = match section {
             Some(s) => {
-                let coding = json!({"coding": [{"system": s.system, "code": s.code, "display": s.display}]});
+                let coding =
+                    json!({"coding": [{"system": s.system, "code": s.code, "display": s.display}]});
                 let query = match s.filtered {
                     Some((sys, code, q))
                         if resources
@@ -520,18 +515,14 @@ mod tests {
         let t = notification(&bsn, &us, None, &res, "urn:oid:1.2.3").to_task();
         assert!(t.get("owner").is_none());
         assert_eq!(
-            t["requester"]["agent"]["identifier"]["value"],
-            "urn:oid:1.2.3",
+            t["requester"]["agent"]["identifier"]["value"], "urn:oid:1.2.3",
             "already a urn:oid: value: written as is"
         );
     }
 
     #[test]
     fn identifier_formats() {
-        assert_eq!(
-            system_identifier("1.2.3")["value"],
-            "urn:oid:1.2.3"
-        );
+        assert_eq!(system_identifier("1.2.3")["value"], "urn:oid:1.2.3");
         assert_eq!(
             system_identifier("https://np.a.example:8443")["value"],
             "https://np.a.example:8443"
@@ -610,7 +601,10 @@ mod tests {
             id: id.into(),
             categories: cats,
         };
-        let all = Resources::new(vec![ms("m1", vec![cat.clone()]), ms("m2", vec![cat.clone()])]);
+        let all = Resources::new(vec![
+            ms("m1", vec![cat.clone()]),
+            ms("m2", vec![cat.clone()]),
+        ]);
         assert_eq!(
             summarise(&resource_inputs(&all)),
             vec![s(
