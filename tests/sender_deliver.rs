@@ -645,3 +645,46 @@ fn dead_items_name_the_partner_and_step() {
         matches!(r.deliver(&item), Outcome::Dead(reason) if reason.starts_with("spool item notify-x: unreadable body"))
     );
 }
+
+#[test]
+fn one_case_s_notifications_go_out_in_order() {
+    let r = rig("deliver-order");
+    r.export("c1");
+    r.export("c1");
+    let mut due = r.spool.due(i64::MAX / 4).unwrap();
+    due.sort_by_key(|i| i.body["version"].as_u64());
+    let v1 = r.spool.claim(&due[0].id).unwrap();
+    let v2 = r.spool.claim(&due[1].id).unwrap();
+    // v1 is in flight: v2 waits for it.
+    match r.deliver(&v2) {
+        Outcome::Retry { reason, .. } => assert!(
+            reason.contains(&format!("waiting for the earlier notification {}", v1.id)),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.deliver(&v1), Outcome::Done);
+    r.spool.complete(&v1).unwrap();
+    assert_eq!(r.deliver(&v2), Outcome::Done);
+    let versions: Vec<String> = r
+        .seen()
+        .iter()
+        .map(|s| {
+            let t: Value = serde_json::from_slice(&s.body).unwrap();
+            t["identifier"][0]["value"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            v1.body["task"]["identifier"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            v2.body["task"]["identifier"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ]
+    );
+}

@@ -21,7 +21,9 @@
 //!
 //! A notification for a case that was cancelled before it could be delivered,
 //! or whose `restriction.period.end` has passed, is not sent (dead, with the
-//! reason). Logs carry partner, case, Task identifier, status and time, never
+//! reason). The notifications of one case go out in the order they were
+//! created: a newer one waits (retry) while an older one is still queued or
+//! being retried. Logs carry partner, case, Task identifier, status and time, never
 //! the BSN, the token or the Task; the audit trail records each delivery with
 //! the patient.
 
@@ -118,22 +120,19 @@ impl Delivery<'_> {
         let Some(patient) = Bsn::parse(&body.patient) else {
             return corrupt(item, &"patient is not a valid BSN");
         };
-        let case = self.cases.get(&partner.name, &body.case_id);
-        let cancelled = match &case {
-            None => {
-                return Outcome::Dead(format!(
-                    "partner {}: case {} is unknown; notification not sent",
-                    partner.name, body.case_id
-                ));
-            }
-            Some(c) => {
-                c.status == CaseStatus::Cancelled
-                    || c.tasks
-                        .iter()
-                        .any(|t| t.task_id == body.task_id && t.status == TASK_CANCELLED)
-            }
+        let Some(case) = self.cases.get(&partner.name, &body.case_id) else {
+            return Outcome::Dead(format!(
+                "partner {}: case {} is unknown; notification not sent",
+                partner.name, body.case_id
+            ));
         };
-        if cancelled {
+        let Some(position) = case.tasks.iter().position(|t| t.task_id == body.task_id) else {
+            return Outcome::Dead(format!(
+                "partner {}: case {} has no Task urn:uuid:{}; notification not sent",
+                partner.name, body.case_id, body.task_id
+            ));
+        };
+        if case.status == CaseStatus::Cancelled || case.tasks[position].status == TASK_CANCELLED {
             log::info!(
                 "event=notify.skipped partner={} case={} task=urn:uuid:{} reason=cancelled",
                 partner.name,
@@ -144,6 +143,23 @@ impl Delivery<'_> {
                 "partner {}: case {} was cancelled before the notification was delivered; not sent",
                 partner.name, body.case_id
             ));
+        }
+        // One case's notifications reach the partner in order: an older one
+        // arriving after a newer one would look like the latest to a
+        // receiver that keeps the last Task per groupIdentifier.
+        if let Some(earlier) = case.tasks[..position].iter().find(|t| {
+            matches!(
+                self.spool.find(&t.item_id),
+                Some(State::Queued | State::Retry | State::InFlight)
+            )
+        }) {
+            return Outcome::Retry {
+                reason: format!(
+                    "partner {}: case {}: waiting for the earlier notification {} to be delivered or given up",
+                    partner.name, body.case_id, earlier.item_id
+                ),
+                retry_after: None,
+            };
         }
         if item.give_up_at.is_some_and(|end| end <= now) {
             return Outcome::Dead(format!(

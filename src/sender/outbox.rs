@@ -191,6 +191,26 @@ pub(crate) enum Step {
     Enqueued,
 }
 
+/// The state of one pass.
+struct Pass<'a> {
+    state: &'a mut ScanState,
+    /// Claimed files looked at (deferrals of others are forgotten).
+    seen: HashSet<PathBuf>,
+    report: ScanReport,
+    now: i64,
+    stop: Option<Step>,
+}
+
+/// The case a file name belongs to (the name up to its last `.`), for
+/// keeping the order of one case's files.
+fn case_key(name: &OsStr) -> Vec<u8> {
+    let b = name.as_bytes();
+    match b.iter().rposition(|c| *c == b'.') {
+        Some(i) if i > 0 => b[..i].to_vec(),
+        _ => b.to_vec(),
+    }
+}
+
 impl Scanner<'_> {
     /// One pass over `NP_OUTBOX`.
     pub fn scan(&self, state: &mut ScanState, now: i64) -> ScanReport {
@@ -203,23 +223,28 @@ impl Scanner<'_> {
         now: i64,
         stop: Option<Step>,
     ) -> ScanReport {
-        let mut report = ScanReport::default();
-        let mut seen = HashSet::new();
+        let mut pass = Pass {
+            state,
+            seen: HashSet::new(),
+            report: ScanReport::default(),
+            now,
+            stop,
+        };
         let root = &self.config.outbox;
         let entries = match list(root) {
             Ok(e) => e,
             Err(e) => {
-                if state.warned.insert(root.clone()) {
+                if pass.state.warned.insert(root.clone()) {
                     log::warn!(
                         "event=outbox.unreadable dir={} error={}",
                         Q(&root.display().to_string()),
                         Q(&e.to_string())
                     );
                 }
-                return report;
+                return pass.report;
             }
         };
-        state.warned.remove(root);
+        pass.state.warned.remove(root);
         for entry in entries {
             let name = entry.name.as_bytes();
             let ft = entry.meta.file_type();
@@ -229,20 +254,12 @@ impl Scanner<'_> {
                 }
                 let folder = String::from_utf8_lossy(name).into_owned();
                 if self.rules.knows(&folder) {
-                    self.scan_partner(
-                        &folder,
-                        &entry.path,
-                        state,
-                        &mut seen,
-                        &mut report,
-                        now,
-                        stop,
-                    );
+                    self.scan_partner(&folder, &entry.path, &mut pass);
                 } else {
-                    self.scan_unknown(&entry.path, &mut report, now);
+                    self.scan_unknown(&entry.path, &mut pass);
                 }
             } else if ft.is_symlink() {
-                if state.warned.insert(entry.path.clone()) {
+                if pass.state.warned.insert(entry.path.clone()) {
                     log::warn!(
                         "event=outbox.symlink_ignored path={} reason=\"symbolic links in NP_OUTBOX are not followed\"",
                         Q(&entry.path.display().to_string())
@@ -250,16 +267,17 @@ impl Scanner<'_> {
                 }
             } else if !export::is_ignored(name) {
                 let rejected = Rejected::new(name, Problem::NotInPartnerFolder);
-                self.reject(root, &entry.path, &entry.name, &rejected, &mut report, now);
+                self.reject(root, &entry, &rejected, &mut pass);
             }
         }
-        state.deferred.retain(|path, _| seen.contains(path));
-        report
+        let seen = std::mem::take(&mut pass.seen);
+        pass.state.deferred.retain(|path, _| seen.contains(path));
+        pass.report
     }
 
     /// A folder that is not a configured twiin partner: everything in it
     /// (and anything we had claimed there) goes to `.rejected`.
-    fn scan_unknown(&self, dir: &Path, report: &mut ScanReport, now: i64) {
+    fn scan_unknown(&self, dir: &Path, pass: &mut Pass<'_>) {
         for sub in [dir.join(CLAIMED_DIR), dir.to_path_buf()] {
             let Ok(entries) = list(&sub) else { continue };
             for entry in entries {
@@ -267,30 +285,31 @@ impl Scanner<'_> {
                     continue;
                 }
                 let rejected = Rejected::new(entry.name.as_bytes(), Problem::UnknownPartner);
-                self.reject(dir, &entry.path, &entry.name, &rejected, report, now);
+                self.reject(dir, &entry, &rejected, pass);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn scan_partner(
-        &self,
-        partner: &str,
-        dir: &Path,
-        state: &mut ScanState,
-        seen: &mut HashSet<PathBuf>,
-        report: &mut ScanReport,
-        now: i64,
-        stop: Option<Step>,
-    ) {
+    /// A partner folder: claimed leftovers first, then new files, oldest
+    /// first. Once a file of a case is left for later, every later file of
+    /// that case waits too, so an export and its `.cancel` keep their order.
+    fn scan_partner(&self, partner: &str, dir: &Path, pass: &mut Pass<'_>) {
         let claimed_dir = dir.join(CLAIMED_DIR);
+        let mut waiting: HashSet<Vec<u8>> = HashSet::new();
         if let Ok(leftovers) = list(&claimed_dir) {
             for entry in leftovers {
                 if entry.meta.is_dir() {
                     continue;
                 }
-                seen.insert(entry.path.clone());
-                self.process(partner, dir, &entry, state, report, now, stop);
+                pass.seen.insert(entry.path.clone());
+                let case = case_key(&entry.name);
+                if waiting.contains(&case) {
+                    pass.report.deferred += 1;
+                    continue;
+                }
+                if !self.process(partner, dir, &entry, pass) {
+                    waiting.insert(case);
+                }
             }
         }
         let entries = match list(dir) {
@@ -307,10 +326,13 @@ impl Scanner<'_> {
             if entry.meta.is_dir() || export::is_ignored(entry.name.as_bytes()) {
                 continue;
             }
+            let case = case_key(&entry.name);
             let target = claimed_dir.join(&entry.name);
-            if target.symlink_metadata().is_ok() {
-                // An older file of the same name is still being worked on.
-                report.deferred += 1;
+            // An earlier file of this case (or of this very name) is still
+            // being worked on: this one waits, unclaimed.
+            if waiting.contains(&case) || target.symlink_metadata().is_ok() {
+                waiting.insert(case);
+                pass.report.deferred += 1;
                 continue;
             }
             if let Err(e) = durable::create_dir_all(&claimed_dir)
@@ -321,10 +343,11 @@ impl Scanner<'_> {
                     Q(&export::display_name(entry.name.as_bytes())),
                     Q(&e.to_string())
                 );
-                report.deferred += 1;
+                waiting.insert(case);
+                pass.report.deferred += 1;
                 continue;
             }
-            if stop == Some(Step::Claimed) {
+            if pass.stop == Some(Step::Claimed) {
                 return;
             }
             let Ok(meta) = target.symlink_metadata() else {
@@ -335,54 +358,51 @@ impl Scanner<'_> {
                 path: target,
                 meta,
             };
-            seen.insert(claimed.path.clone());
-            self.process(partner, dir, &claimed, state, report, now, stop);
+            pass.seen.insert(claimed.path.clone());
+            if !self.process(partner, dir, &claimed, pass) {
+                waiting.insert(case);
+            }
         }
     }
 
-    /// Carries out one claimed file.
-    #[allow(clippy::too_many_arguments)]
-    fn process(
-        &self,
-        partner: &str,
-        dir: &Path,
-        entry: &Entry,
-        state: &mut ScanState,
-        report: &mut ScanReport,
-        now: i64,
-        stop: Option<Step>,
-    ) {
+    /// Carries out one claimed file. Returns `false` when the file was left
+    /// in place for a later pass.
+    fn process(&self, partner: &str, dir: &Path, entry: &Entry, pass: &mut Pass<'_>) -> bool {
+        let now = pass.now;
         let fingerprint = Fingerprint::of(&entry.meta);
-        let earlier = state.deferred.get(&entry.path).copied();
+        let earlier = pass.state.deferred.get(&entry.path).copied();
         if let Some(d) = earlier.filter(|d| d.fingerprint == fingerprint) {
             if d.stored {
-                // Stored and queued already: only the removal failed.
-                match durable::remove(&entry.path) {
+                // Stored and queued already: only the removal is left.
+                return match durable::remove(&entry.path) {
                     Ok(()) => {
-                        state.deferred.remove(&entry.path);
+                        pass.state.deferred.remove(&entry.path);
+                        true
                     }
-                    Err(_) => report.deferred += 1,
-                }
-                return;
+                    Err(_) => {
+                        pass.report.deferred += 1;
+                        false
+                    }
+                };
             }
             if now < d.next_try {
-                report.deferred += 1;
-                return;
+                pass.report.deferred += 1;
+                return false;
             }
         }
         let name = entry.name.as_bytes();
-        let result = self.carry_out(partner, entry, now, stop);
-        match result {
+        match self.carry_out(partner, entry, now, pass.stop) {
             // Stopped by the test hook, as by a crash.
-            None => {}
+            None => false,
             Some(Ok(done)) => match durable::remove(&entry.path) {
                 Ok(()) => {
-                    state.deferred.remove(&entry.path);
+                    pass.state.deferred.remove(&entry.path);
                     match done {
-                        Done::Accepted => report.accepted += 1,
-                        Done::Updated => report.updated += 1,
-                        Done::Cancelled => report.cancelled += 1,
+                        Done::Accepted => pass.report.accepted += 1,
+                        Done::Updated => pass.report.updated += 1,
+                        Done::Cancelled => pass.report.cancelled += 1,
                     }
+                    true
                 }
                 Err(e) => {
                     log::error!(
@@ -390,7 +410,7 @@ impl Scanner<'_> {
                         Q(&export::display_name(name)),
                         Q(&e.to_string())
                     );
-                    state.deferred.insert(
+                    pass.state.deferred.insert(
                         entry.path.clone(),
                         Deferral {
                             fingerprint,
@@ -399,13 +419,14 @@ impl Scanner<'_> {
                             stored: true,
                         },
                     );
-                    report.deferred += 1;
+                    pass.report.deferred += 1;
+                    false
                 }
             },
             Some(Err(Fail::Reject(problem))) => {
-                state.deferred.remove(&entry.path);
+                pass.state.deferred.remove(&entry.path);
                 let rejected = Rejected::new(name, problem);
-                self.reject(dir, &entry.path, &entry.name, &rejected, report, now);
+                self.reject(dir, entry, &rejected, pass)
             }
             Some(Err(Fail::Transient(reason))) => {
                 let attempts = earlier.map_or(0, |d| d.attempts).saturating_add(1);
@@ -417,7 +438,7 @@ impl Scanner<'_> {
                     Q(&export::display_name(name)),
                     Q(&reason)
                 );
-                state.deferred.insert(
+                pass.state.deferred.insert(
                     entry.path.clone(),
                     Deferral {
                         fingerprint,
@@ -426,7 +447,8 @@ impl Scanner<'_> {
                         stored: false,
                     },
                 );
-                report.deferred += 1;
+                pass.report.deferred += 1;
+                false
             }
         }
     }
@@ -740,18 +762,17 @@ impl Scanner<'_> {
     }
 
     /// Moves a file to `<dir>/.rejected/` with its reason beside it.
-    fn reject(
-        &self,
-        dir: &Path,
-        from: &Path,
-        name: &OsStr,
-        rejected: &Rejected,
-        report: &mut ScanReport,
-        now: i64,
-    ) {
-        match quarantine(dir, from, name, &rejected.to_string(), now) {
+    /// Returns `false` when that failed and the file stays where it is.
+    fn reject(&self, dir: &Path, entry: &Entry, rejected: &Rejected, pass: &mut Pass<'_>) -> bool {
+        match quarantine(
+            dir,
+            &entry.path,
+            &entry.name,
+            &rejected.to_string(),
+            pass.now,
+        ) {
             Ok(stored_as) => {
-                report.rejected += 1;
+                pass.report.rejected += 1;
                 log::warn!(
                     "event=outbox.rejected folder={} file={} stored_as={} reason={}",
                     Q(&export::display_name(
@@ -761,15 +782,17 @@ impl Scanner<'_> {
                     Q(&export::display_name(stored_as.as_bytes())),
                     Q(&rejected.problem.to_string())
                 );
+                true
             }
             Err(e) => {
-                report.deferred += 1;
+                pass.report.deferred += 1;
                 log::error!(
                     "event=outbox.quarantine_failed file={} reason={} error={}",
                     Q(&rejected.file),
                     Q(&rejected.problem.to_string()),
                     Q(&e.to_string())
                 );
+                false
             }
         }
     }

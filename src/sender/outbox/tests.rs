@@ -630,6 +630,34 @@ fn a_transient_failure_defers_and_an_unchanged_file_waits_its_turn() {
 }
 
 #[test]
+fn a_cancel_waits_behind_a_deferred_export_of_its_case() {
+    let mut f = fixture();
+    let blocker = f.config.state_dir.join("cases").join("hospb");
+    fs::write(&blocker, b"").unwrap();
+    let data = f.export("hospb", "c1", &bundle(BSN, &[]));
+    set_mtime(&data, 60);
+    assert_eq!(f.scan(NOW).deferred, 1);
+    let cancel = f.put("hospb", "c1.cancel", b"");
+    let other = f.export("hospb", "c2", &bundle(BSN, &[]));
+    fs::remove_file(&blocker).unwrap();
+    // The export is in its back-off: the cancel of the same case waits,
+    // unclaimed; another case goes ahead.
+    let r = f.scan(NOW + 1);
+    assert_eq!(
+        (r.accepted, r.cancelled, r.rejected, r.deferred),
+        (1, 0, 0, 2)
+    );
+    assert!(cancel.exists());
+    assert!(!other.exists());
+    let r = f.scan(NOW + DEFER_FIRST_SECS);
+    assert_eq!((r.accepted, r.cancelled, r.rejected), (1, 1, 0));
+    assert_eq!(
+        f.cases.get("hospb", "c1").unwrap().status,
+        CaseStatus::Cancelled
+    );
+}
+
+#[test]
 fn a_changed_deferred_file_is_read_again_at_once() {
     let mut f = fixture();
     let blocker = f.config.state_dir.join("cases").join("hospb");
