@@ -113,9 +113,8 @@ impl Delivery<'_> {
         http: &dyn PartnerHttp,
         now: i64,
     ) -> Outcome {
-        let body: NotifyBody = match serde_json::from_value(item.body.clone()) {
-            Ok(b) => b,
-            Err(e) => return corrupt(item, &e),
+        let Ok(body) = serde_json::from_value::<NotifyBody>(item.body.clone()) else {
+            return corrupt(item, &"not a notify body");
         };
         let Some(patient) = Bsn::parse(&body.patient) else {
             return corrupt(item, &"patient is not a valid BSN");
@@ -167,15 +166,12 @@ impl Delivery<'_> {
                 partner.name, body.case_id
             ));
         }
-        let Ok(bytes) = serde_json::to_vec(&body.task) else {
-            return corrupt(item, &"task cannot be serialised");
-        };
         let call = Call {
             partner,
             patient,
             method: "POST",
             url: format!("{}/Task", base(partner)),
-            body: bytes,
+            body: task_bytes(&body.task),
             what: "notify",
             case_id: &body.case_id,
             task_id: &body.task_id,
@@ -191,9 +187,8 @@ impl Delivery<'_> {
         http: &dyn PartnerHttp,
         now: i64,
     ) -> Outcome {
-        let body: CancelBody = match serde_json::from_value(item.body.clone()) {
-            Ok(b) => b,
-            Err(e) => return corrupt(item, &e),
+        let Ok(body) = serde_json::from_value::<CancelBody>(item.body.clone()) else {
+            return corrupt(item, &"not a cancel body");
         };
         let Some(patient) = Bsn::parse(&body.patient) else {
             return corrupt(item, &"patient is not a valid BSN");
@@ -226,9 +221,6 @@ impl Delivery<'_> {
         if item.give_up_at.is_some_and(|end| end <= now) {
             return skip("the notification has expired");
         }
-        let Ok(bytes) = serde_json::to_vec(&body.task) else {
-            return corrupt(item, &"task cannot be serialised");
-        };
         let call = Call {
             partner,
             patient,
@@ -238,7 +230,7 @@ impl Delivery<'_> {
                 base(partner),
                 form::encode(&task::identifier_token(&body.task_id))
             ),
-            body: bytes,
+            body: task_bytes(&body.task),
             what: "cancel",
             case_id: &body.case_id,
             task_id: &body.task_id,
@@ -420,8 +412,15 @@ fn base(partner: &Partner) -> &str {
         .trim_end_matches('/')
 }
 
+/// A spool body that is not what the sender wrote. The parser's message is
+/// not used: it may quote a value, and a value may be a BSN.
 fn corrupt(item: &Item, detail: &dyn std::fmt::Display) -> Outcome {
     Outcome::Dead(format!("spool item {}: unreadable body: {detail}", item.id))
+}
+
+/// The Task as sent: compact JSON, `resourceType` first, decimals as written.
+fn task_bytes(task: &Value) -> Vec<u8> {
+    crate::fhir::to_json_string(task).into_bytes()
 }
 
 /// `Retry-After` as delta-seconds (an HTTP-date is ignored: the back-off applies).
