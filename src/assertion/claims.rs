@@ -22,7 +22,7 @@ pub const OUR_LIFETIME_SECS: i64 = 60;
 type Text = HString<256>;
 
 /// The claims of an incoming assertion, after parsing (not yet checked against
-/// a partner; see [`check_time_and_audience`]).
+/// a partner; see [`check`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Claims {
     pub iss: String,

@@ -670,93 +670,48 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     if !v.errors.is_empty() {
         return Err(v.errors);
     }
-    // Every Option below is Some: each None pushed an error above.
-    let (
-        Some(listen),
-        Some(admin_listen),
-        Some(public_url),
-        Some(tls_cert),
-        Some(tls_key),
-        Some(tls_trust),
-        Some(tls_min_version),
-        Some(signing_key),
-        Some(signing_alg),
-        Some(org_ura),
-        Some(outbox),
-        Some(inbox),
-        Some(state_dir),
-        Some(poll_interval),
-        Some(notification_ttl),
-        Some(log_level),
-        Some(max_body),
-        Some(max_connections),
-        Some(idle_timeout),
-        Some(retry_max_age),
-        Some(min_free_disk),
-        Some(client_id),
-    ) = (
-        listen,
-        admin_listen,
-        public_url,
-        tls_cert,
-        tls_key,
-        tls_trust,
-        tls_min_version,
-        signing_key,
-        signing_alg,
-        org_ura,
-        outbox,
-        inbox,
-        state_dir,
-        poll_interval,
-        notification_ttl,
-        log_level,
-        max_body,
-        max_connections,
-        idle_timeout,
-        retry_max_age,
-        min_free_disk,
-        client_id,
-    )
-    else {
-        return Err(vec![ConfigError {
+    // Every required value is Some here: each None pushed an error above.
+    let built = (|| {
+        let public_url = public_url?;
+        let org_ura = org_ura?;
+        Some(Config {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            system_id: system_id.unwrap_or_else(|| public_url.clone()),
+            org_oid: org_oid.unwrap_or_else(|| format!("{URA_OID_ROOT}.{org_ura}")),
+            public_url,
+            tls_cert: tls_cert?,
+            tls_key: tls_key?,
+            tls_trust: tls_trust?,
+            tls_crl_dir: tls_crl_dir.flatten(),
+            tls_min_version: tls_min_version?,
+            signing_key: signing_key?,
+            signing_alg: signing_alg?,
+            signing_kid: signing_kid.flatten(),
+            org_ura,
+            org_agb: org_agb.flatten(),
+            org_name: org_name.flatten(),
+            client_id: client_id?,
+            outbox: outbox?,
+            inbox: inbox?,
+            state_dir: state_dir?,
+            poll_interval: poll_interval?,
+            notification_ttl: notification_ttl?,
+            log_level: log_level?,
+            max_body: max_body?,
+            max_connections: max_connections?,
+            idle_timeout: idle_timeout?,
+            retry_max_age: retry_max_age?,
+            min_free_disk: min_free_disk?,
+            partners,
+        })
+    })();
+    built.ok_or_else(|| {
+        vec![ConfigError {
             key: "NP_".into(),
             reason: "internal: a value was missing without an error".into(),
             line: None,
-        }]);
-    };
-    let system_id = system_id.unwrap_or_else(|| public_url.clone());
-    let org_oid = org_oid.unwrap_or_else(|| format!("{URA_OID_ROOT}.{org_ura}"));
-    Ok(Config {
-        listen,
-        admin_listen,
-        public_url,
-        tls_cert,
-        tls_key,
-        tls_trust,
-        tls_crl_dir: tls_crl_dir.flatten(),
-        tls_min_version,
-        signing_key,
-        signing_alg,
-        signing_kid: signing_kid.flatten(),
-        org_ura,
-        org_agb: org_agb.flatten(),
-        org_name: org_name.flatten(),
-        client_id,
-        system_id,
-        org_oid,
-        outbox,
-        inbox,
-        state_dir,
-        poll_interval,
-        notification_ttl,
-        log_level,
-        max_body,
-        max_connections,
-        idle_timeout,
-        retry_max_age,
-        min_free_disk,
-        partners,
+        }]
     })
 }
 

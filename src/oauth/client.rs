@@ -468,3 +468,149 @@ impl Fetch<Jwks> for JwksFetcher {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IdScheme, Vars};
+
+    struct NoNetwork;
+
+    impl PartnerHttp for NoNetwork {
+        fn get(&self, _: &str, url: &str, _: &[(&str, &str)]) -> Result<HttpReply, String> {
+            Err(format!("no network in this test ({url})"))
+        }
+        fn send(
+            &self,
+            _: &str,
+            _: &str,
+            url: &str,
+            _: &str,
+            _: &[u8],
+            _: &[(&str, &str)],
+        ) -> Result<HttpReply, String> {
+            Err(format!("no network in this test ({url})"))
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> Config {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, mode) in [
+            ("c.pem", 0o644),
+            ("k.pem", 0o600),
+            ("t.pem", 0o644),
+            ("s.pem", 0o600),
+        ] {
+            std::fs::write(dir.join(name), "x").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let mut v = Vars::new();
+        for (k, val) in [
+            ("NP_PUBLIC_URL", "https://np.hospital-a.example".to_string()),
+            ("NP_TLS_CERT", dir.join("c.pem").display().to_string()),
+            ("NP_TLS_KEY", dir.join("k.pem").display().to_string()),
+            ("NP_TLS_TRUST", dir.join("t.pem").display().to_string()),
+            ("NP_SIGNING_KEY", dir.join("s.pem").display().to_string()),
+            ("NP_ORG_URA", "12345678".into()),
+            ("NP_ORG_AGB", "01234567".into()),
+            ("NP_PARTNERS", "vip".into()),
+            (
+                "NP_PARTNER_VIP_FHIR_BASE",
+                "https://fhir.test-datakluis.shared.topicuszorg.nl/fhir/stu3".into(),
+            ),
+            ("NP_PARTNER_VIP_ORG", "agb:44446666".into()),
+            ("NP_PARTNER_VIP_ID_SCHEME", "agb".into()),
+            ("NP_PARTNER_VIP_CERT", "serial:00000001234567890000".into()),
+            ("NP_PARTNER_VIP_OUR_CLIENT_ID", "hospital-a".into()),
+        ] {
+            v.insert(k.into(), (val, None));
+        }
+        crate::config::from_vars(&v).unwrap()
+    }
+
+    fn claims(jwt: &str) -> serde_json::Value {
+        let p = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(&crate::util::b64::decode(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn viplive_style_agb_claims_and_system_addressing() {
+        let dir = std::env::temp_dir().join(format!("np-tc-{}", random::uuid_v4().unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = config(&dir);
+        let pem = crate::jose::generate_pkcs8_pem(crate::jose::Alg::Es256).unwrap();
+        let key =
+            Arc::new(SigningKey::from_pkcs8_pem(&pem, crate::jose::Alg::Es256, None).unwrap());
+        let bsn = Bsn::parse("999999151").unwrap();
+        let aud = "https://fhir.test-datakluis.shared.topicuszorg.nl/token";
+        let client = TokenClient::new(Arc::new(cfg.clone()), key.clone(), Arc::new(NoNetwork));
+        let vip = cfg.partner("vip").unwrap().clone();
+        assert_eq!(vip.id_scheme, IdScheme::Agb);
+
+        // Notify, AGB scheme: bare AGB OIDs; no patient without SEND_BSN.
+        let (c, a) = client
+            .assertions(
+                &vip,
+                &Purpose::Notify {
+                    patient: Some(&bsn),
+                },
+                aud,
+                1_000,
+            )
+            .unwrap();
+        let (c, a) = (claims(&c), claims(&a));
+        assert_eq!(c["iss"], "https://np.hospital-a.example");
+        assert_eq!(c["sub"], "hospital-a");
+        assert_eq!(a["sub"], "2.16.840.1.113883.2.4.6.1.01234567");
+        assert_eq!(a["authorizer"], "2.16.840.1.113883.2.4.6.1.44446666");
+        assert!(a.get("patient").is_none(), "SEND_BSN is false");
+        assert_eq!(a["exp"].as_i64().unwrap() - a["iat"].as_i64().unwrap(), 60);
+
+        // Pull: the base played back, requesting = Task owner, authorizer = sender.
+        let owner = OrgId::Agb("01234567".into());
+        let sender = OrgId::Agb("44446666".into());
+        let purpose = Purpose::Pull {
+            authorization_base: "5754d12a-bfb0-4e3f-847a-9460b45f3a92",
+            requesting: &owner,
+            authorizer: Some(&sender),
+            patient: Some(&bsn),
+        };
+        let (_, a) = client.assertions(&vip, &purpose, aud, 1_000).unwrap();
+        let a = claims(&a);
+        assert_eq!(
+            a["authorization_base"],
+            "5754d12a-bfb0-4e3f-847a-9460b45f3a92"
+        );
+        assert_eq!(a["sub"], "2.16.840.1.113883.2.4.6.1.01234567");
+        assert_eq!(a["authorizer"], "2.16.840.1.113883.2.4.6.1.44446666");
+
+        // The partner addressed as a system, BSN allowed: no authorizer, patient present.
+        cfg.partners[0].address_system = true;
+        cfg.partners[0].send_bsn = true;
+        let client = TokenClient::new(Arc::new(cfg.clone()), key, Arc::new(NoNetwork));
+        let (_, a) = client
+            .assertions(
+                &cfg.partners[0],
+                &Purpose::Notify {
+                    patient: Some(&bsn),
+                },
+                aud,
+                1_000,
+            )
+            .unwrap();
+        let a = claims(&a);
+        assert!(a.get("authorizer").is_none());
+        assert_eq!(a["patient"], "urn:oid:2.16.840.1.113883.2.4.6.3.999999151");
+
+        // Without a network, discovery fails with a message naming the partner and URL.
+        let err = client
+            .token(&cfg.partners[0], &Purpose::Notify { patient: None }, 1_000)
+            .unwrap_err();
+        assert!(err.to_string().starts_with(
+            "partner vip: discovery at https://fhir.test-datakluis.shared.topicuszorg.nl/fhir/stu3/.well-known/smart-configuration failed"
+        ), "{err}");
+        assert!(err.is_transient());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
