@@ -18,6 +18,7 @@ pub mod jose;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
+pub mod sender;
 pub mod serve;
 pub mod spool;
 pub mod util;
