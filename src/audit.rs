@@ -45,6 +45,9 @@ pub struct Event<'a> {
     /// Our request id and the partner's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<&'a str>,
+    /// How many resources were disclosed (FHIR reads and searches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<usize>,
 }
 
 /// The audit trail writer.

@@ -278,6 +278,85 @@ impl Router {
     }
 }
 
+impl Router {
+    /// FHIR data and Task endpoints: a partner certificate and a bearer token
+    /// our token endpoint issued to that partner.
+    fn fhir(&self, shared: &Shared, req: &Request) -> Response {
+        let now = now_unix();
+        let Some(partner) = self.partner_of(shared, req) else {
+            return outcome(
+                403,
+                "forbidden",
+                "the TLS client certificate does not belong to a configured partner",
+            );
+        };
+        if partner.kind != crate::config::PartnerKind::Twiin {
+            return outcome(403, "forbidden", "this endpoint is for twiin partners");
+        }
+        let grant = match self.bearer(req, partner, now) {
+            Ok(g) => g,
+            Err(resp) => return resp,
+        };
+        let rest = &req.path["/fhir".len()..];
+        match grant.kind {
+            crate::oauth::TokenKind::Pull => crate::serve::handle(
+                &self.stores.cases,
+                &grant,
+                &crate::serve::ServeRequest {
+                    method: &req.method,
+                    path: rest,
+                    query: req.query.as_deref(),
+                    accept: req.header("accept"),
+                    request_id: &req.request_id,
+                },
+                &self.stores.audit,
+                &format!("{}/fhir", shared.config.public_url),
+                now,
+            ),
+            crate::oauth::TokenKind::Notify => outcome(
+                403,
+                "forbidden",
+                "a notify token does not read data; get a token with the authorization base",
+            )
+            .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+        }
+    }
+
+    /// The grant behind `Authorization: Bearer …`, issued to `partner`.
+    fn bearer(
+        &self,
+        req: &Request,
+        partner: &Partner,
+        now: i64,
+    ) -> Result<crate::oauth::Grant, Response> {
+        let unauthorized = |error: Option<&str>, why: &str| {
+            let challenge = match error {
+                Some(e) => format!("Bearer error=\"{e}\""),
+                None => "Bearer".to_string(),
+            };
+            outcome(401, "login", why).header("WWW-Authenticate", challenge)
+        };
+        let Some(value) = req.header("authorization") else {
+            return Err(unauthorized(None, "a bearer token is required"));
+        };
+        let token = match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+                t.trim()
+            }
+            _ => {
+                return Err(unauthorized(
+                    Some("invalid_request"),
+                    "use Authorization: Bearer <token>",
+                ));
+            }
+        };
+        self.stores
+            .tokens
+            .check(token, &partner.name, now)
+            .map_err(|e| unauthorized(Some("invalid_token"), e.reason()))
+    }
+}
+
 fn json(status: u16, body: Vec<u8>) -> Response {
     Response::new(status).body("application/json", body)
 }
@@ -336,17 +415,7 @@ impl Handler for Router {
                 }
                 token_response(reply)
             }
-            _ if path.starts_with("/fhir/") || path == "/fhir" => {
-                // Data endpoints need a configured partner; what they serve comes with the FHIR side.
-                if self.partner_of(&shared, req).is_none() {
-                    return outcome(
-                        403,
-                        "forbidden",
-                        "the TLS client certificate does not belong to a configured partner",
-                    );
-                }
-                outcome(404, "not-found", "no such endpoint")
-            }
+            _ if path.starts_with("/fhir/") || path == "/fhir" => self.fhir(&shared, req),
             _ => json(404, br#"{"error":"not_found"}"#.to_vec()),
         }
     }

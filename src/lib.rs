@@ -19,6 +19,8 @@ pub mod oauth;
 pub mod ops;
 pub mod pki;
 pub mod receiver;
+pub mod sender;
+pub mod serve;
 pub mod spool;
 pub mod util;
 pub mod worker;

@@ -1,0 +1,107 @@
+//! The sender role of Twiin TA Notified Pull: what the EHR exports into
+//! `NP_OUTBOX/<partner>/` becomes a case, a notification Task to the partner,
+//! and later, on `<case-id>.cancel`, a cancellation.
+//!
+//! | module | job | I/O |
+//! |---|---|---|
+//! | [`export`] | one outbox file → accepted export or rejection with a reason | none |
+//! | [`task`] | the notification and cancellation Task | none |
+//! | [`outbox`] | scan the outbox; store, queue, cancel, quarantine | files |
+//! | [`deliver`] | the spool worker for `notify` and `cancel` items | HTTP |
+//!
+//! The daemon calls [`Sender::scan`] every `NP_POLL_INTERVAL` from one
+//! thread and [`Sender::deliver`] from its spool workers for the kinds in
+//! [`Sender::KINDS`], applying the returned [`spool::Outcome`] with
+//! [`spool::settle`].
+
+pub mod deliver;
+pub mod export;
+pub mod outbox;
+pub mod task;
+
+use std::sync::{Arc, Mutex};
+
+use crate::audit::AuditLog;
+use crate::cases::CaseStore;
+use crate::config::Config;
+use crate::http::partners::PartnerHttp;
+use crate::oauth::TokenStore;
+use crate::oauth::client::TokenClient;
+use crate::spool::{self, Spool};
+
+pub use outbox::ScanReport;
+
+/// The sender: outbox scanning and delivery of notifications and cancellations.
+pub struct Sender {
+    config: Arc<Config>,
+    cases: Arc<CaseStore>,
+    spool: Arc<Spool>,
+    tokens: Arc<TokenStore>,
+    audit: Arc<AuditLog>,
+    rules: export::Rules,
+    /// Deferred files and one-time warnings; the lock also keeps passes
+    /// from overlapping (the case store has one writer: the scan).
+    state: Mutex<outbox::ScanState>,
+}
+
+impl Sender {
+    /// Spool kinds [`Sender::deliver`] handles.
+    pub const KINDS: [&'static str; 2] = [outbox::KIND_NOTIFY, outbox::KIND_CANCEL];
+
+    /// A sender over the daemon's stores. After a configuration reload,
+    /// build a new one (only the memory of deferred files is lost).
+    pub fn new(
+        config: Arc<Config>,
+        cases: Arc<CaseStore>,
+        spool: Arc<Spool>,
+        tokens: Arc<TokenStore>,
+        audit: Arc<AuditLog>,
+    ) -> Sender {
+        let rules = export::Rules::from_config(&config);
+        Sender {
+            config,
+            cases,
+            spool,
+            tokens,
+            audit,
+            rules,
+            state: Mutex::new(outbox::ScanState::default()),
+        }
+    }
+
+    /// One outbox pass; returns counts (accepted, updated, cancelled,
+    /// rejected, deferred). Per-file failures are logged and counted, never
+    /// returned.
+    pub fn scan(&self, now: i64) -> ScanReport {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.scanner().scan(&mut state, now)
+    }
+
+    /// Spool worker for kinds `notify` and `cancel`.
+    pub fn deliver(
+        &self,
+        item: &spool::Item,
+        client: &TokenClient,
+        http: &dyn PartnerHttp,
+        now: i64,
+    ) -> spool::Outcome {
+        deliver::Delivery {
+            config: &self.config,
+            cases: &self.cases,
+            spool: &self.spool,
+            audit: &self.audit,
+        }
+        .deliver(item, client, http, now)
+    }
+
+    fn scanner(&self) -> outbox::Scanner<'_> {
+        outbox::Scanner {
+            config: &self.config,
+            rules: &self.rules,
+            cases: &self.cases,
+            spool: &self.spool,
+            tokens: &self.tokens,
+            audit: &self.audit,
+        }
+    }
+}

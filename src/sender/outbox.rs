@@ -1,0 +1,971 @@
+//! Outbox scanning (I/O): `NP_OUTBOX/<partner>/` → case store + spool.
+//!
+//! One pass ([`Scanner::scan`]):
+//!
+//! 1. Every folder of `NP_OUTBOX` that is a configured `twiin` partner is
+//!    scanned; a folder that is not has its files moved to
+//!    `<folder>/.rejected/` ("unknown partner folder"); a file directly in
+//!    `NP_OUTBOX` goes to `NP_OUTBOX/.rejected/`. Hidden folders and symbolic
+//!    links to folders are not entered.
+//! 2. In a partner folder, names starting with `.` or ending in
+//!    `.tmp`/`.part` are never touched; subfolders are ignored. Every other
+//!    entry is first **claimed**: renamed into `<partner>/.np-claimed/`. From
+//!    then on it is ours: an EHR that writes a new `<case-id>.json` meanwhile
+//!    writes a new file, which the next pass picks up, instead of replacing
+//!    the one being stored (and removed) under our feet. Claimed files left
+//!    by a crash or a transient failure are processed first, before anything
+//!    new with the same name is claimed. Files are taken oldest first (mtime,
+//!    then name), so an export followed by its `.cancel` keeps its order.
+//! 3. A claimed file is opened without following symbolic links and without
+//!    blocking on FIFOs, read up to `NP_MAX_BODY`, validated
+//!    ([`super::export`]), stored, and only then removed:
+//!    data version ([`CaseStore::write_data`]) → case record
+//!    ([`CaseStore::save`]) → spool item ([`Spool::enqueue`]) → claimed file
+//!    removed, each step durable. A crash anywhere leaves the claimed file,
+//!    which the next pass stores again: at worst a notification is sent twice
+//!    (the receiver sees an update with the same data), never lost. A crash
+//!    between the case record and the spool item leaves a Task in the case
+//!    record that was never queued; cancellation skips such Tasks.
+//! 4. A file that cannot be accepted moves to `<partner>/.rejected/<name>`
+//!    with `<name>.error.txt` (one line: file and reason) beside it, written
+//!    first so that no rejected file is ever without its reason. An earlier
+//!    rejected file of the same name is never overwritten: the new one gets a
+//!    UTC timestamp before its extension.
+//! 5. A transient failure (disk, randomness) leaves the file claimed and
+//!    remembers `(size, mtime, inode)`: an unchanged file is not read again
+//!    before its back-off (30 s doubling to 15 min) has passed.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{self, AuditLog};
+use crate::cases::{Case, CaseStatus, CaseStore, SentTask};
+use crate::config::{Config, OrgId, Partner};
+use crate::ids::{self, Bsn};
+use crate::oauth::TokenStore;
+use crate::ops::logging::Q;
+use crate::sender::export::{self, Accepted, CaseId, Data, Kind, Name, Problem, Rejected, Rules};
+use crate::sender::task::{self, Notification};
+use crate::spool::{Item, Spool, SpoolError, State};
+use crate::util::{durable, random, time};
+
+/// Where claimed files wait inside a partner folder.
+pub const CLAIMED_DIR: &str = ".np-claimed";
+/// Where rejected files go inside a folder.
+pub const REJECTED_DIR: &str = ".rejected";
+/// Spool kind of a notification.
+pub const KIND_NOTIFY: &str = "notify";
+/// Spool kind of a cancellation.
+pub const KIND_CANCEL: &str = "cancel";
+/// `SentTask.status` values.
+pub const TASK_REQUESTED: &str = "requested";
+pub const TASK_CANCELLED: &str = "cancelled";
+
+/// First and longest wait before an unchanged deferred file is read again.
+pub const DEFER_FIRST_SECS: i64 = 30;
+pub const DEFER_CAP_SECS: i64 = 900;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Exports for new cases, stored and queued.
+    pub accepted: usize,
+    /// Exports for known cases (a new version), stored and queued.
+    pub updated: usize,
+    /// `.cancel` files carried out.
+    pub cancelled: usize,
+    /// Files moved to `.rejected`.
+    pub rejected: usize,
+    /// Files left for a later pass (transient failure or back-off).
+    pub deferred: usize,
+}
+
+/// The body of a `notify` spool item.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct NotifyBody {
+    pub case_id: String,
+    /// Bare UUID of the Task identifier.
+    pub task_id: String,
+    /// Data version announced.
+    pub version: u32,
+    /// BSN (for the token request's `patient` claim).
+    pub patient: String,
+    /// The complete notification Task.
+    pub task: serde_json::Value,
+}
+
+/// The body of a `cancel` spool item.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CancelBody {
+    pub case_id: String,
+    /// Bare UUID of the Task identifier being cancelled.
+    pub task_id: String,
+    /// The spool item that delivered (or delivers) the notification.
+    pub notify_item: String,
+    pub patient: String,
+    /// The complete cancellation Task.
+    pub task: serde_json::Value,
+}
+
+/// Spool item id of the notification for a Task.
+pub fn notify_item_id(task_id: &str) -> String {
+    format!("notify-{task_id}")
+}
+
+/// Spool item id of the cancellation of a Task.
+pub fn cancel_item_id(task_id: &str) -> String {
+    format!("cancel-{task_id}")
+}
+
+/// What the scanner remembers between passes.
+#[derive(Debug, Default)]
+pub struct ScanState {
+    deferred: HashMap<PathBuf, Deferral>,
+    warned: HashSet<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deferral {
+    fingerprint: Fingerprint,
+    attempts: u32,
+    next_try: i64,
+    /// The content is stored and queued; only the removal is left to do.
+    stored: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    size: u64,
+    mtime: (i64, i64),
+    ino: u64,
+}
+
+impl Fingerprint {
+    fn of(m: &Metadata) -> Fingerprint {
+        Fingerprint {
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// The stores a pass writes to.
+pub struct Scanner<'a> {
+    pub config: &'a Config,
+    pub rules: &'a Rules,
+    pub cases: &'a CaseStore,
+    pub spool: &'a Spool,
+    pub tokens: &'a TokenStore,
+    pub audit: &'a AuditLog,
+}
+
+/// Why a file was not finished this pass.
+enum Fail {
+    /// The file's fault: quarantine it.
+    Reject(Problem),
+    /// Ours or the system's: leave it and try again later.
+    Transient(String),
+}
+
+/// How a claimed file ended.
+enum Done {
+    Accepted,
+    Updated,
+    Cancelled,
+}
+
+/// Test hook: stop after this step, as a crash would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Step {
+    Claimed,
+    DataWritten,
+    CaseSaved,
+    Enqueued,
+}
+
+/// The state of one pass.
+struct Pass<'a> {
+    state: &'a mut ScanState,
+    /// Claimed files looked at (deferrals of others are forgotten).
+    seen: HashSet<PathBuf>,
+    report: ScanReport,
+    now: i64,
+    stop: Option<Step>,
+}
+
+/// The case a file name belongs to (the name up to its last `.`), for
+/// keeping the order of one case's files.
+fn case_key(name: &OsStr) -> Vec<u8> {
+    let b = name.as_bytes();
+    match b.iter().rposition(|c| *c == b'.') {
+        Some(i) if i > 0 => b[..i].to_vec(),
+        _ => b.to_vec(),
+    }
+}
+
+impl Scanner<'_> {
+    /// One pass over `NP_OUTBOX`.
+    pub fn scan(&self, state: &mut ScanState, now: i64) -> ScanReport {
+        self.scan_until(state, now, None)
+    }
+
+    pub(crate) fn scan_until(
+        &self,
+        state: &mut ScanState,
+        now: i64,
+        stop: Option<Step>,
+    ) -> ScanReport {
+        let mut pass = Pass {
+            state,
+            seen: HashSet::new(),
+            report: ScanReport::default(),
+            now,
+            stop,
+        };
+        let root = &self.config.outbox;
+        let entries = match list(root) {
+            Ok(e) => e,
+            Err(e) => {
+                if pass.state.warned.insert(root.clone()) {
+                    log::warn!(
+                        "event=outbox.unreadable dir={} error={}",
+                        Q(&root.display().to_string()),
+                        Q(&e.to_string())
+                    );
+                }
+                return pass.report;
+            }
+        };
+        pass.state.warned.remove(root);
+        for entry in entries {
+            let name = entry.name.as_bytes();
+            let ft = entry.meta.file_type();
+            if ft.is_dir() {
+                if name.starts_with(b".") {
+                    continue;
+                }
+                let folder = String::from_utf8_lossy(name).into_owned();
+                if self.rules.knows(&folder) {
+                    self.scan_partner(&folder, &entry.path, &mut pass);
+                } else {
+                    self.scan_unknown(&entry.path, &mut pass);
+                }
+            } else if ft.is_symlink() {
+                if pass.state.warned.insert(entry.path.clone()) {
+                    log::warn!(
+                        "event=outbox.symlink_ignored path={} reason=\"symbolic links in NP_OUTBOX are not followed\"",
+                        Q(&entry.path.display().to_string())
+                    );
+                }
+            } else if !export::is_ignored(name) {
+                let rejected = Rejected::new(name, Problem::NotInPartnerFolder);
+                self.reject(root, &entry, &rejected, &mut pass);
+            }
+        }
+        let seen = std::mem::take(&mut pass.seen);
+        pass.state.deferred.retain(|path, _| seen.contains(path));
+        pass.report
+    }
+
+    /// A folder that is not a configured twiin partner: everything in it
+    /// (and anything we had claimed there) goes to `.rejected`.
+    fn scan_unknown(&self, dir: &Path, pass: &mut Pass<'_>) {
+        for sub in [dir.join(CLAIMED_DIR), dir.to_path_buf()] {
+            let Ok(entries) = list(&sub) else { continue };
+            for entry in entries {
+                if entry.meta.is_dir() || export::is_ignored(entry.name.as_bytes()) {
+                    continue;
+                }
+                let rejected = Rejected::new(entry.name.as_bytes(), Problem::UnknownPartner);
+                self.reject(dir, &entry, &rejected, pass);
+            }
+        }
+    }
+
+    /// A partner folder: claimed leftovers first, then new files, oldest
+    /// first. Once a file of a case is left for later, every later file of
+    /// that case waits too, so an export and its `.cancel` keep their order.
+    fn scan_partner(&self, partner: &str, dir: &Path, pass: &mut Pass<'_>) {
+        let claimed_dir = dir.join(CLAIMED_DIR);
+        let mut waiting: HashSet<Vec<u8>> = HashSet::new();
+        if let Ok(leftovers) = list(&claimed_dir) {
+            for entry in leftovers {
+                if entry.meta.is_dir() {
+                    continue;
+                }
+                pass.seen.insert(entry.path.clone());
+                let case = case_key(&entry.name);
+                if waiting.contains(&case) {
+                    pass.report.deferred += 1;
+                    continue;
+                }
+                if !self.process(partner, dir, &entry, pass) {
+                    waiting.insert(case);
+                }
+            }
+        }
+        let entries = match list(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!(
+                    "event=outbox.unreadable partner={partner} error={}",
+                    Q(&e.to_string())
+                );
+                return;
+            }
+        };
+        for entry in entries {
+            if entry.meta.is_dir() || export::is_ignored(entry.name.as_bytes()) {
+                continue;
+            }
+            let case = case_key(&entry.name);
+            let target = claimed_dir.join(&entry.name);
+            // An earlier file of this case (or of this very name) is still
+            // being worked on: this one waits, unclaimed.
+            if waiting.contains(&case) || target.symlink_metadata().is_ok() {
+                waiting.insert(case);
+                pass.report.deferred += 1;
+                continue;
+            }
+            if let Err(e) = durable::create_dir_all(&claimed_dir)
+                .and_then(|()| durable::rename(&entry.path, &target))
+            {
+                log::error!(
+                    "event=outbox.claim_failed partner={partner} file={} error={}",
+                    Q(&export::display_name(entry.name.as_bytes())),
+                    Q(&e.to_string())
+                );
+                waiting.insert(case);
+                pass.report.deferred += 1;
+                continue;
+            }
+            if pass.stop == Some(Step::Claimed) {
+                return;
+            }
+            let Ok(meta) = target.symlink_metadata() else {
+                continue;
+            };
+            let claimed = Entry {
+                name: entry.name,
+                path: target,
+                meta,
+            };
+            pass.seen.insert(claimed.path.clone());
+            if !self.process(partner, dir, &claimed, pass) {
+                waiting.insert(case);
+            }
+        }
+    }
+
+    /// Carries out one claimed file. Returns `false` when the file was left
+    /// in place for a later pass.
+    fn process(&self, partner: &str, dir: &Path, entry: &Entry, pass: &mut Pass<'_>) -> bool {
+        let now = pass.now;
+        let fingerprint = Fingerprint::of(&entry.meta);
+        let earlier = pass.state.deferred.get(&entry.path).copied();
+        if let Some(d) = earlier.filter(|d| d.fingerprint == fingerprint) {
+            if d.stored {
+                // Stored and queued already: only the removal is left.
+                return match durable::remove(&entry.path) {
+                    Ok(()) => {
+                        pass.state.deferred.remove(&entry.path);
+                        true
+                    }
+                    Err(_) => {
+                        pass.report.deferred += 1;
+                        false
+                    }
+                };
+            }
+            if now < d.next_try {
+                pass.report.deferred += 1;
+                return false;
+            }
+        }
+        let name = entry.name.as_bytes();
+        match self.carry_out(partner, entry, now, pass.stop) {
+            // Stopped by the test hook, as by a crash.
+            None => false,
+            Some(Ok(done)) => match durable::remove(&entry.path) {
+                Ok(()) => {
+                    pass.state.deferred.remove(&entry.path);
+                    match done {
+                        Done::Accepted => pass.report.accepted += 1,
+                        Done::Updated => pass.report.updated += 1,
+                        Done::Cancelled => pass.report.cancelled += 1,
+                    }
+                    true
+                }
+                Err(e) => {
+                    log::error!(
+                        "event=outbox.remove_failed partner={partner} file={} error={}",
+                        Q(&export::display_name(name)),
+                        Q(&e.to_string())
+                    );
+                    pass.state.deferred.insert(
+                        entry.path.clone(),
+                        Deferral {
+                            fingerprint,
+                            attempts: 0,
+                            next_try: now,
+                            stored: true,
+                        },
+                    );
+                    pass.report.deferred += 1;
+                    false
+                }
+            },
+            Some(Err(Fail::Reject(problem))) => {
+                pass.state.deferred.remove(&entry.path);
+                let rejected = Rejected::new(name, problem);
+                self.reject(dir, entry, &rejected, pass)
+            }
+            Some(Err(Fail::Transient(reason))) => {
+                let attempts = earlier.map_or(0, |d| d.attempts).saturating_add(1);
+                let wait = DEFER_FIRST_SECS
+                    .saturating_mul(1_i64 << attempts.saturating_sub(1).min(20))
+                    .min(DEFER_CAP_SECS);
+                log::warn!(
+                    "event=outbox.deferred partner={partner} file={} reason={} retry_in_s={wait}",
+                    Q(&export::display_name(name)),
+                    Q(&reason)
+                );
+                pass.state.deferred.insert(
+                    entry.path.clone(),
+                    Deferral {
+                        fingerprint,
+                        attempts,
+                        next_try: now + wait,
+                        stored: false,
+                    },
+                );
+                pass.report.deferred += 1;
+                false
+            }
+        }
+    }
+
+    /// Reads, validates and stores one claimed file. `None` only when the
+    /// test hook stopped it.
+    fn carry_out(
+        &self,
+        partner: &str,
+        entry: &Entry,
+        now: i64,
+        stop: Option<Step>,
+    ) -> Option<Result<Done, Fail>> {
+        let name = entry.name.as_bytes();
+        let kind = match export::classify(name) {
+            Ok(k) => k,
+            Err(p) => return Some(Err(Fail::Reject(p))),
+        };
+        let bytes = match kind {
+            Name::Cancel { .. } => Vec::new(),
+            // Devices, sockets and FIFOs are never opened.
+            _ if !entry.meta.is_file() && !entry.meta.file_type().is_symlink() => {
+                return Some(Err(Fail::Reject(Problem::NotRegularFile(type_name(
+                    &entry.meta,
+                )))));
+            }
+            _ => match read_capped(&entry.path, self.rules.max_bytes) {
+                Ok(b) => b,
+                Err(f) => return Some(Err(f)),
+            },
+        };
+        let accepted = match export::validate(name, &bytes, partner, self.rules) {
+            Ok(a) => a,
+            Err(r) => return Some(Err(Fail::Reject(r.problem))),
+        };
+        drop(bytes);
+        let Some(p) = self.config.partner(partner) else {
+            return Some(Err(Fail::Reject(Problem::UnknownPartner)));
+        };
+        self.store(p, accepted, now, stop)
+    }
+
+    fn store(
+        &self,
+        partner: &Partner,
+        accepted: Accepted,
+        now: i64,
+        stop: Option<Step>,
+    ) -> Option<Result<Done, Fail>> {
+        let (case_id, kind) = accepted.into_parts();
+        match kind {
+            Kind::Data(data) => self.accept(partner, &case_id, &data, now, stop),
+            Kind::Cancel => Some(self.cancel(partner, &case_id, now)),
+        }
+    }
+
+    /// Stores a data export and queues its notification.
+    fn accept(
+        &self,
+        partner: &Partner,
+        case_id: &CaseId,
+        data: &Data,
+        now: i64,
+        stop: Option<Step>,
+    ) -> Option<Result<Done, Fail>> {
+        let transient = |what: &str, e: &dyn std::fmt::Display| {
+            Some(Err(Fail::Transient(format!("{what}: {e}"))))
+        };
+        let Some(requester) = self.config.our_org(partner.id_scheme) else {
+            return Some(Err(Fail::Transient(format!(
+                "partner {}: we have no organisation id in its id scheme (NP_ORG_AGB)",
+                partner.name
+            ))));
+        };
+        let owner: Option<&OrgId> = if partner.address_system {
+            None
+        } else {
+            partner.org.as_ref()
+        };
+        let ttl = i64::try_from(self.config.notification_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+        let period_end = now.saturating_add(ttl);
+        let patient = data.patient();
+        let (mut case, done) = match self.cases.get(&partner.name, case_id.as_str()) {
+            Some(c) if c.status == CaseStatus::Cancelled => {
+                return Some(Err(Fail::Reject(Problem::CaseCancelled)));
+            }
+            Some(c) if c.patient != patient.as_str() => {
+                return Some(Err(Fail::Reject(Problem::OtherPatient)));
+            }
+            Some(mut c) => {
+                c.expires_at = c.expires_at.max(period_end);
+                c.owner = owner.map(ToString::to_string);
+                c.updated_at = now;
+                (c, Done::Updated)
+            }
+            None => match Case::new(
+                &partner.name,
+                case_id.as_str(),
+                patient,
+                owner,
+                now,
+                period_end,
+            ) {
+                Ok(c) => (c, Done::Accepted),
+                Err(e) => return transient("new case", &e),
+            },
+        };
+        case.version = case.version.saturating_add(1);
+        let task_id = match random::uuid_v4() {
+            Ok(u) => u,
+            Err(e) => return transient("task id", &e),
+        };
+        let json = crate::fhir::to_json_string(data.bundle()).into_bytes();
+        if let Err(e) = self
+            .cases
+            .write_data(&partner.name, case_id.as_str(), case.version, &json)
+        {
+            return transient("store data", &e);
+        }
+        if stop == Some(Step::DataWritten) {
+            return None;
+        }
+        let task = Notification {
+            task_id: &task_id,
+            group_id: &case.group_id,
+            patient,
+            authored_on: now,
+            period_end,
+            system_id: &self.config.system_id,
+            requester: &requester,
+            owner,
+            authorization_base: &case.authorization_base,
+            resources: data.resources(),
+        }
+        .to_task();
+        let item_id = notify_item_id(&task_id);
+        case.tasks.push(SentTask {
+            task_id: task_id.clone(),
+            version: case.version,
+            item_id: item_id.clone(),
+            status: TASK_REQUESTED.into(),
+        });
+        if let Err(e) = self.cases.save(&case) {
+            return transient("save case", &e);
+        }
+        if stop == Some(Step::CaseSaved) {
+            return None;
+        }
+        let body = NotifyBody {
+            case_id: case_id.as_str().to_string(),
+            task_id: task_id.clone(),
+            version: case.version,
+            patient: patient.as_str().to_string(),
+            task,
+        };
+        let body = match serde_json::to_value(&body) {
+            Ok(b) => b,
+            Err(e) => return transient("serialise", &e),
+        };
+        let item = Item {
+            id: item_id,
+            kind: KIND_NOTIFY.into(),
+            partner: partner.name.clone(),
+            created_at: now,
+            attempts: 0,
+            not_before: now,
+            give_up_at: Some(period_end),
+            last_error: None,
+            body,
+        };
+        if let Err(e) = self.spool.enqueue(&item) {
+            return transient("queue notification", &e);
+        }
+        if stop == Some(Step::Enqueued) {
+            return None;
+        }
+        let event = match done {
+            Done::Accepted => "export.accepted",
+            _ => "export.updated",
+        };
+        log::info!(
+            "event={event} partner={} case={case_id} version={} task=urn:uuid:{task_id} resources={}",
+            partner.name,
+            case.version,
+            data.resources().len()
+        );
+        let object = format!(
+            "case {case_id} version {} task urn:uuid:{task_id}",
+            case.version
+        );
+        self.audit_event(partner, event, patient, &object);
+        Some(Ok(done))
+    }
+
+    /// Cancels a case: record, base revoked, one cancellation per Task that
+    /// was (or is being) delivered. Safe to repeat after a crash.
+    fn cancel(&self, partner: &Partner, case_id: &CaseId, now: i64) -> Result<Done, Fail> {
+        let transient =
+            |what: &str, e: &dyn std::fmt::Display| Fail::Transient(format!("{what}: {e}"));
+        let Some(mut case) = self.cases.get(&partner.name, case_id.as_str()) else {
+            return Err(Fail::Reject(Problem::UnknownCase));
+        };
+        let first_time = case.status != CaseStatus::Cancelled;
+        if first_time {
+            case.status = CaseStatus::Cancelled;
+            case.updated_at = now;
+            for t in &mut case.tasks {
+                if t.status == TASK_REQUESTED {
+                    t.status = TASK_CANCELLED.into();
+                }
+            }
+            self.cases
+                .save(&case)
+                .map_err(|e| transient("save case", &e))?;
+        }
+        let revoked = self.tokens.revoke_base(&case.authorization_base);
+        let mut queued = 0;
+        for sent in &case.tasks {
+            let Some(notify) = self
+                .load_any(&sent.item_id)
+                .map_err(|e| transient("read notification", &e))?
+            else {
+                // Never queued (crash before the spool step), or never
+                // delivered (dead): the partner has nothing to cancel.
+                continue;
+            };
+            if notify.give_up_at.is_some_and(|end| end <= now) {
+                continue;
+            }
+            let Some(task) = notify.body.get("task") else {
+                continue;
+            };
+            let body = CancelBody {
+                case_id: case.case_id.clone(),
+                task_id: sent.task_id.clone(),
+                notify_item: sent.item_id.clone(),
+                patient: case.patient.clone(),
+                task: task::cancellation(task, now),
+            };
+            let body = serde_json::to_value(&body).map_err(|e| transient("serialise", &e))?;
+            let item = Item {
+                id: cancel_item_id(&sent.task_id),
+                kind: KIND_CANCEL.into(),
+                partner: partner.name.clone(),
+                created_at: now,
+                attempts: 0,
+                not_before: now,
+                give_up_at: notify.give_up_at,
+                last_error: None,
+                body,
+            };
+            if self
+                .spool
+                .enqueue(&item)
+                .map_err(|e| transient("queue cancellation", &e))?
+            {
+                queued += 1;
+            }
+        }
+        log::info!(
+            "event=case.cancelled partner={} case={case_id} cancellations={queued} tokens_revoked={revoked} repeat={}",
+            partner.name,
+            !first_time
+        );
+        if first_time {
+            if let Some(bsn) = Bsn::parse(&case.patient) {
+                self.audit_event(partner, "case.cancelled", &bsn, &format!("case {case_id}"));
+            }
+        }
+        Ok(Done::Cancelled)
+    }
+
+    /// The notify item in whatever state it is, if it exists and is not dead.
+    fn load_any(&self, id: &str) -> Result<Option<Item>, SpoolError> {
+        // The item may move between states while we look: try a few times.
+        for _ in 0..3 {
+            match self.spool.find(id) {
+                None | Some(State::Dead) => return Ok(None),
+                Some(s) => match self.spool.load(s, id) {
+                    Ok(item) => return Ok(Some(item)),
+                    Err(SpoolError::Missing { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    fn audit_event(&self, partner: &Partner, action: &str, patient: &Bsn, object: &str) {
+        let org = self
+            .config
+            .our_org(partner.id_scheme)
+            .map(|o| ids::org_claim(&o));
+        let result = self.audit.record(audit::Event {
+            action,
+            outcome: "success",
+            partner: Some(&partner.name),
+            who_org: org.as_deref(),
+            who_system: Some(&self.config.system_id),
+            patient: Some(patient.as_str()),
+            object: Some(object),
+            ..audit::Event::default()
+        });
+        if let Err(e) = result {
+            log::error!(
+                "event=audit.failed action={action} partner={} error={}",
+                partner.name,
+                Q(&e.to_string())
+            );
+        }
+    }
+
+    /// Moves a file to `<dir>/.rejected/` with its reason beside it.
+    /// Returns `false` when that failed and the file stays where it is.
+    fn reject(&self, dir: &Path, entry: &Entry, rejected: &Rejected, pass: &mut Pass<'_>) -> bool {
+        match quarantine(
+            dir,
+            &entry.path,
+            &entry.name,
+            &rejected.to_string(),
+            pass.now,
+        ) {
+            Ok(stored_as) => {
+                pass.report.rejected += 1;
+                log::warn!(
+                    "event=outbox.rejected folder={} file={} stored_as={} reason={}",
+                    Q(&export::display_name(
+                        dir.file_name().map(OsStr::as_bytes).unwrap_or_default()
+                    )),
+                    Q(&rejected.file),
+                    Q(&export::display_name(stored_as.as_bytes())),
+                    Q(&rejected.problem.to_string())
+                );
+                true
+            }
+            Err(e) => {
+                pass.report.deferred += 1;
+                log::error!(
+                    "event=outbox.quarantine_failed file={} reason={} error={}",
+                    Q(&rejected.file),
+                    Q(&rejected.problem.to_string()),
+                    Q(&e.to_string())
+                );
+                false
+            }
+        }
+    }
+}
+
+/// A directory entry and its `lstat`.
+struct Entry {
+    name: OsString,
+    path: PathBuf,
+    meta: Metadata,
+}
+
+/// Entries of `dir` (not following symbolic links), oldest first by mtime,
+/// then by name. Entries that vanish while listing are skipped.
+fn list(dir: &Path) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        out.push(Entry {
+            name: entry.file_name(),
+            path,
+            meta,
+        });
+    }
+    out.sort_by(|a, b| {
+        (a.meta.mtime(), a.meta.mtime_nsec(), &a.name).cmp(&(
+            b.meta.mtime(),
+            b.meta.mtime_nsec(),
+            &b.name,
+        ))
+    });
+    Ok(out)
+}
+
+/// Reads a claimed file: never through a symbolic link, never blocking on a
+/// FIFO, never more than `max + 1` bytes.
+fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, Fail> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Fail::Reject(Problem::NotRegularFile("symbolic link")));
+        }
+        Err(e) => return Err(Fail::Transient(format!("open: {e}"))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Fail::Transient(format!("stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(Fail::Reject(Problem::NotRegularFile(type_name(&meta))));
+    }
+    if meta.size() > max {
+        return Err(Fail::Reject(Problem::TooLarge {
+            size: meta.size(),
+            limit: max,
+        }));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Fail::Transient(format!("read: {e}")))?;
+    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if size > max {
+        // It grew while we read: a writer that does not rename into place.
+        return Err(Fail::Reject(Problem::TooLarge { size, limit: max }));
+    }
+    Ok(bytes)
+}
+
+fn type_name(meta: &Metadata) -> &'static str {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else if ft.is_dir() {
+        "directory"
+    } else {
+        "unknown type"
+    }
+}
+
+/// Moves `from` to `<dir>/.rejected/<free name>` after writing
+/// `<free name>.error.txt` with `reason`. Returns the name used.
+fn quarantine(
+    dir: &Path,
+    from: &Path,
+    name: &OsStr,
+    reason: &str,
+    now: i64,
+) -> Result<OsString, durable::DurableError> {
+    let rejected = dir.join(REJECTED_DIR);
+    durable::create_dir_all(&rejected)?;
+    let group = group_bits(dir);
+    set_mode(&rejected, 0o700 | (group & 0o070));
+    let target = free_name(&rejected, name, now);
+    let mut error_name = target.clone();
+    error_name.push(".error.txt");
+    let error_path = rejected.join(&error_name);
+    let line = reason.replace(['\n', '\r'], " ");
+    durable::write_atomic(&error_path, format!("{line}\n").as_bytes())?;
+    set_mode(&error_path, 0o600 | (group & 0o040));
+    durable::rename(from, &rejected.join(&target))?;
+    Ok(target)
+}
+
+/// Group permission bits of a folder (0 when unreadable).
+fn group_bits(dir: &Path) -> u32 {
+    fs::metadata(dir).map_or(0, |m| m.permissions().mode() & 0o070)
+}
+
+/// Best effort: the EHR (the folder's group) may read why a file was refused.
+fn set_mode(path: &Path, mode: u32) {
+    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+        log::debug!(
+            "event=outbox.chmod_failed path={} error={}",
+            Q(&path.display().to_string()),
+            Q(&e.to_string())
+        );
+    }
+}
+
+/// `name` when neither it nor its `.error.txt` exists in `dir`; else the name
+/// with `.<UTC timestamp>[-n]` before its extension.
+fn free_name(dir: &Path, name: &OsStr, now: i64) -> OsString {
+    let taken = |n: &OsStr| {
+        let mut err = n.to_os_string();
+        err.push(".error.txt");
+        dir.join(n).symlink_metadata().is_ok() || dir.join(&err).symlink_metadata().is_ok()
+    };
+    if !taken(name) {
+        return name.to_os_string();
+    }
+    let bytes = name.as_bytes();
+    let (stem, ext) = match bytes.iter().rposition(|b| *b == b'.') {
+        Some(i) if i > 0 => (&bytes[..i], &bytes[i..]),
+        _ => (bytes, &b""[..]),
+    };
+    // Keep room for the suffix under NAME_MAX (255).
+    let stem = &stem[..stem.len().min(180)];
+    let ext = &ext[..ext.len().min(20)];
+    let stamp = time::compact(now);
+    for n in 1..1000u32 {
+        let suffix = if n == 1 {
+            format!(".{stamp}")
+        } else {
+            format!(".{stamp}-{n}")
+        };
+        let mut candidate = stem.to_vec();
+        candidate.extend_from_slice(suffix.as_bytes());
+        candidate.extend_from_slice(ext);
+        let candidate = OsString::from_vec(candidate);
+        if !taken(&candidate) {
+            return candidate;
+        }
+    }
+    let nonce = random::bytes::<8>().map_or_else(|_| "x".into(), |b| crate::util::b64::hex(&b));
+    let mut candidate = stem.to_vec();
+    candidate.extend_from_slice(format!(".{stamp}-{nonce}").as_bytes());
+    candidate.extend_from_slice(ext);
+    OsString::from_vec(candidate)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,768 @@
+use super::*;
+use crate::config::{Vars, from_vars};
+use crate::ids::BSN_SYSTEM;
+use crate::oauth::{Grant, TokenKind};
+use serde_json::{Value, json};
+use std::os::unix::fs::symlink;
+use std::time::{Duration, SystemTime};
+
+const NOW: i64 = 1_800_000_000;
+const BSN: &str = "999999151";
+
+struct Fixture {
+    dir: PathBuf,
+    config: Config,
+    rules: Rules,
+    cases: CaseStore,
+    spool: Spool,
+    tokens: TokenStore,
+    audit: AuditLog,
+    state: ScanState,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture() -> Fixture {
+    let dir = std::env::temp_dir().join(format!("np-outbox-{}", random::uuid_v4().unwrap()));
+    fs::create_dir_all(&dir).unwrap();
+    for (name, mode) in [
+        ("cert.pem", 0o644),
+        ("key.pem", 0o600),
+        ("trust.pem", 0o644),
+        ("signing.pem", 0o600),
+    ] {
+        let p = dir.join(name);
+        fs::write(&p, "x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut v = Vars::new();
+    let path = |n: &str| dir.join(n).display().to_string();
+    for (k, val) in [
+        ("NP_PUBLIC_URL", "https://np.a.example".to_string()),
+        ("NP_TLS_CERT", path("cert.pem")),
+        ("NP_TLS_KEY", path("key.pem")),
+        ("NP_TLS_TRUST", path("trust.pem")),
+        ("NP_SIGNING_KEY", path("signing.pem")),
+        ("NP_ORG_URA", "12345678".into()),
+        ("NP_ORG_AGB", "01234567".into()),
+        ("NP_SYSTEM_ID", "2.16.840.1.113883.2.4.3.999.1".into()),
+        ("NP_OUTBOX", path("outbox")),
+        ("NP_INBOX", path("inbox")),
+        ("NP_STATE_DIR", path("state")),
+        ("NP_NOTIFICATION_TTL", "7d".into()),
+        ("NP_MAX_BODY", "8KiB".into()),
+        ("NP_PARTNERS", "hospb,vip,mitz".into()),
+        (
+            "NP_PARTNER_HOSPB_FHIR_BASE",
+            "https://b.example/fhir".into(),
+        ),
+        ("NP_PARTNER_HOSPB_ORG", "ura:87654321".into()),
+        ("NP_PARTNER_HOSPB_CERT", "ura:87654321".into()),
+        (
+            "NP_PARTNER_VIP_FHIR_BASE",
+            "https://vip.example/fhir/stu3".into(),
+        ),
+        ("NP_PARTNER_VIP_ORG", "agb:44446666".into()),
+        ("NP_PARTNER_VIP_ID_SCHEME", "agb".into()),
+        ("NP_PARTNER_VIP_ADDRESS_SYSTEM", "true".into()),
+        ("NP_PARTNER_VIP_CERT", "dns:vip.example".into()),
+        ("NP_PARTNER_MITZ_KIND", "mitz".into()),
+        ("NP_PARTNER_MITZ_CERT", "dns:mitz.example".into()),
+    ] {
+        v.insert(k.to_string(), (val, None));
+    }
+    let config = from_vars(&v).unwrap();
+    for p in ["hospb", "vip", "mitz"] {
+        fs::create_dir_all(config.outbox.join(p)).unwrap();
+    }
+    let state = config.state_dir.clone();
+    Fixture {
+        rules: Rules::from_config(&config),
+        cases: CaseStore::open(&state).unwrap(),
+        spool: Spool::open(&state).unwrap().0,
+        tokens: TokenStore::open(&state, NOW).unwrap(),
+        audit: AuditLog::open(&state).unwrap(),
+        state: ScanState::default(),
+        config,
+        dir,
+    }
+}
+
+impl Fixture {
+    fn scanner(&self) -> Scanner<'_> {
+        Scanner {
+            config: &self.config,
+            rules: &self.rules,
+            cases: &self.cases,
+            spool: &self.spool,
+            tokens: &self.tokens,
+            audit: &self.audit,
+        }
+    }
+
+    fn scan(&mut self, now: i64) -> ScanReport {
+        let mut state = std::mem::take(&mut self.state);
+        let r = self.scanner().scan(&mut state, now);
+        self.state = state;
+        r
+    }
+
+    fn scan_until(&mut self, now: i64, step: Step) -> ScanReport {
+        let mut state = std::mem::take(&mut self.state);
+        let r = self.scanner().scan_until(&mut state, now, Some(step));
+        self.state = state;
+        r
+    }
+
+    fn outbox(&self, partner: &str) -> PathBuf {
+        self.config.outbox.join(partner)
+    }
+
+    fn put(&self, partner: &str, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.outbox(partner).join(name);
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn export(&self, partner: &str, case: &str, bundle: &Value) -> PathBuf {
+        self.put(
+            partner,
+            &format!("{case}.json"),
+            &serde_json::to_vec(bundle).unwrap(),
+        )
+    }
+
+    fn names(&self, dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn items(&self, state: State) -> Vec<Item> {
+        self.spool
+            .ids(state)
+            .unwrap()
+            .iter()
+            .map(|id| self.spool.load(state, id).unwrap())
+            .collect()
+    }
+
+    fn error_text(&self, partner: &str, name: &str) -> String {
+        fs::read_to_string(
+            self.outbox(partner)
+                .join(REJECTED_DIR)
+                .join(format!("{name}.error.txt")),
+        )
+        .unwrap()
+    }
+
+    /// Moves a queued item through in-flight to `to`, as a worker would.
+    fn settle(&self, id: &str, to: State) {
+        let item = self.spool.claim(id).unwrap();
+        match to {
+            State::Done => self.spool.complete(&item).unwrap(),
+            State::Dead => self.spool.bury(&item).unwrap(),
+            State::Retry => self.spool.retry(&item).unwrap(),
+            _ => panic!("{to:?}"),
+        }
+    }
+}
+
+fn bundle(bsn: &str, extra: &[Value]) -> Value {
+    let mut entries = vec![json!({"resource": {"resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": BSN_SYSTEM, "value": bsn}]}})];
+    entries.extend(extra.iter().cloned());
+    json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+}
+
+fn condition(id: &str) -> Value {
+    json!({"resource": {"resourceType": "Condition", "id": id,
+        "onsetDateTime": "2020-01-01"}})
+}
+
+fn set_mtime(path: &Path, secs_ago: u64) {
+    let t = SystemTime::now() - Duration::from_secs(secs_ago);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[test]
+fn a_new_export_is_stored_queued_and_removed() {
+    let mut f = fixture();
+    let obs = json!({"resource": {"resourceType": "Observation", "id": "o1",
+        "valueQuantity": {"value": "DECIMAL"}}});
+    let text = serde_json::to_string(&bundle(BSN, &[condition("c1"), obs]))
+        .unwrap()
+        .replace("\"DECIMAL\"", "1.50");
+    let path = f.put("hospb", "c-0042.json", text.as_bytes());
+    let r = f.scan(NOW);
+    assert_eq!(
+        r,
+        ScanReport {
+            accepted: 1,
+            ..ScanReport::default()
+        }
+    );
+    assert!(!path.exists());
+    assert_eq!(f.names(&f.outbox("hospb")), vec![CLAIMED_DIR]);
+    assert!(f.names(&f.outbox("hospb").join(CLAIMED_DIR)).is_empty());
+
+    let case = f.cases.get("hospb", "c-0042").unwrap();
+    assert_eq!(case.version, 1);
+    assert_eq!(case.patient, BSN);
+    assert_eq!(case.owner.as_deref(), Some("ura:87654321"));
+    assert_eq!(case.expires_at, NOW + 7 * 86_400);
+    assert_eq!(case.status, CaseStatus::Live);
+    let data = f.cases.data("hospb", "c-0042", 1).unwrap();
+    assert_eq!(data["entry"][1]["resource"]["id"], "c1");
+    let stored = fs::read_to_string(f.cases.data_path("hospb", "c-0042", 1)).unwrap();
+    assert!(stored.contains("1.50"), "decimals keep their digits");
+
+    let items = f.items(State::Queued);
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    assert_eq!(case.tasks.len(), 1);
+    let sent = &case.tasks[0];
+    assert_eq!(item.id, format!("notify-{}", sent.task_id));
+    assert_eq!(item.id, sent.item_id);
+    assert_eq!(item.kind, "notify");
+    assert_eq!(item.partner, "hospb");
+    assert_eq!(item.give_up_at, Some(NOW + 7 * 86_400));
+    let body: NotifyBody = serde_json::from_value(item.body.clone()).unwrap();
+    assert_eq!((body.case_id.as_str(), body.version), ("c-0042", 1));
+    let t = &body.task;
+    assert_eq!(
+        t["identifier"][0]["value"],
+        format!("urn:uuid:{}", sent.task_id)
+    );
+    assert_eq!(
+        t["groupIdentifier"]["value"],
+        format!("urn:uuid:{}", case.group_id)
+    );
+    assert_eq!(t["for"]["identifier"]["value"], BSN);
+    assert_eq!(
+        t["owner"]["identifier"],
+        json!({"system": "http://fhir.nl/fhir/NamingSystem/ura", "value": "87654321"})
+    );
+    assert_eq!(
+        t["requester"]["agent"]["identifier"]["value"],
+        "urn:oid:2.16.840.1.113883.2.4.3.999.1"
+    );
+    assert_eq!(t["input"][0]["valueString"], case.authorization_base);
+    assert_eq!(
+        t["restriction"]["period"]["end"],
+        time::rfc3339(NOW + 7 * 86_400)
+    );
+
+    let audit = fs::read_to_string(
+        f.config
+            .state_dir
+            .join("audit")
+            .join(format!("{}.jsonl", time::date(time::now_unix()))),
+    )
+    .unwrap();
+    assert!(audit.contains("\"action\":\"export.accepted\""));
+    assert!(audit.contains(BSN), "the audit trail names the patient");
+}
+
+#[test]
+fn an_update_keeps_the_group_and_gets_a_new_task() {
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+    assert_eq!(f.scan(NOW).accepted, 1);
+    let first = f.cases.get("hospb", "c1").unwrap();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("b")]));
+    let r = f.scan(NOW + 100);
+    assert_eq!((r.accepted, r.updated), (0, 1));
+    let second = f.cases.get("hospb", "c1").unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(second.group_id, first.group_id);
+    assert_eq!(second.authorization_base, first.authorization_base);
+    assert_eq!(second.expires_at, NOW + 100 + 7 * 86_400);
+    assert_eq!(second.tasks.len(), 2);
+    assert_ne!(second.tasks[0].task_id, second.tasks[1].task_id);
+    assert_eq!(
+        f.cases.data("hospb", "c1", 2).unwrap()["entry"][1]["resource"]["id"],
+        "b"
+    );
+    let tasks: Vec<Value> = f
+        .items(State::Queued)
+        .into_iter()
+        .map(|i| i.body["task"].clone())
+        .collect();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0]["groupIdentifier"], tasks[1]["groupIdentifier"]);
+    assert_ne!(tasks[0]["identifier"], tasks[1]["identifier"]);
+
+    // Another patient under the same case id is refused.
+    f.export("hospb", "c1", &bundle("999999990", &[]));
+    assert_eq!(f.scan(NOW + 200).rejected, 1);
+    let why = f.error_text("hospb", "c1.json");
+    assert_eq!(
+        why,
+        "c1.json: case belongs to another patient: an update must keep the patient\n"
+    );
+    assert!(!why.contains("999999990"));
+    assert_eq!(f.cases.get("hospb", "c1").unwrap().version, 2);
+}
+
+#[test]
+fn cancel_revokes_and_queues_one_cancellation_per_live_task() {
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[]));
+    f.scan(NOW);
+    f.export("hospb", "c1", &bundle(BSN, &[condition("x")]));
+    f.scan(NOW + 1);
+    f.export("hospb", "c1", &bundle(BSN, &[condition("y")]));
+    f.scan(NOW + 2);
+    let case = f.cases.get("hospb", "c1").unwrap();
+    let [t1, t2, t3] = [&case.tasks[0], &case.tasks[1], &case.tasks[2]];
+    f.settle(&t1.item_id, State::Done);
+    f.settle(&t2.item_id, State::Dead);
+    // t3 is still queued.
+    let grant = Grant {
+        kind: TokenKind::Pull,
+        partner: "hospb".into(),
+        client_id: "b".into(),
+        requesting_org: "x".into(),
+        authorizer: None,
+        patient: Some(BSN.into()),
+        authorization_base: Some(case.authorization_base.clone()),
+        case_id: Some("c1".into()),
+        issued_at: 0,
+        expires_at: 0,
+    };
+    let issued = f.tokens.issue(grant, NOW).unwrap();
+
+    f.put("hospb", "c1.cancel", b"");
+    let r = f.scan(NOW + 10);
+    assert_eq!(r.cancelled, 1);
+    assert!(f.names(&f.outbox("hospb")) == vec![CLAIMED_DIR]);
+    let case = f.cases.get("hospb", "c1").unwrap();
+    assert_eq!(case.status, CaseStatus::Cancelled);
+    assert!(case.tasks.iter().all(|t| t.status == "cancelled"));
+    assert!(
+        f.tokens
+            .check(&issued.access_token, "hospb", NOW + 10)
+            .is_err()
+    );
+    let mut cancels: Vec<String> = f
+        .items(State::Queued)
+        .into_iter()
+        .filter(|i| i.kind == "cancel")
+        .map(|i| i.id)
+        .collect();
+    cancels.sort();
+    let mut want = vec![
+        format!("cancel-{}", t1.task_id),
+        format!("cancel-{}", t3.task_id),
+    ];
+    want.sort();
+    assert_eq!(cancels, want, "no cancellation for the dead notification");
+    let c = f
+        .spool
+        .load(State::Queued, &format!("cancel-{}", t1.task_id))
+        .unwrap();
+    assert_eq!(c.body["task"]["status"], "cancelled");
+    assert_eq!(c.body["notify_item"], t1.item_id);
+    assert_eq!(
+        c.body["task"]["identifier"][0]["value"],
+        format!("urn:uuid:{}", t1.task_id)
+    );
+    assert_eq!(c.give_up_at, Some(NOW + 7 * 86_400));
+
+    // A second .cancel is harmless; an export for the cancelled case is refused.
+    f.put("hospb", "c1.cancel", b"again");
+    assert_eq!(f.scan(NOW + 20).cancelled, 1);
+    assert_eq!(
+        f.items(State::Queued)
+            .iter()
+            .filter(|i| i.kind == "cancel")
+            .count(),
+        2
+    );
+    f.export("hospb", "c1", &bundle(BSN, &[]));
+    assert_eq!(f.scan(NOW + 30).rejected, 1);
+    assert_eq!(
+        f.error_text("hospb", "c1.json"),
+        "c1.json: case was cancelled\n"
+    );
+}
+
+#[test]
+fn cancel_of_an_unknown_case_is_rejected() {
+    let mut f = fixture();
+    f.put("hospb", "nope.cancel", b"");
+    assert_eq!(f.scan(NOW).rejected, 1);
+    assert_eq!(
+        f.names(&f.outbox("hospb").join(REJECTED_DIR)),
+        vec!["nope.cancel", "nope.cancel.error.txt"]
+    );
+    assert_eq!(
+        f.error_text("hospb", "nope.cancel"),
+        "nope.cancel: cancel for an unknown case\n"
+    );
+}
+
+#[test]
+fn temp_names_and_subfolders_are_left_alone() {
+    let mut f = fixture();
+    for name in [".c1.json", "c1.json.tmp", "c1.json.part", ".hidden"] {
+        f.put("hospb", name, b"{half");
+    }
+    fs::create_dir_all(f.outbox("hospb").join("sub")).unwrap();
+    fs::write(f.outbox("hospb").join("sub").join("c2.json"), b"x").unwrap();
+    assert_eq!(f.scan(NOW), ScanReport::default());
+    assert_eq!(
+        f.names(&f.outbox("hospb")),
+        vec![".c1.json", ".hidden", "c1.json.part", "c1.json.tmp", "sub"]
+    );
+    assert!(f.outbox("hospb").join("sub").join("c2.json").exists());
+}
+
+#[test]
+fn unknown_folders_and_stray_files_are_rejected() {
+    let mut f = fixture();
+    fs::create_dir_all(f.config.outbox.join("stranger")).unwrap();
+    fs::write(f.config.outbox.join("stranger").join("c1.json"), b"{}").unwrap();
+    fs::write(f.config.outbox.join("stranger").join("c1.tmp"), b"{}").unwrap();
+    fs::write(f.outbox("mitz").join("c2.json"), b"{}").unwrap();
+    fs::write(f.config.outbox.join("c3.json"), b"{}").unwrap();
+    let r = f.scan(NOW);
+    assert_eq!(r.rejected, 3);
+    assert_eq!(
+        fs::read_to_string(f.config.outbox.join("stranger/.rejected/c1.json.error.txt")).unwrap(),
+        "c1.json: unknown partner folder\n"
+    );
+    assert!(f.config.outbox.join("stranger/c1.tmp").exists());
+    assert_eq!(
+        f.names(&f.outbox("mitz").join(REJECTED_DIR)),
+        vec!["c2.json", "c2.json.error.txt"],
+        "a mitz partner has no outbox"
+    );
+    assert!(f.config.outbox.join(".rejected/c3.json.error.txt").exists());
+    // The rejected folders themselves are never scanned again.
+    assert_eq!(f.scan(NOW + 1), ScanReport::default());
+}
+
+#[test]
+fn rejected_files_are_never_overwritten() {
+    let mut f = fixture();
+    f.put("hospb", "c1.json", b"not json 1");
+    f.scan(NOW);
+    f.put("hospb", "c1.json", b"not json 2");
+    f.scan(NOW);
+    f.put("hospb", "c1.json", b"not json 3");
+    f.scan(NOW);
+    let stamp = time::compact(NOW);
+    assert_eq!(
+        f.names(&f.outbox("hospb").join(REJECTED_DIR)),
+        vec![
+            format!("c1.{stamp}-2.json"),
+            format!("c1.{stamp}-2.json.error.txt"),
+            format!("c1.{stamp}.json"),
+            format!("c1.{stamp}.json.error.txt"),
+            "c1.json".to_string(),
+            "c1.json.error.txt".to_string(),
+        ]
+    );
+    let rej = f.outbox("hospb").join(REJECTED_DIR);
+    assert_eq!(fs::read(rej.join("c1.json")).unwrap(), b"not json 1");
+    assert_eq!(
+        fs::read(rej.join(format!("c1.{stamp}-2.json"))).unwrap(),
+        b"not json 3"
+    );
+    let why = fs::read_to_string(rej.join(format!("c1.{stamp}.json.error.txt"))).unwrap();
+    assert!(why.starts_with("c1.json: invalid json: "), "{why}");
+    assert_eq!(why.lines().count(), 1);
+}
+
+#[test]
+fn every_quarantine_reason_reaches_the_error_file() {
+    let mut f = fixture();
+    let too_big = format!("{{\"x\":\"{}\"}}", "a".repeat(9000));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad id.json", b"{}".to_vec(), "bad case-id"),
+        ("c1.txt", b"{}".to_vec(), "unsupported extension"),
+        (
+            "c2.json",
+            too_big.into_bytes(),
+            "over the limit of 8192 bytes",
+        ),
+        (
+            "c3.json",
+            b"{\"resourceType\":\"Bundle\",\"resourceType\":\"Bundle\"}".to_vec(),
+            "duplicate json key",
+        ),
+        (
+            "c4.json",
+            br#"{"resourceType":"Patient","id":"p"}"#.to_vec(),
+            "not a Bundle",
+        ),
+        (
+            "c5.json",
+            serde_json::to_vec(&json!({"resourceType":"Bundle","type":"message"})).unwrap(),
+            "wrong Bundle type",
+        ),
+        (
+            "c6.json",
+            serde_json::to_vec(&json!({"resourceType":"Bundle","type":"collection"})).unwrap(),
+            "no Patient",
+        ),
+        (
+            "c7.xml",
+            b"<Bundle xmlns=\"http://hl7.org/fhir\"><bogus/></Bundle>".to_vec(),
+            "invalid xml",
+        ),
+        ("c8.xml", b"<!DOCTYPE x><Bundle/>".to_vec(), "invalid xml"),
+    ];
+    for (name, bytes, _) in &cases {
+        f.put("hospb", name, bytes);
+    }
+    let r = f.scan(NOW);
+    assert_eq!(r.rejected, cases.len());
+    for (name, _, needle) in &cases {
+        let why = f.error_text("hospb", name);
+        assert!(
+            why.starts_with(&format!("{name}: ")) && why.contains(needle),
+            "{name}: {why}"
+        );
+    }
+}
+
+#[test]
+fn xml_exports_are_accepted() {
+    let mut f = fixture();
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Bundle xmlns="http://hl7.org/fhir">
+  <type value="collection"/>
+  <entry><resource><Patient><id value="p1"/>
+    <identifier><system value="{BSN_SYSTEM}"/><value value="{BSN}"/></identifier>
+  </Patient></resource></entry>
+  <entry><resource><Binary><id value="doc1"/><contentType value="text/plain"/><content value="aGk="/></Binary></resource></entry>
+</Bundle>"#
+    );
+    f.put("hospb", "x1.xml", xml.as_bytes());
+    assert_eq!(f.scan(NOW).accepted, 1);
+    let data = f.cases.data("hospb", "x1", 1).unwrap();
+    assert_eq!(data["entry"][1]["resource"]["resourceType"], "Binary");
+    let item = &f.items(State::Queued)[0];
+    let inputs = item.body["task"]["input"].as_array().unwrap();
+    assert!(
+        inputs.iter().any(|i| i["valueString"] == "Binary/doc1"
+            && i["type"]["coding"][0]["code"] == "read-resource")
+    );
+}
+
+#[test]
+fn symlinks_fifos_and_oversized_files_are_refused_without_reading() {
+    let mut f = fixture();
+    let secret = f.dir.join("secret.json");
+    fs::write(&secret, serde_json::to_vec(&bundle(BSN, &[])).unwrap()).unwrap();
+    symlink(&secret, f.outbox("hospb").join("c1.json")).unwrap();
+    let fifo = f.outbox("hospb").join("c2.json");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let r = f.scan(NOW);
+    assert_eq!(r.rejected, 2);
+    assert_eq!(
+        f.error_text("hospb", "c1.json"),
+        "c1.json: not a regular file (symbolic link)\n"
+    );
+    assert_eq!(
+        f.error_text("hospb", "c2.json"),
+        "c2.json: not a regular file (fifo)\n"
+    );
+    assert!(secret.exists(), "the link target is untouched");
+    assert!(f.cases.get("hospb", "c1").is_none());
+}
+
+#[test]
+fn a_transient_failure_defers_and_an_unchanged_file_waits_its_turn() {
+    let mut f = fixture();
+    // A file where the case folder must go: storing fails until it is removed.
+    let blocker = f.config.state_dir.join("cases").join("hospb");
+    fs::write(&blocker, b"").unwrap();
+    f.export("hospb", "c1", &bundle(BSN, &[]));
+    let r = f.scan(NOW);
+    assert_eq!((r.accepted, r.deferred), (0, 1));
+    let claimed = f.outbox("hospb").join(CLAIMED_DIR).join("c1.json");
+    assert!(claimed.exists(), "left in place, claimed");
+    let d = f.state.deferred[&claimed];
+    assert_eq!((d.attempts, d.next_try), (1, NOW + DEFER_FIRST_SECS));
+
+    fs::remove_file(&blocker).unwrap();
+    // Unchanged and within its back-off: not read again.
+    assert_eq!(f.scan(NOW + 5).deferred, 1);
+    assert!(f.cases.get("hospb", "c1").is_none());
+    // A newer export with the same name waits behind the claimed one.
+    f.export("hospb", "c1", &bundle(BSN, &[condition("z")]));
+    assert_eq!(f.scan(NOW + 6).deferred, 2);
+    // After the back-off the claimed one goes, then the newer one.
+    let r = f.scan(NOW + DEFER_FIRST_SECS);
+    assert_eq!((r.accepted, r.updated, r.deferred), (1, 1, 0));
+    let case = f.cases.get("hospb", "c1").unwrap();
+    assert_eq!(case.version, 2);
+    assert_eq!(
+        f.cases.data("hospb", "c1", 2).unwrap()["entry"][1]["resource"]["id"],
+        "z",
+        "the newer export is the latest version"
+    );
+    assert!(f.state.deferred.is_empty());
+}
+
+#[test]
+fn a_cancel_waits_behind_a_deferred_export_of_its_case() {
+    let mut f = fixture();
+    let blocker = f.config.state_dir.join("cases").join("hospb");
+    fs::write(&blocker, b"").unwrap();
+    let data = f.export("hospb", "c1", &bundle(BSN, &[]));
+    set_mtime(&data, 60);
+    assert_eq!(f.scan(NOW).deferred, 1);
+    let cancel = f.put("hospb", "c1.cancel", b"");
+    let other = f.export("hospb", "c2", &bundle(BSN, &[]));
+    fs::remove_file(&blocker).unwrap();
+    // The export is in its back-off: the cancel of the same case waits,
+    // unclaimed; another case goes ahead.
+    let r = f.scan(NOW + 1);
+    assert_eq!(
+        (r.accepted, r.cancelled, r.rejected, r.deferred),
+        (1, 0, 0, 2)
+    );
+    assert!(cancel.exists());
+    assert!(!other.exists());
+    let r = f.scan(NOW + DEFER_FIRST_SECS);
+    assert_eq!((r.accepted, r.cancelled, r.rejected), (1, 1, 0));
+    assert_eq!(
+        f.cases.get("hospb", "c1").unwrap().status,
+        CaseStatus::Cancelled
+    );
+}
+
+#[test]
+fn a_changed_deferred_file_is_read_again_at_once() {
+    let mut f = fixture();
+    let blocker = f.config.state_dir.join("cases").join("hospb");
+    fs::write(&blocker, b"").unwrap();
+    f.export("hospb", "c1", &bundle(BSN, &[]));
+    assert_eq!(f.scan(NOW).deferred, 1);
+    fs::remove_file(&blocker).unwrap();
+    let claimed = f.outbox("hospb").join(CLAIMED_DIR).join("c1.json");
+    set_mtime(&claimed, 3_600);
+    assert_eq!(f.scan(NOW + 1).accepted, 1);
+}
+
+#[test]
+fn export_and_cancel_are_taken_in_mtime_order() {
+    let mut f = fixture();
+    let data = f.export("hospb", "c1", &bundle(BSN, &[]));
+    let cancel = f.put("hospb", "c1.cancel", b"");
+    set_mtime(&data, 20);
+    set_mtime(&cancel, 10);
+    let r = f.scan(NOW);
+    assert_eq!((r.accepted, r.cancelled, r.rejected), (1, 1, 0));
+    assert_eq!(
+        f.cases.get("hospb", "c1").unwrap().status,
+        CaseStatus::Cancelled
+    );
+    // Not delivered yet: the cancellation waits for it (delivery decides).
+    assert_eq!(f.items(State::Queued).len(), 2);
+}
+
+#[test]
+fn agb_partner_addressed_as_a_system() {
+    let mut f = fixture();
+    f.export("vip", "r1", &bundle(BSN, &[]));
+    assert_eq!(f.scan(NOW).accepted, 1);
+    let case = f.cases.get("vip", "r1").unwrap();
+    assert_eq!(case.owner, None);
+    let task = &f.items(State::Queued)[0].body["task"];
+    assert!(task.get("owner").is_none());
+    assert_eq!(
+        task["requester"]["onBehalfOf"]["identifier"],
+        json!({"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.16.840.1.113883.2.4.6.1.01234567"})
+    );
+}
+
+/// A crash after each step of accepting an export: the next pass finishes
+/// the job; nothing is lost and the file is gone only at the end.
+#[test]
+fn a_crash_between_steps_loses_nothing() {
+    for step in [
+        Step::Claimed,
+        Step::DataWritten,
+        Step::CaseSaved,
+        Step::Enqueued,
+    ] {
+        let mut f = fixture();
+        f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+        let r = f.scan_until(NOW, step);
+        assert_eq!(r.accepted, 0, "{step:?}");
+        let claimed = f.outbox("hospb").join(CLAIMED_DIR).join("c1.json");
+        assert!(claimed.exists(), "{step:?}: the file is still there");
+        // The restart: a fresh scanner state, as after a crash.
+        f.state = ScanState::default();
+        let r = f.scan(NOW + 1);
+        assert_eq!(r.accepted + r.updated, 1, "{step:?}");
+        assert!(!claimed.exists(), "{step:?}");
+        let case = f.cases.get("hospb", "c1").unwrap();
+        let queued = f.items(State::Queued);
+        let want = if step == Step::Enqueued { 2 } else { 1 };
+        assert_eq!(queued.len(), want, "{step:?}: at least once, at most twice");
+        let latest = case.tasks.last().unwrap();
+        assert!(queued.iter().any(|i| i.id == latest.item_id), "{step:?}");
+        assert_eq!(
+            f.cases.data("hospb", "c1", case.version).unwrap()["entry"][1]["resource"]["id"],
+            "a"
+        );
+        if step == Step::CaseSaved {
+            // The Task saved but never queued is skipped by cancellation.
+            assert_eq!(case.tasks.len(), 2);
+            f.put("hospb", "c1.cancel", b"");
+            assert_eq!(f.scan(NOW + 2).cancelled, 1);
+            let cancels: Vec<Item> = f
+                .items(State::Queued)
+                .into_iter()
+                .filter(|i| i.kind == "cancel")
+                .collect();
+            assert_eq!(cancels.len(), 1);
+            assert_eq!(cancels[0].id, format!("cancel-{}", latest.task_id));
+        }
+    }
+}
+
+#[test]
+fn free_names_keep_the_extension() {
+    let f = fixture();
+    let dir = f.dir.join("rej");
+    fs::create_dir_all(&dir).unwrap();
+    assert_eq!(free_name(&dir, OsStr::new("a.json"), NOW), "a.json");
+    fs::write(dir.join("a.json.error.txt"), b"").unwrap();
+    assert_eq!(
+        free_name(&dir, OsStr::new("a.json"), NOW),
+        format!("a.{}.json", time::compact(NOW)).as_str()
+    );
+    fs::write(dir.join("noext"), b"").unwrap();
+    assert_eq!(
+        free_name(&dir, OsStr::new("noext"), NOW),
+        format!("noext.{}", time::compact(NOW)).as_str()
+    );
+}
