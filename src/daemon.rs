@@ -98,6 +98,9 @@ pub struct Shared {
     pub jwks_json: Vec<u8>,
     pub discovery_json: Vec<u8>,
     pub metadata_json: Vec<u8>,
+    /// HTTP to partners (mTLS with the current certificate, trust and CRLs).
+    pub http: Arc<dyn crate::http::partners::PartnerHttp>,
+    pub sender: Arc<crate::sender::Sender>,
 }
 
 /// State that lives across reloads.
@@ -160,9 +163,16 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
     ));
     let keys = Arc::new(KeyCache::<Jwks>::new(Box::new(JwksFetcher {
         config: config.clone(),
-        http: http_client,
+        http: http_client.clone(),
         tokens: token_client.clone(),
     })));
+    let sender = Arc::new(crate::sender::Sender::new(
+        config.clone(),
+        stores.cases.clone(),
+        stores.spool.clone(),
+        stores.tokens.clone(),
+        stores.audit.clone(),
+    ));
     let token_service = TokenService {
         config: config.clone(),
         replay: stores.replay.clone(),
@@ -184,6 +194,8 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         token_service,
         token_client,
         jwks_json,
+        http: http_client,
+        sender,
     })
 }
 
@@ -539,6 +551,21 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
             message: format!("NP_ADMIN_LISTEN: {e}"),
         })?;
 
+    let dispatcher = crate::worker::Dispatcher::start(
+        stores.spool.clone(),
+        handlers(&router),
+        crate::worker::Settings {
+            max_age_secs: i64::try_from(router.current().config.retry_max_age.as_secs())
+                .unwrap_or(i64::MAX),
+            ..crate::worker::Settings::default()
+        },
+    )
+    .map_err(|e| StartupError {
+        exit: 1,
+        message: format!("cannot start the spool workers: {e}"),
+    })?;
+    let stop_outbox = Arc::new(AtomicBool::new(false));
+    let outbox = spawn_outbox_thread(router.clone(), stop_outbox.clone(), dispatcher.waker())?;
     let (tx, rx) = mpsc::channel();
     spawn_signal_thread(tx)?;
     ready.store(true, Ordering::SeqCst);
@@ -585,10 +612,69 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     ready.store(false, Ordering::SeqCst);
     notify::notify("STOPPING=1");
     log::info!("event=stopping grace_s={}", DRAIN_GRACE.as_secs());
+    stop_outbox.store(true, Ordering::SeqCst);
+    let started = Instant::now();
     server.shutdown(DRAIN_GRACE);
+    dispatcher.shutdown(DRAIN_GRACE.saturating_sub(started.elapsed()));
+    let _ = outbox.join();
     admin_server.shutdown();
     log::info!("event=stopped");
     Ok(())
+}
+
+/// The spool work handlers; each runs with the state current at that moment,
+/// so a reload applies to the next attempt.
+fn handlers(
+    router: &Arc<Router>,
+) -> std::collections::HashMap<String, Arc<dyn crate::worker::Handler>> {
+    let mut map: std::collections::HashMap<String, Arc<dyn crate::worker::Handler>> =
+        std::collections::HashMap::new();
+    let send: Arc<dyn crate::worker::Handler> = Arc::new(SendWork(router.clone()));
+    for kind in crate::sender::Sender::KINDS {
+        map.insert(kind.to_string(), send.clone());
+    }
+    map
+}
+
+struct SendWork(Arc<Router>);
+
+impl crate::worker::Handler for SendWork {
+    fn run(&self, item: &crate::spool::Item, now: i64) -> crate::spool::Outcome {
+        let shared = self.0.current();
+        shared
+            .sender
+            .deliver(item, &shared.token_client, shared.http.as_ref(), now)
+    }
+}
+
+/// Scans the outbox every `NP_POLL_INTERVAL` and wakes the workers when
+/// something was queued.
+fn spawn_outbox_thread(
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+    wake: crate::worker::Waker,
+) -> Result<std::thread::JoinHandle<()>, StartupError> {
+    std::thread::Builder::new()
+        .name("outbox".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let shared = router.current();
+                let report = shared.sender.scan(now_unix());
+                if report.accepted + report.updated + report.cancelled > 0 {
+                    wake.wake();
+                }
+                let interval = shared.config.poll_interval;
+                drop(shared);
+                let until = Instant::now() + interval;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100).min(interval));
+                }
+            }
+        })
+        .map_err(|e| StartupError {
+            exit: 1,
+            message: format!("cannot start the outbox thread: {e}"),
+        })
 }
 
 fn spawn_signal_thread(tx: mpsc::Sender<Signal>) -> Result<(), StartupError> {

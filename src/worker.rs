@@ -97,6 +97,12 @@ impl Dispatcher {
         wake(&self.shared);
     }
 
+    /// A handle that wakes the scheduler from elsewhere (the outbox scan,
+    /// the Task intake).
+    pub fn waker(&self) -> Waker {
+        Waker(self.shared.clone())
+    }
+
     /// Stops taking new items and waits up to `grace` for running ones; items
     /// still running then stay in `in-flight` and are requeued on the next start.
     pub fn shutdown(self, grace: Duration) {
@@ -111,6 +117,16 @@ impl Dispatcher {
                 let _ = t.join();
             }
         }
+    }
+}
+
+/// Wakes the scheduler of a [`Dispatcher`].
+#[derive(Clone)]
+pub struct Waker(Arc<Shared>);
+
+impl Waker {
+    pub fn wake(&self) {
+        wake(&self.0);
     }
 }
 
