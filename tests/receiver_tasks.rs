@@ -420,3 +420,71 @@ fn no_truncated_prefix_gets_through_or_panics() {
         }
     }
 }
+
+/// Our own sender's Tasks (URA and AGB partners, owner present or not) and
+/// its cancellations pass our own receiver, with the plan the sender meant.
+#[test]
+fn our_senders_tasks_pass_our_receiver() {
+    use np_agent::sender::export::{ResourceRef, Resources};
+    use np_agent::sender::task::{Notification, cancellation};
+    let r = |t: &str, id: &str| ResourceRef {
+        resource_type: t.into(),
+        id: id.into(),
+        categories: vec![(
+            "urn:oid:2.16.840.1.113883.2.4.3.11.60.20.77.5.3".into(),
+            "6".into(),
+        )],
+    };
+    let resources = Resources::new(vec![
+        r("Patient", "p1"),
+        r("Condition", "c1"),
+        r("MedicationStatement", "m1"),
+        r("Medication", "med-1"),
+        r("Organization", "org.1"),
+        r("Observation", "o1"),
+    ]);
+    let bsn = Bsn::parse("999999151").unwrap();
+    for (requester, owner) in [
+        (ura("12345678"), Some(ura("87654321"))),
+        (agb("12345678"), Some(agb("44446666"))),
+        (ura("12345678"), None),
+    ] {
+        let n = Notification {
+            task_id: "6128cfe7-0e89-4d37-ba90-e4ca3b3fcbbe",
+            group_id: "484639e6-e647-464c-8722-6e8a73cda4e0",
+            patient: &bsn,
+            authored_on: NOW - 60,
+            period_end: NOW + 14 * 86_400,
+            system_id: "2.16.840.1.113883.2.4.3.164.2.1",
+            requester: &requester,
+            owner: owner.as_ref(),
+            authorization_base: "ZGFhNDFj",
+            resources: &resources,
+        };
+        let sent = n.to_task();
+        let bytes = np_agent::fhir::to_json_string(&sent).into_bytes();
+        let body = wire::read_task_body(&bytes, Some("application/fhir+json")).unwrap();
+        let t = task::validate(body.value, &expect(requester.clone()))
+            .unwrap_or_else(|e| panic!("{requester}: {e}"));
+        assert_eq!(t.owner(), owner.as_ref());
+        assert_eq!(t.authorization_base(), "ZGFhNDFj");
+        assert_eq!(t.bsn(), &bsn);
+        let mut wanted: Vec<&str> = vec![
+            "Condition",
+            "MedicationStatement?category=urn:oid:2.16.840.1.113883.2.4.3.11.60.20.77.5.3|6",
+            "Observation",
+            "Patient",
+        ];
+        let mut got: Vec<&str> = t.plan().queries.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, wanted, "{requester}");
+        let mut reads = t.plan().reads.clone();
+        reads.sort();
+        assert_eq!(reads, ["Medication/med-1", "Organization/org.1"]);
+        // The cancellation of it passes too.
+        let c = cancellation(&sent, NOW);
+        let c = task::validate_cancellation(c, &expect(requester.clone())).unwrap();
+        assert_eq!(c.identifier(), Some(t.identifier()));
+    }
+}
