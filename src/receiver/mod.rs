@@ -659,8 +659,11 @@ impl Receiver {
 /// ([`crate::worker`]): [`Receiver::pull`] with the token client and the
 /// partner HTTP client it needs.
 pub struct PullWorker {
+    /// The receiver whose spool items these are.
     pub receiver: Arc<Receiver>,
+    /// Tokens at the senders' token endpoints (interaction 3).
     pub tokens: Arc<crate::oauth::client::TokenClient>,
+    /// mTLS HTTP to the senders' FHIR bases (interaction 4).
     pub http: Arc<dyn crate::http::partners::PartnerHttp>,
 }
 
