@@ -101,6 +101,7 @@ pub struct Shared {
     /// HTTP to partners (mTLS with the current certificate, trust and CRLs).
     pub http: Arc<dyn crate::http::partners::PartnerHttp>,
     pub sender: Arc<crate::sender::Sender>,
+    pub receiver: Arc<crate::receiver::Receiver>,
 }
 
 /// State that lives across reloads.
@@ -111,6 +112,9 @@ pub struct Stores {
     pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
     pub cases: Arc<CaseStore>,
+    /// The receiver's folders and locks; each configuration gets a
+    /// `reconfigured` copy sharing them.
+    pub receiver: crate::receiver::Receiver,
 }
 
 impl Stores {
@@ -132,11 +136,17 @@ impl Stores {
             recovery.duplicates,
             recovery.corrupt
         );
+        let spool = Arc::new(spool);
+        let audit = Arc::new(AuditLog::open(state).map_err(|e| io(e.to_string()))?);
+        let receiver =
+            crate::receiver::Receiver::new(Arc::new(cfg.clone()), spool.clone(), audit.clone())
+                .map_err(|e| io(format!("NP_INBOX / NP_STATE_DIR: {e}")))?;
         Ok(Stores {
-            spool: Arc::new(spool),
+            receiver,
+            spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
             tokens: Arc::new(TokenStore::open(state, now_unix()).map_err(|e| io(e.to_string()))?),
-            audit: Arc::new(AuditLog::open(state).map_err(|e| io(e.to_string()))?),
+            audit,
             replay: ReplayCache::open(state).map_err(|e| io(e.to_string()))?,
             metrics,
         })
@@ -166,6 +176,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         http: http_client.clone(),
         tokens: token_client.clone(),
     })));
+    let receiver = Arc::new(stores.receiver.reconfigured(config.clone()));
     let sender = Arc::new(crate::sender::Sender::new(
         config.clone(),
         stores.cases.clone(),
@@ -196,6 +207,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         jwks_json,
         http: http_client,
         sender,
+        receiver,
     })
 }
 
@@ -245,6 +257,8 @@ pub fn capability_statement(cfg: &Config) -> String {
 pub struct Router {
     shared: RwLock<Arc<Shared>>,
     stores: Arc<Stores>,
+    /// Wakes the spool workers after a notification was stored.
+    waker: std::sync::OnceLock<crate::worker::Waker>,
 }
 
 impl Router {
@@ -252,6 +266,7 @@ impl Router {
         Router {
             shared: RwLock::new(Arc::new(shared)),
             stores,
+            waker: std::sync::OnceLock::new(),
         }
     }
 
@@ -310,6 +325,30 @@ impl Router {
             Err(resp) => return resp,
         };
         let rest = &req.path["/fhir".len()..];
+        if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
+            return match (grant.kind, req.method.as_str()) {
+                (crate::oauth::TokenKind::Notify, "POST") if rest == "/Task" => {
+                    let resp = shared.receiver.notify(partner, &grant, req, now);
+                    if resp.status == 201 {
+                        if let Some(w) = self.waker.get() {
+                            w.wake();
+                        }
+                    }
+                    resp
+                }
+                (crate::oauth::TokenKind::Notify, "PUT") => shared.receiver.cancel(partner, &grant, req, now),
+                (crate::oauth::TokenKind::Notify, _) => {
+                    outcome(405, "not-supported", "use POST /fhir/Task or PUT /fhir/Task?identifier=…")
+                        .header("Allow", "POST, PUT")
+                }
+                (crate::oauth::TokenKind::Pull, _) => outcome(
+                    403,
+                    "forbidden",
+                    "a pull token cannot send notifications; get a token without authorization_base",
+                )
+                .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+            };
+        }
         match grant.kind {
             crate::oauth::TokenKind::Pull => crate::serve::handle(
                 &self.stores.cases,
@@ -564,6 +603,7 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
         exit: 1,
         message: format!("cannot start the spool workers: {e}"),
     })?;
+    let _ = router.waker.set(dispatcher.waker());
     let stop_outbox = Arc::new(AtomicBool::new(false));
     let outbox = spawn_outbox_thread(router.clone(), stop_outbox.clone(), dispatcher.waker())?;
     let (tx, rx) = mpsc::channel();
@@ -633,7 +673,22 @@ fn handlers(
     for kind in crate::sender::Sender::KINDS {
         map.insert(kind.to_string(), send.clone());
     }
+    map.insert(
+        crate::receiver::KIND_PULL.to_string(),
+        Arc::new(PullWork(router.clone())),
+    );
     map
+}
+
+struct PullWork(Arc<Router>);
+
+impl crate::worker::Handler for PullWork {
+    fn run(&self, item: &crate::spool::Item, now: i64) -> crate::spool::Outcome {
+        let shared = self.0.current();
+        shared
+            .receiver
+            .pull(item, &shared.token_client, shared.http.as_ref(), now)
+    }
 }
 
 struct SendWork(Arc<Router>);
