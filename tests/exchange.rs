@@ -107,6 +107,11 @@ fn a_json_export_arrives_unchanged_then_an_update_then_the_cancellation() {
     let first = wait_files(&p.b.inbox("hospa"), ".json", 1, &[&a, &b]);
     let pulled = read(&first[0]);
     np_agent::demo::check_same(&data, &pulled).unwrap_or_else(|e| panic!("{e}"));
+    // Readable by the EHR's group, not by others.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&first[0]), 0o640);
+    assert_eq!(mode(first[0].parent().unwrap()), 0o750);
     let task = &pulled["entry"][0]["resource"];
     assert_eq!(task["status"], "requested");
     let group = first[0].parent().unwrap().to_path_buf();

@@ -43,12 +43,14 @@ impl InboxPaths {
     }
 }
 
-/// Writes `bytes` to `path` durably, creating its folder.
+/// Writes `bytes` to `path` durably, creating its folder. Inbox files are
+/// for the EHR: group-readable (0640, folders 0750), so an import account in
+/// the inbox folder's group (setgid, see the README) can read them.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
     if let Some(dir) = path.parent() {
-        durable::create_dir_all(dir)?;
+        durable::create_dir_all_mode(dir, durable::SHARED_DIR_MODE)?;
     }
-    durable::write_atomic(path, bytes)
+    durable::write_atomic_mode(path, bytes, durable::SHARED_FILE_MODE)
 }
 
 /// Pulled resources, in arrival order, each `<type>/<id>` once.

@@ -192,7 +192,7 @@ impl Receiver {
             durable::create_dir_all(&dir).map_err(ReceiverError)?;
             durable::remove_temp_files(&dir).map_err(ReceiverError)?;
         }
-        durable::create_dir_all(inbox).map_err(ReceiverError)?;
+        durable::create_dir_all_mode(inbox, durable::SHARED_DIR_MODE).map_err(ReceiverError)?;
         Ok(Receiver {
             config,
             spool,

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix and suffix of the temp files [`write_atomic`] creates; start-up
@@ -47,6 +47,19 @@ fn at(path: &Path, step: &'static str) -> impl FnOnce(io::Error) -> DurableError
 /// one (plus at most a temp file that [`remove_temp_files`] clears). New files
 /// get mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// Mode of files handed to the EHR (inbox): group-readable, so an EHR import
+/// account in the folder's group can read them.
+pub const SHARED_FILE_MODE: u32 = 0o640;
+/// Mode of folders handed to the EHR (inbox): group may list and enter.
+pub const SHARED_DIR_MODE: u32 = 0o750;
+
+/// [`write_atomic`] with an explicit mode for the new file. The mode is set
+/// with `fchmod` after creation, so the process umask (systemd `UMask=0077`)
+/// cannot narrow it.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableError> {
     let dir = parent_of(path);
     let name = path
         .file_name()
@@ -71,6 +84,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
             .mode(0o600)
             .open(&tmp)
             .map_err(at(&tmp, "create"))?;
+        if mode != 0o600 {
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(at(&tmp, "chmod"))?;
+        }
         file.write_all(bytes).map_err(at(&tmp, "write"))?;
         file.sync_all().map_err(at(&tmp, "fsync"))?;
         drop(file);
@@ -105,14 +122,35 @@ pub fn remove(path: &Path) -> Result<(), DurableError> {
 
 /// Creates `dir` (and parents) with mode 0700 when missing, durably.
 pub fn create_dir_all(dir: &Path) -> Result<(), DurableError> {
+    create_dir_all_mode(dir, 0o700)
+}
+
+/// [`create_dir_all`] with an explicit mode for the folders it creates (set
+/// after creation, so the umask cannot narrow it). Existing folders are left
+/// as they are.
+pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<(), DurableError> {
     if dir.is_dir() {
         return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.as_os_str().is_empty() && !cur.exists() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
     }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(at(dir, "mkdir"))?;
+    if mode != 0o700 {
+        for d in &missing {
+            fs::set_permissions(d, fs::Permissions::from_mode(mode)).map_err(at(d, "chmod"))?;
+        }
+    }
     sync_dir(parent_of(dir))
 }
 
@@ -157,7 +195,6 @@ fn parent_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -180,6 +217,28 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn shared_modes_are_set_whatever_the_umask() {
+        let dir = scratch("shared");
+        let sub = dir.join("inbox/partner/group");
+        create_dir_all_mode(&sub, SHARED_DIR_MODE).unwrap();
+        for d in [dir.join("inbox"), dir.join("inbox/partner"), sub.clone()] {
+            assert_eq!(
+                fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o750,
+                "{}",
+                d.display()
+            );
+        }
+        let f = sub.join("task.json");
+        write_atomic_mode(&f, b"{}", SHARED_FILE_MODE).unwrap();
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
