@@ -592,7 +592,7 @@ fn log_outcome(partner: &Partner, item_id: &str, order: &PullOrder, outcome: &Ou
             order.inbox_task,
             Q(reason)
         ),
-        Outcome::Done => {}
+        Outcome::Done | Outcome::Wait { .. } => {}
     }
 }
 

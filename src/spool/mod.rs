@@ -15,7 +15,9 @@
 //! e.g. a Task identifier), so enqueueing the same work twice is a no-op and a
 //! resend after a crash is the same work. When a crash leaves the same id in
 //! two folders, the further state wins: done > dead > retry > queued >
-//! in-flight.
+//! in-flight. An item found in flight on start-up was interrupted mid-attempt
+//! (its request may have reached the partner): it goes back to the queue with
+//! that attempt counted, so `attempts > 0` always means "an attempt was made".
 
 use std::fs;
 use std::io;
@@ -66,7 +68,9 @@ pub struct Item {
     /// The partner the work is for or from.
     pub partner: String,
     pub created_at: i64,
-    /// Failed attempts so far.
+    /// Attempts so far that failed or were interrupted by a stop or crash.
+    /// Above 0, an attempt was made and may have reached the partner; 0
+    /// means the work was never tried, or was refused outright.
     #[serde(default)]
     pub attempts: u32,
     /// Not to be tried before this time (Unix seconds).
@@ -122,7 +126,7 @@ fn io_err(path: &Path, step: &'static str) -> impl FnOnce(io::Error) -> SpoolErr
 /// What start-up recovery did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// In-flight items put back in the queue.
+    /// In-flight items put back in the queue (the interrupted attempt counted).
     pub requeued: usize,
     /// Half-written temp files removed.
     pub temp_files: usize,
@@ -131,6 +135,9 @@ pub struct Recovery {
     /// Files that are not valid items, moved to `dead` as `<name>.corrupt`.
     pub corrupt: usize,
 }
+
+/// `last_error` of an item found in flight on start-up.
+pub const INTERRUPTED: &str = "interrupted: the agent stopped during this attempt";
 
 /// Counts per state and the age of the oldest unfinished item.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -162,7 +169,7 @@ pub fn valid_id(id: &str) -> bool {
 impl Spool {
     /// Opens `<state_dir>/spool`, creating the folders, and recovers from a
     /// crash: temp files removed, duplicates resolved by precedence, in-flight
-    /// items requeued.
+    /// items requeued with the interrupted attempt counted.
     pub fn open(state_dir: &Path) -> Result<(Spool, Recovery), SpoolError> {
         let root = state_dir.join("spool");
         for s in State::ALL {
@@ -224,10 +231,16 @@ impl Spool {
             }
         }
         for id in self.ids(State::InFlight)? {
-            durable::rename(
-                &self.path(State::InFlight, &id),
-                &self.path(State::Queued, &id),
-            )?;
+            // Interrupted mid-attempt: the request may have reached the
+            // partner, so the attempt counts. A crash between the write and
+            // the removal leaves both copies; the next recovery keeps the
+            // queued one.
+            let from = self.path(State::InFlight, &id);
+            let mut item = self.read(&from)?;
+            item.attempts = item.attempts.saturating_add(1);
+            item.last_error = Some(INTERRUPTED.into());
+            self.write(State::Queued, &item)?;
+            durable::remove(&from)?;
             r.requeued += 1;
         }
         Ok(r)
@@ -418,6 +431,12 @@ pub enum Outcome {
     },
     /// Pointless to try again: the item moves to `dead` with the reason.
     Dead(String),
+    /// Not attempted: something else has to happen first (an earlier
+    /// notification of the same case, say). Look again after `after_secs`;
+    /// the attempts are not counted, so no back-off grows and `attempts`
+    /// keeps saying whether the work was ever tried. Still given up at
+    /// `give_up_at` or `max_age`.
+    Wait { reason: String, after_secs: u64 },
 }
 
 /// Back-off policy (issue 5): first retry within 5 s, cap 15 min.
@@ -446,6 +465,20 @@ pub fn settle(
             item.last_error = Some(reason);
             spool.bury(&item)?;
             Ok(State::Dead)
+        }
+        Outcome::Wait { reason, after_secs } => {
+            let expired =
+                item.give_up_at.is_some_and(|t| t <= now) || now - item.created_at >= max_age_secs;
+            if expired {
+                item.last_error = Some(format!("gave up while waiting: {reason}"));
+                spool.bury(&item)?;
+                return Ok(State::Dead);
+            }
+            let wait = after_secs.clamp(1, BACKOFF_CAP_SECS);
+            item.not_before = now + i64::try_from(wait).unwrap_or(i64::MAX / 2);
+            item.last_error = Some(reason);
+            spool.retry(&item)?;
+            Ok(State::Retry)
         }
         Outcome::Retry {
             reason,

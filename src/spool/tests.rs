@@ -101,6 +101,68 @@ fn recovery_requeues_in_flight_and_removes_temp_files() {
     assert_eq!(files(&spool, State::Queued), ["a"]);
     assert!(files(&spool, State::InFlight).is_empty());
     assert_eq!(fs::read_dir(d.0.join("spool/queued")).unwrap().count(), 1);
+    let a = spool.load(State::Queued, "a").unwrap();
+    assert_eq!(a.not_before, 1, "due at once");
+}
+
+/// Regression: an item interrupted mid-attempt went back to the queue with
+/// `attempts` 0, so a notification whose POST had reached the partner just
+/// before a crash looked never tried, and a cancellation of its case was
+/// skipped although the partner had the Task.
+#[test]
+fn an_attempt_interrupted_by_a_crash_counts_as_an_attempt() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    spool.enqueue(&item("a", "p", 1)).unwrap();
+    spool.claim("a").unwrap();
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!(rec.requeued, 1);
+    let a = spool.load(State::Queued, "a").unwrap();
+    assert_eq!(a.attempts, 1);
+    assert_eq!(a.last_error.as_deref(), Some(INTERRUPTED));
+    // A crash inside that requeue leaves both copies: the queued one wins,
+    // and the attempt is counted once.
+    let mut twice = a.clone();
+    twice.attempts = 0;
+    spool.write(State::InFlight, &twice).unwrap();
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!((rec.duplicates, rec.requeued), (1, 0));
+    assert_eq!(spool.load(State::Queued, "a").unwrap().attempts, 1);
+}
+
+#[test]
+fn waiting_is_not_an_attempt() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    let mut a = item("a", "p", 1_000);
+    a.give_up_at = Some(5_000);
+    spool.enqueue(&a).unwrap();
+    let wait = |after| Outcome::Wait {
+        reason: "waiting for notify-x".into(),
+        after_secs: after,
+    };
+    for (now, after, due) in [(1_000, 7, 1_007), (1_007, 0, 1_008), (1_008, 99_999, 1_908)] {
+        let it = spool.claim("a").unwrap();
+        assert_eq!(
+            settle(&spool, it, wait(after), now, 3_600, 0).unwrap(),
+            State::Retry
+        );
+        let it = spool.load(State::Retry, "a").unwrap();
+        assert_eq!((it.attempts, it.not_before), (0, due), "{now} + {after}");
+        assert_eq!(it.last_error.as_deref(), Some("waiting for notify-x"));
+    }
+    // Waiting past give_up_at ends it, saying what it waited for.
+    let it = spool.claim("a").unwrap();
+    assert_eq!(
+        settle(&spool, it, wait(5), 5_000, 3_600_000, 0).unwrap(),
+        State::Dead
+    );
+    assert_eq!(
+        spool.load(State::Dead, "a").unwrap().last_error.as_deref(),
+        Some("gave up while waiting: waiting for notify-x")
+    );
 }
 
 #[test]
