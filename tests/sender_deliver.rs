@@ -271,6 +271,10 @@ impl Rig {
     /// Delivers and settles the due item of `kind`; returns outcome and final state.
     fn run(&self, kind: &str) -> (Outcome, State, Item) {
         let item = self.claim(kind);
+        self.settle(item)
+    }
+
+    fn settle(&self, item: Item) -> (Outcome, State, Item) {
         let outcome = self.deliver(&item);
         let state = spool::settle(
             &self.spool,
@@ -594,32 +598,74 @@ fn a_cancellation_waits_for_its_notification_and_skips_an_undelivered_one() {
     let r = rig("deliver-cancel-wait");
     r.export("c1");
     r.cancel("c1");
-    // The notification is still queued: the cancellation waits.
+    // The notification is still queued: the cancellation waits, which is
+    // not an attempt.
     let cancel = r.claim("cancel");
-    assert!(matches!(r.deliver(&cancel), Outcome::Retry { .. }));
-    spool::settle(
-        &r.spool,
-        cancel,
-        Outcome::Retry {
-            reason: "wait".into(),
-            retry_after: None,
-        },
-        now_unix(),
-        72 * 3_600,
-        1,
-    )
-    .unwrap();
+    let outcome = r.deliver(&cancel);
+    assert!(
+        matches!(&outcome, Outcome::Wait { reason, after_secs: 2 } if reason.contains("waiting for notification")),
+        "{outcome:?}"
+    );
+    spool::settle(&r.spool, cancel, outcome, now_unix(), 72 * 3_600, 1).unwrap();
+    let waiting = r.spool.ids(State::Retry).unwrap();
+    assert_eq!(r.spool.load(State::Retry, &waiting[0]).unwrap().attempts, 0);
     // The notification of a cancelled case is not sent at all …
     let (outcome, state, _) = r.run("notify");
     assert_eq!(state, State::Dead);
     assert!(
-        matches!(&outcome, Outcome::Dead(reason) if reason.contains("was cancelled before the notification was delivered")),
+        matches!(&outcome, Outcome::Dead(reason) if reason.ends_with("was cancelled before the notification was delivered; not sent")),
         "{outcome:?}"
     );
     // … so the cancellation has nothing to cancel.
     let (outcome, state, _) = r.run("cancel");
     assert_eq!((outcome, state), (Outcome::Done, State::Done));
     assert!(r.seen().is_empty(), "the partner never heard of the case");
+}
+
+/// Regression: the notification's POST reached the partner, then the agent
+/// was killed before it recorded the delivery. After the restart the case
+/// was cancelled, the notification was (rightly) not sent again, and the
+/// cancellation was skipped as "never delivered": the partner kept a Task
+/// for a cancelled case and never got its cancellation.
+#[test]
+fn a_cancellation_reaches_the_partner_when_a_crash_hid_the_delivery_of_its_notification() {
+    for partner_has_it in [true, false] {
+        let r = rig("deliver-cancel-crash");
+        r.export("c1");
+        let notify = r.claim("notify");
+        if partner_has_it {
+            // Delivered; the kill comes before the spool hears of it.
+            assert_eq!(r.deliver(&notify), Outcome::Done);
+        }
+        // The restart: the interrupted attempt counts.
+        let (_, rec) = Spool::open(&r.config.state_dir).unwrap();
+        assert_eq!(rec.requeued, 1);
+        r.cancel("c1");
+        let (outcome, state, _) = r.run("notify");
+        assert_eq!(state, State::Dead);
+        assert!(
+            matches!(&outcome, Outcome::Dead(reason) if reason.contains("an earlier attempt may have reached the partner")),
+            "{outcome:?}"
+        );
+        if !partner_has_it {
+            r.script(vec![(404, vec![], oo("not-found"))]);
+        }
+        let (outcome, state, _) = r.run("cancel");
+        assert_eq!(
+            (outcome, state),
+            (Outcome::Done, State::Done),
+            "{partner_has_it}"
+        );
+        let methods: Vec<String> = r.seen().iter().map(|s| s.method.clone()).collect();
+        let want = if partner_has_it {
+            vec!["POST", "PUT"]
+        } else {
+            vec!["PUT"]
+        };
+        assert_eq!(methods, want, "the cancellation was sent");
+        let put: Value = serde_json::from_slice(&r.seen().last().unwrap().body).unwrap();
+        assert_eq!(put["status"], "cancelled");
+    }
 }
 
 #[test]
@@ -655,12 +701,15 @@ fn one_case_s_notifications_go_out_in_order() {
     due.sort_by_key(|i| i.body["version"].as_u64());
     let v1 = r.spool.claim(&due[0].id).unwrap();
     let v2 = r.spool.claim(&due[1].id).unwrap();
-    // v1 is in flight: v2 waits for it.
+    // v1 is in flight: v2 waits for it (not an attempt).
     match r.deliver(&v2) {
-        Outcome::Retry { reason, .. } => assert!(
-            reason.contains(&format!("waiting for the earlier notification {}", v1.id)),
-            "{reason}"
-        ),
+        Outcome::Wait { reason, after_secs } => {
+            assert!(
+                reason.contains(&format!("waiting for the earlier notification {}", v1.id)),
+                "{reason}"
+            );
+            assert_eq!(after_secs, 2);
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(r.deliver(&v1), Outcome::Done);

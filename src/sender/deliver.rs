@@ -4,8 +4,12 @@
 //! - `cancel`: `PUT <FHIR_BASE>/Task?identifier=urn%3Aietf%3Arfc%3A3986%7Curn%3Auuid%3A<uuid>`
 //!   (a conditional update) with the cancellation Task, once the
 //!   notification it cancels was delivered. A cancellation whose
-//!   notification never reached the partner (dead, or never queued) has
-//!   nothing to cancel and completes without a request.
+//!   notification was never tried (dead with no attempt, or never queued)
+//!   has nothing to cancel and completes without a request. One whose
+//!   notification died after an attempt that may have reached the partner
+//!   (a crash or timeout mid-request, then the case was cancelled) is sent
+//!   all the same, and the partner's `404` ("no such Task") then means
+//!   there was nothing to cancel.
 //!
 //! Both carry `Authorization: Bearer` with a notify token from the partner's
 //! token endpoint ([`Purpose::Notify`] with the patient). Answers:
@@ -22,8 +26,9 @@
 //! A notification for a case that was cancelled before it could be delivered,
 //! or whose `restriction.period.end` has passed, is not sent (dead, with the
 //! reason). The notifications of one case go out in the order they were
-//! created: a newer one waits (retry) while an older one is still queued or
-//! being retried. Logs carry partner, case, Task identifier, status and time, never
+//! created: a newer one waits ([`Outcome::Wait`], not an attempt) while an
+//! older one is still queued or being retried, and a cancellation waits the
+//! same way for its notification. Logs carry partner, case, Task identifier, status and time, never
 //! the BSN, the token or the Task; the audit trail records each delivery with
 //! the patient.
 
@@ -63,6 +68,8 @@ struct Call<'a> {
     body: Vec<u8>,
     /// `notify` or `cancel`, for log events.
     what: &'static str,
+    /// A `404` means the partner never got the Task: nothing to do.
+    absent_is_done: bool,
     case_id: &'a str,
     task_id: &'a str,
 }
@@ -133,31 +140,38 @@ impl Delivery<'_> {
         };
         if case.status == CaseStatus::Cancelled || case.tasks[position].status == TASK_CANCELLED {
             log::info!(
-                "event=notify.skipped partner={} case={} task=urn:uuid:{} reason=cancelled",
+                "event=notify.skipped partner={} case={} task=urn:uuid:{} reason=cancelled earlier_attempts={}",
                 partner.name,
                 body.case_id,
-                body.task_id
+                body.task_id,
+                item.attempts
             );
-            return Outcome::Dead(format!(
+            let mut reason = format!(
                 "partner {}: case {} was cancelled before the notification was delivered; not sent",
                 partner.name, body.case_id
-            ));
+            );
+            if item.attempts > 0 {
+                reason.push_str(" again (an earlier attempt may have reached the partner: the cancellation is sent all the same)");
+            }
+            return Outcome::Dead(reason);
         }
         // One case's notifications reach the partner in order: an older one
         // arriving after a newer one would look like the latest to a
         // receiver that keeps the last Task per groupIdentifier.
-        if let Some(earlier) = case.tasks[..position].iter().find(|t| {
-            matches!(
-                self.spool.find(&t.item_id),
-                Some(State::Queued | State::Retry | State::InFlight)
-            )
-        }) {
-            return Outcome::Retry {
+        if let Some((earlier, state)) =
+            case.tasks[..position]
+                .iter()
+                .find_map(|t| match self.spool.find(&t.item_id) {
+                    Some(s @ (State::Queued | State::Retry | State::InFlight)) => Some((t, s)),
+                    _ => None,
+                })
+        {
+            return Outcome::Wait {
                 reason: format!(
                     "partner {}: case {}: waiting for the earlier notification {} to be delivered or given up",
                     partner.name, body.case_id, earlier.item_id
                 ),
-                retry_after: None,
+                after_secs: self.wait_for(&earlier.item_id, state, now),
             };
         }
         if item.give_up_at.is_some_and(|end| end <= now) {
@@ -173,6 +187,7 @@ impl Delivery<'_> {
             url: format!("{}/Task", base(partner)),
             body: task_bytes(&body.task),
             what: "notify",
+            absent_is_done: false,
             case_id: &body.case_id,
             task_id: &body.task_id,
         };
@@ -203,21 +218,32 @@ impl Delivery<'_> {
             );
             Outcome::Done
         };
-        match self.spool.find(&body.notify_item) {
-            Some(State::Done) => {}
-            Some(State::Queued | State::Retry | State::InFlight) => {
-                return Outcome::Retry {
+        // Whether the partner may have the Task: certainly after a delivery;
+        // possibly when the notification died after an attempt (a crash or
+        // a timeout mid-request can deliver a Task without our knowing).
+        let possibly = match self.spool.find(&body.notify_item) {
+            Some(State::Done) => false,
+            Some(state @ (State::Queued | State::Retry | State::InFlight)) => {
+                return Outcome::Wait {
                     reason: format!(
                         "partner {}: waiting for notification {} to be delivered or given up",
                         partner.name, body.notify_item
                     ),
-                    retry_after: None,
+                    after_secs: self.wait_for(&body.notify_item, state, now),
                 };
             }
-            Some(State::Dead) | None => {
-                return skip("the notification was never delivered");
+            Some(State::Dead) => {
+                let tried = self
+                    .spool
+                    .load(State::Dead, &body.notify_item)
+                    .is_ok_and(|n| n.attempts > 0);
+                if !tried {
+                    return skip("the notification was never delivered");
+                }
+                true
             }
-        }
+            None => return skip("the notification was never delivered"),
+        };
         if item.give_up_at.is_some_and(|end| end <= now) {
             return skip("the notification has expired");
         }
@@ -232,6 +258,7 @@ impl Delivery<'_> {
             ),
             body: task_bytes(&body.task),
             what: "cancel",
+            absent_is_done: possibly,
             case_id: &body.case_id,
             task_id: &body.task_id,
         };
@@ -303,6 +330,16 @@ impl Delivery<'_> {
                 self.audit(call, "success", None);
                 return Outcome::Done;
             }
+            if reply.status == 404 && call.absent_is_done {
+                log::info!(
+                    "event={}.skipped partner={} case={} task=urn:uuid:{} status=404 reason=\"the partner never received the notification\"",
+                    call.what,
+                    call.partner.name,
+                    call.case_id,
+                    call.task_id
+                );
+                return Outcome::Done;
+            }
             last = Some(reply);
             break;
         }
@@ -338,6 +375,18 @@ impl Delivery<'_> {
             self.audit(call, "error", Some(&reason));
             Outcome::Dead(reason)
         }
+    }
+
+    /// Seconds to wait for another spool item: until its next attempt is
+    /// due when it waits for a retry, else a moment.
+    fn wait_for(&self, id: &str, state: State, now: i64) -> u64 {
+        const MOMENT: u64 = 2;
+        if state != State::Retry {
+            return MOMENT;
+        }
+        self.spool.load(State::Retry, id).map_or(MOMENT, |i| {
+            u64::try_from(i.not_before - now).unwrap_or(0) + 1
+        })
     }
 
     fn token_failed(&self, call: &Call<'_>, e: &TokenClientError) -> Outcome {
