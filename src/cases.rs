@@ -41,6 +41,35 @@ pub struct SentTask {
     pub item_id: String,
     /// `requested`, or `cancelled` once a cancellation was created for it.
     pub status: String,
+    /// The outbox file this version was accepted from. A crash after the
+    /// acceptance but before the file was removed leaves the file behind;
+    /// finding its source here, the next pass only removes it. (Absent in
+    /// records written before this field existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ExportSource>,
+    /// `Task.authoredOn` (Unix seconds; 0 in older records).
+    #[serde(default)]
+    pub authored_on: i64,
+    /// `Task.restriction.period.end` (Unix seconds; 0 in older records).
+    #[serde(default)]
+    pub period_end: i64,
+}
+
+/// Which outbox file an export was accepted from: the very file, not merely
+/// the same content. An EHR that exports identical data again (to renew an
+/// expired notification, say) writes a new file and gets a new Task; the
+/// file a crash left behind is the same inode with the same modification
+/// time, size and bytes, and is not accepted twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportSource {
+    /// The file name as the EHR wrote it (display-safe).
+    pub name: String,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    pub size: u64,
+    pub inode: u64,
+    /// Modification time: seconds and nanoseconds.
+    pub mtime: (i64, i64),
 }
 
 /// A case record.

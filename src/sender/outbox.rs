@@ -19,13 +19,17 @@
 //! 3. A claimed file is opened without following symbolic links and without
 //!    blocking on FIFOs, read up to `NP_MAX_BODY`, validated
 //!    ([`super::export`]), stored, and only then removed:
-//!    data version ([`CaseStore::write_data`]) → case record
-//!    ([`CaseStore::save`]) → spool item ([`Spool::enqueue`]) → claimed file
-//!    removed, each step durable. A crash anywhere leaves the claimed file,
-//!    which the next pass stores again: at worst a notification is sent twice
-//!    (the receiver sees an update with the same data), never lost. A crash
-//!    between the case record and the spool item leaves a Task in the case
-//!    record that was never queued; cancellation skips such Tasks.
+//!    data version ([`CaseStore::write_data`]) → case record with the new
+//!    Task and the file's identity ([`CaseStore::save`], [`ExportSource`]) →
+//!    spool item ([`Spool::enqueue`]) → claimed file removed, each step
+//!    durable. A crash anywhere leaves the claimed file, and the next pass
+//!    finishes the job exactly once: before the case record it stores the
+//!    file again (nothing was announced yet); after it, it finds the file's
+//!    identity in the case record (`event=outbox.already_accepted`), queues
+//!    the Task if the crash came before the spool step, and only removes
+//!    the file. The first pass after start-up also queues the latest Task
+//!    of every live case whose spool item does not exist, should its file
+//!    be gone. `docs/crash-safety.md` lists every window.
 //! 4. A file that cannot be accepted moves to `<partner>/.rejected/<name>`
 //!    with `<name>.error.txt` (one line: file and reason) beside it, written
 //!    first so that no rejected file is ever without its reason. An earlier
@@ -46,7 +50,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, AuditLog};
-use crate::cases::{Case, CaseStatus, CaseStore, SentTask};
+use crate::cases::{Case, CaseStatus, CaseStore, ExportSource, SentTask};
 use crate::config::{Config, OrgId, Partner};
 use crate::ids::{self, Bsn};
 use crate::oauth::TokenStore;
@@ -85,6 +89,12 @@ pub struct ScanReport {
     pub rejected: usize,
     /// Files left for a later pass (transient failure or back-off).
     pub deferred: usize,
+    /// Files found already accepted (a crash came before their removal),
+    /// now removed.
+    pub already_accepted: usize,
+    /// Notifications of saved Tasks queued on start-up because a crash came
+    /// between saving the case and queueing them.
+    pub requeued: usize,
 }
 
 /// The body of a `notify` spool item.
@@ -129,6 +139,9 @@ pub fn cancel_item_id(task_id: &str) -> String {
 pub struct ScanState {
     deferred: HashMap<PathBuf, Deferral>,
     warned: HashSet<PathBuf>,
+    /// Every case's latest Task was checked to be queued (done once, in
+    /// the first pass that manages it).
+    requeue_checked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +193,8 @@ enum Done {
     Accepted,
     Updated,
     Cancelled,
+    /// Accepted before (a crash came before the removal): only removed.
+    AlreadyAccepted,
 }
 
 /// Test hook: stop after this step, as a crash would.
@@ -189,6 +204,8 @@ pub(crate) enum Step {
     DataWritten,
     CaseSaved,
     Enqueued,
+    /// A `.cancel`: the case record saved as cancelled, nothing else done.
+    CaseCancelled,
 }
 
 /// The state of one pass.
@@ -245,6 +262,11 @@ impl Scanner<'_> {
             }
         };
         pass.state.warned.remove(root);
+        if !pass.state.requeue_checked {
+            let (requeued, complete) = self.requeue_unqueued(now);
+            pass.report.requeued += requeued;
+            pass.state.requeue_checked = complete;
+        }
         for entry in entries {
             let name = entry.name.as_bytes();
             let ft = entry.meta.file_type();
@@ -401,6 +423,7 @@ impl Scanner<'_> {
                         Done::Accepted => pass.report.accepted += 1,
                         Done::Updated => pass.report.updated += 1,
                         Done::Cancelled => pass.report.cancelled += 1,
+                        Done::AlreadyAccepted => pass.report.already_accepted += 1,
                     }
                     true
                 }
@@ -484,54 +507,80 @@ impl Scanner<'_> {
             Ok(a) => a,
             Err(r) => return Some(Err(Fail::Reject(r.problem))),
         };
+        let source = ExportSource {
+            name: export::display_name(name),
+            sha256: crate::util::b64::hex(
+                ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref(),
+            ),
+            size: entry.meta.size(),
+            inode: entry.meta.ino(),
+            mtime: (entry.meta.mtime(), entry.meta.mtime_nsec()),
+        };
         drop(bytes);
         let Some(p) = self.config.partner(partner) else {
             return Some(Err(Fail::Reject(Problem::UnknownPartner)));
         };
-        self.store(p, accepted, now, stop)
+        self.store(p, accepted, source, now, stop)
     }
 
     fn store(
         &self,
         partner: &Partner,
         accepted: Accepted,
+        source: ExportSource,
         now: i64,
         stop: Option<Step>,
     ) -> Option<Result<Done, Fail>> {
         let (case_id, kind) = accepted.into_parts();
         match kind {
-            Kind::Data(data) => self.accept(partner, &case_id, &data, now, stop),
-            Kind::Cancel => Some(self.cancel(partner, &case_id, now)),
+            Kind::Data(data) => self.accept(partner, &case_id, &data, source, now, stop),
+            Kind::Cancel => match self.cancel(partner, &case_id, now, stop) {
+                Ok(Some(done)) => Some(Ok(done)),
+                Ok(None) => None,
+                Err(f) => Some(Err(f)),
+            },
         }
     }
 
-    /// Stores a data export and queues its notification.
+    /// Stores a data export and queues its notification; for a file that
+    /// was accepted before (a crash came before its removal) only makes sure
+    /// its notification is queued.
     fn accept(
         &self,
         partner: &Partner,
         case_id: &CaseId,
         data: &Data,
+        source: ExportSource,
         now: i64,
         stop: Option<Step>,
     ) -> Option<Result<Done, Fail>> {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             Some(Err(Fail::Transient(format!("{what}: {e}"))))
         };
-        let Some(requester) = self.config.our_org(partner.id_scheme) else {
+        let existing = self.cases.get(&partner.name, case_id.as_str());
+        // Before anything else, the status included: the file may have been
+        // accepted just before the case was cancelled.
+        if let Some(case) = &existing {
+            if let Some(sent) = case
+                .tasks
+                .iter()
+                .rev()
+                .find(|t| t.source.as_ref() == Some(&source))
+            {
+                return Some(self.already_accepted(partner, case, sent, now));
+            }
+        }
+        if self.config.our_org(partner.id_scheme).is_none() {
             return Some(Err(Fail::Transient(format!(
                 "partner {}: we have no organisation id in its id scheme (NP_ORG_AGB)",
                 partner.name
             ))));
-        };
-        let owner: Option<&OrgId> = if partner.address_system {
-            None
-        } else {
-            partner.org.as_ref()
-        };
+        }
         let ttl = i64::try_from(self.config.notification_ttl.as_secs()).unwrap_or(i64::MAX / 4);
         let period_end = now.saturating_add(ttl);
         let patient = data.patient();
-        let (mut case, done) = match self.cases.get(&partner.name, case_id.as_str()) {
+        let owner = owner_of(partner);
+        let (mut case, done) = match existing {
             Some(c) if c.status == CaseStatus::Cancelled => {
                 return Some(Err(Fail::Reject(Problem::CaseCancelled)));
             }
@@ -571,54 +620,26 @@ impl Scanner<'_> {
         if stop == Some(Step::DataWritten) {
             return None;
         }
-        let task = Notification {
-            task_id: &task_id,
-            group_id: &case.group_id,
-            patient,
-            authored_on: now,
-            period_end,
-            system_id: &self.config.system_id,
-            requester: &requester,
-            owner,
-            authorization_base: &case.authorization_base,
-            resources: data.resources(),
-        }
-        .to_task();
-        let item_id = notify_item_id(&task_id);
-        case.tasks.push(SentTask {
+        let sent = SentTask {
             task_id: task_id.clone(),
             version: case.version,
-            item_id: item_id.clone(),
+            item_id: notify_item_id(&task_id),
             status: TASK_REQUESTED.into(),
-        });
+            source: Some(source),
+            authored_on: now,
+            period_end,
+        };
+        case.tasks.push(sent.clone());
+        let item = match self.notify_item(partner, &case, &sent, data, now) {
+            Ok(i) => i,
+            Err(f) => return Some(Err(f)),
+        };
         if let Err(e) = self.cases.save(&case) {
             return transient("save case", &e);
         }
         if stop == Some(Step::CaseSaved) {
             return None;
         }
-        let body = NotifyBody {
-            case_id: case_id.as_str().to_string(),
-            task_id: task_id.clone(),
-            version: case.version,
-            patient: patient.as_str().to_string(),
-            task,
-        };
-        let body = match serde_json::to_value(&body) {
-            Ok(b) => b,
-            Err(e) => return transient("serialise", &e),
-        };
-        let item = Item {
-            id: item_id,
-            kind: KIND_NOTIFY.into(),
-            partner: partner.name.clone(),
-            created_at: now,
-            attempts: 0,
-            not_before: now,
-            give_up_at: Some(period_end),
-            last_error: None,
-            body,
-        };
         if let Err(e) = self.spool.enqueue(&item) {
             return transient("queue notification", &e);
         }
@@ -643,9 +664,211 @@ impl Scanner<'_> {
         Some(Ok(done))
     }
 
+    /// A file whose acceptance a crash interrupted after the case record was
+    /// saved: queue its notification if the crash came before that, then
+    /// let the file be removed. Nothing is announced twice.
+    fn already_accepted(
+        &self,
+        partner: &Partner,
+        case: &Case,
+        sent: &SentTask,
+        now: i64,
+    ) -> Result<Done, Fail> {
+        let requeued = self.queue_latest(partner, case, now)?;
+        log::info!(
+            "event=outbox.already_accepted partner={} case={} version={} task=urn:uuid:{} requeued={requeued}",
+            partner.name,
+            case.case_id,
+            sent.version,
+            sent.task_id
+        );
+        // The crash may have come before the audit event was written: record
+        // it (again, at worst) rather than risk never.
+        if let Some(bsn) = Bsn::parse(&case.patient) {
+            let event = if sent.version == 1 {
+                "export.accepted"
+            } else {
+                "export.updated"
+            };
+            let object = format!(
+                "case {} version {} task urn:uuid:{} (completed after a restart)",
+                case.case_id, sent.version, sent.task_id
+            );
+            self.audit_event(partner, event, &bsn, &object);
+        }
+        Ok(Done::AlreadyAccepted)
+    }
+
+    /// Queues the notification of every live case's latest Task that was
+    /// saved but never queued (a crash between the two steps). Returns how
+    /// many were queued and whether every case could be checked.
+    fn requeue_unqueued(&self, now: i64) -> (usize, bool) {
+        let (mut requeued, mut complete) = (0, true);
+        for case in self.cases.all() {
+            let Some(partner) = self.config.partner(&case.partner) else {
+                continue;
+            };
+            match self.queue_latest(partner, &case, now) {
+                Ok(false) => {}
+                Ok(true) => {
+                    requeued += 1;
+                    log::warn!(
+                        "event=outbox.requeued partner={} case={} version={} reason=\"saved but not queued before a restart\"",
+                        case.partner,
+                        case.case_id,
+                        case.version
+                    );
+                }
+                Err(f) => {
+                    complete = false;
+                    let reason = match f {
+                        Fail::Transient(r) => r,
+                        Fail::Reject(p) => p.to_string(),
+                    };
+                    log::error!(
+                        "event=outbox.requeue_failed partner={} case={} error={}",
+                        case.partner,
+                        case.case_id,
+                        Q(&reason)
+                    );
+                }
+            }
+        }
+        (requeued, complete)
+    }
+
+    /// Queues the notification of a live case's latest Task when its spool
+    /// item does not exist (a crash came between saving the case and
+    /// queueing), rebuilt from the stored data version. Only the latest: an
+    /// earlier Task without an item was superseded before it was ever sent,
+    /// and sending it now would put the case's notifications out of order.
+    /// Returns whether it queued one.
+    fn queue_latest(&self, partner: &Partner, case: &Case, now: i64) -> Result<bool, Fail> {
+        let Some(sent) = case.tasks.last() else {
+            return Ok(false);
+        };
+        if case.status != CaseStatus::Live
+            || sent.status != TASK_REQUESTED
+            || self.spool.find(&sent.item_id).is_some()
+        {
+            return Ok(false);
+        }
+        let period_end = if sent.period_end > 0 {
+            sent.period_end
+        } else {
+            case.expires_at
+        };
+        if period_end <= now {
+            log::warn!(
+                "event=outbox.requeue_skipped partner={} case={} version={} reason=\"restriction.period.end passed\"",
+                case.partner,
+                case.case_id,
+                sent.version
+            );
+            return Ok(false);
+        }
+        let path = self
+            .cases
+            .data_path(&case.partner, &case.case_id, sent.version);
+        let bytes = fs::read(&path)
+            .map_err(|e| Fail::Transient(format!("read stored data {}: {e}", path.display())))?;
+        // The stored data passed these rules once; only the size limit may
+        // have changed since.
+        let rules = Rules {
+            max_bytes: u64::MAX,
+            ..self.rules.clone()
+        };
+        let stored = format!("{}.json", case.case_id);
+        let data = match export::validate(stored.as_bytes(), &bytes, &partner.name, &rules)
+            .map(Accepted::into_parts)
+        {
+            Ok((_, Kind::Data(d))) if d.patient().as_str() == case.patient => d,
+            Ok(_) => {
+                return Err(Fail::Transient(format!(
+                    "stored data {} is not this case's export",
+                    path.display()
+                )));
+            }
+            Err(r) => {
+                return Err(Fail::Transient(format!(
+                    "stored data {}: {}",
+                    path.display(),
+                    r.problem
+                )));
+            }
+        };
+        let mut sent = sent.clone();
+        sent.period_end = period_end;
+        if sent.authored_on == 0 {
+            sent.authored_on = case.updated_at;
+        }
+        let item = self.notify_item(partner, case, &sent, &data, now)?;
+        self.spool
+            .enqueue(&item)
+            .map_err(|e| Fail::Transient(format!("queue notification: {e}")))
+    }
+
+    /// The spool item that delivers `sent`: its notification Task, built
+    /// from the case, the data version and the configuration.
+    fn notify_item(
+        &self,
+        partner: &Partner,
+        case: &Case,
+        sent: &SentTask,
+        data: &Data,
+        now: i64,
+    ) -> Result<Item, Fail> {
+        let Some(requester) = self.config.our_org(partner.id_scheme) else {
+            return Err(Fail::Transient(format!(
+                "partner {}: we have no organisation id in its id scheme (NP_ORG_AGB)",
+                partner.name
+            )));
+        };
+        let task = Notification {
+            task_id: &sent.task_id,
+            group_id: &case.group_id,
+            patient: data.patient(),
+            authored_on: sent.authored_on,
+            period_end: sent.period_end,
+            system_id: &self.config.system_id,
+            requester: &requester,
+            owner: owner_of(partner),
+            authorization_base: &case.authorization_base,
+            resources: data.resources(),
+        }
+        .to_task();
+        let body = NotifyBody {
+            case_id: case.case_id.clone(),
+            task_id: sent.task_id.clone(),
+            version: sent.version,
+            patient: data.patient().as_str().to_string(),
+            task,
+        };
+        let body =
+            serde_json::to_value(&body).map_err(|e| Fail::Transient(format!("serialise: {e}")))?;
+        Ok(Item {
+            id: sent.item_id.clone(),
+            kind: KIND_NOTIFY.into(),
+            partner: partner.name.clone(),
+            created_at: now,
+            attempts: 0,
+            not_before: now,
+            give_up_at: Some(sent.period_end),
+            last_error: None,
+            body,
+        })
+    }
+
     /// Cancels a case: record, base revoked, one cancellation per Task that
     /// was (or is being) delivered. Safe to repeat after a crash.
-    fn cancel(&self, partner: &Partner, case_id: &CaseId, now: i64) -> Result<Done, Fail> {
+    /// `Ok(None)` only when the test hook stopped it.
+    fn cancel(
+        &self,
+        partner: &Partner,
+        case_id: &CaseId,
+        now: i64,
+        stop: Option<Step>,
+    ) -> Result<Option<Done>, Fail> {
         let transient =
             |what: &str, e: &dyn std::fmt::Display| Fail::Transient(format!("{what}: {e}"));
         let Some(mut case) = self.cases.get(&partner.name, case_id.as_str()) else {
@@ -653,6 +876,11 @@ impl Scanner<'_> {
         };
         let first_time = case.status != CaseStatus::Cancelled;
         if first_time {
+            // Audited before it happens: a crash in between records it twice
+            // rather than never.
+            if let Some(bsn) = Bsn::parse(&case.patient) {
+                self.audit_event(partner, "case.cancelled", &bsn, &format!("case {case_id}"));
+            }
             case.status = CaseStatus::Cancelled;
             case.updated_at = now;
             for t in &mut case.tasks {
@@ -664,6 +892,9 @@ impl Scanner<'_> {
                 .save(&case)
                 .map_err(|e| transient("save case", &e))?;
         }
+        if stop == Some(Step::CaseCancelled) {
+            return Ok(None);
+        }
         let revoked = self.tokens.revoke_base(&case.authorization_base);
         let mut queued = 0;
         for sent in &case.tasks {
@@ -671,8 +902,9 @@ impl Scanner<'_> {
                 .load_any(&sent.item_id)
                 .map_err(|e| transient("read notification", &e))?
             else {
-                // Never queued (crash before the spool step), or never
-                // delivered (dead): the partner has nothing to cancel.
+                // Never queued (a crash before the spool step, the Task then
+                // superseded), or dead without ever being tried: the partner
+                // has nothing to cancel.
                 continue;
             };
             if notify.give_up_at.is_some_and(|end| end <= now) {
@@ -713,25 +945,23 @@ impl Scanner<'_> {
             partner.name,
             !first_time
         );
-        if first_time {
-            if let Some(bsn) = Bsn::parse(&case.patient) {
-                self.audit_event(partner, "case.cancelled", &bsn, &format!("case {case_id}"));
-            }
-        }
-        Ok(Done::Cancelled)
+        Ok(Some(Done::Cancelled))
     }
 
-    /// The notify item in whatever state it is, if it exists and is not dead.
+    /// The notify item in whatever state it is, if it exists and may have
+    /// reached the partner: not dead, or dead after an attempt (a crash or a
+    /// timeout mid-request may have delivered it).
     fn load_any(&self, id: &str) -> Result<Option<Item>, SpoolError> {
         // The item may move between states while we look: try a few times.
         for _ in 0..3 {
-            match self.spool.find(id) {
-                None | Some(State::Dead) => return Ok(None),
-                Some(s) => match self.spool.load(s, id) {
-                    Ok(item) => return Ok(Some(item)),
-                    Err(SpoolError::Missing { .. }) => continue,
-                    Err(e) => return Err(e),
-                },
+            let Some(state) = self.spool.find(id) else {
+                return Ok(None);
+            };
+            match self.spool.load(state, id) {
+                Ok(item) if state == State::Dead && item.attempts == 0 => return Ok(None),
+                Ok(item) => return Ok(Some(item)),
+                Err(SpoolError::Missing { .. }) => continue,
+                Err(e) => return Err(e),
             }
         }
         Ok(None)
@@ -795,6 +1025,16 @@ impl Scanner<'_> {
                 false
             }
         }
+    }
+}
+
+/// `Task.owner` towards a partner: its organisation, unless it is
+/// addressed as a system.
+fn owner_of(partner: &Partner) -> Option<&OrgId> {
+    if partner.address_system {
+        None
+    } else {
+        partner.org.as_ref()
     }
 }
 

@@ -702,51 +702,253 @@ fn agb_partner_addressed_as_a_system() {
     );
 }
 
-/// A crash after each step of accepting an export: the next pass finishes
-/// the job; nothing is lost and the file is gone only at the end.
+/// A crash after each step of accepting an export (first export and
+/// update): the next pass, with fresh memory as after a restart, finishes
+/// the job exactly once — one Task, one queued notification, the file gone.
 #[test]
-fn a_crash_between_steps_loses_nothing() {
-    for step in [
-        Step::Claimed,
-        Step::DataWritten,
-        Step::CaseSaved,
-        Step::Enqueued,
-    ] {
-        let mut f = fixture();
-        f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
-        let r = f.scan_until(NOW, step);
-        assert_eq!(r.accepted, 0, "{step:?}");
-        let claimed = f.outbox("hospb").join(CLAIMED_DIR).join("c1.json");
-        assert!(claimed.exists(), "{step:?}: the file is still there");
-        // The restart: a fresh scanner state, as after a crash.
-        f.state = ScanState::default();
-        let r = f.scan(NOW + 1);
-        assert_eq!(r.accepted + r.updated, 1, "{step:?}");
-        assert!(!claimed.exists(), "{step:?}");
-        let case = f.cases.get("hospb", "c1").unwrap();
-        let queued = f.items(State::Queued);
-        let want = if step == Step::Enqueued { 2 } else { 1 };
-        assert_eq!(queued.len(), want, "{step:?}: at least once, at most twice");
-        let latest = case.tasks.last().unwrap();
-        assert!(queued.iter().any(|i| i.id == latest.item_id), "{step:?}");
-        assert_eq!(
-            f.cases.data("hospb", "c1", case.version).unwrap()["entry"][1]["resource"]["id"],
-            "a"
-        );
-        if step == Step::CaseSaved {
-            // The Task saved but never queued is skipped by cancellation.
-            assert_eq!(case.tasks.len(), 2);
-            f.put("hospb", "c1.cancel", b"");
-            assert_eq!(f.scan(NOW + 2).cancelled, 1);
-            let cancels: Vec<Item> = f
+fn a_crash_between_steps_sends_each_export_exactly_once() {
+    for update in [false, true] {
+        for step in [
+            Step::Claimed,
+            Step::DataWritten,
+            Step::CaseSaved,
+            Step::Enqueued,
+        ] {
+            let label = format!("{step:?}, update {update}");
+            let mut f = fixture();
+            if update {
+                f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+                assert_eq!(f.scan(NOW).accepted, 1);
+            }
+            let before = f.cases.get("hospb", "c1").map_or(0, |c| c.tasks.len());
+            f.export("hospb", "c1", &bundle(BSN, &[condition("b")]));
+            let r = f.scan_until(NOW + 1, step);
+            assert_eq!(r.accepted + r.updated, 0, "{label}");
+            let claimed = f.outbox("hospb").join(CLAIMED_DIR).join("c1.json");
+            assert!(claimed.exists(), "{label}: the file is still there");
+            // The restart: a fresh scanner state, as after a crash.
+            f.state = ScanState::default();
+            let r = f.scan(NOW + 2);
+            let finished_before = step >= Step::CaseSaved;
+            assert_eq!(
+                (r.accepted + r.updated, r.already_accepted),
+                if finished_before { (0, 1) } else { (1, 0) },
+                "{label}: {r:?}"
+            );
+            assert_eq!(r.requeued, usize::from(step == Step::CaseSaved), "{label}");
+            assert!(!claimed.exists(), "{label}");
+            let case = f.cases.get("hospb", "c1").unwrap();
+            assert_eq!(case.tasks.len(), before + 1, "{label}: one Task per export");
+            assert_eq!(case.version, u32::try_from(before).unwrap() + 1, "{label}");
+            let notify: Vec<Item> = f
                 .items(State::Queued)
                 .into_iter()
-                .filter(|i| i.kind == "cancel")
+                .filter(|i| i.kind == KIND_NOTIFY)
                 .collect();
-            assert_eq!(cancels.len(), 1);
-            assert_eq!(cancels[0].id, format!("cancel-{}", latest.task_id));
+            assert_eq!(
+                notify.len(),
+                before + 1,
+                "{label}: one notification per Task"
+            );
+            let latest = case.tasks.last().unwrap();
+            let item = notify.iter().find(|i| i.id == latest.item_id).unwrap();
+            assert_eq!(
+                item.body["task"]["identifier"][0]["value"],
+                format!("urn:uuid:{}", latest.task_id),
+                "{label}"
+            );
+            assert_eq!(
+                f.cases.data("hospb", "c1", case.version).unwrap()["entry"][1]["resource"]["id"],
+                "b",
+                "{label}"
+            );
+            // Nothing more on later passes.
+            assert_eq!(f.scan(NOW + 3), ScanReport::default(), "{label}");
         }
     }
+}
+
+/// Regression: a crash between queueing the notification and removing the
+/// claimed file sent the same data twice (same group id): after the restart
+/// the file was accepted again as an update, with a new Task identifier.
+#[test]
+fn a_crash_after_queueing_does_not_send_the_same_file_twice() {
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+    f.scan_until(NOW, Step::Enqueued);
+    let first = f.cases.get("hospb", "c1").unwrap();
+    // The notification may even be delivered before the restart.
+    let id = first.tasks[0].item_id.clone();
+    f.settle(&id, State::Done);
+    f.state = ScanState::default();
+    let r = f.scan(NOW + 1);
+    assert_eq!((r.accepted, r.updated, r.already_accepted), (0, 0, 1));
+    assert_eq!(f.cases.get("hospb", "c1").unwrap(), first, "no new version");
+    assert!(f.items(State::Queued).is_empty(), "nothing queued again");
+    assert!(f.names(&f.outbox("hospb").join(CLAIMED_DIR)).is_empty());
+}
+
+/// Regression: a crash between saving the case and queueing its
+/// notification left a Task in the case record that was never sent (and
+/// the file, accepted again, became a second version of the same data).
+#[test]
+fn a_crash_after_saving_the_case_queues_the_saved_task() {
+    // The claimed file is still there: it completes the job.
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+    f.scan_until(NOW, Step::CaseSaved);
+    let saved = f.cases.get("hospb", "c1").unwrap();
+    assert!(f.spool.find(&saved.tasks[0].item_id).is_none());
+    f.state = ScanState::default();
+    let r = f.scan(NOW + 1);
+    assert_eq!((r.requeued, r.already_accepted), (1, 1));
+    assert_eq!(f.cases.get("hospb", "c1").unwrap(), saved);
+    let item = f
+        .spool
+        .load(State::Queued, &saved.tasks[0].item_id)
+        .unwrap();
+    assert_eq!(item.give_up_at, Some(NOW + 7 * 86_400));
+    assert_eq!(
+        item.body["task"]["authoredOn"],
+        time::rfc3339(NOW),
+        "the Task as it was made"
+    );
+    assert_eq!(
+        item.body["task"]["input"][0]["valueString"],
+        saved.authorization_base
+    );
+
+    // The file is gone (an operator cleaned up): the first pass after the
+    // restart queues it all the same, and only once.
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+    f.scan_until(NOW, Step::CaseSaved);
+    fs::remove_file(f.outbox("hospb").join(CLAIMED_DIR).join("c1.json")).unwrap();
+    f.state = ScanState::default();
+    assert_eq!(f.scan(NOW + 1).requeued, 1);
+    assert_eq!(f.scan(NOW + 2).requeued, 0);
+    assert_eq!(f.items(State::Queued).len(), 1);
+}
+
+/// Only the latest Task of a case is queued late: an earlier one without a
+/// spool item was superseded before it was ever sent (records from before
+/// the fix), and sending it now would reach the partner out of order.
+#[test]
+fn a_superseded_task_that_was_never_queued_stays_unsent() {
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("a")]));
+    f.scan_until(NOW, Step::CaseSaved);
+    fs::remove_file(f.outbox("hospb").join(CLAIMED_DIR).join("c1.json")).unwrap();
+    f.export("hospb", "c1", &bundle(BSN, &[condition("b")]));
+    // As the code before the fix did: the update accepted with no memory of
+    // the unqueued Task.
+    f.state.requeue_checked = true;
+    assert_eq!(f.scan(NOW + 1).updated, 1);
+    let case = f.cases.get("hospb", "c1").unwrap();
+    assert_eq!(case.tasks.len(), 2);
+    f.state = ScanState::default();
+    assert_eq!(f.scan(NOW + 2).requeued, 0);
+    let queued: Vec<String> = f.items(State::Queued).into_iter().map(|i| i.id).collect();
+    assert_eq!(queued, vec![case.tasks[1].item_id.clone()]);
+}
+
+/// The same bytes written again by the EHR are a new export (an expired
+/// notification renewed, say), not a leftover.
+#[test]
+fn identical_data_exported_again_is_a_new_version() {
+    let mut f = fixture();
+    let b = bundle(BSN, &[condition("a")]);
+    f.export("hospb", "c1", &b);
+    assert_eq!(f.scan(NOW).accepted, 1);
+    let path = f.export("hospb", "c1", &b);
+    set_mtime(&path, 0);
+    let r = f.scan(NOW + 1);
+    assert_eq!((r.updated, r.already_accepted), (1, 0));
+    let case = f.cases.get("hospb", "c1").unwrap();
+    assert_eq!(case.tasks.len(), 2);
+    let (s1, s2) = (
+        case.tasks[0].source.as_ref().unwrap(),
+        case.tasks[1].source.as_ref().unwrap(),
+    );
+    assert_eq!(s1.sha256, s2.sha256);
+    assert_eq!(s1.name, "c1.json");
+    assert_ne!((s1.inode, s1.mtime), (s2.inode, s2.mtime));
+}
+
+/// A crash after a `.cancel` saved the case as cancelled but before
+/// cancellations were queued and tokens revoked: the next pass does the
+/// rest, once.
+#[test]
+fn a_crash_while_cancelling_is_finished_on_the_next_pass() {
+    let mut f = fixture();
+    f.export("hospb", "c1", &bundle(BSN, &[]));
+    f.scan(NOW);
+    let case = f.cases.get("hospb", "c1").unwrap();
+    f.settle(&case.tasks[0].item_id, State::Done);
+    let grant = Grant {
+        kind: TokenKind::Pull,
+        partner: "hospb".into(),
+        client_id: "b".into(),
+        requesting_org: "x".into(),
+        authorizer: None,
+        patient: Some(BSN.into()),
+        authorization_base: Some(case.authorization_base.clone()),
+        case_id: Some("c1".into()),
+        issued_at: 0,
+        expires_at: 0,
+    };
+    let issued = f.tokens.issue(grant, NOW).unwrap();
+    f.put("hospb", "c1.cancel", b"");
+    assert_eq!(f.scan_until(NOW + 1, Step::CaseCancelled).cancelled, 0);
+    assert_eq!(
+        f.cases.get("hospb", "c1").unwrap().status,
+        CaseStatus::Cancelled
+    );
+    f.state = ScanState::default();
+    assert_eq!(f.scan(NOW + 2).cancelled, 1);
+    assert!(
+        f.tokens
+            .check(&issued.access_token, "hospb", NOW + 2)
+            .is_err()
+    );
+    let cancels: Vec<Item> = f
+        .items(State::Queued)
+        .into_iter()
+        .filter(|i| i.kind == KIND_CANCEL)
+        .collect();
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(cancels[0].id, cancel_item_id(&case.tasks[0].task_id));
+    assert!(f.names(&f.outbox("hospb").join(CLAIMED_DIR)).is_empty());
+    let audit = fs::read_to_string(
+        f.config
+            .state_dir
+            .join("audit")
+            .join(format!("{}.jsonl", time::date(time::now_unix()))),
+    )
+    .unwrap();
+    assert_eq!(audit.matches("\"action\":\"case.cancelled\"").count(), 1);
+}
+
+/// A notification that died after an attempt (which may have reached the
+/// partner) still gets a cancellation; one that died untried does not.
+#[test]
+fn cancel_covers_a_dead_notification_that_was_tried() {
+    let mut f = fixture();
+    for c in ["tried", "untried"] {
+        f.export("hospb", c, &bundle(BSN, &[]));
+    }
+    f.scan(NOW);
+    for (c, attempts) in [("tried", 1), ("untried", 0)] {
+        let id = f.cases.get("hospb", c).unwrap().tasks[0].item_id.clone();
+        let mut item = f.spool.claim(&id).unwrap();
+        item.attempts = attempts;
+        f.spool.bury(&item).unwrap();
+        f.put("hospb", &format!("{c}.cancel"), b"");
+    }
+    assert_eq!(f.scan(NOW + 1).cancelled, 2);
+    let cancels: Vec<String> = f.items(State::Queued).into_iter().map(|i| i.id).collect();
+    let tried = f.cases.get("hospb", "tried").unwrap();
+    assert_eq!(cancels, vec![cancel_item_id(&tried.tasks[0].task_id)]);
 }
 
 #[test]
