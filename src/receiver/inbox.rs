@@ -53,6 +53,40 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
     durable::write_atomic_mode(path, bytes, durable::SHARED_FILE_MODE)
 }
 
+/// Removes the temp files a crash inside [`write`] left in the inbox:
+/// `.np-*.tmp` (never a name the EHR is given) in the partner folders and
+/// their group folders. Symbolic links are not followed. Returns how many.
+pub fn remove_temp_files(inbox: &Path) -> Result<usize, DurableError> {
+    let mut removed = 0;
+    for partner in subdirs(inbox)? {
+        removed += durable::remove_temp_files(&partner)?;
+        for group in subdirs(&partner)? {
+            removed += durable::remove_temp_files(&group)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// The folders directly in `dir` (not symbolic links to folders).
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, DurableError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DurableError {
+                path: dir.to_path_buf(),
+                step: "read directory",
+                source,
+            });
+        }
+    };
+    Ok(entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect())
+}
+
 /// Pulled resources, in arrival order, each `<type>/<id>` once.
 #[derive(Debug, Default)]
 pub struct Collector {
@@ -246,6 +280,33 @@ mod tests {
                 "Basic"
             ]
         );
+    }
+
+    /// Regression: a kill while a pull wrote its inbox file left
+    /// `.np-<task>.json.<nonce>.tmp` in the group folder for good; start-up
+    /// recovery cleaned the spool and the state folders but not the inbox.
+    #[test]
+    fn a_crash_while_writing_the_inbox_leaves_no_temp_file_after_a_restart() {
+        let inbox = std::env::temp_dir().join(format!(
+            "np-inbox-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        let group = inbox.join("vip").join("g1");
+        write(&group.join("t1.json"), b"{}").unwrap();
+        let half = group.join(".np-t2.json.0011aabbccdd.tmp");
+        std::fs::write(&half, b"{\"resourceType\":").unwrap();
+        std::fs::create_dir_all(inbox.join("mitz")).unwrap();
+        let mitz = inbox
+            .join("mitz")
+            .join(".np-20260101T000000Z-x.json.00aa.tmp");
+        std::fs::write(&mitz, b"<").unwrap();
+        let ehr = group.join(".ehr-working.tmp");
+        std::fs::write(&ehr, b"not ours").unwrap();
+        assert_eq!(remove_temp_files(&inbox).unwrap(), 2);
+        assert!(!half.exists() && !mitz.exists());
+        assert!(group.join("t1.json").exists() && ehr.exists());
+        assert_eq!(remove_temp_files(&inbox.join("missing")).unwrap(), 0);
+        std::fs::remove_dir_all(inbox).unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`wire`]: reading and writing FHIR bodies.
 //! - this file: the [`Receiver`] façade, intake and cancellation; `pull.rs`: the spool worker.
 //!
+//! Start-up removes the temp files a crash mid-write left in the inbox.
 //! Durable state of its own, under `NP_STATE_DIR/receiver/`:
 //! `cancelled/<item>.json` (a cancellation we accepted, which stops a queued
 //! or retrying pull) and `pulls/<item>.json` (what the last pull got, input by
@@ -193,6 +194,10 @@ impl Receiver {
             durable::remove_temp_files(&dir).map_err(ReceiverError)?;
         }
         durable::create_dir_all_mode(inbox, durable::SHARED_DIR_MODE).map_err(ReceiverError)?;
+        let removed = inbox::remove_temp_files(inbox).map_err(ReceiverError)?;
+        if removed > 0 {
+            log::info!("event=inbox.recovered temp_files={removed}");
+        }
         Ok(Receiver {
             config,
             spool,
