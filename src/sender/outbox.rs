@@ -1045,8 +1045,10 @@ struct Entry {
     meta: Metadata,
 }
 
-/// Entries of `dir` (not following symbolic links), oldest first by mtime,
-/// then by name. Entries that vanish while listing are skipped.
+/// Entries of `dir` (not following symbolic links), oldest first by mtime;
+/// on equal mtimes (file times tick only every few milliseconds) a
+/// `.cancel` after the other files, then by name. Entries that vanish while
+/// listing are skipped.
 fn list(dir: &Path) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -1061,13 +1063,16 @@ fn list(dir: &Path) -> io::Result<Vec<Entry>> {
             meta,
         });
     }
-    out.sort_by(|a, b| {
-        (a.meta.mtime(), a.meta.mtime_nsec(), &a.name).cmp(&(
-            b.meta.mtime(),
-            b.meta.mtime_nsec(),
-            &b.name,
-        ))
-    });
+    // An export and its `.cancel` written within one clock tick: taking the
+    // `.cancel` first would refuse it (unknown case) and leave the case live.
+    let key = |e: &Entry| {
+        (
+            e.meta.mtime(),
+            e.meta.mtime_nsec(),
+            e.name.as_bytes().ends_with(b".cancel"),
+        )
+    };
+    out.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name)));
     Ok(out)
 }
 

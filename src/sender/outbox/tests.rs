@@ -687,6 +687,31 @@ fn export_and_cancel_are_taken_in_mtime_order() {
     assert_eq!(f.items(State::Queued).len(), 2);
 }
 
+/// Regression: an export and its `.cancel` written within one clock tick
+/// have the same mtime, and the name put `c1.cancel` before `c1.json`: the
+/// cancel was refused ("cancel for an unknown case") and the case stayed live.
+#[test]
+fn an_export_and_its_cancel_in_one_clock_tick_keep_their_order() {
+    let mut f = fixture();
+    let data = f.export("hospb", "c1", &bundle(BSN, &[]));
+    let cancel = f.put("hospb", "c1.cancel", b"");
+    let t = SystemTime::now() - Duration::from_secs(5);
+    for p in [&data, &cancel] {
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    let r = f.scan(NOW);
+    assert_eq!((r.accepted, r.cancelled, r.rejected), (1, 1, 0), "{r:?}");
+    assert_eq!(
+        f.cases.get("hospb", "c1").unwrap().status,
+        CaseStatus::Cancelled
+    );
+}
+
 #[test]
 fn agb_partner_addressed_as_a_system() {
     let mut f = fixture();
