@@ -350,6 +350,13 @@ impl AgentSetup {
         self.env.write(&self.env_file());
         AgentProcess::spawn(&self.dir, &self.env_file())
     }
+
+    /// Starts the agent without waiting for READY=1 (to kill it while it
+    /// recovers its state).
+    pub fn start_unwaited(&self) -> AgentProcess {
+        self.env.write(&self.env_file());
+        AgentProcess::spawn_unwaited(&self.dir, &self.env_file())
+    }
 }
 
 /// A running `np-agent run` child process.
@@ -405,6 +412,30 @@ impl AgentProcess {
         }
         let _ = std::fs::remove_file(&sock_path);
         p
+    }
+
+    /// Starts the binary and returns at once (no notify socket).
+    pub fn spawn_unwaited(dir: &Path, env_file: &Path) -> AgentProcess {
+        let n = np_agent::util::b64::hex(&np_agent::util::random::bytes::<4>().unwrap());
+        let log_path = dir.join(format!("agent-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_np-agent"))
+            .arg("run")
+            .arg("--env-file")
+            .arg(env_file)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        AgentProcess {
+            child: Some(child),
+            log_path,
+            pid,
+        }
     }
 
     /// Everything the agent logged so far.

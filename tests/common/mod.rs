@@ -43,6 +43,14 @@ impl TempDir {
     pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.path.join(rel)
     }
+
+    /// Keeps the directory whatever `NP_TEST_KEEP` says (a failed audit
+    /// keeps its evidence) and returns its path.
+    pub fn keep(self) -> PathBuf {
+        let path = self.path.clone();
+        std::mem::forget(self);
+        path
+    }
 }
 
 impl Drop for TempDir {
