@@ -1144,3 +1144,61 @@ fn the_dispatcher_runs_pulls_through_the_pull_worker() {
     dispatcher.shutdown(Duration::from_secs(2));
     assert!(h.data_file(GROUP, uuid).exists());
 }
+
+/// A restart (fresh spool recovery and receiver on the same folders) between
+/// the steps of intake, pull and cancellation: the same Task again is a
+/// `200` with one pull item, a pull interrupted after its inbox file was
+/// written replaces that file under the same name, and a cancellation whose
+/// inbox file was lost is written again when the sender repeats it.
+#[test]
+fn a_restart_between_steps_duplicates_nothing() {
+    let h = Harness::new("pull-restart");
+    let uuid = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+    let t = full_task(uuid);
+    let first = h.notify(&t);
+    assert_eq!(first.status, 201);
+    let id = item_id_of(&first);
+    let restart = || {
+        let (spool, recovery) = Spool::open(&h.state_dir).unwrap();
+        let audit = Arc::new(AuditLog::open(&h.state_dir).unwrap());
+        let r = Receiver::new(h.config.clone(), Arc::new(spool), audit).unwrap();
+        (r, recovery)
+    };
+
+    // Stored, the 201 lost with the process: the sender's resend is a duplicate.
+    let (receiver, _) = restart();
+    let again = receiver.notify(
+        h.partner(),
+        &grant(),
+        &request("POST", "/fhir/Task", None, t.to_string().into_bytes()),
+        now_unix(),
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(h.spool.ids(State::Queued).unwrap(), vec![id.clone()]);
+
+    // Pulled and written, killed before the item settled.
+    let (_, outcome) = h.pull(&id);
+    assert_eq!(outcome, Outcome::Done);
+    let group = h.inbox.join("hospa").join(GROUP);
+    let written = files_in(&group);
+    assert_eq!(written, [format!("{uuid}.json")]);
+    let (_, recovery) = restart();
+    assert_eq!(recovery.requeued, 1);
+    let (item, outcome) = h.pull(&id);
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(item.attempts, 1, "the interrupted attempt counted");
+    h.settle(item, outcome);
+    assert_eq!(files_in(&group), written, "replaced, not duplicated");
+
+    // Cancelled, the inbox file lost before the 200 left: the repeat writes it.
+    let mut cancel = t.clone();
+    cancel["status"] = json!("cancelled");
+    let query = format!("identifier=urn:ietf:rfc:3986|urn:uuid:{uuid}");
+    assert_eq!(h.cancel(&query, &cancel).status, 200);
+    let file = group.join(format!("{uuid}.cancelled.json"));
+    std::fs::remove_file(&file).unwrap();
+    restart();
+    assert_eq!(h.cancel(&query, &cancel).status, 200);
+    assert!(file.exists());
+    assert_eq!(files_in(&group).len(), 2);
+}
