@@ -1052,6 +1052,17 @@ impl Direction<'_> {
                             cancel_file.display()
                         ));
                     }
+                    let report = r_state.join("receiver/pulls").join(format!(
+                        "{}.json",
+                        pull.map(|(_, i)| i.id.as_str()).unwrap_or("-")
+                    ));
+                    if report.exists() && !data_file.exists() {
+                        p.push(format!(
+                            "{arrow} case {cid}: the receiver pulled Task {task} ({}), but {} is missing",
+                            report.display(),
+                            data_file.display()
+                        ));
+                    }
                     if data_file.exists() {
                         // Pulled before the cancellation: what is there is one
                         // export's data (resources may be missing once the sender

@@ -70,8 +70,9 @@ impl Sender {
     }
 
     /// One outbox pass; returns counts (accepted, updated, cancelled,
-    /// rejected, deferred). Per-file failures are logged and counted, never
-    /// returned.
+    /// rejected, deferred, and what it finished after a crash). Per-file
+    /// failures are logged and counted, never returned. The first pass of a
+    /// new sender also queues any Task a crash left saved but unqueued.
     pub fn scan(&self, now: i64) -> ScanReport {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.scanner().scan(&mut state, now)

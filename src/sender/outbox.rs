@@ -247,6 +247,11 @@ impl Scanner<'_> {
             now,
             stop,
         };
+        if !pass.state.requeue_checked {
+            let (requeued, complete) = self.requeue_unqueued(now);
+            pass.report.requeued += requeued;
+            pass.state.requeue_checked = complete;
+        }
         let root = &self.config.outbox;
         let entries = match list(root) {
             Ok(e) => e,
@@ -262,11 +267,6 @@ impl Scanner<'_> {
             }
         };
         pass.state.warned.remove(root);
-        if !pass.state.requeue_checked {
-            let (requeued, complete) = self.requeue_unqueued(now);
-            pass.report.requeued += requeued;
-            pass.state.requeue_checked = complete;
-        }
         for entry in entries {
             let name = entry.name.as_bytes();
             let ft = entry.meta.file_type();
