@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;
+pub mod folders;
 pub mod pki;
 pub mod proxy;
 pub mod tls;
