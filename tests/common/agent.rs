@@ -315,8 +315,14 @@ impl AgentSetup {
         self.env.set("NP_PARTNERS", names.join(","));
         self.env
             .set(&format!("NP_PARTNER_{upper}_FHIR_BASE"), other.url("/fhir"))
-            .set(&format!("NP_PARTNER_{upper}_ORG"), format!("ura:{}", other.ura))
-            .set(&format!("NP_PARTNER_{upper}_CERT"), format!("ura:{}", other.ura));
+            .set(
+                &format!("NP_PARTNER_{upper}_ORG"),
+                format!("ura:{}", other.ura),
+            )
+            .set(
+                &format!("NP_PARTNER_{upper}_CERT"),
+                format!("ura:{}", other.ura),
+            );
     }
 
     pub fn outbox(&self, partner: &str) -> PathBuf {

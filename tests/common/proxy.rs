@@ -44,7 +44,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, up, stop, refused }
+        Proxy {
+            port,
+            up,
+            stop,
+            refused,
+        }
     }
 
     pub fn set_up(&self, up: bool) {
