@@ -1123,6 +1123,10 @@ fn transport_fix(
             format!("{at}: their certificate does not chain to NP_TLS_TRUST"),
             format!("add partner {partner}'s root and intermediate CA certificates to NP_TLS_TRUST, then systemctl reload np-agent"),
         ),
+        "bad_cert" => (
+            format!("{at}: their certificate does not verify against NP_TLS_TRUST"),
+            format!("replace partner {partner}'s CA certificates in NP_TLS_TRUST with their current ones (a CA of the same name but another key is there), then systemctl reload np-agent"),
+        ),
         "name_mismatch" => (
             format!("{at}: their certificate is not valid for {host}"),
             format!("check the host name in {base_key} with partner {partner}"),
