@@ -215,16 +215,17 @@ pub fn page_5() -> String {
 pub fn default_env_file() -> String {
     let mut s = String::new();
     let rule = "#".repeat(76);
+    // No version in here: a conffile that changes with every release would
+    // make dpkg ask about it on every upgrade.
     s.push_str(&format!(
-        "# {DEFAULT_ENV_FILE}: configuration of np-agent {}.\n\
+        "# {DEFAULT_ENV_FILE}: configuration of np-agent.\n\
          # Every key is described in np-agent.env(5) and in the README.\n\
          #\n\
          # Syntax: systemd EnvironmentFile (KEY=VALUE, # comments, \"double\" or\n\
          # 'single' quotes). Only paths and settings go here; key files live beside\n\
          # this file, owned by np-agent and mode 0600.\n\
          #\n\
-         # After a change: np-agent doctor, then systemctl reload np-agent.\n\n",
-        env!("CARGO_PKG_VERSION")
+         # After a change: np-agent doctor, then systemctl reload np-agent.\n\n"
     ));
     s.push_str(&format!(
         "{rule}\n# Required: a site must fill in every key of this section.\n{rule}\n\n"
