@@ -387,5 +387,5 @@ fn installed_package_serves_a_token_as_the_service_user() {
     }
     assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
     assert!(text.contains("<4>level=warn event=cert.expiring"), "{text}");
-    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_dir_all(RUN_DIR);
 }
