@@ -619,7 +619,9 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     let watchdog = notify::watchdog_interval().map(|d| d / 2);
     let mut last_tls_reload = Instant::now();
     let mut last_sweep = Instant::now();
+    let mut expiry = crate::certwatch::ExpiryWatch::new();
     loop {
+        expiry.tick(&router.current().tls);
         let tick = watchdog
             .unwrap_or(Duration::from_secs(5))
             .min(Duration::from_secs(5));
