@@ -81,7 +81,11 @@ fn outbox_intake(n: usize) {
     let outbox = cfg.outbox.join("hospb");
     std::fs::create_dir_all(&outbox).unwrap();
     for i in 0..n {
-        drop_file(&outbox, &format!("case-{i}.json"), export_json(i).as_bytes());
+        drop_file(
+            &outbox,
+            &format!("case-{i}.json"),
+            export_json(i).as_bytes(),
+        );
     }
     let started = Instant::now();
     let mut accepted = 0;
@@ -94,7 +98,11 @@ fn outbox_intake(n: usize) {
         assert!(passes < 1_000, "stuck at {accepted}/{n}");
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("| outbox intake | {n} files | {secs:.1} s | {:.0} files/s | {:.2} ms/file |", n as f64 / secs, secs * 1000.0 / n as f64);
+    println!(
+        "| outbox intake | {n} files | {secs:.1} s | {:.0} files/s | {:.2} ms/file |",
+        n as f64 / secs,
+        secs * 1000.0 / n as f64
+    );
 }
 
 fn cycles(n: usize) {
@@ -113,7 +121,11 @@ fn cycles(n: usize) {
     std::fs::create_dir_all(&outbox).unwrap();
     let started = Instant::now();
     for i in 0..n {
-        drop_file(&outbox, &format!("case-{i}.json"), export_json(i).as_bytes());
+        drop_file(
+            &outbox,
+            &format!("case-{i}.json"),
+            export_json(i).as_bytes(),
+        );
     }
     let inbox = b.inbox("hospa");
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -131,11 +143,21 @@ fn cycles(n: usize) {
         if done >= n {
             break;
         }
-        assert!(Instant::now() < deadline, "only {done}/{n} arrived:\n{}\n{}", pa.log(), pb.log());
+        assert!(
+            Instant::now() < deadline,
+            "only {done}/{n} arrived:\n{}\n{}",
+            pa.log(),
+            pb.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("| notify + pull cycles | {n} cases | {secs:.1} s | {:.1} cycles/s | A {:.1} MiB, B {:.1} MiB RSS |", n as f64 / secs, pa.rss_kib() as f64 / 1024.0, pb.rss_kib() as f64 / 1024.0);
+    println!(
+        "| notify + pull cycles | {n} cases | {secs:.1} s | {:.1} cycles/s | A {:.1} MiB, B {:.1} MiB RSS |",
+        n as f64 / secs,
+        pa.rss_kib() as f64 / 1024.0,
+        pb.rss_kib() as f64 / 1024.0
+    );
 }
 
 fn main() {

@@ -6,7 +6,9 @@
 
 pub mod assertion;
 pub mod audit;
+pub mod backpressure;
 pub mod cases;
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod daemon;

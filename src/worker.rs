@@ -2,7 +2,14 @@
 //! pool of worker threads, at most `per_partner` at a time for one partner so
 //! a slow or dead partner cannot occupy every worker. Each worker runs the
 //! handler registered for the item's kind and settles the outcome (done,
-//! retry with back-off, dead) in the spool.
+//! retry with back-off, dead) in the spool, counting it in the metrics
+//! (`np_work_done_total`, `np_work_retries_total`, `np_work_dead_total`).
+//!
+//! Before claiming an item the scheduler asks the partner's circuit
+//! ([`crate::circuit`]): while it is open the partner's items are not claimed
+//! (they stay where they are, untouched), and after the cool-down exactly one
+//! item goes out as the probe. So a partner that is down costs one request
+//! per cool-down, not one per item, and the workers serve the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +18,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::circuit::{Admit, Circuits};
 use crate::ops::logging::Q;
+use crate::ops::metrics::{self, Metrics};
 use crate::spool::{self, Item, Outcome, Spool, State};
 use crate::util::time::now_unix;
 
@@ -42,10 +51,39 @@ impl Default for Settings {
     }
 }
 
+/// What the dispatcher reports to and asks: the partners' circuits and the
+/// metrics registry. Shared with the rest of the process.
+#[derive(Clone)]
+pub struct Guards {
+    pub circuits: Arc<Circuits>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Guards {
+            circuits: Arc::new(Circuits::new(
+                crate::circuit::Policy::default(),
+                metrics.clone(),
+            )),
+            metrics,
+        }
+    }
+}
+
+/// One claimed item on its way to a worker.
+struct Job {
+    item: Item,
+    /// The partner's circuit let this item through as its probe.
+    probe: bool,
+}
+
 struct Shared {
     spool: Arc<Spool>,
     handlers: HashMap<String, Arc<dyn Handler>>,
     settings: Settings,
+    guards: Guards,
     busy: Mutex<HashMap<String, usize>>,
     stop: AtomicBool,
     wake: (Mutex<bool>, Condvar),
@@ -58,21 +96,33 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the scheduler and the workers.
+    /// Starts the scheduler and the workers with circuits and metrics of
+    /// their own (tests; the daemon uses [`Dispatcher::start_with`]).
     pub fn start(
         spool: Arc<Spool>,
         handlers: HashMap<String, Arc<dyn Handler>>,
         settings: Settings,
     ) -> std::io::Result<Dispatcher> {
+        Dispatcher::start_with(spool, handlers, settings, Guards::default())
+    }
+
+    /// Starts the scheduler and the workers, reporting to `guards`.
+    pub fn start_with(
+        spool: Arc<Spool>,
+        handlers: HashMap<String, Arc<dyn Handler>>,
+        settings: Settings,
+        guards: Guards,
+    ) -> std::io::Result<Dispatcher> {
         let shared = Arc::new(Shared {
             spool,
             handlers,
             settings,
+            guards,
             busy: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
         });
-        let (tx, rx) = mpsc::sync_channel::<Item>(settings.workers.max(1));
+        let (tx, rx) = mpsc::sync_channel::<Job>(settings.workers.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for n in 0..settings.workers.max(1) {
@@ -136,7 +186,7 @@ fn wake(shared: &Shared) {
     cv.notify_all();
 }
 
-fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
+fn scheduler(shared: Arc<Shared>, tx: SyncSender<Job>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let now = now_unix();
         match shared.spool.due(now) {
@@ -145,18 +195,13 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
                     if shared.stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    {
-                        let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
-                        let n = busy.entry(item.partner.clone()).or_insert(0);
-                        if *n >= shared.settings.per_partner {
-                            continue;
-                        }
-                        *n += 1;
-                    }
+                    let Some(probe) = reserve(&shared, &item.partner, now) else {
+                        continue;
+                    };
                     let claimed = match shared.spool.claim(&item.id) {
                         Ok(c) => c,
                         Err(e) => {
-                            release(&shared, &item.partner);
+                            release(&shared, &item.partner, probe);
                             log::warn!(
                                 "event=spool.claim_failed item={} error={}",
                                 item.id,
@@ -165,7 +210,13 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
                             continue;
                         }
                     };
-                    if tx.send(claimed).is_err() {
+                    if tx
+                        .send(Job {
+                            item: claimed,
+                            probe,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -184,21 +235,42 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
     }
 }
 
-fn release(shared: &Shared, partner: &str) {
+/// Takes a worker slot of `partner` if its limit and its circuit allow:
+/// `Some(probe)` when taken (`probe` when the circuit let it out as its one
+/// probe), `None` when the item must wait.
+fn reserve(shared: &Shared, partner: &str, now: i64) -> Option<bool> {
+    let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+    let n = busy.entry(partner.to_string()).or_insert(0);
+    if *n >= shared.settings.per_partner {
+        return None;
+    }
+    let probe = match shared.guards.circuits.admit(partner, now) {
+        Admit::Yes => false,
+        Admit::Probe => true,
+        Admit::No { .. } => return None,
+    };
+    *n += 1;
+    Some(probe)
+}
+
+fn release(shared: &Shared, partner: &str, probe: bool) {
+    if probe {
+        shared.guards.circuits.probe_done(partner);
+    }
     let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(n) = busy.get_mut(partner) {
         *n = n.saturating_sub(1);
     }
 }
 
-fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
+fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
     loop {
         let next = {
             let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
             guard.recv_timeout(Duration::from_millis(200))
         };
-        let item = match next {
-            Ok(item) => item,
+        let Job { item, probe } = match next {
+            Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
@@ -213,6 +285,7 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
             None => Outcome::Dead(format!("no handler for kind {:?}", item.kind)),
         };
         let (id, partner, kind) = (item.id.clone(), item.partner.clone(), item.kind.clone());
+        let kind_label = metrics::intern(&kind);
         let random = crate::util::random::bytes::<4>()
             .map(u32::from_le_bytes)
             .unwrap_or(0);
@@ -225,6 +298,10 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
             random,
         ) {
             Ok(State::Dead) => {
+                shared
+                    .guards
+                    .metrics
+                    .inc(metrics::WORK_DEAD, &[("kind", kind_label)]);
                 let reason = shared
                     .spool
                     .load(State::Dead, &id)
@@ -237,6 +314,10 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
                 );
             }
             Ok(State::Retry) => {
+                shared
+                    .guards
+                    .metrics
+                    .inc(metrics::WORK_RETRIES, &[("kind", kind_label)]);
                 let it = shared.spool.load(State::Retry, &id).ok();
                 log::info!(
                     "event=work.retry item={id} kind={kind} partner={partner} attempt={} in_s={} reason={}",
@@ -247,16 +328,22 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
                         .unwrap_or(""))
                 );
             }
-            Ok(_) => log::debug!(
-                "event=work.done item={id} kind={kind} partner={partner} ms={}",
-                started.elapsed().as_millis()
-            ),
+            Ok(_) => {
+                shared
+                    .guards
+                    .metrics
+                    .inc(metrics::WORK_DONE, &[("kind", kind_label)]);
+                log::debug!(
+                    "event=work.done item={id} kind={kind} partner={partner} ms={}",
+                    started.elapsed().as_millis()
+                );
+            }
             Err(e) => log::error!(
                 "event=spool.settle_failed item={id} error={}",
                 Q(&e.to_string())
             ),
         }
-        release(&shared, &partner);
+        release(&shared, &partner, probe);
         wake(&shared);
     }
 }

@@ -378,6 +378,26 @@ impl Spool {
         Ok(n)
     }
 
+    /// Items per state, from the folder listings only (cheap enough for
+    /// every `/metrics` read; [`Spool::counts`] also reads the items).
+    pub fn sizes(&self) -> Result<[(State, usize); 5], SpoolError> {
+        let mut out = State::ALL.map(|s| (s, 0));
+        for (state, n) in &mut out {
+            let dir = self.root.join(state.dir());
+            *n = fs::read_dir(&dir)
+                .map_err(io_err(&dir, "read directory"))?
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .is_some_and(valid_id)
+                })
+                .count();
+        }
+        Ok(out)
+    }
+
     /// Counts per state and the age of the oldest item not yet done or dead.
     pub fn counts(&self, now: i64) -> Result<Counts, SpoolError> {
         let mut c = Counts::default();
