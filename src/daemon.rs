@@ -181,6 +181,15 @@ impl Stores {
     }
 }
 
+/// The back-off and give-up policy of a configuration.
+pub fn retry_policy(cfg: &Config) -> crate::spool::RetryPolicy {
+    crate::spool::RetryPolicy {
+        first_secs: cfg.retry_first.as_secs(),
+        cap_secs: cfg.retry_cap.as_secs(),
+        max_age_secs: i64::try_from(cfg.retry_max_age.as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
 /// The circuit breaker policy of a configuration.
 pub fn circuit_policy(cfg: &Config) -> crate::circuit::Policy {
     crate::circuit::Policy {
@@ -651,8 +660,7 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
         stores.spool.clone(),
         handlers(&router),
         crate::worker::Settings {
-            max_age_secs: i64::try_from(router.current().config.retry_max_age.as_secs())
-                .unwrap_or(i64::MAX),
+            retry: retry_policy(&router.current().config),
             ..crate::worker::Settings::default()
         },
         crate::worker::Guards {

@@ -34,8 +34,8 @@ pub trait Handler: Send + Sync {
 pub struct Settings {
     pub workers: usize,
     pub per_partner: usize,
-    /// Items older than this are given up (`NP_RETRY_MAX_AGE`).
-    pub max_age_secs: i64,
+    /// Back-off and give-up (`NP_RETRY_FIRST`, `NP_RETRY_CAP`, `NP_RETRY_MAX_AGE`).
+    pub retry: spool::RetryPolicy,
     /// How often the scheduler looks for due items when nothing woke it.
     pub tick: Duration,
 }
@@ -45,7 +45,7 @@ impl Default for Settings {
         Settings {
             workers: 4,
             per_partner: 2,
-            max_age_secs: 72 * 3_600,
+            retry: spool::RetryPolicy::default(),
             tick: Duration::from_millis(500),
         }
     }
@@ -289,12 +289,12 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
         let random = crate::util::random::bytes::<4>()
             .map(u32::from_le_bytes)
             .unwrap_or(0);
-        match spool::settle(
+        match spool::settle_with(
             &shared.spool,
             item,
             outcome,
             now_unix(),
-            shared.settings.max_age_secs,
+            &shared.settings.retry,
             random,
         ) {
             Ok(State::Dead) => {
@@ -416,7 +416,10 @@ mod tests {
         let settings = Settings {
             workers: 4,
             per_partner: 1,
-            max_age_secs: 3_600,
+            retry: spool::RetryPolicy {
+                max_age_secs: 3_600,
+                ..spool::RetryPolicy::default()
+            },
             tick: Duration::from_millis(20),
         };
         let d = Dispatcher::start(spool.clone(), handlers, settings).unwrap();
@@ -444,6 +447,58 @@ mod tests {
         assert!(
             handler.max_seen.load(Ordering::SeqCst) <= 2,
             "one per partner, two partners"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_open_circuit_keeps_its_partners_items_queued_while_others_run() {
+        let dir = std::env::temp_dir().join(format!(
+            "np-worker-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        let (spool, _) = Spool::open(&dir).unwrap();
+        let spool = Arc::new(spool);
+        for i in 0..3 {
+            spool
+                .enqueue(&item(&format!("d{i}"), "down", "ok"))
+                .unwrap();
+            spool.enqueue(&item(&format!("u{i}"), "up", "ok")).unwrap();
+        }
+        let guards = Guards::default();
+        guards.circuits.set_policy(crate::circuit::Policy {
+            failures: 2,
+            cooldown_secs: 3_600,
+        });
+        guards.circuits.record("down", true, now_unix());
+        guards.circuits.record("down", true, now_unix());
+        let handler = Arc::new(Flaky {
+            calls: AtomicUsize::new(0),
+            concurrent: AtomicUsize::new(0),
+            max_seen: AtomicUsize::new(0),
+        });
+        let mut handlers: HashMap<String, Arc<dyn Handler>> = HashMap::new();
+        handlers.insert("test".into(), handler.clone());
+        let settings = Settings {
+            tick: Duration::from_millis(20),
+            ..Settings::default()
+        };
+        let d = Dispatcher::start_with(spool.clone(), handlers, settings, guards.clone()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while spool.counts(now_unix()).unwrap().done < 3 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A few more scheduler passes: the open partner's items stay put.
+        std::thread::sleep(Duration::from_millis(200));
+        d.shutdown(Duration::from_secs(2));
+        assert_eq!(spool.ids(State::Queued).unwrap(), vec!["d0", "d1", "d2"]);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            guards
+                .metrics
+                .get(metrics::WORK_DONE, &[("kind", metrics::intern("test"))]),
+            3
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -93,6 +93,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.idle_timeout, Duration::from_secs(30));
     assert_eq!(c.retry_max_age, Duration::from_secs(72 * 3_600));
     assert_eq!(c.min_free_disk, 512 << 20);
+    assert_eq!(c.retry_first, Duration::from_secs(5));
+    assert_eq!(c.retry_cap, Duration::from_secs(900));
     assert_eq!(c.circuit_failures, 5);
     assert_eq!(c.circuit_cooldown, Duration::from_secs(30));
     assert!(c.partners.is_empty());
