@@ -289,11 +289,15 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
         let random = crate::util::random::bytes::<4>()
             .map(u32::from_le_bytes)
             .unwrap_or(0);
+        // `not_before` is in whole seconds: count from the next full second,
+        // so a wait (a `Retry-After`) is never cut short by the rounding.
+        let settled_at = i64::try_from(crate::util::time::now_unix_ms().div_ceil(1000))
+            .unwrap_or_else(|_| now_unix());
         match spool::settle_with(
             &shared.spool,
             item,
             outcome,
-            now_unix(),
+            settled_at,
             &shared.settings.retry,
             random,
         ) {
