@@ -247,6 +247,13 @@ mod tests {
         );
         let resp = refusal.response();
         assert_eq!(resp.status, 503);
+        assert!(
+            resp.headers
+                .iter()
+                .any(|(k, v)| k == "Retry-After" && v == "60")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body["issue"][0]["code"], "transient");
         free.store(520, Ordering::SeqCst);
         assert!(
             guard.check_at(t0 + Duration::from_secs(4)).is_some(),
