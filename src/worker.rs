@@ -186,22 +186,40 @@ fn wake(shared: &Shared) {
     cv.notify_all();
 }
 
+/// Longest the scheduler sleeps when nothing wakes it and nothing falls
+/// due: it then looks again anyway (work requeued by `np-agent retry-dead`
+/// from another process).
+pub const MAX_IDLE: Duration = Duration::from_secs(5);
+
 fn scheduler(shared: Arc<Shared>, tx: SyncSender<Job>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let now = now_unix();
-        match shared.spool.due(now) {
-            Ok(items) => {
+        // When to look again unless woken: the next item falling due, the
+        // next circuit probe, or a failed claim (next tick).
+        let mut next: Option<i64> = None;
+        let mut soon = false;
+        match shared.spool.due_and_next(now) {
+            Ok((items, next_due)) => {
+                next = next_due;
                 for item in items {
                     if shared.stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let Some(probe) = reserve(&shared, &item.partner, now) else {
-                        continue;
+                    let probe = match reserve(&shared, &item.partner, now) {
+                        Reserve::Taken { probe } => probe,
+                        // A worker finishing wakes us.
+                        Reserve::Busy => continue,
+                        Reserve::Open { retry_at } => {
+                            let at = retry_at.unwrap_or(now + 1);
+                            next = Some(next.map_or(at, |n| n.min(at)));
+                            continue;
+                        }
                     };
                     let claimed = match shared.spool.claim(&item.id) {
                         Ok(c) => c,
                         Err(e) => {
                             release(&shared, &item.partner, probe);
+                            soon = true;
                             log::warn!(
                                 "event=spool.claim_failed item={} error={}",
                                 item.id,
@@ -221,13 +239,21 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Job>) {
                     }
                 }
             }
-            Err(e) => log::error!("event=spool.scan_failed error={}", Q(&e.to_string())),
+            Err(e) => {
+                soon = true;
+                log::error!("event=spool.scan_failed error={}", Q(&e.to_string()));
+            }
         }
+        let wait = if soon {
+            shared.settings.tick
+        } else {
+            idle_wait(next, crate::util::time::now_unix_ms(), shared.settings.tick)
+        };
         let (lock, cv) = &shared.wake;
         let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
         if !*woken {
             woken = cv
-                .wait_timeout(woken, shared.settings.tick)
+                .wait_timeout(woken, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
@@ -235,22 +261,41 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Job>) {
     }
 }
 
-/// Takes a worker slot of `partner` if its limit and its circuit allow:
-/// `Some(probe)` when taken (`probe` when the circuit let it out as its one
-/// probe), `None` when the item must wait.
-fn reserve(shared: &Shared, partner: &str, now: i64) -> Option<bool> {
+/// How long the scheduler sleeps when not woken: until `next` (Unix
+/// seconds), at least `tick`, at most [`MAX_IDLE`].
+fn idle_wait(next: Option<i64>, now_ms: u128, tick: Duration) -> Duration {
+    let Some(next) = next else {
+        return MAX_IDLE.max(tick);
+    };
+    let next_ms = u128::try_from(next.max(0)).unwrap_or(0) * 1000;
+    let until =
+        Duration::from_millis(u64::try_from(next_ms.saturating_sub(now_ms)).unwrap_or(u64::MAX));
+    until.clamp(tick, MAX_IDLE.max(tick))
+}
+
+enum Reserve {
+    /// A slot is taken; `probe` when the circuit let the item out as its probe.
+    Taken { probe: bool },
+    /// The partner has `per_partner` items running.
+    Busy,
+    /// The partner's circuit is open (until `retry_at`) or probing.
+    Open { retry_at: Option<i64> },
+}
+
+/// Takes a worker slot of `partner` if its limit and its circuit allow.
+fn reserve(shared: &Shared, partner: &str, now: i64) -> Reserve {
     let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
     let n = busy.entry(partner.to_string()).or_insert(0);
     if *n >= shared.settings.per_partner {
-        return None;
+        return Reserve::Busy;
     }
     let probe = match shared.guards.circuits.admit(partner, now) {
         Admit::Yes => false,
         Admit::Probe => true,
-        Admit::No { .. } => return None,
+        Admit::No { retry_at } => return Reserve::Open { retry_at },
     };
     *n += 1;
-    Some(probe)
+    Reserve::Taken { probe }
 }
 
 fn release(shared: &Shared, partner: &str, probe: bool) {
@@ -505,5 +550,15 @@ mod tests {
             3
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_scheduler_sleeps_until_the_next_due_item_within_tick_and_max_idle() {
+        let tick = Duration::from_millis(500);
+        assert_eq!(idle_wait(None, 0, tick), MAX_IDLE);
+        assert_eq!(idle_wait(Some(10), 8_000, tick), Duration::from_secs(2));
+        assert_eq!(idle_wait(Some(10), 9_900, tick), tick, "at least a tick");
+        assert_eq!(idle_wait(Some(10), 20_000, tick), tick, "overdue");
+        assert_eq!(idle_wait(Some(100), 0, tick), MAX_IDLE, "at most MAX_IDLE");
     }
 }

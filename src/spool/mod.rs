@@ -299,12 +299,21 @@ impl Spool {
 
     /// Items in `queued` and `retry` whose time has come, oldest first.
     pub fn due(&self, now: i64) -> Result<Vec<Item>, SpoolError> {
+        self.due_and_next(now).map(|(due, _)| due)
+    }
+
+    /// [`Spool::due`], and the earliest `not_before` of the items not yet
+    /// due (when the scheduler needs to look again).
+    pub fn due_and_next(&self, now: i64) -> Result<(Vec<Item>, Option<i64>), SpoolError> {
         let mut out = Vec::new();
+        let mut next: Option<i64> = None;
         for s in [State::Queued, State::Retry] {
             for id in self.ids(s)? {
                 match self.load(s, &id) {
                     Ok(item) if item.not_before <= now => out.push(item),
-                    Ok(_) => {}
+                    Ok(item) => {
+                        next = Some(next.map_or(item.not_before, |n| n.min(item.not_before)));
+                    }
                     Err(e) => log::warn!(
                         "event=spool.unreadable item={id} error={}",
                         crate::ops::logging::Q(&e.to_string())
@@ -315,7 +324,7 @@ impl Spool {
         out.sort_by(|a, b| {
             (a.not_before, a.created_at, &a.id).cmp(&(b.not_before, b.created_at, &b.id))
         });
-        Ok(out)
+        Ok((out, next))
     }
 
     /// Moves an item from `queued`/`retry` to `in-flight`.
