@@ -62,7 +62,7 @@ impl Policy {
     pub fn cooldown(&self, reopens: u32) -> i64 {
         let base = self.cooldown_secs.clamp(1, MAX_COOLDOWN_SECS);
         base.saturating_mul(1i64 << reopens.min(20))
-            .min(MAX_COOLDOWN_SECS.max(base))
+            .min(MAX_COOLDOWN_SECS)
     }
 }
 
