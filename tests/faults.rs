@@ -233,6 +233,12 @@ fn a_flaky_partner_gets_everything_with_growing_backoff_retry_after_and_a_fresh_
         failed.iter().all(|l| l.get("retry") == Some("true")),
         "{failed:?}"
     );
+    let reasons: Vec<&str> = failed.iter().filter_map(|l| l.get("reason")).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("reset"))
+            && reasons.iter().any(|r| r.contains("timeout")),
+        "a reset and a timeout among {reasons:?}"
+    );
 
     // Every notification arrived; none twice.
     std::thread::sleep(Duration::from_secs(1));
