@@ -173,6 +173,26 @@ fn bad_values_name_the_key_and_the_reason() {
             "0s",
             "NP_POLL_INTERVAL: \"0s\" must be longer than zero",
         ),
+        (
+            "NP_CIRCUIT_FAILURES",
+            "0",
+            "NP_CIRCUIT_FAILURES: \"0\" must be a whole number from 1 to 1000",
+        ),
+        (
+            "NP_CIRCUIT_COOLDOWN",
+            "1h",
+            "NP_CIRCUIT_COOLDOWN: \"1h\" must be at most 15m",
+        ),
+        (
+            "NP_RETRY_CAP",
+            "2d",
+            "NP_RETRY_CAP: \"2d\" must be from 1s to 1d",
+        ),
+        (
+            "NP_RETRY_FIRST",
+            "0s",
+            "NP_RETRY_FIRST: \"0s\" must be longer than zero",
+        ),
         ("NP_NOTIFICATION_TTL", "7 days", "NP_NOTIFICATION_TTL:"),
         (
             "NP_ORG_AGB",
