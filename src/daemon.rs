@@ -110,6 +110,8 @@ pub struct Stores {
     pub circuits: Arc<crate::circuit::Circuits>,
     /// Free space under `NP_STATE_DIR`: the one place every intake asks.
     pub disk: Arc<crate::backpressure::DiskGuard>,
+    /// Back-off and give-up of spool work; replaced on reload.
+    pub retry: Arc<RwLock<crate::spool::RetryPolicy>>,
     pub tokens: Arc<TokenStore>,
     pub audit: Arc<AuditLog>,
     pub replay: ReplayCache,
@@ -170,6 +172,7 @@ impl Stores {
         Ok(Stores {
             circuits,
             disk,
+            retry: Arc::new(RwLock::new(retry_policy(cfg))),
             receiver,
             spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
@@ -659,13 +662,11 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     let dispatcher = crate::worker::Dispatcher::start_with(
         stores.spool.clone(),
         handlers(&router),
-        crate::worker::Settings {
-            retry: retry_policy(&router.current().config),
-            ..crate::worker::Settings::default()
-        },
+        crate::worker::Settings::default(),
         crate::worker::Guards {
             circuits: stores.circuits.clone(),
             metrics: metrics.clone(),
+            retry: stores.retry.clone(),
         },
     )
     .map_err(|e| StartupError {
@@ -891,6 +892,7 @@ fn rebuild(router: &Router, slot: &http::TlsSlot, stores: &Stores, cfg: Config, 
     match built {
         Ok((shared, server_tls)) => {
             stores.circuits.set_policy(circuit_policy(&shared.config));
+            *stores.retry.write().unwrap_or_else(|p| p.into_inner()) = retry_policy(&shared.config);
             stores.disk.set_min_free(shared.config.min_free_disk);
             slot.set(server_tls);
             router.replace(shared);

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,8 +34,6 @@ pub trait Handler: Send + Sync {
 pub struct Settings {
     pub workers: usize,
     pub per_partner: usize,
-    /// Back-off and give-up (`NP_RETRY_FIRST`, `NP_RETRY_CAP`, `NP_RETRY_MAX_AGE`).
-    pub retry: spool::RetryPolicy,
     /// How often the scheduler looks for due items when nothing woke it.
     pub tick: Duration,
 }
@@ -45,18 +43,20 @@ impl Default for Settings {
         Settings {
             workers: 4,
             per_partner: 2,
-            retry: spool::RetryPolicy::default(),
             tick: Duration::from_millis(500),
         }
     }
 }
 
-/// What the dispatcher reports to and asks: the partners' circuits and the
-/// metrics registry. Shared with the rest of the process.
+/// What the dispatcher reports to and asks: the partners' circuits, the
+/// metrics registry, and the retry policy (`NP_RETRY_FIRST`, `NP_RETRY_CAP`,
+/// `NP_RETRY_MAX_AGE`). Shared with the rest of the process, so a reload
+/// changes them for the next attempt.
 #[derive(Clone)]
 pub struct Guards {
     pub circuits: Arc<Circuits>,
     pub metrics: Arc<Metrics>,
+    pub retry: Arc<RwLock<spool::RetryPolicy>>,
 }
 
 impl Default for Guards {
@@ -68,6 +68,7 @@ impl Default for Guards {
                 metrics.clone(),
             )),
             metrics,
+            retry: Arc::new(RwLock::new(spool::RetryPolicy::default())),
         }
     }
 }
@@ -343,7 +344,11 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
             item,
             outcome,
             settled_at,
-            &shared.settings.retry,
+            &shared
+                .guards
+                .retry
+                .read()
+                .map_or_else(|p| *p.into_inner(), |g| *g),
             random,
         ) {
             Ok(State::Dead) => {
@@ -465,10 +470,6 @@ mod tests {
         let settings = Settings {
             workers: 4,
             per_partner: 1,
-            retry: spool::RetryPolicy {
-                max_age_secs: 3_600,
-                ..spool::RetryPolicy::default()
-            },
             tick: Duration::from_millis(20),
         };
         let d = Dispatcher::start(spool.clone(), handlers, settings).unwrap();
