@@ -299,7 +299,7 @@ impl Circuits {
             }
             Transition::Reopened { retry_in_s } => {
                 log::warn!(
-                    "event=circuit.open partner={partner} failures=probe retry_in_s={retry_in_s}"
+                    "event=circuit.open partner={partner} failures=1 probe=failed retry_in_s={retry_in_s}"
                 );
                 self.opened(label);
             }
