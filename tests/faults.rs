@@ -374,6 +374,13 @@ fn a_dead_partner_opens_its_circuit_and_does_not_delay_a_healthy_one() {
     );
     assert!(observe::sample(&m, "np_circuit_opened_total{partner=\"vip\"}").unwrap() >= 1.0);
     assert!(!events(&a.log(), "circuit.probe", &[("partner", "vip")]).is_empty());
+    // The probe failed: open again for twice the cool-down.
+    let reopened = events(&a.log(), "circuit.open", &[("probe", "failed")]);
+    assert_eq!(
+        reopened.first().and_then(|l| l.get("retry_in_s")),
+        Some("8"),
+        "{reopened:?}"
+    );
 
     // vip recovers: the next probe closes the circuit and everything arrives.
     r.proxy.set_mode(Mode::Up);
