@@ -6,8 +6,10 @@
 
 pub mod assertion;
 pub mod audit;
+pub mod backpressure;
 pub mod cases;
 pub mod certwatch;
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod daemon;

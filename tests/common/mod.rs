@@ -11,6 +11,8 @@
 
 pub mod agent;
 pub mod folders;
+pub mod observe;
+pub mod partner;
 pub mod pki;
 pub mod proxy;
 pub mod tls;
