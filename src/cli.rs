@@ -39,6 +39,17 @@ Exit 0 on a clean stop, 78 on a configuration error, 1 on another fatal error.",
 key, trust bundle, CRLs and signing key to check they parse and match. Exit 0 when valid, 78 otherwise.",
     },
     Command {
+        name: "doctor",
+        usage: "np-agent doctor [--env-file F]",
+        summary: "check configuration, key material, folders and partners",
+        details: "Everything check-config does, plus: the TLS key matches the certificate, the \
+chain is valid against the trust bundle and covers NP_PUBLIC_URL, days until each certificate and \
+CRL expires, the signing key loads and verifies under its kid, the env file, key files and folders \
+have the right owner and mode, and each partner is reachable over mutual TLS with its discovery \
+document and JWKS fetchable. One line per check, OK, WARN or FAIL, each failure with the exact fix. \
+Run it as root or as the service user. Exit 0 when nothing failed, 1 otherwise.",
+    },
+    Command {
         name: "demo",
         usage: "np-agent demo [--dir D] [--keep]",
         summary: "run the whole exchange on loopback with a throwaway PKI",
@@ -105,6 +116,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         _ => {}
     }
+    if first == "generate" {
+        // Hidden: generated man pages and default env file, for packaging.
+        return crate::manpage::main(&args[1..]);
+    }
     let Some(cmd) = COMMANDS.iter().find(|c| c.name == first) else {
         eprintln!("np-agent: unknown command {first:?}; see np-agent --help");
         return EXIT_USAGE;
@@ -133,6 +148,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "status" => status(&opts),
         "demo" => crate::demo::run(opts.dir.clone(), opts.keep),
         "retry-dead" => retry_dead(&opts),
+        "doctor" => crate::doctor::run(opts.env_file.clone()),
         _ => EXIT_USAGE,
     }
 }

@@ -106,6 +106,12 @@ pub struct Shared {
 
 /// State that lives across reloads.
 pub struct Stores {
+    /// One circuit breaker per partner; outlives reloads.
+    pub circuits: Arc<crate::circuit::Circuits>,
+    /// Free space under `NP_STATE_DIR`: the one place every intake asks.
+    pub disk: Arc<crate::backpressure::DiskGuard>,
+    /// Back-off and give-up of spool work; replaced on reload.
+    pub retry: Arc<RwLock<crate::spool::RetryPolicy>>,
     pub tokens: Arc<TokenStore>,
     pub audit: Arc<AuditLog>,
     pub replay: ReplayCache,
@@ -141,7 +147,32 @@ impl Stores {
         let receiver =
             crate::receiver::Receiver::new(Arc::new(cfg.clone()), spool.clone(), audit.clone())
                 .map_err(|e| io(format!("NP_INBOX / NP_STATE_DIR: {e}")))?;
+        let circuits = Arc::new(crate::circuit::Circuits::new(
+            circuit_policy(cfg),
+            metrics.clone(),
+        ));
+        let disk = Arc::new(crate::backpressure::DiskGuard::new(
+            state,
+            cfg.min_free_disk,
+            metrics.clone(),
+        ));
+        let sizes = spool.clone();
+        metrics.add_collector(Box::new(move |m: &Metrics| {
+            if let Ok(sizes) = sizes.sizes() {
+                for (state, n) in sizes {
+                    let label = match state {
+                        crate::spool::State::InFlight => "in_flight",
+                        s => s.dir(),
+                    };
+                    m.gauge(crate::ops::metrics::SPOOL_ITEMS, &[("state", label)])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }));
         Ok(Stores {
+            circuits,
+            disk,
+            retry: Arc::new(RwLock::new(retry_policy(cfg))),
             receiver,
             spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
@@ -150,6 +181,23 @@ impl Stores {
             replay: ReplayCache::open(state).map_err(|e| io(e.to_string()))?,
             metrics,
         })
+    }
+}
+
+/// The back-off and give-up policy of a configuration.
+pub fn retry_policy(cfg: &Config) -> crate::spool::RetryPolicy {
+    crate::spool::RetryPolicy {
+        first_secs: cfg.retry_first.as_secs(),
+        cap_secs: cfg.retry_cap.as_secs(),
+        max_age_secs: i64::try_from(cfg.retry_max_age.as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The circuit breaker policy of a configuration.
+pub fn circuit_policy(cfg: &Config) -> crate::circuit::Policy {
+    crate::circuit::Policy {
+        failures: cfg.circuit_failures,
+        cooldown_secs: i64::try_from(cfg.circuit_cooldown.as_secs()).unwrap_or(i64::MAX),
     }
 }
 
@@ -163,9 +211,15 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
     let client_tls = pki::client_config(&tls, min_version(&config))
         .map_err(|e| config_error(format!("NP_TLS_CERT: {e}")))?;
     let signing = Arc::new(load_signing_key(&config).map_err(config_error)?);
-    let http_client: Arc<dyn crate::oauth::client::PartnerHttp> = Arc::new(
-        http::partners::Partners::new(client_tls, http::client::ClientTimeouts::default()),
-    );
+    // Every answer from a partner feeds its circuit breaker.
+    let http_client: Arc<dyn crate::oauth::client::PartnerHttp> =
+        Arc::new(crate::circuit::CircuitHttp {
+            inner: Arc::new(http::partners::Partners::new(
+                client_tls,
+                http::client::ClientTimeouts::default(),
+            )),
+            circuits: stores.circuits.clone(),
+        });
     let token_client = Arc::new(TokenClient::new(
         config.clone(),
         signing.clone(),
@@ -328,6 +382,21 @@ impl Router {
         if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
             return match (grant.kind, req.method.as_str()) {
                 (crate::oauth::TokenKind::Notify, "POST") if rest == "/Task" => {
+                    if let Some(refusal) = self.stores.disk.check() {
+                        self.stores.metrics.inc(
+                            crate::ops::metrics::BACKPRESSURE_REFUSED,
+                            &[("endpoint", "/fhir/Task")],
+                        );
+                        log::info!(
+                            "event=task.refused rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
+                            Q(&req.request_id),
+                            partner.name,
+                            refusal.reason,
+                            refusal.free,
+                            refusal.min
+                        );
+                        return refusal.response();
+                    }
                     let resp = shared.receiver.notify(partner, &grant, req, now);
                     if resp.status == 201 {
                         if let Some(w) = self.waker.get() {
@@ -590,13 +659,14 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
             message: format!("NP_ADMIN_LISTEN: {e}"),
         })?;
 
-    let dispatcher = crate::worker::Dispatcher::start(
+    let dispatcher = crate::worker::Dispatcher::start_with(
         stores.spool.clone(),
         handlers(&router),
-        crate::worker::Settings {
-            max_age_secs: i64::try_from(router.current().config.retry_max_age.as_secs())
-                .unwrap_or(i64::MAX),
-            ..crate::worker::Settings::default()
+        crate::worker::Settings::default(),
+        crate::worker::Guards {
+            circuits: stores.circuits.clone(),
+            metrics: metrics.clone(),
+            retry: stores.retry.clone(),
         },
     )
     .map_err(|e| StartupError {
@@ -619,7 +689,9 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     let watchdog = notify::watchdog_interval().map(|d| d / 2);
     let mut last_tls_reload = Instant::now();
     let mut last_sweep = Instant::now();
+    let mut expiry = crate::certwatch::ExpiryWatch::new();
     loop {
+        expiry.tick(&router.current().tls);
         let tick = watchdog
             .unwrap_or(Duration::from_secs(5))
             .min(Duration::from_secs(5));
@@ -714,9 +786,13 @@ fn spawn_outbox_thread(
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let shared = router.current();
-                let report = shared.sender.scan(now_unix());
-                if report.accepted + report.updated + report.cancelled > 0 {
-                    wake.wake();
+                // Low on disk: skip the pass. The exports stay in the outbox,
+                // which is safe; the guard logged why, once.
+                if router.stores.disk.check().is_none() {
+                    let report = shared.sender.scan(now_unix());
+                    if report.accepted + report.updated + report.cancelled > 0 {
+                        wake.wake();
+                    }
                 }
                 let interval = shared.config.poll_interval;
                 drop(shared);
@@ -817,6 +893,9 @@ fn rebuild(router: &Router, slot: &http::TlsSlot, stores: &Stores, cfg: Config, 
     });
     match built {
         Ok((shared, server_tls)) => {
+            stores.circuits.set_policy(circuit_policy(&shared.config));
+            *stores.retry.write().unwrap_or_else(|p| p.into_inner()) = retry_policy(&shared.config);
+            stores.disk.set_min_free(shared.config.min_free_disk);
             slot.set(server_tls);
             router.replace(shared);
             log::info!("event={what}.done");

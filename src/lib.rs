@@ -6,15 +6,20 @@
 
 pub mod assertion;
 pub mod audit;
+pub mod backpressure;
 pub mod cases;
+pub mod certwatch;
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod fhir;
 pub mod http;
 pub mod ids;
 pub mod jose;
+pub mod manpage;
 pub mod oauth;
 pub mod ops;
 pub mod pki;

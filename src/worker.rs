@@ -2,16 +2,25 @@
 //! pool of worker threads, at most `per_partner` at a time for one partner so
 //! a slow or dead partner cannot occupy every worker. Each worker runs the
 //! handler registered for the item's kind and settles the outcome (done,
-//! retry with back-off, dead) in the spool.
+//! retry with back-off, dead) in the spool, counting it in the metrics
+//! (`np_work_done_total`, `np_work_retries_total`, `np_work_dead_total`).
+//!
+//! Before claiming an item the scheduler asks the partner's circuit
+//! ([`crate::circuit`]): while it is open the partner's items are not claimed
+//! (they stay where they are, untouched), and after the cool-down exactly one
+//! item goes out as the probe. So a partner that is down costs one request
+//! per cool-down, not one per item, and the workers serve the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::circuit::{Admit, Circuits};
 use crate::ops::logging::Q;
+use crate::ops::metrics::{self, Metrics};
 use crate::spool::{self, Item, Outcome, Spool, State};
 use crate::util::time::now_unix;
 
@@ -25,8 +34,6 @@ pub trait Handler: Send + Sync {
 pub struct Settings {
     pub workers: usize,
     pub per_partner: usize,
-    /// Items older than this are given up (`NP_RETRY_MAX_AGE`).
-    pub max_age_secs: i64,
     /// How often the scheduler looks for due items when nothing woke it.
     pub tick: Duration,
 }
@@ -36,16 +43,48 @@ impl Default for Settings {
         Settings {
             workers: 4,
             per_partner: 2,
-            max_age_secs: 72 * 3_600,
             tick: Duration::from_millis(500),
         }
     }
+}
+
+/// What the dispatcher reports to and asks: the partners' circuits, the
+/// metrics registry, and the retry policy (`NP_RETRY_FIRST`, `NP_RETRY_CAP`,
+/// `NP_RETRY_MAX_AGE`). Shared with the rest of the process, so a reload
+/// changes them for the next attempt.
+#[derive(Clone)]
+pub struct Guards {
+    pub circuits: Arc<Circuits>,
+    pub metrics: Arc<Metrics>,
+    pub retry: Arc<RwLock<spool::RetryPolicy>>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Guards {
+            circuits: Arc::new(Circuits::new(
+                crate::circuit::Policy::default(),
+                metrics.clone(),
+            )),
+            metrics,
+            retry: Arc::new(RwLock::new(spool::RetryPolicy::default())),
+        }
+    }
+}
+
+/// One claimed item on its way to a worker.
+struct Job {
+    item: Item,
+    /// The partner's circuit let this item through as its probe.
+    probe: bool,
 }
 
 struct Shared {
     spool: Arc<Spool>,
     handlers: HashMap<String, Arc<dyn Handler>>,
     settings: Settings,
+    guards: Guards,
     busy: Mutex<HashMap<String, usize>>,
     stop: AtomicBool,
     wake: (Mutex<bool>, Condvar),
@@ -58,21 +97,33 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the scheduler and the workers.
+    /// Starts the scheduler and the workers with circuits and metrics of
+    /// their own (tests; the daemon uses [`Dispatcher::start_with`]).
     pub fn start(
         spool: Arc<Spool>,
         handlers: HashMap<String, Arc<dyn Handler>>,
         settings: Settings,
     ) -> std::io::Result<Dispatcher> {
+        Dispatcher::start_with(spool, handlers, settings, Guards::default())
+    }
+
+    /// Starts the scheduler and the workers, reporting to `guards`.
+    pub fn start_with(
+        spool: Arc<Spool>,
+        handlers: HashMap<String, Arc<dyn Handler>>,
+        settings: Settings,
+        guards: Guards,
+    ) -> std::io::Result<Dispatcher> {
         let shared = Arc::new(Shared {
             spool,
             handlers,
             settings,
+            guards,
             busy: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
         });
-        let (tx, rx) = mpsc::sync_channel::<Item>(settings.workers.max(1));
+        let (tx, rx) = mpsc::sync_channel::<Job>(settings.workers.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for n in 0..settings.workers.max(1) {
@@ -136,27 +187,40 @@ fn wake(shared: &Shared) {
     cv.notify_all();
 }
 
-fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
+/// Longest the scheduler sleeps when nothing wakes it and nothing falls
+/// due: it then looks again anyway (work requeued by `np-agent retry-dead`
+/// from another process).
+pub const MAX_IDLE: Duration = Duration::from_secs(5);
+
+fn scheduler(shared: Arc<Shared>, tx: SyncSender<Job>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let now = now_unix();
-        match shared.spool.due(now) {
-            Ok(items) => {
+        // When to look again unless woken: the next item falling due, the
+        // next circuit probe, or a failed claim (next tick).
+        let mut next: Option<i64> = None;
+        let mut soon = false;
+        match shared.spool.due_and_next(now) {
+            Ok((items, next_due)) => {
+                next = next_due;
                 for item in items {
                     if shared.stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    {
-                        let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
-                        let n = busy.entry(item.partner.clone()).or_insert(0);
-                        if *n >= shared.settings.per_partner {
+                    let probe = match reserve(&shared, &item.partner, now) {
+                        Reserve::Taken { probe } => probe,
+                        // A worker finishing wakes us.
+                        Reserve::Busy => continue,
+                        Reserve::Open { retry_at } => {
+                            let at = retry_at.unwrap_or(now + 1);
+                            next = Some(next.map_or(at, |n| n.min(at)));
                             continue;
                         }
-                        *n += 1;
-                    }
+                    };
                     let claimed = match shared.spool.claim(&item.id) {
                         Ok(c) => c,
                         Err(e) => {
-                            release(&shared, &item.partner);
+                            release(&shared, &item.partner, probe);
+                            soon = true;
                             log::warn!(
                                 "event=spool.claim_failed item={} error={}",
                                 item.id,
@@ -165,18 +229,32 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
                             continue;
                         }
                     };
-                    if tx.send(claimed).is_err() {
+                    if tx
+                        .send(Job {
+                            item: claimed,
+                            probe,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
             }
-            Err(e) => log::error!("event=spool.scan_failed error={}", Q(&e.to_string())),
+            Err(e) => {
+                soon = true;
+                log::error!("event=spool.scan_failed error={}", Q(&e.to_string()));
+            }
         }
+        let wait = if soon {
+            shared.settings.tick
+        } else {
+            idle_wait(next, crate::util::time::now_unix_ms(), shared.settings.tick)
+        };
         let (lock, cv) = &shared.wake;
         let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
         if !*woken {
             woken = cv
-                .wait_timeout(woken, shared.settings.tick)
+                .wait_timeout(woken, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
@@ -184,21 +262,61 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Item>) {
     }
 }
 
-fn release(shared: &Shared, partner: &str) {
+/// How long the scheduler sleeps when not woken: until `next` (Unix
+/// seconds), at least `tick`, at most [`MAX_IDLE`].
+fn idle_wait(next: Option<i64>, now_ms: u128, tick: Duration) -> Duration {
+    let Some(next) = next else {
+        return MAX_IDLE.max(tick);
+    };
+    let next_ms = u128::try_from(next.max(0)).unwrap_or(0) * 1000;
+    let until =
+        Duration::from_millis(u64::try_from(next_ms.saturating_sub(now_ms)).unwrap_or(u64::MAX));
+    until.clamp(tick, MAX_IDLE.max(tick))
+}
+
+enum Reserve {
+    /// A slot is taken; `probe` when the circuit let the item out as its probe.
+    Taken { probe: bool },
+    /// The partner has `per_partner` items running.
+    Busy,
+    /// The partner's circuit is open (until `retry_at`) or probing.
+    Open { retry_at: Option<i64> },
+}
+
+/// Takes a worker slot of `partner` if its limit and its circuit allow.
+fn reserve(shared: &Shared, partner: &str, now: i64) -> Reserve {
+    let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+    let n = busy.entry(partner.to_string()).or_insert(0);
+    if *n >= shared.settings.per_partner {
+        return Reserve::Busy;
+    }
+    let probe = match shared.guards.circuits.admit(partner, now) {
+        Admit::Yes => false,
+        Admit::Probe => true,
+        Admit::No { retry_at } => return Reserve::Open { retry_at },
+    };
+    *n += 1;
+    Reserve::Taken { probe }
+}
+
+fn release(shared: &Shared, partner: &str, probe: bool) {
+    if probe {
+        shared.guards.circuits.probe_done(partner);
+    }
     let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(n) = busy.get_mut(partner) {
         *n = n.saturating_sub(1);
     }
 }
 
-fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
+fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
     loop {
         let next = {
             let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
             guard.recv_timeout(Duration::from_millis(200))
         };
-        let item = match next {
-            Ok(item) => item,
+        let Job { item, probe } = match next {
+            Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
@@ -213,18 +331,31 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
             None => Outcome::Dead(format!("no handler for kind {:?}", item.kind)),
         };
         let (id, partner, kind) = (item.id.clone(), item.partner.clone(), item.kind.clone());
+        let kind_label = metrics::intern(&kind);
         let random = crate::util::random::bytes::<4>()
             .map(u32::from_le_bytes)
             .unwrap_or(0);
-        match spool::settle(
+        // `not_before` is in whole seconds: count from the next full second,
+        // so a wait (a `Retry-After`) is never cut short by the rounding.
+        let settled_at = i64::try_from(crate::util::time::now_unix_ms().div_ceil(1000))
+            .unwrap_or_else(|_| now_unix());
+        match spool::settle_with(
             &shared.spool,
             item,
             outcome,
-            now_unix(),
-            shared.settings.max_age_secs,
+            settled_at,
+            &shared
+                .guards
+                .retry
+                .read()
+                .map_or_else(|p| *p.into_inner(), |g| *g),
             random,
         ) {
             Ok(State::Dead) => {
+                shared
+                    .guards
+                    .metrics
+                    .inc(metrics::WORK_DEAD, &[("kind", kind_label)]);
                 let reason = shared
                     .spool
                     .load(State::Dead, &id)
@@ -237,6 +368,10 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
                 );
             }
             Ok(State::Retry) => {
+                shared
+                    .guards
+                    .metrics
+                    .inc(metrics::WORK_RETRIES, &[("kind", kind_label)]);
                 let it = shared.spool.load(State::Retry, &id).ok();
                 log::info!(
                     "event=work.retry item={id} kind={kind} partner={partner} attempt={} in_s={} reason={}",
@@ -247,16 +382,22 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Item>>>) {
                         .unwrap_or(""))
                 );
             }
-            Ok(_) => log::debug!(
-                "event=work.done item={id} kind={kind} partner={partner} ms={}",
-                started.elapsed().as_millis()
-            ),
+            Ok(_) => {
+                shared
+                    .guards
+                    .metrics
+                    .inc(metrics::WORK_DONE, &[("kind", kind_label)]);
+                log::debug!(
+                    "event=work.done item={id} kind={kind} partner={partner} ms={}",
+                    started.elapsed().as_millis()
+                );
+            }
             Err(e) => log::error!(
                 "event=spool.settle_failed item={id} error={}",
                 Q(&e.to_string())
             ),
         }
-        release(&shared, &partner);
+        release(&shared, &partner, probe);
         wake(&shared);
     }
 }
@@ -329,7 +470,6 @@ mod tests {
         let settings = Settings {
             workers: 4,
             per_partner: 1,
-            max_age_secs: 3_600,
             tick: Duration::from_millis(20),
         };
         let d = Dispatcher::start(spool.clone(), handlers, settings).unwrap();
@@ -359,5 +499,67 @@ mod tests {
             "one per partner, two partners"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_open_circuit_keeps_its_partners_items_queued_while_others_run() {
+        let dir = std::env::temp_dir().join(format!(
+            "np-worker-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        let (spool, _) = Spool::open(&dir).unwrap();
+        let spool = Arc::new(spool);
+        for i in 0..3 {
+            spool
+                .enqueue(&item(&format!("d{i}"), "down", "ok"))
+                .unwrap();
+            spool.enqueue(&item(&format!("u{i}"), "up", "ok")).unwrap();
+        }
+        let guards = Guards::default();
+        guards.circuits.set_policy(crate::circuit::Policy {
+            failures: 2,
+            cooldown_secs: 3_600,
+        });
+        guards.circuits.record("down", true, now_unix());
+        guards.circuits.record("down", true, now_unix());
+        let handler = Arc::new(Flaky {
+            calls: AtomicUsize::new(0),
+            concurrent: AtomicUsize::new(0),
+            max_seen: AtomicUsize::new(0),
+        });
+        let mut handlers: HashMap<String, Arc<dyn Handler>> = HashMap::new();
+        handlers.insert("test".into(), handler.clone());
+        let settings = Settings {
+            tick: Duration::from_millis(20),
+            ..Settings::default()
+        };
+        let d = Dispatcher::start_with(spool.clone(), handlers, settings, guards.clone()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while spool.counts(now_unix()).unwrap().done < 3 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A few more scheduler passes: the open partner's items stay put.
+        std::thread::sleep(Duration::from_millis(200));
+        d.shutdown(Duration::from_secs(2));
+        assert_eq!(spool.ids(State::Queued).unwrap(), vec!["d0", "d1", "d2"]);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            guards
+                .metrics
+                .get(metrics::WORK_DONE, &[("kind", metrics::intern("test"))]),
+            3
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_scheduler_sleeps_until_the_next_due_item_within_tick_and_max_idle() {
+        let tick = Duration::from_millis(500);
+        assert_eq!(idle_wait(None, 0, tick), MAX_IDLE);
+        assert_eq!(idle_wait(Some(10), 8_000, tick), Duration::from_secs(2));
+        assert_eq!(idle_wait(Some(10), 9_900, tick), tick, "at least a tick");
+        assert_eq!(idle_wait(Some(10), 20_000, tick), tick, "overdue");
+        assert_eq!(idle_wait(Some(100), 0, tick), MAX_IDLE, "at most MAX_IDLE");
     }
 }

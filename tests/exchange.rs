@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
-use common::agent::{AgentProcess, AgentSetup, World};
+use common::agent::{AgentSetup, World};
+use common::folders::{export, files, wait_files};
 use common::proxy::Proxy;
 use serde_json::Value;
 
@@ -19,54 +20,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn sample() -> Value {
     serde_json::from_str(np_agent::demo::SAMPLE).unwrap()
-}
-
-/// Writes an export the way an EHR must: temp name, then rename.
-fn export(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{name}.part"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-/// Inbox files (recursively) ending in `suffix`; `.json` excludes `.cancelled.json`.
-fn inbox_files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if p.is_dir() {
-                out.extend(inbox_files(&p, suffix));
-            } else if !name.starts_with('.')
-                && name.ends_with(suffix)
-                && (suffix != ".json" || !name.ends_with(".cancelled.json"))
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn wait_files(dir: &Path, suffix: &str, n: usize, agents: &[&AgentProcess]) -> Vec<PathBuf> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let found = inbox_files(dir, suffix);
-        if found.len() >= n {
-            return found;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = agents.iter().map(|a| a.log()).collect();
-            panic!(
-                "no {n} {suffix} file(s) in {} within {TIMEOUT:?}:\n{}",
-                dir.display(),
-                logs.join("\n----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn read(path: &Path) -> Value {
@@ -152,7 +105,7 @@ fn a_json_export_arrives_unchanged_then_an_update_then_the_cancellation() {
     assert!(a.log().contains("event=notify.sent"), "{}", a.log());
 
     // Nothing duplicated: exactly the two Tasks' files and one cancellation per cancelled Task.
-    assert_eq!(inbox_files(&p.b.inbox("hospa"), ".json").len(), 2);
+    assert_eq!(files(&p.b.inbox("hospa"), ".json").len(), 2);
     assert!(a.stop().success());
     assert!(b.stop().success());
 }
@@ -203,15 +156,15 @@ fn a_notification_whose_sender_is_down_is_pulled_when_it_returns_without_duplica
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(inbox_files(&p.b.inbox("hospa"), ".json").is_empty());
+    assert!(files(&p.b.inbox("hospa"), ".json").is_empty());
     assert!(b.log().contains("event=work.retry"), "{}", b.log());
     // A comes back: the pull completes, once.
     proxy.set_up(true);
-    let files = wait_files(&p.b.inbox("hospa"), ".json", 1, &[&a, &b]);
-    np_agent::demo::check_same(&sample(), &read(&files[0])).unwrap_or_else(|e| panic!("{e}"));
+    let arrived = wait_files(&p.b.inbox("hospa"), ".json", 1, &[&a, &b]);
+    np_agent::demo::check_same(&sample(), &read(&arrived[0])).unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        inbox_files(&p.b.inbox("hospa"), ".json").len(),
+        files(&p.b.inbox("hospa"), ".json").len(),
         1,
         "no duplicates"
     );

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
-use common::agent::{AgentProcess, AgentSetup, World};
+use common::agent::{AgentSetup, World};
+use common::folders::{export, wait_files};
 use np_agent::config::{self, OrgId, Source};
 use np_agent::http::client::ClientTimeouts;
 use np_agent::http::partners::Partners;
@@ -21,50 +21,6 @@ use np_agent::oauth::client::{Purpose, TokenClient};
 use np_agent::pki::{self, MinVersion, TlsMaterial};
 use np_agent::util::time::now_unix;
 use serde_json::{Value, json};
-
-fn export(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{name}.part"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let n = e.file_name().to_string_lossy().into_owned();
-            if p.is_dir() {
-                out.extend(files(&p, suffix));
-            } else if n.ends_with(suffix) && (suffix != ".json" || !n.ends_with(".cancelled.json"))
-            {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn wait_for(dir: &Path, suffix: &str, n: usize, agents: &[&AgentProcess]) -> Vec<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let f = files(dir, suffix);
-        if f.len() >= n {
-            return f;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out:\n{}",
-            agents
-                .iter()
-                .map(|a| a.log())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The case export for a patient, with an unreferenced Binary in it.
 fn case(patient_id: &str, bsn: &str) -> Value {
@@ -212,7 +168,7 @@ fn the_sender_refuses_every_pull_outside_the_grant() {
         "case-2.json",
         case("pat-2", bsn2.as_str()).to_string().as_bytes(),
     );
-    let inbox = wait_for(&b.inbox("hospa"), ".json", 2, &[&pa, &pb]);
+    let inbox = wait_files(&b.inbox("hospa"), ".json", 2, &[&pa, &pb]);
     let notified_at = Instant::now();
     let tasks: Vec<Value> = inbox
         .iter()
@@ -290,7 +246,7 @@ fn the_sender_refuses_every_pull_outside_the_grant() {
 
     // Cancel case 1: its token stops working at once, and no new one is issued.
     export(&a.outbox("hospb"), "case-1.cancel", b"");
-    wait_for(&b.inbox("hospa"), ".cancelled.json", 1, &[&pa, &pb]);
+    wait_files(&b.inbox("hospa"), ".cancelled.json", 1, &[&pa, &pb]);
     let (s, _) = as_b.get(&url("/Patient/pat-1"), Some(&t1));
     assert!(s == 401 || s == 403, "cancelled case still served: {s}");
     assert_eq!(as_b.pull_token(&base1, &bsn1).unwrap_err(), "invalid_grant");

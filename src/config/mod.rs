@@ -214,6 +214,30 @@ pub const KEYS: &[KeySpec] = &[
         false,
         "below this free space in NP_STATE_DIR new work is refused until space returns",
     ),
+    key(
+        "NP_RETRY_FIRST",
+        Some("5s"),
+        false,
+        "ceiling of the first retry wait; doubles per attempt (full jitter), up to NP_RETRY_CAP",
+    ),
+    key(
+        "NP_RETRY_CAP",
+        Some("15m"),
+        false,
+        "longest wait between two attempts, also for a partner's Retry-After",
+    ),
+    key(
+        "NP_CIRCUIT_FAILURES",
+        Some("5"),
+        false,
+        "consecutive transient failures of a partner that open its circuit (its work waits)",
+    ),
+    key(
+        "NP_CIRCUIT_COOLDOWN",
+        Some("30s"),
+        false,
+        "how long an open circuit waits before one probe (doubles after each failed probe, at most 15m)",
+    ),
 ];
 
 /// Per-partner keys: `NP_PARTNER_<NAME>_<FIELD>`; `name` holds the field.
@@ -490,6 +514,14 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub retry_max_age: Duration,
     pub min_free_disk: u64,
+    /// Ceiling of the first retry wait.
+    pub retry_first: Duration,
+    /// Longest retry wait.
+    pub retry_cap: Duration,
+    /// Consecutive transient failures that open a partner's circuit.
+    pub circuit_failures: u32,
+    /// Wait before the first probe of an open circuit.
+    pub circuit_cooldown: Duration,
     pub partners: Vec<Partner>,
 }
 
@@ -652,6 +684,28 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     let idle_timeout = v.parsed("NP_IDLE_TIMEOUT", positive_duration);
     let retry_max_age = v.parsed("NP_RETRY_MAX_AGE", positive_duration);
     let min_free_disk = v.parsed("NP_MIN_FREE_DISK", parse_size);
+    let whole_seconds = |s: &str| {
+        let d = positive_duration(s)?;
+        if d.as_secs() >= 1 && d <= Duration::from_secs(86_400) {
+            Ok(d)
+        } else {
+            Err(format!("{s:?} must be from 1s to 1d"))
+        }
+    };
+    let retry_first = v.parsed("NP_RETRY_FIRST", whole_seconds);
+    let retry_cap = v.parsed("NP_RETRY_CAP", whole_seconds);
+    let circuit_failures = v.parsed("NP_CIRCUIT_FAILURES", |s| match s.parse::<u32>() {
+        Ok(n) if (1..=1_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} must be a whole number from 1 to 1000")),
+    });
+    let circuit_cooldown = v.parsed("NP_CIRCUIT_COOLDOWN", |s| {
+        let d = positive_duration(s)?;
+        if d <= Duration::from_secs(900) {
+            Ok(d)
+        } else {
+            Err(format!("{s:?} must be at most 15m"))
+        }
+    });
     let partner_names = v.parsed("NP_PARTNERS", parse_partner_names);
 
     let client_id = client_id.or_else(|| public_url.as_deref().map(host_of));
@@ -703,6 +757,10 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             idle_timeout: idle_timeout?,
             retry_max_age: retry_max_age?,
             min_free_disk: min_free_disk?,
+            retry_first: retry_first?,
+            retry_cap: retry_cap?,
+            circuit_failures: circuit_failures?,
+            circuit_cooldown: circuit_cooldown?,
             partners,
         })
     })();

@@ -93,6 +93,10 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.idle_timeout, Duration::from_secs(30));
     assert_eq!(c.retry_max_age, Duration::from_secs(72 * 3_600));
     assert_eq!(c.min_free_disk, 512 << 20);
+    assert_eq!(c.retry_first, Duration::from_secs(5));
+    assert_eq!(c.retry_cap, Duration::from_secs(900));
+    assert_eq!(c.circuit_failures, 5);
+    assert_eq!(c.circuit_cooldown, Duration::from_secs(30));
     assert!(c.partners.is_empty());
     assert_eq!(
         c.token_endpoint(),
@@ -168,6 +172,26 @@ fn bad_values_name_the_key_and_the_reason() {
             "NP_POLL_INTERVAL",
             "0s",
             "NP_POLL_INTERVAL: \"0s\" must be longer than zero",
+        ),
+        (
+            "NP_CIRCUIT_FAILURES",
+            "0",
+            "NP_CIRCUIT_FAILURES: \"0\" must be a whole number from 1 to 1000",
+        ),
+        (
+            "NP_CIRCUIT_COOLDOWN",
+            "1h",
+            "NP_CIRCUIT_COOLDOWN: \"1h\" must be at most 15m",
+        ),
+        (
+            "NP_RETRY_CAP",
+            "2d",
+            "NP_RETRY_CAP: \"2d\" must be from 1s to 1d",
+        ),
+        (
+            "NP_RETRY_FIRST",
+            "0s",
+            "NP_RETRY_FIRST: \"0s\" must be longer than zero",
         ),
         ("NP_NOTIFICATION_TTL", "7 days", "NP_NOTIFICATION_TTL:"),
         (

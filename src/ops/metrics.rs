@@ -1,14 +1,15 @@
-//! Process metrics: atomic counters and one gauge, rendered as Prometheus text format 0.0.4.
+//! Process metrics: atomic counters and gauges, rendered as Prometheus text format 0.0.4.
 //!
 //! Every label value is a `&'static str`, so the number of series is fixed by the code and
-//! cannot grow with what peers send. Counters are lock-free on the hot path once a series
+//! the configuration (partner names and work kinds go through [`intern`], which is capped)
+//! and cannot grow with what peers send. Counters are lock-free on the hot path once a series
 //! exists (a read lock and two map look-ups; the write lock is taken only the first time a
 //! label combination is seen).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// One label: `(name, value)`, both fixed at compile time.
 pub type Label = (&'static str, &'static str);
@@ -27,12 +28,79 @@ pub const OPEN_CONNECTIONS: &str = "np_open_connections";
 pub const TOKENS_ISSUED: &str = "np_tokens_issued_total";
 /// Token requests refused by our token endpoint, by reason.
 pub const TOKENS_REFUSED: &str = "np_tokens_refused_total";
+/// Spool items per state folder (gauge, refreshed when `/metrics` is read).
+pub const SPOOL_ITEMS: &str = "np_spool_items";
+/// Attempts at spool work that failed and were scheduled again, by kind.
+pub const WORK_RETRIES: &str = "np_work_retries_total";
+/// Spool work given up (moved to `dead`), by kind.
+pub const WORK_DEAD: &str = "np_work_dead_total";
+/// Spool work finished, by kind.
+pub const WORK_DONE: &str = "np_work_done_total";
+/// 1 while a partner's circuit is open or half-open (gauge), by partner.
+pub const CIRCUIT_OPEN: &str = "np_circuit_open";
+/// Times a partner's circuit opened (also re-opened after a failed probe), by partner.
+pub const CIRCUIT_OPENED: &str = "np_circuit_opened_total";
+/// 1 while new work is refused for lack of resources (gauge), by reason (`disk`).
+pub const BACKPRESSURE: &str = "np_backpressure";
+/// Requests answered 503 because of backpressure, by endpoint.
+pub const BACKPRESSURE_REFUSED: &str = "np_backpressure_refused_total";
+
+/// Refreshes gauges right before the registry is rendered (e.g. counts spool folders).
+pub type Collector = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// The process's metrics registry. Share it as `Arc<Metrics>`.
-#[derive(Debug)]
 pub struct Metrics {
     families: RwLock<BTreeMap<&'static str, Family>>,
+    gauges: RwLock<BTreeMap<&'static str, GaugeFamily>>,
     open_connections: AtomicI64,
+    collectors: Mutex<Vec<Collector>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// A handle on one gauge series.
+#[derive(Debug, Clone)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct GaugeFamily {
+    help: &'static str,
+    series: BTreeMap<Vec<Label>, Arc<AtomicI64>>,
+}
+
+/// Most distinct values [`intern`] hands out; later ones become `other`.
+pub const INTERN_CAP: usize = 512;
+
+/// A `&'static str` for a label value that comes from the configuration
+/// (a partner name, a work kind). Each distinct value is leaked once; past
+/// [`INTERN_CAP`] values the answer is `other`, so a bug cannot grow memory
+/// or series without bound.
+pub fn intern(value: &str) -> &'static str {
+    static SEEN: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(v) = seen.iter().find(|v| **v == value) {
+        return v;
+    }
+    if seen.len() >= INTERN_CAP {
+        return "other";
+    }
+    let leaked: &'static str = Box::leak(value.to_string().into_boxed_str());
+    seen.push(leaked);
+    leaked
 }
 
 /// A handle on one counter series; cheap to clone and to keep for a hot path.
@@ -74,7 +142,9 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Metrics {
             families: RwLock::new(BTreeMap::new()),
+            gauges: RwLock::new(BTreeMap::new()),
             open_connections: AtomicI64::new(0),
+            collectors: Mutex::new(Vec::new()),
         };
         m.describe(
             HTTP_REQUESTS,
@@ -94,6 +164,33 @@ impl Metrics {
         );
         m.describe(TOKENS_ISSUED, "Access tokens issued, by kind.");
         m.describe(TOKENS_REFUSED, "Token requests refused, by reason.");
+        m.describe(
+            WORK_RETRIES,
+            "Spool work attempts that failed and were scheduled again, by kind.",
+        );
+        m.describe(WORK_DEAD, "Spool work given up (moved to dead), by kind.");
+        m.describe(WORK_DONE, "Spool work finished, by kind.");
+        m.describe(
+            CIRCUIT_OPENED,
+            "Times a partner's circuit opened or re-opened after a failed probe, by partner.",
+        );
+        m.describe(
+            BACKPRESSURE_REFUSED,
+            "Requests answered 503 because new work is refused (backpressure), by endpoint.",
+        );
+        m.describe_gauge(
+            SPOOL_ITEMS,
+            "Spool items per state folder (queued, in_flight, retry, done, dead).",
+        );
+        m.describe_gauge(
+            CIRCUIT_OPEN,
+            "1 while a partner's circuit is open or half-open (its work waits), by partner.",
+        );
+        m.describe_gauge(
+            BACKPRESSURE,
+            "1 while new work is refused for lack of resources, by reason.",
+        );
+        m.gauge(BACKPRESSURE, &[("reason", "disk")]);
         // Unlabelled counters exist from the start so they render as 0.
         m.counter(CONNECTIONS_ACCEPTED, &[]);
         m.counter(CONNECTIONS_REFUSED, &[]);
@@ -148,6 +245,65 @@ impl Metrics {
             .entry(labels.to_vec())
             .or_insert_with(|| Arc::new(AtomicU64::new(0)));
         Counter(Arc::clone(series))
+    }
+
+    /// Registers (or re-describes) a gauge family with its `# HELP` text.
+    pub fn describe_gauge(&self, name: &'static str, help: &'static str) {
+        if !valid_metric_name(name) {
+            log::warn!("event=metrics.invalid_name name={name}");
+            return;
+        }
+        let mut gauges = self.gauges.write().unwrap_or_else(PoisonError::into_inner);
+        gauges
+            .entry(name)
+            .and_modify(|f| f.help = help)
+            .or_insert_with(|| GaugeFamily {
+                help,
+                series: BTreeMap::new(),
+            });
+    }
+
+    /// The gauge series `name{labels}`, created at zero on first use (same
+    /// rules as [`Metrics::counter`]).
+    pub fn gauge(&self, name: &'static str, labels: &[Label]) -> Gauge {
+        if !valid_metric_name(name) || !labels.iter().all(|(k, _)| valid_label_name(k)) {
+            log::warn!("event=metrics.invalid_name name={name}");
+            return Gauge(Arc::new(AtomicI64::new(0)));
+        }
+        {
+            let gauges = self.gauges.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(series) = gauges.get(name).and_then(|f| f.series.get(labels)) {
+                return Gauge(Arc::clone(series));
+            }
+        }
+        let mut gauges = self.gauges.write().unwrap_or_else(PoisonError::into_inner);
+        let family = gauges.entry(name).or_insert_with(|| GaugeFamily {
+            help: name,
+            series: BTreeMap::new(),
+        });
+        let series = family
+            .series
+            .entry(labels.to_vec())
+            .or_insert_with(|| Arc::new(AtomicI64::new(0)));
+        Gauge(Arc::clone(series))
+    }
+
+    /// The current value of gauge `name{labels}` (0 when the series does not exist).
+    pub fn gauge_value(&self, name: &str, labels: &[Label]) -> i64 {
+        let gauges = self.gauges.read().unwrap_or_else(PoisonError::into_inner);
+        gauges
+            .get(name)
+            .and_then(|f| f.series.get(labels))
+            .map_or(0, |g| g.load(Ordering::Relaxed))
+    }
+
+    /// Runs `collector` before every render, to refresh gauges that are
+    /// cheaper to read on demand than to keep current.
+    pub fn add_collector(&self, collector: Collector) {
+        self.collectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(collector);
     }
 
     /// Adds one to `name{labels}`.
@@ -214,36 +370,69 @@ impl Metrics {
 
     /// The whole registry in Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
+        {
+            let collectors = self
+                .collectors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for c in collectors.iter() {
+                c(self);
+            }
+        }
         let mut out = String::with_capacity(4096);
         let families = self.families.read().unwrap_or_else(PoisonError::into_inner);
-        let gauge = self.open_connections.load(Ordering::Relaxed);
-        let mut gauge_done = false;
-        for (name, family) in families.iter() {
-            if !gauge_done && OPEN_CONNECTIONS < *name {
-                render_gauge(&mut out, gauge);
-                gauge_done = true;
+        let gauges = self.gauges.read().unwrap_or_else(PoisonError::into_inner);
+        let open = self.open_connections.load(Ordering::Relaxed);
+        // Every family once, in name order, whatever its type.
+        let mut names: Vec<&'static str> = families.keys().chain(gauges.keys()).copied().collect();
+        names.push(OPEN_CONNECTIONS);
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            if name == OPEN_CONNECTIONS {
+                render_gauge(&mut out, open);
+            } else if let Some(family) = families.get(name) {
+                render_family(
+                    &mut out,
+                    name,
+                    family.help,
+                    "counter",
+                    &family.series,
+                    |v| v.load(Ordering::Relaxed).to_string(),
+                );
+            } else if let Some(family) = gauges.get(name) {
+                render_family(&mut out, name, family.help, "gauge", &family.series, |v| {
+                    v.load(Ordering::Relaxed).to_string()
+                });
             }
-            let _ = writeln!(out, "# HELP {name} {}", escape_help(family.help));
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (labels, value) in &family.series {
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
-                    }
-                    out.push('}');
-                }
-                let _ = writeln!(out, " {}", value.load(Ordering::Relaxed));
-            }
-        }
-        if !gauge_done {
-            render_gauge(&mut out, gauge);
         }
         out
+    }
+}
+
+fn render_family<V>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    series: &BTreeMap<Vec<Label>, Arc<V>>,
+    value: impl Fn(&V) -> String,
+) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in series {
+        out.push_str(name);
+        if !labels.is_empty() {
+            out.push('{');
+            for (i, (k, lv)) in labels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{k}=\"{}\"", escape_label_value(lv));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {}", value(v));
     }
 }
 
@@ -401,6 +590,50 @@ mod tests {
             ),
             2
         );
+    }
+
+    #[test]
+    fn gauges_render_as_gauges_in_name_order_and_collectors_refresh_them() {
+        let m = Metrics::new();
+        m.add_collector(Box::new(|m: &Metrics| {
+            m.gauge(SPOOL_ITEMS, &[("state", "queued")]).set(7);
+        }));
+        m.gauge(CIRCUIT_OPEN, &[("partner", intern("hospb"))])
+            .set(1);
+        m.inc(WORK_RETRIES, &[("kind", "notify")]);
+        let text = m.render();
+        for line in [
+            "# TYPE np_spool_items gauge",
+            "np_spool_items{state=\"queued\"} 7",
+            "# TYPE np_circuit_open gauge",
+            "np_circuit_open{partner=\"hospb\"} 1",
+            "np_backpressure{reason=\"disk\"} 0",
+            "np_work_retries_total{kind=\"notify\"} 1",
+            "# TYPE np_open_connections gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or_default())
+            .collect();
+        let mut sorted = types.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(types, sorted, "each family once, in name order");
+        assert_eq!(m.gauge_value(SPOOL_ITEMS, &[("state", "queued")]), 7);
+    }
+
+    #[test]
+    fn intern_returns_the_same_str_and_is_capped() {
+        let a = intern("partner-x");
+        let b = intern(&String::from("partner-x"));
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a, "partner-x");
     }
 
     #[test]

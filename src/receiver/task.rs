@@ -525,7 +525,7 @@ pub fn relative_query_problem(text: &str) -> Option<&'static str> {
     if first.contains(':') {
         return Some("must be relative to the FHIR base (it has a scheme)");
     }
-    if !path.bytes().all(is_path_byte) {
+    if !path.bytes().all(super::url::is_path_byte) {
         return Some("has characters not allowed in a URL path");
     }
     let lower = path.to_ascii_lowercase();
@@ -935,32 +935,6 @@ fn classify_input(input: &Value, path: &str, strict: bool) -> Result<Input, Refu
         // Some other parameter we do not know: not ours to refuse.
         None => Ok(Input::Ignored),
     }
-}
-
-/// URL path characters (RFC 3986 pchar and `/`), with `%` for encodings.
-fn is_path_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'/'
-                | b'%'
-        )
 }
 
 fn is_type_name(s: &str) -> bool {

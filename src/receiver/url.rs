@@ -123,9 +123,14 @@ pub fn same_base(base: &str, link: &str) -> bool {
     })
 }
 
-/// RFC 3986 characters allowed in a URL outside a fragment: unreserved,
-/// reserved except `#[]`, and `%`.
+/// RFC 3986 characters allowed in a URL outside a fragment: path characters
+/// and `?`.
 fn is_url_byte(b: u8) -> bool {
+    is_path_byte(b) || b == b'?'
+}
+
+/// URL path characters (RFC 3986 pchar and `/`), with `%` for encodings.
+pub(crate) fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -146,7 +151,6 @@ fn is_url_byte(b: u8) -> bool {
                 | b':'
                 | b'@'
                 | b'/'
-                | b'?'
                 | b'%'
         )
 }

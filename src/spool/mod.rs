@@ -312,12 +312,21 @@ impl Spool {
 
     /// Items in `queued` and `retry` whose time has come, oldest first.
     pub fn due(&self, now: i64) -> Result<Vec<Item>, SpoolError> {
+        self.due_and_next(now).map(|(due, _)| due)
+    }
+
+    /// [`Spool::due`], and the earliest `not_before` of the items not yet
+    /// due (when the scheduler needs to look again).
+    pub fn due_and_next(&self, now: i64) -> Result<(Vec<Item>, Option<i64>), SpoolError> {
         let mut out = Vec::new();
+        let mut next: Option<i64> = None;
         for s in [State::Queued, State::Retry] {
             for id in self.ids(s)? {
                 match self.load(s, &id) {
                     Ok(item) if item.not_before <= now => out.push(item),
-                    Ok(_) => {}
+                    Ok(item) => {
+                        next = Some(next.map_or(item.not_before, |n| n.min(item.not_before)));
+                    }
                     Err(e) => log::warn!(
                         "event=spool.unreadable item={id} error={}",
                         crate::ops::logging::Q(&e.to_string())
@@ -328,7 +337,7 @@ impl Spool {
         out.sort_by(|a, b| {
             (a.not_before, a.created_at, &a.id).cmp(&(b.not_before, b.created_at, &b.id))
         });
-        Ok(out)
+        Ok((out, next))
     }
 
     /// Moves an item from `queued`/`retry` to `in-flight`.
@@ -391,6 +400,26 @@ impl Spool {
         Ok(n)
     }
 
+    /// Items per state, from the folder listings only (cheap enough for
+    /// every `/metrics` read; [`Spool::counts`] also reads the items).
+    pub fn sizes(&self) -> Result<[(State, usize); 5], SpoolError> {
+        let mut out = State::ALL.map(|s| (s, 0));
+        for (state, n) in &mut out {
+            let dir = self.root.join(state.dir());
+            *n = fs::read_dir(&dir)
+                .map_err(io_err(&dir, "read directory"))?
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .is_some_and(valid_id)
+                })
+                .count();
+        }
+        Ok(out)
+    }
+
     /// Counts per state and the age of the oldest item not yet done or dead.
     pub fn counts(&self, now: i64) -> Result<Counts, SpoolError> {
         let mut c = Counts::default();
@@ -443,18 +472,57 @@ pub enum Outcome {
 pub const BACKOFF_FIRST_SECS: u64 = 5;
 pub const BACKOFF_CAP_SECS: u64 = 900;
 
+/// When retried work runs again and when it is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Ceiling of the first wait (`NP_RETRY_FIRST`); doubles per attempt.
+    pub first_secs: u64,
+    /// Longest wait, also for a `Retry-After` (`NP_RETRY_CAP`).
+    pub cap_secs: u64,
+    /// Work older than this is given up (`NP_RETRY_MAX_AGE`).
+    pub max_age_secs: i64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            first_secs: BACKOFF_FIRST_SECS,
+            cap_secs: BACKOFF_CAP_SECS,
+            max_age_secs: 72 * 3_600,
+        }
+    }
+}
+
 /// Applies a worker's outcome to an in-flight item: done, dead, or retry with
 /// back-off (honouring `Retry-After`), turned into dead once the item's
 /// `give_up_at` or `max_age` has passed. `random` feeds the jitter.
-/// Returns the state the item ended in.
+/// Returns the state the item ended in. The default back-off; see [`settle_with`].
 pub fn settle(
     spool: &Spool,
-    mut item: Item,
+    item: Item,
     outcome: Outcome,
     now: i64,
     max_age_secs: i64,
     random: u32,
 ) -> Result<State, SpoolError> {
+    let policy = RetryPolicy {
+        max_age_secs,
+        ..RetryPolicy::default()
+    };
+    settle_with(spool, item, outcome, now, &policy, random)
+}
+
+/// [`settle`] under `policy`: a retry waits the jittered back-off, or the
+/// partner's `Retry-After` when that is longer (both at most `cap_secs`).
+pub fn settle_with(
+    spool: &Spool,
+    mut item: Item,
+    outcome: Outcome,
+    now: i64,
+    policy: &RetryPolicy,
+    random: u32,
+) -> Result<State, SpoolError> {
+    let cap = policy.cap_secs.max(1);
     match outcome {
         Outcome::Done => {
             item.last_error = None;
@@ -467,14 +535,15 @@ pub fn settle(
             Ok(State::Dead)
         }
         Outcome::Wait { reason, after_secs } => {
-            let expired =
-                item.give_up_at.is_some_and(|t| t <= now) || now - item.created_at >= max_age_secs;
+            let expired = item.give_up_at.is_some_and(|t| t <= now)
+                || now - item.created_at >= policy.max_age_secs;
             if expired {
                 item.last_error = Some(format!("gave up while waiting: {reason}"));
                 spool.bury(&item)?;
                 return Ok(State::Dead);
             }
-            let wait = after_secs.clamp(1, BACKOFF_CAP_SECS);
+            // What is waited for retries within `cap`: never wait longer.
+            let wait = after_secs.clamp(1, cap.saturating_add(1));
             item.not_before = now + i64::try_from(wait).unwrap_or(i64::MAX / 2);
             item.last_error = Some(reason);
             spool.retry(&item)?;
@@ -485,11 +554,11 @@ pub fn settle(
             retry_after,
         } => {
             item.attempts = item.attempts.saturating_add(1);
-            let wait = backoff_secs(item.attempts, BACKOFF_FIRST_SECS, BACKOFF_CAP_SECS, random)
-                .max(retry_after.unwrap_or(0).min(BACKOFF_CAP_SECS));
+            let wait = backoff_secs(item.attempts, policy.first_secs, cap, random)
+                .max(retry_after.unwrap_or(0).min(cap));
             item.not_before = now + i64::try_from(wait).unwrap_or(i64::MAX / 2);
-            let expired =
-                item.give_up_at.is_some_and(|t| t <= now) || now - item.created_at >= max_age_secs;
+            let expired = item.give_up_at.is_some_and(|t| t <= now)
+                || now - item.created_at >= policy.max_age_secs;
             if expired {
                 item.last_error = Some(format!(
                     "gave up after {} attempts: {reason}",

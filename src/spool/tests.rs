@@ -143,7 +143,7 @@ fn waiting_is_not_an_attempt() {
         reason: "waiting for notify-x".into(),
         after_secs: after,
     };
-    for (now, after, due) in [(1_000, 7, 1_007), (1_007, 0, 1_008), (1_008, 99_999, 1_908)] {
+    for (now, after, due) in [(1_000, 7, 1_007), (1_007, 0, 1_008), (1_008, 99_999, 1_909)] {
         let it = spool.claim("a").unwrap();
         assert_eq!(
             settle(&spool, it, wait(after), now, 3_600, 0).unwrap(),
@@ -337,4 +337,41 @@ fn settle_applies_backoff_retry_after_and_give_up() {
         .unwrap(),
         State::Dead
     );
+}
+
+#[test]
+fn sizes_count_folders_and_due_and_next_names_the_next_wake() {
+    let dir = Dir::new();
+    let (spool, _) = Spool::open(&dir.0).unwrap();
+    let mut later = item("later", "p", 100);
+    later.not_before = 500;
+    let mut soon = item("soon", "p", 100);
+    soon.not_before = 300;
+    spool.enqueue(&item("now", "p", 100)).unwrap();
+    spool.enqueue(&later).unwrap();
+    spool.enqueue(&soon).unwrap();
+    let claimed = spool.claim("now").unwrap();
+    let (due, next) = spool.due_and_next(200).unwrap();
+    assert!(due.is_empty());
+    assert_eq!(next, Some(300));
+    let (due, next) = spool.due_and_next(300).unwrap();
+    assert_eq!(
+        due.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["soon"]
+    );
+    assert_eq!(next, Some(500));
+    fs::write(dir.0.join("spool/queued/.x.tmp"), b"half").unwrap();
+    let sizes = spool.sizes().unwrap();
+    assert_eq!(
+        sizes,
+        [
+            (State::Done, 0),
+            (State::Dead, 0),
+            (State::Retry, 0),
+            (State::Queued, 2),
+            (State::InFlight, 1)
+        ]
+    );
+    spool.complete(&claimed).unwrap();
+    assert_eq!(spool.sizes().unwrap()[0], (State::Done, 1));
 }

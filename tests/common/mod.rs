@@ -10,6 +10,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;
+pub mod folders;
+pub mod observe;
+pub mod partner;
 pub mod pki;
 pub mod proxy;
 pub mod tls;
