@@ -102,6 +102,7 @@ pub struct Shared {
     pub http: Arc<dyn crate::http::partners::PartnerHttp>,
     pub sender: Arc<crate::sender::Sender>,
     pub receiver: Arc<crate::receiver::Receiver>,
+    pub mitz: Arc<crate::mitz::Mitz>,
 }
 
 /// State that lives across reloads.
@@ -121,6 +122,8 @@ pub struct Stores {
     /// The receiver's folders and locks; each configuration gets a
     /// `reconfigured` copy sharing them.
     pub receiver: crate::receiver::Receiver,
+    /// The Mitz intake's consent view and lock; reconfigured like the receiver.
+    pub mitz: crate::mitz::Mitz,
 }
 
 impl Stores {
@@ -147,6 +150,8 @@ impl Stores {
         let receiver =
             crate::receiver::Receiver::new(Arc::new(cfg.clone()), spool.clone(), audit.clone())
                 .map_err(|e| io(format!("NP_INBOX / NP_STATE_DIR: {e}")))?;
+        let mitz = crate::mitz::Mitz::new(Arc::new(cfg.clone()), spool.clone(), audit.clone())
+            .map_err(|e| io(format!("NP_STATE_DIR: {e}")))?;
         let circuits = Arc::new(crate::circuit::Circuits::new(
             circuit_policy(cfg),
             metrics.clone(),
@@ -174,6 +179,7 @@ impl Stores {
             disk,
             retry: Arc::new(RwLock::new(retry_policy(cfg))),
             receiver,
+            mitz,
             spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
             tokens: Arc::new(TokenStore::open(state, now_unix()).map_err(|e| io(e.to_string()))?),
@@ -231,6 +237,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         tokens: token_client.clone(),
     })));
     let receiver = Arc::new(stores.receiver.reconfigured(config.clone()));
+    let mitz = Arc::new(stores.mitz.reconfigured(config.clone()));
     let sender = Arc::new(crate::sender::Sender::new(
         config.clone(),
         stores.cases.clone(),
@@ -262,6 +269,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         http: http_client,
         sender,
         receiver,
+        mitz,
     })
 }
 
@@ -442,6 +450,47 @@ impl Router {
         }
     }
 
+    /// Mitz consent notification intake: the certificate of a `mitz`
+    /// partner is the whole authentication (DESIGN.md); no bearer token.
+    fn mitz(&self, shared: &Shared, req: &Request) -> Response {
+        let Some(partner) = self.partner_of(shared, req) else {
+            return outcome(
+                403,
+                "forbidden",
+                "the TLS client certificate does not belong to a configured partner",
+            );
+        };
+        if partner.kind != crate::config::PartnerKind::Mitz {
+            return outcome(403, "forbidden", "this endpoint is for mitz partners");
+        }
+        if req.method != "POST" {
+            return outcome(405, "not-supported", "POST a consent notification Bundle")
+                .header("Allow", "POST");
+        }
+        if let Some(refusal) = self.stores.disk.check() {
+            self.stores.metrics.inc(
+                crate::ops::metrics::BACKPRESSURE_REFUSED,
+                &[("endpoint", "/mitz")],
+            );
+            log::info!(
+                "event=mitz.refused rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
+                Q(&req.request_id),
+                partner.name,
+                refusal.reason,
+                refusal.free,
+                refusal.min
+            );
+            return refusal.response();
+        }
+        let intake = shared.mitz.intake(partner, req, now_unix());
+        if intake.queued {
+            if let Some(w) = self.waker.get() {
+                w.wake();
+            }
+        }
+        intake.response
+    }
+
     /// The grant behind `Authorization: Bearer …`, issued to `partner`.
     fn bearer(
         &self,
@@ -535,6 +584,7 @@ impl Handler for Router {
                 }
                 token_response(reply)
             }
+            _ if is_mitz_path(path) => self.mitz(&shared, req),
             _ if path.starts_with("/fhir/") || path == "/fhir" => self.fhir(&shared, req),
             _ => json(404, br#"{"error":"not_found"}"#.to_vec()),
         }
@@ -551,6 +601,7 @@ impl Handler for Router {
             }
             "/fhir/metadata" => "/fhir/metadata",
             "/fhir/Task" => "/fhir/Task",
+            p if is_mitz_path(p) => "/mitz",
             p if p.starts_with("/fhir/") => "/fhir/{type}",
             _ => "other",
         }
@@ -573,6 +624,16 @@ impl Handler for Router {
         };
         outcome(status, code, reason)
     }
+}
+
+/// The Mitz intake paths: the R4 base (`/fhir/R4`, spec §3) and
+/// `/mitz/fhir`, each also with `/Bundle`.
+fn is_mitz_path(path: &str) -> bool {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    matches!(
+        path,
+        "/fhir/R4" | "/fhir/R4/Bundle" | "/mitz/fhir" | "/mitz/fhir/Bundle"
+    )
 }
 
 fn token_response(reply: crate::oauth::endpoint::TokenReply) -> Response {
@@ -749,7 +810,19 @@ fn handlers(
         crate::receiver::KIND_PULL.to_string(),
         Arc::new(PullWork(router.clone())),
     );
+    map.insert(
+        crate::mitz::KIND_MITZ.to_string(),
+        Arc::new(MitzWork(router.clone())),
+    );
     map
+}
+
+struct MitzWork(Arc<Router>);
+
+impl crate::worker::Handler for MitzWork {
+    fn run(&self, item: &crate::spool::Item, _now: i64) -> crate::spool::Outcome {
+        self.0.current().mitz.store(item)
+    }
 }
 
 struct PullWork(Arc<Router>);

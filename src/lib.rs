@@ -20,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod jose;
 pub mod manpage;
+pub mod mitz;
 pub mod oauth;
 pub mod ops;
 pub mod pki;

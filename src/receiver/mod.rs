@@ -722,7 +722,7 @@ fn cancel_target(req: &Request) -> Result<Target, Refusal> {
 }
 
 /// `%XX` decoding (a `+` stays a `+`: identifiers are not form data).
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,0 +1,635 @@
+//! Mitz consent notifications: the intake of the Bundles the VZVZ
+//! notification broker (or Mitz itself) `POST`s to `/fhir/R4` or
+//! `/mitz/fhir`, their durable storage for the EHR, and the consent view.
+//!
+//! - [`aorta`] (sans-IO): the `AORTA-ID` header.
+//! - [`notification`] (sans-IO): transaction control, bronhouder check and
+//!   the Consent content (spec §3 steps 5–6, §4).
+//! - [`consent`]: the per-patient consent view.
+//! - this file: the [`Mitz`] façade: intake (checks in DESIGN.md order,
+//!   then a spool item of kind `mitz`, then 200) and the spool worker that
+//!   writes the inbox file and updates the consent view.
+//!
+//! The spool item id is `mitz-<first 32 hex of SHA-256(partner, body)>`, so
+//! the same bytes from the same partner are one item however often the
+//! broker resends them; its inbox name (receive time and a UUID) is fixed
+//! when the item is created, so a worker that crashed after writing the file
+//! writes the same file again instead of a second one.
+//!
+//! Logging: partner, item id, inbox name, format, counts, AORTA ids (UUIDs
+//! only); never the BSN or content. The audit trail gets `mitz.received`,
+//! `mitz.duplicate` and `mitz.refused`, with the patient when known.
+
+pub mod aorta;
+pub mod consent;
+pub mod notification;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::audit::{AuditLog, Event};
+use crate::config::{Config, Partner, PartnerKind};
+use crate::fhir::{self, FhirError, FhirVersion, Format, IssueType, Limits};
+use crate::http::{Request, Response};
+use crate::ops::logging::Q;
+use crate::receiver::task::Refusal;
+use crate::spool::{Item, Outcome, Spool};
+use crate::util::durable::DurableError;
+use crate::util::{random, time};
+
+use self::aorta::AortaId;
+use self::consent::ConsentView;
+use self::notification::{ConsentState, Profile};
+
+/// The spool item kind of a consent notification to store.
+pub const KIND_MITZ: &str = "mitz";
+/// Largest notification accepted (spec §3 step 3: 1 MB).
+pub const MAX_NOTIFICATION: usize = 1024 * 1024;
+
+/// What a `mitz` spool item carries: the notification as received and what
+/// was derived from it at intake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredNotification {
+    /// The body, byte for byte (it was checked to be UTF-8).
+    pub raw: String,
+    pub format: StoredFormat,
+    /// Unix seconds of receipt; the inbox name's time.
+    pub received_at: i64,
+    /// The inbox name's UUID, fixed at intake.
+    pub uuid: String,
+    /// The BSN (the spool is state, not a log).
+    pub patient: String,
+    /// Our URA as the notification named it.
+    pub holder: String,
+    pub profile: Profile,
+    pub consents: Vec<ConsentState>,
+    pub request_id: String,
+    #[serde(default)]
+    pub aorta_id: Option<String>,
+}
+
+/// The inbox file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredFormat {
+    Json,
+    Xml,
+}
+
+impl StoredNotification {
+    /// `<YYYYMMDDTHHMMSSZ>-<uuid>.json|.xml`.
+    pub fn inbox_name(&self) -> String {
+        let ext = match self.format {
+            StoredFormat::Json => "json",
+            StoredFormat::Xml => "xml",
+        };
+        format!("{}-{}.{ext}", time::compact(self.received_at), self.uuid)
+    }
+}
+
+/// The spool item id of `body` from `partner`.
+pub fn item_id(partner: &str, body: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(partner.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(body);
+    let mut h = crate::util::b64::hex(ctx.finish().as_ref());
+    h.truncate(32);
+    format!("mitz-{h}")
+}
+
+/// A setup failure: the Mitz state folders could not be created.
+#[derive(Debug)]
+pub struct MitzError(pub DurableError);
+
+impl std::fmt::Display for MitzError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mitz: {}", self.0)
+    }
+}
+
+impl std::error::Error for MitzError {}
+
+/// The answer to an intake request, and whether new work was queued.
+pub struct Intake {
+    pub response: Response,
+    /// A new spool item was stored: wake the workers.
+    pub queued: bool,
+}
+
+/// Intake and storage of Mitz consent notifications.
+pub struct Mitz {
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    audit: Arc<AuditLog>,
+    inbox: PathBuf,
+    view: Arc<ConsentView>,
+    /// "Is this item known? If not, enqueue it."
+    intake_lock: Arc<Mutex<()>>,
+}
+
+impl Mitz {
+    /// Intake writing to `config.inbox`, the consent view in
+    /// `config.state_dir/mitz`.
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        audit: Arc<AuditLog>,
+    ) -> Result<Mitz, MitzError> {
+        let view = ConsentView::open(&config.state_dir).map_err(MitzError)?;
+        Ok(Mitz {
+            inbox: config.inbox.clone(),
+            config,
+            spool,
+            audit,
+            view: Arc::new(view),
+            intake_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The same intake with a new configuration (SIGHUP): same folders, same locks.
+    pub fn reconfigured(&self, config: Arc<Config>) -> Mitz {
+        Mitz {
+            config,
+            spool: self.spool.clone(),
+            audit: self.audit.clone(),
+            inbox: self.inbox.clone(),
+            view: self.view.clone(),
+            intake_lock: self.intake_lock.clone(),
+        }
+    }
+
+    /// The consent view.
+    pub fn consent_view(&self) -> &ConsentView {
+        &self.view
+    }
+
+    /// `POST` of a consent notification by `partner` (identified by its
+    /// certificate; the router checked the method and the disk). Checks in
+    /// DESIGN.md order: partner kind (403), `Accept` (406), `Content-Type`
+    /// (415), size (413), hostile or malformed content and `AORTA-ID` (400),
+    /// transaction control (400), holder (400); then the spool, then 200.
+    pub fn intake(&self, partner: &Partner, req: &Request, now: i64) -> Intake {
+        let aorta_header = req.header("aorta-id");
+        let refuse = |r: Refusal, format: Format| Intake {
+            response: self.refuse(partner, req, &r, format, None),
+            queued: false,
+        };
+        if partner.kind != PartnerKind::Mitz {
+            return refuse(
+                Refusal::forbidden(None, "this endpoint is for mitz partners"),
+                Format::Json,
+            );
+        }
+        let accept = req.header("accept");
+        let format_param = format_param(req);
+        if fhir::negotiate(format_param.as_deref(), accept, Format::Json).is_none() {
+            return refuse(
+                Refusal::new(
+                    406,
+                    IssueType::NotSupported,
+                    "Accept allows neither FHIR JSON nor FHIR XML",
+                    None,
+                ),
+                Format::Json,
+            );
+        }
+        let format = match body_format(&req.body, req.header("content-type")) {
+            Ok(f) => f,
+            Err(r) => return refuse(r, Format::Json),
+        };
+        // Answer in the request's format unless Accept or _format says otherwise.
+        let answer = fhir::negotiate(format_param.as_deref(), accept, format).unwrap_or(format);
+        if req.body.len() > MAX_NOTIFICATION {
+            return refuse(
+                from_fhir(&FhirError::TooLarge {
+                    limit: MAX_NOTIFICATION,
+                }),
+                answer,
+            );
+        }
+        let limits = Limits::with_max_bytes(MAX_NOTIFICATION);
+        let value = match fhir::parse(&req.body, format, FhirVersion::R4, &limits) {
+            Ok(v) => v,
+            Err(e) => return refuse(from_fhir(&e), answer),
+        };
+        let aorta = match aorta_header.map(aorta::parse).transpose() {
+            Ok(a) => a,
+            Err(why) => {
+                return refuse(
+                    Refusal::new(400, IssueType::Value, why, Some("AORTA-ID".into())),
+                    answer,
+                );
+            }
+        };
+        let n = match notification::validate(&value, &self.config.org_ura) {
+            Ok(n) => n,
+            Err(r) => return refuse(r, answer),
+        };
+        // The parser checked UTF-8 for JSON and XML alike; keep it exactly.
+        let Ok(raw) = std::str::from_utf8(&req.body) else {
+            return refuse(
+                Refusal::new(400, IssueType::Invalid, "the body is not UTF-8", None),
+                answer,
+            );
+        };
+        let id = item_id(&partner.name, &req.body);
+        let ok = || Intake {
+            response: success(&value, n.entries, answer),
+            queued: false,
+        };
+        let guard = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.spool.find(&id).is_some() {
+            drop(guard);
+            self.audit_event(
+                partner,
+                req,
+                "mitz.duplicate",
+                "success",
+                n.bsn.as_str(),
+                &id,
+                aorta.as_ref(),
+            );
+            log::info!(
+                "event=mitz.duplicate partner={} item={id}{} rid={} status=200",
+                partner.name,
+                aorta_fields(aorta.as_ref()),
+                Q(&req.request_id)
+            );
+            return ok();
+        }
+        let uuid = match random::uuid_v4() {
+            Ok(u) => u,
+            Err(_) => {
+                return self.fail(
+                    partner,
+                    req,
+                    &id,
+                    "no randomness for the inbox name",
+                    answer,
+                );
+            }
+        };
+        let stored = StoredNotification {
+            raw: raw.to_string(),
+            format: match format {
+                Format::Json => StoredFormat::Json,
+                Format::Xml => StoredFormat::Xml,
+            },
+            received_at: now,
+            uuid,
+            patient: n.bsn.as_str().to_string(),
+            holder: n.holder.clone(),
+            profile: n.profile,
+            consents: n.consents.clone(),
+            request_id: req.request_id.clone(),
+            aorta_id: aorta.as_ref().map(AortaId::audit_form),
+        };
+        let body = match serde_json::to_value(&stored) {
+            Ok(b) => b,
+            Err(_) => {
+                return self.fail(
+                    partner,
+                    req,
+                    &id,
+                    "the notification could not be stored",
+                    answer,
+                );
+            }
+        };
+        let item = Item {
+            id: id.clone(),
+            kind: KIND_MITZ.into(),
+            partner: partner.name.clone(),
+            created_at: now,
+            attempts: 0,
+            not_before: now,
+            give_up_at: None,
+            last_error: None,
+            body,
+        };
+        let new = match self.spool.enqueue(&item) {
+            Ok(new) => new,
+            Err(e) => {
+                log::error!(
+                    "event=mitz.store_failed partner={} item={id} error={}",
+                    partner.name,
+                    Q(&e.to_string())
+                );
+                return self.fail(
+                    partner,
+                    req,
+                    &id,
+                    "the notification could not be stored",
+                    answer,
+                );
+            }
+        };
+        drop(guard);
+        let action = if new {
+            "mitz.received"
+        } else {
+            "mitz.duplicate"
+        };
+        if !self.audit_event(
+            partner,
+            req,
+            action,
+            "success",
+            n.bsn.as_str(),
+            &id,
+            aorta.as_ref(),
+        ) {
+            return self.fail(
+                partner,
+                req,
+                &id,
+                "the audit trail could not be written",
+                answer,
+            );
+        }
+        if n.profile == Profile::Unknown {
+            log::warn!(
+                "event=mitz.unknown_profile partner={} item={id} rid={} action=stored_without_interpretation",
+                partner.name,
+                Q(&req.request_id)
+            );
+        }
+        log::info!(
+            "event={action} partner={} item={id} inbox={} format={} consents={} profile={}{} rid={} status=200",
+            partner.name,
+            Q(&stored.inbox_name()),
+            item_format(format),
+            n.consents.len(),
+            profile_label(n.profile),
+            aorta_fields(aorta.as_ref()),
+            Q(&req.request_id)
+        );
+        Intake {
+            queued: new,
+            ..ok()
+        }
+    }
+
+    /// The spool worker of a `mitz` item: writes the inbox file (temp,
+    /// fsync, rename: a rerun after a crash replaces it) and applies the
+    /// Consents to the consent view.
+    pub fn store(&self, item: &Item) -> Outcome {
+        let stored: StoredNotification = match serde_json::from_value(item.body.clone()) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Dead(format!("the stored notification is unreadable: {e}")),
+        };
+        let name = stored.inbox_name();
+        let path = self.inbox.join(&item.partner).join(&name);
+        if let Err(e) = crate::receiver::inbox::write(&path, stored.raw.as_bytes()) {
+            log::warn!(
+                "event=mitz.inbox_failed partner={} item={} error={}",
+                item.partner,
+                item.id,
+                Q(&e.to_string())
+            );
+            return Outcome::Retry {
+                reason: format!("inbox: {e}"),
+                retry_after: None,
+            };
+        }
+        let applied = match crate::ids::Bsn::parse(&stored.patient) {
+            Some(bsn) if stored.profile == Profile::V3_8 => {
+                match self
+                    .view
+                    .apply(&stored.holder, &bsn, &stored.consents, &item.id)
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!(
+                            "event=mitz.consent_failed partner={} item={} error={}",
+                            item.partner,
+                            item.id,
+                            Q(&e.to_string())
+                        );
+                        return Outcome::Retry {
+                            reason: e.to_string(),
+                            retry_after: None,
+                        };
+                    }
+                }
+            }
+            _ => consent::Applied::default(),
+        };
+        log::info!(
+            "event=mitz.stored partner={} item={} inbox={} bytes={} consent_changed={} consent_stale={}",
+            item.partner,
+            item.id,
+            Q(&name),
+            stored.raw.len(),
+            applied.changed,
+            applied.stale
+        );
+        Outcome::Done
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_event(
+        &self,
+        partner: &Partner,
+        req: &Request,
+        action: &str,
+        outcome: &str,
+        patient: &str,
+        item: &str,
+        aorta: Option<&AortaId>,
+    ) -> bool {
+        let request_id = match aorta {
+            Some(a) => format!("{}|{}", req.request_id, a.audit_form()),
+            None => req.request_id.clone(),
+        };
+        let result = self.audit.record(Event {
+            action,
+            outcome,
+            partner: Some(&partner.name),
+            who_system: Some(&partner.name),
+            patient: Some(patient),
+            object: Some(item),
+            request_id: Some(&request_id),
+            ..Event::default()
+        });
+        if let Err(e) = &result {
+            log::error!(
+                "event=audit.failed action={action} partner={} item={item} error={}",
+                partner.name,
+                Q(&e.to_string())
+            );
+        }
+        result.is_ok()
+    }
+
+    fn refuse(
+        &self,
+        partner: &Partner,
+        req: &Request,
+        r: &Refusal,
+        format: Format,
+        item: Option<&str>,
+    ) -> Response {
+        let _ = self.audit.record(Event {
+            action: "mitz.refused",
+            outcome: "refused",
+            partner: Some(&partner.name),
+            who_system: Some(&partner.name),
+            object: item,
+            reason: Some(&r.diagnostics),
+            request_id: Some(&req.request_id),
+            ..Event::default()
+        });
+        log::info!(
+            "event=mitz.refused partner={} rid={} status={} code={} at={} reason={}",
+            partner.name,
+            Q(&req.request_id),
+            r.status,
+            r.code.as_str(),
+            Q(r.expression.as_deref().unwrap_or("-")),
+            Q(&r.diagnostics)
+        );
+        refusal_response(r, format)
+    }
+
+    fn fail(
+        &self,
+        partner: &Partner,
+        req: &Request,
+        id: &str,
+        why: &str,
+        format: Format,
+    ) -> Intake {
+        let r = Refusal::new(500, IssueType::Exception, why, None);
+        Intake {
+            response: self.refuse(partner, req, &r, format, Some(id)),
+            queued: false,
+        }
+    }
+}
+
+/// `_format` from the query, if any.
+fn format_param(req: &Request) -> Option<String> {
+    req.query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|p| p.strip_prefix("_format="))
+            .and_then(crate::receiver::percent_decode)
+    })
+}
+
+/// The body's format from `Content-Type` (415 when not FHIR JSON or XML,
+/// or when it names a FHIR version other than R4), sniffed when absent.
+fn body_format(body: &[u8], content_type: Option<&str>) -> Result<Format, Refusal> {
+    let unsupported = |why: &str| Refusal::new(415, IssueType::NotSupported, why, None);
+    match content_type {
+        Some(ct) => {
+            let ct = fhir::parse_content_type(ct).map_err(|e| unsupported(&e.to_string()))?;
+            match ct
+                .fhir_version
+                .as_deref()
+                .map(FhirVersion::from_mime_parameter)
+            {
+                None | Some(Some(FhirVersion::R4)) => Ok(ct.format),
+                Some(_) => Err(unsupported(
+                    "a consent notification is FHIR R4 (fhirVersion=4.0)",
+                )),
+            }
+        }
+        None => fhir::sniff(body)
+            .ok_or_else(|| unsupported("no Content-Type, and the body is neither JSON nor XML")),
+    }
+}
+
+fn from_fhir(e: &FhirError) -> Refusal {
+    let status = match e {
+        FhirError::TooLarge { .. } => 413,
+        FhirError::UnsupportedMediaType { .. } => 415,
+        _ => 400,
+    };
+    Refusal::new(
+        status,
+        e.issue_code(),
+        e.to_string(),
+        e.path().map(String::from),
+    )
+}
+
+/// 200 with a `transaction-response` Bundle: one entry per request entry,
+/// each `200 OK` (spec §3 step 7).
+fn success(bundle: &Value, entries: usize, format: Format) -> Response {
+    let full_urls: Vec<Value> = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.get("fullUrl").cloned().unwrap_or(Value::Null))
+        .collect();
+    let entry: Vec<Value> = (0..entries)
+        .map(|i| match full_urls.get(i) {
+            Some(Value::String(u)) => json!({"fullUrl": u, "response": {"status": "200 OK"}}),
+            _ => json!({"response": {"status": "200 OK"}}),
+        })
+        .collect();
+    let response = json!({
+        "resourceType": "Bundle",
+        "id": random::uuid_v4().unwrap_or_default(),
+        "type": "transaction-response",
+        "entry": entry,
+    });
+    render(200, &response, format)
+}
+
+fn render(status: u16, value: &Value, format: Format) -> Response {
+    match fhir::render(value, format, FhirVersion::R4)
+        .or_else(|_| fhir::render(value, Format::Json, FhirVersion::R4))
+    {
+        Ok(r) => Response::new(status).body(r.content_type, r.body),
+        Err(_) => Response::new(status).body(
+            Format::Json.content_type(),
+            fhir::to_json_string(value).into_bytes(),
+        ),
+    }
+}
+
+fn refusal_response(r: &Refusal, format: Format) -> Response {
+    let oo = fhir::operation_outcome(
+        fhir::Severity::Error,
+        r.code,
+        &r.diagnostics,
+        r.expression.as_deref(),
+    );
+    render(r.status, &oo, format)
+}
+
+fn aorta_fields(a: Option<&AortaId>) -> String {
+    match a {
+        Some(a) => format!(
+            " aorta_initial={} aorta_request={}",
+            a.initial.as_deref().unwrap_or("-"),
+            a.request
+        ),
+        None => String::new(),
+    }
+}
+
+fn item_format(f: Format) -> &'static str {
+    match f {
+        Format::Json => "json",
+        Format::Xml => "xml",
+    }
+}
+
+fn profile_label(p: Profile) -> &'static str {
+    match p {
+        Profile::V3_8 => "3.8",
+        Profile::Unknown => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests;
