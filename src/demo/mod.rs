@@ -2,7 +2,9 @@
 //! throwaway PKI. Two real agents (this binary, `np-agent run`, twice: hospital
 //! A sends, hospital B receives), a sample BgZ export dropped into A's outbox,
 //! B's inbox checked resource for resource against it, then an update and a
-//! cancellation. Every step is printed as it happens; the exit code is 0 only
+//! cancellation, and last a Mitz consent notification (XML, as Mitz sends
+//! it) posted to B by a stand-in for the VZVZ broker, stored byte for byte
+//! and stored once when the broker resends it. Every step is printed as it happens; the exit code is 0 only
 //! if everything arrived intact.
 
 use std::collections::BTreeMap;
@@ -21,6 +23,8 @@ use crate::util::{b64, durable, random};
 
 /// The sample export: a small BgZ for a made-up patient with a test BSN.
 pub const SAMPLE: &str = include_str!("sample-bgz.json");
+/// The sample Mitz consent notification (for B, URA 87654321).
+pub const MITZ_SAMPLE: &str = include_str!("../mitz/sample-notification.json");
 
 const A_URA: &str = "12345678";
 const B_URA: &str = "87654321";
@@ -69,7 +73,7 @@ pub fn run(dir: Option<PathBuf>, keep: bool) -> i32 {
     });
     let code = match result {
         Ok(()) => {
-            report.step("Done: every exported resource arrived unchanged, the update arrived, and the cancellation stopped the pull.");
+            report.step("Done: every exported resource arrived unchanged, the update arrived, the cancellation stopped the pull, and the consent notification was stored once, byte for byte.");
             0
         }
         Err(e) => {
@@ -131,6 +135,8 @@ struct Demo<'r> {
     report: &'r mut Report,
     a: Agent,
     b: Agent,
+    /// An HTTPS client with the broker's certificate.
+    broker: ureq::Agent,
 }
 
 fn free_port() -> Result<u16, DemoError> {
@@ -146,6 +152,24 @@ impl<'r> Demo<'r> {
         report.step(&format!("Working in {}", root.display()));
         let ca = Ca::new("np-agent demo CA (throwaway)").ctx("create demo CA")?;
         let mut agents = Vec::new();
+        // The VZVZ notification broker's stand-in: its certificate is all B
+        // needs to know about it (a mitz partner has no token or keys).
+        let broker = ca
+            .issue(&LeafSpec::localhost("broker.mitz.demo.invalid"))
+            .ctx("issue broker certificate")?;
+        let broker_files = write_files(&root.join("broker/tls"), &broker, &[&ca])
+            .ctx("write broker certificate")?;
+        let broker_material =
+            crate::pki::TlsMaterial::load(&broker_files).ctx("load broker certificate")?;
+        let broker_client = crate::http::client::agent(
+            crate::pki::client_config(&broker_material, crate::pki::MinVersion::Tls13)
+                .ctx("broker TLS client")?,
+            crate::http::client::ClientTimeouts::default(),
+        );
+        let broker_selector = format!(
+            "sha256:{}",
+            b64::hex(ring::digest::digest(&ring::digest::SHA256, broker.der.as_ref()).as_ref())
+        );
         let ports = [free_port()?, free_port()?];
         let admin = [free_port()?, free_port()?];
         for (i, (name, ura, partner, partner_ura)) in [
@@ -208,6 +232,12 @@ impl<'r> Demo<'r> {
             ]
             .into_iter()
             .collect();
+            let mut env = env;
+            if name == "hospb" {
+                env.insert("NP_PARTNERS".into(), format!("{partner},mitz"));
+                env.insert("NP_PARTNER_MITZ_KIND".into(), "mitz".into());
+                env.insert("NP_PARTNER_MITZ_CERT".into(), broker_selector.clone());
+            }
             let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
             durable::write_atomic(&dir.join("np-agent.env"), text.as_bytes())
                 .ctx("write env file")?;
@@ -222,7 +252,12 @@ impl<'r> Demo<'r> {
         report.step("Created a throwaway PKI: one demo CA, a UZI-style certificate for each hospital (URA in the SAN), an ES256 signing key each");
         let b = agents.pop().ok_or_else(|| DemoError("internal".into()))?;
         let a = agents.pop().ok_or_else(|| DemoError("internal".into()))?;
-        let mut demo = Demo { report, a, b };
+        let mut demo = Demo {
+            report,
+            a,
+            b,
+            broker: broker_client,
+        };
         for which in [0, 1] {
             let agent = if which == 0 { &mut demo.a } else { &mut demo.b };
             start(agent)?;
@@ -316,6 +351,81 @@ impl<'r> Demo<'r> {
             "the cancellation in B's inbox",
         )?;
         self.report.step("A revoked the authorization base at once and sent the cancellation; B wrote the cancellation Task to its inbox");
+        self.mitz()
+    }
+
+    /// A consent notification from the broker to B, sent twice.
+    fn mitz(&mut self) -> Result<(), DemoError> {
+        let value: Value = serde_json::from_str(MITZ_SAMPLE).ctx("sample notification")?;
+        let xml = crate::fhir::json_to_xml(&value, crate::fhir::FhirVersion::R4)
+            .ctx("sample notification as XML")?;
+        let url = format!("https://localhost:{}/fhir/R4", self.b.port);
+        let inbox = self.b.dir.join("inbox/mitz");
+        for attempt in ["sent", "resent"] {
+            let request_id = random::uuid_v4().ctx("random")?;
+            let mut resp = self
+                .broker
+                .post(&url)
+                .header("Content-Type", "application/fhir+xml")
+                .header("Accept", "application/fhir+xml")
+                .header(
+                    "AORTA-ID",
+                    format!("initialRequestID={request_id}; requestID={request_id}"),
+                )
+                .send(xml.as_bytes())
+                .ctx("POST the consent notification to B")?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_string()
+                .unwrap_or_default();
+            if status != 200 || !body.contains("transaction-response") {
+                return fail(format!(
+                    "B answered the consent notification with {status}: {body}"
+                ));
+            }
+            if attempt == "sent" {
+                self.report.step("The Mitz broker (a stand-in with its own certificate) POSTed a consent notification for the demo patient to B's /fhir/R4, in XML; B checked it, stored it durably and answered 200 with a transaction-response");
+                let files = wait_for_files(
+                    &inbox,
+                    1,
+                    ".xml",
+                    STEP_TIMEOUT,
+                    "the consent notification in B's inbox",
+                )?;
+                let stored = std::fs::read(&files[0]).ctx("read the stored notification")?;
+                if stored != xml.as_bytes() {
+                    return fail("the stored consent notification differs from what was sent");
+                }
+                let view = crate::mitz::consent::ConsentView::reader(&self.b.dir.join("state"));
+                let bsn = crate::ids::Bsn::parse("999999151")
+                    .ok_or_else(|| DemoError("the sample BSN".into()))?;
+                wait_until(
+                    STEP_TIMEOUT,
+                    || {
+                        view.load(B_URA, &bsn).is_ok_and(|v| {
+                            v.permits("GGC002", "RPZAC104") && !v.permits("GGC002", "RPZAC005")
+                        })
+                    },
+                    "B's consent view",
+                )?;
+                self.report.step(&format!(
+                    "B wrote it to inbox/mitz/{} byte for byte, and its consent view now says: hospitals (RPZAC104) may see treatment data (GGC002), pharmacies (RPZAC005) may not",
+                    files[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let files = find_files(&inbox, ".xml");
+        if files.len() != 1 {
+            return fail(format!(
+                "the resent notification was stored {} times",
+                files.len()
+            ));
+        }
+        self.report.step("The broker resent the same notification (guaranteed delivery does): B answered 200 again and kept the single file");
         Ok(())
     }
 

@@ -99,6 +99,15 @@ impl ConsentView {
         })
     }
 
+    /// The view of a state folder another process owns, for reading only
+    /// (creates and removes nothing).
+    pub fn reader(state_dir: &Path) -> ConsentView {
+        ConsentView {
+            dir: state_dir.join("mitz").join("consent"),
+            lock: Mutex::new(()),
+        }
+    }
+
     fn path(&self, holder: &str, bsn: &Bsn) -> PathBuf {
         let name = crate::receiver::task::hex32(format!("{holder}|{}", bsn.as_str()).as_bytes());
         self.dir.join(format!("{name}.json"))
