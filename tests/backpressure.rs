@@ -1,8 +1,8 @@
 //! Disk-full behaviour of two real agents (issue 5, part 5), each with its
 //! `NP_STATE_DIR` on a small tmpfs of its own: with A's disk nearly full an
 //! export stays in A's outbox; with B's nearly full B answers A's
-//! notification `503` with `Retry-After`; once space returns both resume by
-//! themselves and the data arrives.
+//! notification `503` with `Retry-After`, and a Mitz consent notification
+//! too; once space returns both resume by themselves and the data arrives.
 //!
 //! Mounting needs root; otherwise the test prints why and passes without
 //! running (as it does where mounting is not allowed, e.g. a container
@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::TempDir;
-use common::agent::{AgentSetup, World};
+use common::agent::{AgentSetup, Party, World};
 use common::observe::{self, events, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -86,6 +86,23 @@ fn pulled(dir: &Path) -> usize {
     n
 }
 
+/// POSTs the sample consent notification to `agent` as `broker`: the status
+/// and `Retry-After`.
+fn post_mitz(broker: &Party, agent: &AgentSetup) -> (u16, Option<String>) {
+    let resp = broker
+        .client()
+        .post(&agent.url("/fhir/R4"))
+        .header("Content-Type", "application/fhir+json")
+        .send(include_str!("../src/mitz/sample-notification.json"))
+        .unwrap();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    (resp.status().as_u16(), retry_after)
+}
+
 #[test]
 fn a_nearly_full_disk_holds_exports_and_refuses_notifications_until_space_returns() {
     if !is_root() {
@@ -108,6 +125,13 @@ fn a_nearly_full_disk_holds_exports_and_refuses_notifications_until_space_return
     let mut b = AgentSetup::new(&world, tmp.path(), "hospb", "87654321");
     a.add_agent(&b);
     b.add_agent(&a);
+    // A Mitz broker, known to B by its certificate only.
+    let broker = Party::new(&world, tmp.path(), "broker", "55555555", &[]);
+    let partners = format!("{},mitz", b.env.vars["NP_PARTNERS"]);
+    b.env
+        .set("NP_PARTNERS", partners)
+        .set("NP_PARTNER_MITZ_KIND", "mitz")
+        .set("NP_PARTNER_MITZ_CERT", "ura:55555555");
     for (s, fs) in [(&mut a, &fs_a), (&mut b, &fs_b)] {
         s.env
             .set("NP_STATE_DIR", fs.path.join("state").display().to_string())
@@ -198,10 +222,31 @@ fn a_nearly_full_disk_holds_exports_and_refuses_notifications_until_space_return
         "{m}"
     );
     assert_eq!(pulled(&b.inbox("hospa")), 0);
+    // The Mitz broker gets the same answer, and nothing is stored.
+    let (status, retry_after) = post_mitz(&broker, &b);
+    assert_eq!((status, retry_after.as_deref()), (503, Some("60")));
+    assert!(
+        !events(
+            &agent_b.log(),
+            "mitz.refused",
+            &[("status", "503"), ("reason", "backpressure")]
+        )
+        .is_empty(),
+        "{}",
+        agent_b.log()
+    );
+    assert!(!b.inbox("mitz").exists() || std::fs::read_dir(b.inbox("mitz")).unwrap().count() == 0);
 
     // B gets space back: the retried notification is taken and pulled.
     std::fs::remove_file(fs_b.path.join("filler")).unwrap();
     wait_until(LIMIT, || pulled(&b.inbox("hospa")) == 1, logs);
+    // The broker's resend is taken now.
+    assert_eq!(post_mitz(&broker, &b).0, 200);
+    wait_until(
+        LIMIT,
+        || std::fs::read_dir(b.inbox("mitz")).is_ok_and(|d| d.count() == 1),
+        logs,
+    );
     assert!(!events(&agent_b.log(), "backpressure.off", &[]).is_empty());
     let m = observe::metrics(b.admin_port);
     assert_eq!(
