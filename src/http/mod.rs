@@ -224,6 +224,9 @@ pub struct Limits {
     /// Requests served on one connection before it is closed.
     pub max_requests_per_connection: u32,
     /// No new request starts on a connection older than this; it also bounds idle waits.
+    /// 5 minutes by default: AORTA wants ephemeral keys renewed every 5 minutes
+    /// through renegotiation, which TLS 1.3 does not have and rustls never does;
+    /// a new connection is a new handshake with new ephemeral keys (spec mitz §2).
     pub max_connection_age: Duration,
 }
 
@@ -243,7 +246,7 @@ impl Default for Limits {
             max_target_bytes: 8 * 1024,
             max_body: 16 * 1024 * 1024,
             max_requests_per_connection: 1000,
-            max_connection_age: Duration::from_secs(600),
+            max_connection_age: Duration::from_secs(300),
         }
     }
 }
