@@ -390,20 +390,8 @@ impl Router {
         if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
             return match (grant.kind, req.method.as_str()) {
                 (crate::oauth::TokenKind::Notify, "POST") if rest == "/Task" => {
-                    if let Some(refusal) = self.stores.disk.check() {
-                        self.stores.metrics.inc(
-                            crate::ops::metrics::BACKPRESSURE_REFUSED,
-                            &[("endpoint", "/fhir/Task")],
-                        );
-                        log::info!(
-                            "event=task.refused rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
-                            Q(&req.request_id),
-                            partner.name,
-                            refusal.reason,
-                            refusal.free,
-                            refusal.min
-                        );
-                        return refusal.response();
+                    if let Some(busy) = self.backpressure(req, partner, "/fhir/Task", "task.refused") {
+                        return busy;
                     }
                     let resp = shared.receiver.notify(partner, &grant, req, now);
                     if resp.status == 201 {
@@ -450,6 +438,31 @@ impl Router {
         }
     }
 
+    /// The 503 for new work while the disk is nearly full (counted by
+    /// `endpoint`, logged as `event`), or `None` when there is room.
+    fn backpressure(
+        &self,
+        req: &Request,
+        partner: &Partner,
+        endpoint: &'static str,
+        event: &str,
+    ) -> Option<Response> {
+        let refusal = self.stores.disk.check()?;
+        self.stores.metrics.inc(
+            crate::ops::metrics::BACKPRESSURE_REFUSED,
+            &[("endpoint", endpoint)],
+        );
+        log::info!(
+            "event={event} rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
+            Q(&req.request_id),
+            partner.name,
+            refusal.reason,
+            refusal.free,
+            refusal.min
+        );
+        Some(refusal.response())
+    }
+
     /// Mitz consent notification intake: the certificate of a `mitz`
     /// partner is the whole authentication (DESIGN.md); no bearer token.
     fn mitz(&self, shared: &Shared, req: &Request) -> Response {
@@ -467,20 +480,8 @@ impl Router {
             return outcome(405, "not-supported", "POST a consent notification Bundle")
                 .header("Allow", "POST");
         }
-        if let Some(refusal) = self.stores.disk.check() {
-            self.stores.metrics.inc(
-                crate::ops::metrics::BACKPRESSURE_REFUSED,
-                &[("endpoint", "/mitz")],
-            );
-            log::info!(
-                "event=mitz.refused rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
-                Q(&req.request_id),
-                partner.name,
-                refusal.reason,
-                refusal.free,
-                refusal.min
-            );
-            return refusal.response();
+        if let Some(busy) = self.backpressure(req, partner, "/mitz", "mitz.refused") {
+            return busy;
         }
         let intake = shared.mitz.intake(partner, req, now_unix());
         if intake.queued {
