@@ -466,19 +466,38 @@ impl Router {
     /// Mitz consent notification intake: the certificate of a `mitz`
     /// partner is the whole authentication (DESIGN.md); no bearer token.
     fn mitz(&self, shared: &Shared, req: &Request) -> Response {
+        let refused = |partner: &str, status: u16, code: &str, why: &str| {
+            log::info!(
+                "event=mitz.refused rid={} partner={partner} status={status} code={code} reason={}",
+                Q(&req.request_id),
+                Q(why)
+            );
+            outcome(status, code, why)
+        };
         let Some(partner) = self.partner_of(shared, req) else {
-            return outcome(
+            return refused(
+                "-",
                 403,
                 "forbidden",
                 "the TLS client certificate does not belong to a configured partner",
             );
         };
         if partner.kind != crate::config::PartnerKind::Mitz {
-            return outcome(403, "forbidden", "this endpoint is for mitz partners");
+            return refused(
+                &partner.name,
+                403,
+                "forbidden",
+                "this endpoint is for mitz partners",
+            );
         }
         if req.method != "POST" {
-            return outcome(405, "not-supported", "POST a consent notification Bundle")
-                .header("Allow", "POST");
+            return refused(
+                &partner.name,
+                405,
+                "not-supported",
+                "POST a consent notification Bundle",
+            )
+            .header("Allow", "POST");
         }
         if let Some(busy) = self.backpressure(req, partner, "/mitz", "mitz.refused") {
             return busy;

@@ -550,12 +550,13 @@ fn from_fhir(e: &FhirError) -> Refusal {
         FhirError::UnsupportedMediaType { .. } => 415,
         _ => 400,
     };
-    Refusal::new(
-        status,
-        e.issue_code(),
-        e.to_string(),
-        e.path().map(String::from),
-    )
+    // AORTA answers with `required`, `value`, `invalid` (spec §6) and, for
+    // hostile content, `security`; the parser's finer `structure` is `invalid`.
+    let code = match e.issue_code() {
+        IssueType::Structure => IssueType::Invalid,
+        other => other,
+    };
+    Refusal::new(status, code, e.to_string(), e.path().map(String::from))
 }
 
 /// 200 with a `transaction-response` Bundle: one entry per request entry,
