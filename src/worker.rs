@@ -199,7 +199,7 @@ fn scheduler(shared: Arc<Shared>, tx: SyncSender<Job>) {
         // next circuit probe, or a failed claim (next tick).
         let mut next: Option<i64> = None;
         let mut soon = false;
-        match shared.spool.due_and_next(now) {
+        match shared.spool.waiting(now) {
             Ok((items, next_due)) => {
                 next = next_due;
                 for item in items {

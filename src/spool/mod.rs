@@ -19,9 +19,11 @@
 //! (its request may have reached the partner): it goes back to the queue with
 //! that attempt counted, so `attempts > 0` always means "an attempt was made".
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +156,36 @@ pub struct Counts {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// What the scheduler needs of each waiting (`queued`, `retry`) item,
+    /// so a pass over a long queue lists the folders instead of reading and
+    /// parsing every file again (which made draining a backlog of n items
+    /// cost n² reads). Filled on write and on first read, emptied on claim;
+    /// an item file never changes in place, so an entry cannot go stale.
+    /// At most [`INDEX_CAP`] entries; beyond that items are read as before.
+    index: Arc<Mutex<HashMap<(State, String), Waiting>>>,
+}
+
+/// The most waiting items [`Spool::waiting`] keeps in memory.
+pub const INDEX_CAP: usize = 200_000;
+
+/// What scheduling needs of a waiting item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub id: String,
+    pub partner: String,
+    pub not_before: i64,
+    pub created_at: i64,
+}
+
+impl Waiting {
+    fn of(item: &Item) -> Waiting {
+        Waiting {
+            id: item.id.clone(),
+            partner: item.partner.clone(),
+            not_before: item.not_before,
+            created_at: item.created_at,
+        }
+    }
 }
 
 /// True for ids that are safe as file names.
@@ -175,7 +207,7 @@ impl Spool {
         for s in State::ALL {
             durable::create_dir_all(&root.join(s.dir()))?;
         }
-        let spool = Spool { root };
+        let spool = Spool::with_root(root);
         let recovery = spool.recover()?;
         Ok((spool, recovery))
     }
@@ -191,7 +223,27 @@ impl Spool {
                 source: io::Error::from(io::ErrorKind::NotFound),
             }));
         }
-        Ok(Spool { root })
+        Ok(Spool::with_root(root))
+    }
+
+    fn with_root(root: PathBuf) -> Spool {
+        Spool {
+            root,
+            index: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<(State, String), Waiting>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, state: State, item: &Item) {
+        if matches!(state, State::Queued | State::Retry) {
+            let mut index = self.index();
+            if index.len() < INDEX_CAP {
+                index.insert((state, item.id.clone()), Waiting::of(item));
+            }
+        }
     }
 
     fn path(&self, state: State, id: &str) -> PathBuf {
@@ -294,6 +346,7 @@ impl Spool {
             reason: e.to_string(),
         })?;
         durable::write_atomic(&self.path(state, &item.id), &bytes)?;
+        self.remember(state, item);
         Ok(())
     }
 
@@ -308,6 +361,57 @@ impl Spool {
         }
         self.write(State::Queued, item)?;
         Ok(true)
+    }
+
+    /// The waiting items (`queued` and `retry`) whose time has come, oldest
+    /// first, and the earliest `not_before` of those not yet due: what the
+    /// scheduler needs, from the folder listings and the in-memory index
+    /// (a file is read only the first time it is seen).
+    pub fn waiting(&self, now: i64) -> Result<(Vec<Waiting>, Option<i64>), SpoolError> {
+        let mut out = Vec::new();
+        let mut next: Option<i64> = None;
+        for s in [State::Queued, State::Retry] {
+            let ids = self.ids(s)?;
+            let mut missing = Vec::new();
+            {
+                let index = self.index();
+                for id in &ids {
+                    match index.get(&(s, id.clone())) {
+                        Some(w) => out.push(w.clone()),
+                        None => missing.push(id),
+                    }
+                }
+            }
+            for id in missing {
+                match self.load(s, id) {
+                    Ok(item) => {
+                        self.remember(s, &item);
+                        out.push(Waiting::of(&item));
+                    }
+                    // Claimed meanwhile: nothing to do.
+                    Err(SpoolError::Missing { .. }) => {}
+                    Err(e) => log::warn!(
+                        "event=spool.unreadable item={id} error={}",
+                        crate::ops::logging::Q(&e.to_string())
+                    ),
+                }
+            }
+            // Forget entries whose file left this folder some other way.
+            let listed: std::collections::HashSet<&String> = ids.iter().collect();
+            self.index()
+                .retain(|(state, id), _| *state != s || listed.contains(id));
+        }
+        out.retain(|w| {
+            if w.not_before <= now {
+                return true;
+            }
+            next = Some(next.map_or(w.not_before, |n| n.min(w.not_before)));
+            false
+        });
+        out.sort_by(|a, b| {
+            (a.not_before, a.created_at, &a.id).cmp(&(b.not_before, b.created_at, &b.id))
+        });
+        Ok((out, next))
     }
 
     /// Items in `queued` and `retry` whose time has come, oldest first.
@@ -347,6 +451,7 @@ impl Spool {
             if from.exists() {
                 let to = self.path(State::InFlight, id);
                 durable::rename(&from, &to)?;
+                self.index().remove(&(s, id.to_string()));
                 return self.read(&to);
             }
         }

@@ -375,3 +375,52 @@ fn sizes_count_folders_and_due_and_next_names_the_next_wake() {
     spool.complete(&claimed).unwrap();
     assert_eq!(spool.sizes().unwrap()[0], (State::Done, 1));
 }
+
+/// `waiting` agrees with `due_and_next` through every move, including
+/// moves made by another `Spool` on the same folder (`np-agent retry-dead`
+/// beside the daemon), and reads each file only the first time.
+#[test]
+fn waiting_follows_every_move_and_reads_each_file_once() {
+    let dir = Dir::new();
+    let (spool, _) = Spool::open(&dir.0).unwrap();
+    let ids = |w: &[Waiting]| w.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
+    let same = |now: i64| {
+        let (w, wn) = spool.waiting(now).unwrap();
+        let (d, dn) = spool.due_and_next(now).unwrap();
+        assert_eq!(ids(&w), d.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
+        assert_eq!(wn, dn);
+        ids(&w)
+    };
+    let mut b = item("b", "p", 100);
+    b.not_before = 150;
+    spool.enqueue(&item("a", "p", 90)).unwrap();
+    spool.enqueue(&b).unwrap();
+    spool.enqueue(&item("c", "q", 95)).unwrap();
+    assert_eq!(same(120), ["a", "c"]);
+    assert_eq!(same(150), ["a", "c", "b"]);
+    // Claimed: gone; retried with a later time: back under retry.
+    let mut a = spool.claim("a").unwrap();
+    assert_eq!(same(150), ["c", "b"]);
+    a.not_before = 400;
+    spool.retry(&a).unwrap();
+    assert_eq!(same(150), ["c", "b"]);
+    assert_eq!(spool.waiting(150).unwrap().1, Some(400));
+    assert_eq!(same(400), ["c", "b", "a"]);
+    // Dead, then requeued by another process's Spool.
+    let c = spool.claim("c").unwrap();
+    spool.bury(&c).unwrap();
+    assert_eq!(same(400), ["b", "a"]);
+    let other = Spool::at(&dir.0).unwrap();
+    assert_eq!(other.requeue_dead(None, 300).unwrap(), 1);
+    assert_eq!(same(400), ["b", "c", "a"]);
+    // A file that left the folder behind our back is forgotten.
+    fs::remove_file(dir.0.join("spool/queued/b.json")).unwrap();
+    assert_eq!(same(400), ["c", "a"]);
+    // Once seen, an entry comes from memory: a file made unreadable in
+    // place (which the spool itself never does) is not read again.
+    fs::write(dir.0.join("spool/queued/c.json"), b"{").unwrap();
+    assert_eq!(ids(&spool.waiting(400).unwrap().0), ["c", "a"]);
+    // A fresh Spool reads it, and logs it as unreadable instead of failing.
+    let fresh = Spool::at(&dir.0).unwrap();
+    assert_eq!(ids(&fresh.waiting(400).unwrap().0), ["a"]);
+}
