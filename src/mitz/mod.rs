@@ -385,16 +385,7 @@ impl Mitz {
         let name = stored.inbox_name();
         let path = self.inbox.join(&item.partner).join(&name);
         if let Err(e) = crate::receiver::inbox::write(&path, stored.raw.as_bytes()) {
-            log::warn!(
-                "event=mitz.inbox_failed partner={} item={} error={}",
-                item.partner,
-                item.id,
-                Q(&e.to_string())
-            );
-            return Outcome::Retry {
-                reason: format!("inbox: {e}"),
-                retry_after: None,
-            };
+            return retry_later("mitz.inbox_failed", item, format!("inbox: {e}"));
         }
         let applied = match crate::ids::Bsn::parse(&stored.patient) {
             Some(bsn) if stored.profile == Profile::V3_8 => {
@@ -403,18 +394,7 @@ impl Mitz {
                     .apply(&stored.holder, &bsn, &stored.consents, &item.id)
                 {
                     Ok(a) => a,
-                    Err(e) => {
-                        log::warn!(
-                            "event=mitz.consent_failed partner={} item={} error={}",
-                            item.partner,
-                            item.id,
-                            Q(&e.to_string())
-                        );
-                        return Outcome::Retry {
-                            reason: e.to_string(),
-                            retry_after: None,
-                        };
-                    }
+                    Err(e) => return retry_later("mitz.consent_failed", item, e.to_string()),
                 }
             }
             _ => consent::Applied::default(),
@@ -509,6 +489,20 @@ impl Mitz {
             response: self.refuse(partner, req, &r, format, Some(id)),
             queued: false,
         }
+    }
+}
+
+/// A failed local write: logged (`event`), retried with back-off.
+fn retry_later(event: &str, item: &Item, reason: String) -> Outcome {
+    log::warn!(
+        "event={event} partner={} item={} error={}",
+        item.partner,
+        item.id,
+        Q(&reason)
+    );
+    Outcome::Retry {
+        reason,
+        retry_after: None,
     }
 }
 

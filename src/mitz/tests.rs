@@ -375,3 +375,21 @@ fn item_ids_depend_on_partner_and_bytes() {
     assert_ne!(a, item_id("broker", b"y"));
     assert_ne!(a, item_id("mitz", b"x"));
 }
+
+#[test]
+fn an_inbox_that_cannot_be_written_is_retried_not_lost() {
+    let f = fixture();
+    f.post(SAMPLE.as_bytes(), &[]);
+    // The partner's inbox folder is a file: the write fails.
+    fs::create_dir_all(&f.config.inbox).unwrap();
+    fs::write(f.config.inbox.join("broker"), b"not a folder").unwrap();
+    let item = f.spool.claim(&f.spool.due(NOW).unwrap()[0].id).unwrap();
+    match f.mitz.store(&item) {
+        Outcome::Retry { reason, .. } => assert!(reason.starts_with("inbox: "), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Once the folder can be made, the same item writes its file.
+    fs::remove_file(f.config.inbox.join("broker")).unwrap();
+    assert_eq!(f.mitz.store(&item), Outcome::Done);
+    assert_eq!(fs::read(&f.inbox_files()[0]).unwrap(), SAMPLE.as_bytes());
+}
