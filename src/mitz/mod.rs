@@ -288,36 +288,29 @@ impl Mitz {
             request_id: req.request_id.clone(),
             aorta_id: aorta.as_ref().map(AortaId::audit_form),
         };
-        let body = match serde_json::to_value(&stored) {
-            Ok(b) => b,
-            Err(_) => {
-                return self.fail(
-                    partner,
-                    req,
-                    &id,
-                    "the notification could not be stored",
-                    answer,
-                );
-            }
-        };
-        let item = Item {
-            id: id.clone(),
-            kind: KIND_MITZ.into(),
-            partner: partner.name.clone(),
-            created_at: now,
-            attempts: 0,
-            not_before: now,
-            give_up_at: None,
-            last_error: None,
-            body,
-        };
-        let new = match self.spool.enqueue(&item) {
+        let enqueued = serde_json::to_value(&stored)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                let item = Item {
+                    id: id.clone(),
+                    kind: KIND_MITZ.into(),
+                    partner: partner.name.clone(),
+                    created_at: now,
+                    attempts: 0,
+                    not_before: now,
+                    give_up_at: None,
+                    last_error: None,
+                    body,
+                };
+                self.spool.enqueue(&item).map_err(|e| e.to_string())
+            });
+        let new = match enqueued {
             Ok(new) => new,
             Err(e) => {
                 log::error!(
                     "event=mitz.store_failed partner={} item={id} error={}",
                     partner.name,
-                    Q(&e.to_string())
+                    Q(&e)
                 );
                 return self.fail(
                     partner,

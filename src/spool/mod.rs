@@ -420,7 +420,8 @@ impl Spool {
     }
 
     /// [`Spool::due`], and the earliest `not_before` of the items not yet
-    /// due (when the scheduler needs to look again).
+    /// due. Reads every waiting item whole; the scheduler uses the cheaper
+    /// [`Spool::waiting`], which a test holds to the same answers.
     pub fn due_and_next(&self, now: i64) -> Result<(Vec<Item>, Option<i64>), SpoolError> {
         let mut out = Vec::new();
         let mut next: Option<i64> = None;
