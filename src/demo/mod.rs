@@ -168,7 +168,9 @@ impl<'r> Demo<'r> {
         );
         let broker_selector = format!(
             "sha256:{}",
-            b64::hex(ring::digest::digest(&ring::digest::SHA256, broker.der.as_ref()).as_ref())
+            crate::pki::peer_identity(broker.der.as_ref())
+                .ctx("broker certificate")?
+                .fingerprint()
         );
         let ports = [free_port()?, free_port()?];
         let admin = [free_port()?, free_port()?];

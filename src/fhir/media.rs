@@ -9,14 +9,23 @@
 
 use super::error::FhirError;
 
-/// A wire format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A wire format. Serialised (in stored spool items) as `json` / `xml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
     Xml,
 }
 
 impl Format {
+    /// `json` or `xml`: the file extension, and the name in logs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Xml => "xml",
+        }
+    }
+
     /// The `Content-Type` we send for this format.
     pub fn content_type(self) -> &'static str {
         match self {

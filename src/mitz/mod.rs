@@ -36,6 +36,7 @@ use crate::fhir::{self, FhirError, FhirVersion, Format, IssueType, Limits};
 use crate::http::{Request, Response};
 use crate::ops::logging::Q;
 use crate::receiver::task::Refusal;
+use crate::receiver::wire;
 use crate::spool::{Item, Outcome, Spool};
 use crate::util::durable::DurableError;
 use crate::util::{random, time};
@@ -55,7 +56,7 @@ pub const MAX_NOTIFICATION: usize = 1024 * 1024;
 pub struct StoredNotification {
     /// The body, byte for byte (it was checked to be UTF-8).
     pub raw: String,
-    pub format: StoredFormat,
+    pub format: Format,
     /// Unix seconds of receipt; the inbox name's time.
     pub received_at: i64,
     /// The inbox name's UUID, fixed at intake.
@@ -71,22 +72,15 @@ pub struct StoredNotification {
     pub aorta_id: Option<String>,
 }
 
-/// The inbox file extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoredFormat {
-    Json,
-    Xml,
-}
-
 impl StoredNotification {
     /// `<YYYYMMDDTHHMMSSZ>-<uuid>.json|.xml`.
     pub fn inbox_name(&self) -> String {
-        let ext = match self.format {
-            StoredFormat::Json => "json",
-            StoredFormat::Xml => "xml",
-        };
-        format!("{}-{}.{ext}", time::compact(self.received_at), self.uuid)
+        format!(
+            "{}-{}.{}",
+            time::compact(self.received_at),
+            self.uuid,
+            self.format.name()
+        )
     }
 }
 
@@ -185,7 +179,7 @@ impl Mitz {
             );
         }
         let accept = req.header("accept");
-        let format_param = format_param(req);
+        let format_param = wire::format_param(req);
         if fhir::negotiate(format_param.as_deref(), accept, Format::Json).is_none() {
             return refuse(
                 Refusal::new(
@@ -244,21 +238,7 @@ impl Mitz {
         let guard = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.spool.find(&id).is_some() {
             drop(guard);
-            self.audit_event(
-                partner,
-                req,
-                "mitz.duplicate",
-                "success",
-                n.bsn.as_str(),
-                &id,
-                aorta.as_ref(),
-            );
-            log::info!(
-                "event=mitz.duplicate partner={} item={id}{} rid={} status=200",
-                partner.name,
-                aorta_fields(aorta.as_ref()),
-                Q(&req.request_id)
-            );
+            self.duplicate(partner, req, n.bsn.as_str(), &id, aorta.as_ref());
             return ok();
         }
         let uuid = match random::uuid_v4() {
@@ -275,10 +255,7 @@ impl Mitz {
         };
         let stored = StoredNotification {
             raw: raw.to_string(),
-            format: match format {
-                Format::Json => StoredFormat::Json,
-                Format::Xml => StoredFormat::Xml,
-            },
+            format,
             received_at: now,
             uuid,
             patient: n.bsn.as_str().to_string(),
@@ -322,15 +299,15 @@ impl Mitz {
             }
         };
         drop(guard);
-        let action = if new {
-            "mitz.received"
-        } else {
-            "mitz.duplicate"
-        };
+        if !new {
+            // Stored by someone else between the check and the write.
+            self.duplicate(partner, req, n.bsn.as_str(), &id, aorta.as_ref());
+            return ok();
+        }
         if !self.audit_event(
             partner,
             req,
-            action,
+            "mitz.received",
             "success",
             n.bsn.as_str(),
             &id,
@@ -352,19 +329,46 @@ impl Mitz {
             );
         }
         log::info!(
-            "event={action} partner={} item={id} inbox={} format={} consents={} profile={}{} rid={} status=200",
+            "event=mitz.received partner={} item={id} inbox={} format={} consents={} profile={}{} rid={} status=200",
             partner.name,
             Q(&stored.inbox_name()),
-            item_format(format),
+            format.name(),
             n.consents.len(),
             profile_label(n.profile),
             aorta_fields(aorta.as_ref()),
             Q(&req.request_id)
         );
         Intake {
-            queued: new,
+            queued: true,
             ..ok()
         }
+    }
+
+    /// The same bytes again: audited and logged; the answer is the same 200
+    /// (the notification is stored, so an audit failure does not undo that).
+    fn duplicate(
+        &self,
+        partner: &Partner,
+        req: &Request,
+        patient: &str,
+        id: &str,
+        aorta: Option<&AortaId>,
+    ) {
+        self.audit_event(
+            partner,
+            req,
+            "mitz.duplicate",
+            "success",
+            patient,
+            id,
+            aorta,
+        );
+        log::info!(
+            "event=mitz.duplicate partner={} item={id}{} rid={} status=200",
+            partner.name,
+            aorta_fields(aorta),
+            Q(&req.request_id)
+        );
     }
 
     /// The spool worker of a `mitz` item: writes the inbox file (temp,
@@ -499,15 +503,6 @@ fn retry_later(event: &str, item: &Item, reason: String) -> Outcome {
     }
 }
 
-/// `_format` from the query, if any.
-fn format_param(req: &Request) -> Option<String> {
-    req.query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("_format="))
-            .and_then(crate::receiver::percent_decode)
-    })
-}
-
 /// The body's format from `Content-Type` (415 when not FHIR JSON or XML,
 /// or when it names a FHIR version other than R4), sniffed when absent.
 fn body_format(body: &[u8], content_type: Option<&str>) -> Result<Format, Refusal> {
@@ -532,18 +527,13 @@ fn body_format(body: &[u8], content_type: Option<&str>) -> Result<Format, Refusa
 }
 
 fn from_fhir(e: &FhirError) -> Refusal {
-    let status = match e {
-        FhirError::TooLarge { .. } => 413,
-        FhirError::UnsupportedMediaType { .. } => 415,
-        _ => 400,
-    };
     // AORTA answers with `required`, `value`, `invalid` (spec §6) and, for
     // hostile content, `security`; the parser's finer `structure` is `invalid`.
-    let code = match e.issue_code() {
-        IssueType::Structure => IssueType::Invalid,
-        other => other,
-    };
-    Refusal::new(status, code, e.to_string(), e.path().map(String::from))
+    let mut r = wire::refusal(e);
+    if r.code == IssueType::Structure {
+        r.code = IssueType::Invalid;
+    }
+    r
 }
 
 /// 200 with a `transaction-response` Bundle: one entry per request entry,
@@ -569,19 +559,7 @@ fn success(bundle: &Value, entries: usize, format: Format) -> Response {
         "type": "transaction-response",
         "entry": entry,
     });
-    render(200, &response, format)
-}
-
-fn render(status: u16, value: &Value, format: Format) -> Response {
-    match fhir::render(value, format, FhirVersion::R4)
-        .or_else(|_| fhir::render(value, Format::Json, FhirVersion::R4))
-    {
-        Ok(r) => Response::new(status).body(r.content_type, r.body),
-        Err(_) => Response::new(status).body(
-            Format::Json.content_type(),
-            fhir::to_json_string(value).into_bytes(),
-        ),
-    }
+    wire::resource_response(200, &response, format, FhirVersion::R4)
 }
 
 fn refusal_response(r: &Refusal, format: Format) -> Response {
@@ -591,7 +569,7 @@ fn refusal_response(r: &Refusal, format: Format) -> Response {
         &r.diagnostics,
         r.expression.as_deref(),
     );
-    render(r.status, &oo, format)
+    wire::resource_response(r.status, &oo, format, FhirVersion::R4)
 }
 
 fn aorta_fields(a: Option<&AortaId>) -> String {
@@ -602,13 +580,6 @@ fn aorta_fields(a: Option<&AortaId>) -> String {
             a.request
         ),
         None => String::new(),
-    }
-}
-
-fn item_format(f: Format) -> &'static str {
-    match f {
-        Format::Json => "json",
-        Format::Xml => "xml",
     }
 }
 

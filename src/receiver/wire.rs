@@ -66,12 +66,16 @@ pub fn read_partner_body(bytes: &[u8], content_type: Option<&str>) -> Result<Val
 /// The response format a request asks for (`_format`, then `Accept`), with
 /// `default` when it names nothing we write.
 pub fn response_format(req: &Request, default: Format) -> Format {
-    let format_param = req.query.as_deref().and_then(|q| {
+    fhir::negotiate(format_param(req).as_deref(), req.header("accept"), default).unwrap_or(default)
+}
+
+/// The `_format` query parameter, percent-decoded, if any.
+pub fn format_param(req: &Request) -> Option<String> {
+    req.query.as_deref().and_then(|q| {
         q.split('&')
             .find_map(|p| p.strip_prefix("_format="))
             .and_then(super::percent_decode)
-    });
-    fhir::negotiate(format_param.as_deref(), req.header("accept"), default).unwrap_or(default)
+    })
 }
 
 /// A FHIR response with `value` as body, in `format` (JSON when the
@@ -151,7 +155,8 @@ fn parse(
     }
 }
 
-fn refusal(e: &FhirError) -> Refusal {
+/// The refusal for a FHIR read error: 413 too large, 415 media type, else 400.
+pub fn refusal(e: &FhirError) -> Refusal {
     let status = match e {
         FhirError::TooLarge { .. } => 413,
         FhirError::UnsupportedMediaType { .. } => 415,

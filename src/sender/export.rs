@@ -98,13 +98,6 @@ impl fmt::Display for CaseId {
 
 pub use crate::fhir::Format;
 
-fn format_name(format: Format) -> &'static str {
-    match format {
-        Format::Json => "json",
-        Format::Xml => "xml",
-    }
-}
-
 /// What a file name says the file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Name {
@@ -220,7 +213,7 @@ impl fmt::Display for Problem {
                 "file is {size} bytes, over the limit of {limit} bytes (NP_MAX_BODY)"
             ),
             Problem::Invalid { format, detail } => {
-                write!(f, "invalid {}: {detail}", format_name(*format))
+                write!(f, "invalid {}: {detail}", format.name())
             }
             Problem::NotABundle { found } => {
                 write!(f, "not a Bundle (resourceType is {found})")
