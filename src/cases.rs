@@ -9,7 +9,7 @@
 //! All writes go through the durable-write function. The store keeps every
 //! record in memory (indexed by case and by authorization base) and answers
 //! the token endpoint's question "is this base ours, for whom, still live?"
-//! through [`crate::oauth::endpoint::BaseRegistry`].
+//! through [`crate::oauth::decide::BaseRegistry`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::OrgId;
 use crate::ids::Bsn;
-use crate::oauth::endpoint::{BaseBinding, BaseLookup, BaseRegistry};
+use crate::ids::OrgId;
+use crate::oauth::decide::{BaseBinding, BaseLookup, BaseRegistry};
 use crate::util::{b64, durable, random};
 
 /// Whether a case may still be pulled.

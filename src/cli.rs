@@ -328,11 +328,11 @@ fn keygen(opts: &Options) -> i32 {
         return EXIT_USAGE;
     };
     let alg = match crate::jose::Alg::from_name(alg_name) {
-        Some(a) if config::SIGNING_ALGS.contains(&a.name()) => a,
+        Some(a) if config::SIGNING_ALGS.contains(&a) => a,
         _ => {
             eprintln!(
                 "np-agent keygen: --alg {alg_name:?} must be one of {}",
-                config::SIGNING_ALGS.join(", ")
+                config::alg_names(config::SIGNING_ALGS)
             );
             return EXIT_USAGE;
         }

@@ -12,10 +12,10 @@ use crate::audit::AuditLog;
 use crate::cases::CaseStore;
 use crate::config::{self, Config, Partner, Source, TlsVersion};
 use crate::http::{self, Handler, Request, Response};
-use crate::jose::{Alg, Jwks, SigningKey};
+use crate::jose::{Jwks, SigningKey};
 use crate::oauth::TokenStore;
 use crate::oauth::client::{JwksFetcher, TokenClient};
-use crate::oauth::endpoint::{TokenRequest, TokenService};
+use crate::oauth::endpoint::{Outcome, TokenRequest, TokenService};
 use crate::oauth::keycache::KeyCache;
 use crate::ops::logging::Q;
 use crate::ops::metrics::Metrics;
@@ -48,9 +48,7 @@ pub fn load_signing_key(cfg: &Config) -> Result<SigningKey, String> {
     let path = &cfg.signing_key;
     let pem = std::fs::read_to_string(path)
         .map_err(|e| format!("NP_SIGNING_KEY: cannot read {}: {e}", path.display()))?;
-    let alg = Alg::from_name(&cfg.signing_alg)
-        .ok_or_else(|| format!("NP_SIGNING_ALG: {:?} is not supported", cfg.signing_alg))?;
-    SigningKey::from_pkcs8_pem(&pem, alg, cfg.signing_kid.clone())
+    SigningKey::from_pkcs8_pem(&pem, cfg.signing_alg, cfg.signing_kid.clone())
         .map_err(|e| format!("NP_SIGNING_KEY: {}: {e}", path.display()))
 }
 
@@ -379,21 +377,21 @@ impl Router {
                 "the TLS client certificate does not belong to a configured partner",
             );
         };
-        if partner.kind != crate::config::PartnerKind::Twiin {
+        let Some(twiin) = partner.as_twiin() else {
             return outcome(403, "forbidden", "this endpoint is for twiin partners");
-        }
+        };
         let grant = match self.bearer(req, partner, now) {
             Ok(g) => g,
             Err(resp) => return resp,
         };
         let rest = &req.path["/fhir".len()..];
         if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
-            return match (grant.kind, req.method.as_str()) {
+            return match (grant.kind(), req.method.as_str()) {
                 (crate::oauth::TokenKind::Notify, "POST") if rest == "/Task" => {
                     if let Some(busy) = self.backpressure(req, partner, "/fhir/Task", "task.refused") {
                         return busy;
                     }
-                    let resp = shared.receiver.notify(partner, &grant, req, now);
+                    let resp = shared.receiver.notify(twiin, &grant, req, now);
                     if resp.status == 201 {
                         if let Some(w) = self.waker.get() {
                             w.wake();
@@ -401,7 +399,7 @@ impl Router {
                     }
                     resp
                 }
-                (crate::oauth::TokenKind::Notify, "PUT") => shared.receiver.cancel(partner, &grant, req, now),
+                (crate::oauth::TokenKind::Notify, "PUT") => shared.receiver.cancel(twiin, &grant, req, now),
                 (crate::oauth::TokenKind::Notify, _) => {
                     outcome(405, "not-supported", "use POST /fhir/Task or PUT /fhir/Task?identifier=…")
                         .header("Allow", "POST, PUT")
@@ -414,7 +412,7 @@ impl Router {
                 .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
             };
         }
-        match grant.kind {
+        match grant.kind() {
             crate::oauth::TokenKind::Pull => crate::serve::handle(
                 &self.stores.cases,
                 &grant,
@@ -482,14 +480,14 @@ impl Router {
                 "the TLS client certificate does not belong to a configured partner",
             );
         };
-        if partner.kind != crate::config::PartnerKind::Mitz {
+        let Some(mitz) = partner.as_mitz() else {
             return refused(
                 &partner.name,
                 403,
                 "forbidden",
                 "this endpoint is for mitz partners",
             );
-        }
+        };
         if req.method != "POST" {
             return refused(
                 &partner.name,
@@ -502,7 +500,7 @@ impl Router {
         if let Some(busy) = self.backpressure(req, partner, "/mitz", "mitz.refused") {
             return busy;
         }
-        let intake = shared.mitz.intake(partner, req, now_unix());
+        let intake = shared.mitz.intake(mitz, req, now_unix());
         if intake.queued {
             if let Some(w) = self.waker.get() {
                 w.wake();
@@ -594,13 +592,10 @@ impl Handler for Router {
                     },
                     now_unix(),
                 );
-                match reply.outcome.strip_prefix("issued:") {
-                    Some(kind) => self.stores.metrics.token_issued(if kind == "pull" {
-                        "pull"
-                    } else {
-                        "notify"
-                    }),
-                    None => self.stores.metrics.token_refused(reply.outcome),
+                match reply.outcome {
+                    Outcome::Issued(kind) => self.stores.metrics.token_issued(kind.name()),
+                    Outcome::Refused(reason) => self.stores.metrics.token_refused(reason.label()),
+                    Outcome::Http => self.stores.metrics.token_refused("http"),
                 }
                 token_response(reply)
             }
@@ -629,13 +624,7 @@ impl Handler for Router {
 
     fn error_response(&self, path: Option<&str>, status: u16, reason: &str) -> Response {
         if path == Some("/oauth/token") {
-            let r = crate::oauth::endpoint::Refusal {
-                status,
-                error: "invalid_request",
-                description: reason.to_string(),
-                reason: "http",
-            };
-            return token_response(crate::oauth::endpoint::reply_error(&r));
+            return token_response(crate::oauth::endpoint::reply_http_error(status, reason));
         }
         let code = match status {
             413 => "too-costly",

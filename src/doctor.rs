@@ -662,7 +662,8 @@ fn signing_check(cfg: &Config) -> Check {
                     "NP_SIGNING_KEY must be an unencrypted PKCS#8 PEM key of type NP_SIGNING_ALG={0}; \
                      make one with 'np-agent keygen --alg {0} --out {1}.new', move it into place, \
                      chown it to np-agent, and give partners the new 'np-agent jwks'",
-                    cfg.signing_alg, path
+                    cfg.signing_alg.name(),
+                    path
                 ),
             );
         }
@@ -702,7 +703,7 @@ fn signing_check(cfg: &Config) -> Check {
             format!("{path}: signing and verifying failed: {e}"),
             format!(
                 "make a new key with 'np-agent keygen --alg {} --out {path}.new' and move it into place",
-                cfg.signing_alg
+                cfg.signing_alg.name()
             ),
         ),
     }
@@ -886,20 +887,28 @@ fn partner_checks(
     let upper = p.name.to_ascii_uppercase();
     let base = format!("partner.{}", p.name);
     let key = |f: &str| format!("NP_PARTNER_{upper}_{f}");
-    let target = p
-        .fhir_base
-        .clone()
-        .or_else(|| p.token_url.clone())
-        .or_else(|| p.jwks_url.clone());
-    let Some(target) = target else {
-        checks.push(ok(
-            base,
-            format!(
-                "kind {}: no FHIR_BASE, TOKEN_URL or JWKS_URL, so nothing to reach (they connect to us)",
-                p.kind.name()
-            ),
-        ));
-        return;
+    // Where we reach them first: the FHIR base of a Twiin partner, the
+    // published keys of a Zorgviewer; a Mitz broker only connects to us.
+    let (target, target_key) = match &p.kind {
+        PartnerKind::Twiin(t) => (t.fhir_base.clone(), key("FHIR_BASE")),
+        PartnerKind::Zorgviewer(z) => match &z.assertions.jwks_url {
+            Some(url) => (url.clone(), key("JWKS_URL")),
+            None => {
+                checks.push(fail(
+                    base,
+                    "no JWKS_URL: their assertions cannot be verified",
+                    format!("set {} to the partner's published JWKS", key("JWKS_URL")),
+                ));
+                return;
+            }
+        },
+        PartnerKind::Mitz(_) => {
+            checks.push(ok(
+                base,
+                "kind mitz: nothing to reach (the broker connects to us)",
+            ));
+            return;
+        }
     };
     let (host, port) = host_port(&target);
     match handshake(client, &host, port, ctx) {
@@ -929,60 +938,49 @@ fn partner_checks(
             checks.push(c);
         }
         Err((label, detail)) => {
-            let (message, fix) = transport_fix(&label, &detail, &host, port, &key("FHIR_BASE"), p);
+            let (message, fix) = transport_fix(&label, &detail, &host, port, &target_key, p);
             checks.push(fail(format!("{base}.tls"), message, fix));
             return;
         }
     }
 
-    let needs_discovery = p.kind == PartnerKind::Twiin
-        && (p.token_url.is_none() || p.jwks_url.is_none())
-        || p.kind == PartnerKind::Zorgviewer && p.jwks_url.is_none();
     let mut discovered_jwks = None;
-    if needs_discovery {
-        match crate::oauth::client::discovery_url(p) {
-            Some(url) => match fetch(http, &p.name, &url) {
-                Ok(body) => match parse_discovery(&body) {
-                    Ok(d) => {
-                        checks.push(ok(
-                            format!("{base}.discovery"),
-                            format!(
-                                "{url}: token endpoint {}, jwks_uri {}",
-                                d.token_endpoint,
-                                d.jwks_uri.as_deref().unwrap_or("(none)")
-                            ),
-                        ));
-                        discovered_jwks = d.jwks_uri;
-                    }
-                    Err(e) => checks.push(fail(
+    let discover = p
+        .as_twiin()
+        .filter(|t| t.token_url.is_none() || t.assertions.jwks_url.is_none());
+    if let Some(twiin) = discover {
+        let url = crate::oauth::client::discovery_url(twiin);
+        match fetch(http, &p.name, &url) {
+            Ok(body) => match parse_discovery(&body) {
+                Ok(d) => {
+                    checks.push(ok(
                         format!("{base}.discovery"),
-                        format!("{url}: {e}"),
                         format!(
-                            "ask partner {} to fix their discovery document, or set {} and {}",
-                            p.name,
-                            key("TOKEN_URL"),
-                            key("JWKS_URL")
+                            "{url}: token endpoint {}, jwks_uri {}",
+                            d.token_endpoint,
+                            d.jwks_uri.as_deref().unwrap_or("(none)")
                         ),
-                    )),
-                },
+                    ));
+                    discovered_jwks = d.jwks_uri;
+                }
                 Err(e) => checks.push(fail(
                     format!("{base}.discovery"),
                     format!("{url}: {e}"),
                     format!(
-                        "check {} with partner {}, or set {} and {}",
-                        key("FHIR_BASE"),
+                        "ask partner {} to fix their discovery document, or set {} and {}",
                         p.name,
                         key("TOKEN_URL"),
                         key("JWKS_URL")
                     ),
                 )),
             },
-            None => checks.push(fail(
+            Err(e) => checks.push(fail(
                 format!("{base}.discovery"),
-                "no FHIR_BASE to discover the token endpoint and JWKS from",
+                format!("{url}: {e}"),
                 format!(
-                    "set {} (or {} and {})",
+                    "check {} with partner {}, or set {} and {}",
                     key("FHIR_BASE"),
+                    p.name,
                     key("TOKEN_URL"),
                     key("JWKS_URL")
                 ),
@@ -990,10 +988,8 @@ fn partner_checks(
         }
     }
 
-    if p.kind == PartnerKind::Mitz {
-        return;
-    }
-    let Some(jwks_url) = p.jwks_url.clone().or(discovered_jwks) else {
+    let configured_jwks = p.assertions().and_then(|a| a.jwks_url.clone());
+    let Some(jwks_url) = configured_jwks.or(discovered_jwks) else {
         checks.push(fail(
             format!("{base}.jwks"),
             "no JWKS_URL configured and discovery named no jwks_uri: their assertions cannot be verified",

@@ -1,7 +1,7 @@
 //! Dutch identifiers: BSN (11-test), URA and AGB organisation ids in their
 //! OID, `urn:oid:` and plain forms, and the patient OID.
 
-use crate::config::{AGB_OID_ROOT, IdScheme, OrgId, URA_OID_ROOT};
+use std::fmt;
 
 /// OID root of the BSN.
 pub const BSN_OID_ROOT: &str = "2.16.840.1.113883.2.4.6.3";
@@ -11,6 +11,107 @@ pub const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
 pub const URA_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/ura";
 /// FHIR identifier system for URIs (`urn:uuid:`, `urn:oid:`).
 pub const URI_SYSTEM: &str = "urn:ietf:rfc:3986";
+
+/// OID root of URA numbers.
+pub const URA_OID_ROOT: &str = "2.16.528.1.1007.3.3";
+/// OID root of AGB codes (VIPLive style).
+pub const AGB_OID_ROOT: &str = "2.16.840.1.113883.2.4.6.1";
+
+/// How organisations are written for a partner (`NP_PARTNER_<NAME>_ID_SCHEME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdScheme {
+    Ura,
+    Agb,
+}
+
+/// An organisation identifier: a URA or an AGB code, 8 digits each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OrgId {
+    Ura(String),
+    Agb(String),
+}
+
+/// Why a configured organisation (`ura:<8 digits>` / `agb:<8 digits>`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgIdError {
+    /// No `scheme:` prefix at all.
+    NoScheme(String),
+    /// A prefix other than `ura:` or `agb:`.
+    UnknownScheme(String),
+    /// The number is not 8 digits.
+    NotEightDigits { text: String, number: String },
+}
+
+impl fmt::Display for OrgIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrgIdError::NoScheme(t) => write!(f, "{t:?} must be ura:<8 digits> or agb:<8 digits>"),
+            OrgIdError::UnknownScheme(t) => write!(f, "{t:?} must start with ura: or agb:"),
+            OrgIdError::NotEightDigits { text, number } => {
+                write!(f, "{text:?}: {number:?} is not 8 digits")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OrgIdError {}
+
+impl OrgId {
+    /// Parses `ura:<8 digits>` or `agb:<8 digits>` (the configuration form).
+    pub fn parse(text: &str) -> Result<OrgId, OrgIdError> {
+        let (scheme, number) = text
+            .split_once(':')
+            .ok_or_else(|| OrgIdError::NoScheme(text.into()))?;
+        if !is_digits(number, 8) {
+            return Err(OrgIdError::NotEightDigits {
+                text: text.into(),
+                number: number.into(),
+            });
+        }
+        match scheme {
+            "ura" => Ok(OrgId::Ura(number.into())),
+            "agb" => Ok(OrgId::Agb(number.into())),
+            _ => Err(OrgIdError::UnknownScheme(text.into())),
+        }
+    }
+
+    /// The bare number.
+    pub fn number(&self) -> &str {
+        match self {
+            OrgId::Ura(n) | OrgId::Agb(n) => n,
+        }
+    }
+
+    /// The scheme this identifier is written in.
+    pub fn scheme(&self) -> IdScheme {
+        match self {
+            OrgId::Ura(_) => IdScheme::Ura,
+            OrgId::Agb(_) => IdScheme::Agb,
+        }
+    }
+
+    /// The bare OID: `2.16.528.1.1007.3.3.<URA>` or `2.16.840.1.113883.2.4.6.1.<AGB>`.
+    pub fn oid(&self) -> String {
+        match self {
+            OrgId::Ura(n) => format!("{URA_OID_ROOT}.{n}"),
+            OrgId::Agb(n) => format!("{AGB_OID_ROOT}.{n}"),
+        }
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrgId::Ura(n) => write!(f, "ura:{n}"),
+            OrgId::Agb(n) => write!(f, "agb:{n}"),
+        }
+    }
+}
+
+/// `n` ASCII digits exactly.
+pub fn is_digits(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// A BSN that passed the 11-test. Its `Debug` does not print the number, so a
 /// stray `{:?}` cannot leak it into a log.
@@ -53,8 +154,8 @@ impl Bsn {
     }
 }
 
-impl std::fmt::Debug for Bsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Bsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Bsn(***)")
     }
 }
@@ -65,7 +166,7 @@ impl std::fmt::Debug for Bsn {
 pub fn parse_org(text: &str, plain_scheme: IdScheme) -> Option<OrgId> {
     let t = text.trim();
     let oid = t.strip_prefix("urn:oid:").unwrap_or(t);
-    let digits8 = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit());
+    let digits8 = |s: &str| is_digits(s, 8);
     if let Some(n) = oid
         .strip_prefix(URA_OID_ROOT)
         .and_then(|r| r.strip_prefix('.'))

@@ -20,9 +20,10 @@ use np_agent::config::{self, Config, Vars};
 use np_agent::http::client::ClientTimeouts;
 use np_agent::http::partners::Partners;
 use np_agent::http::{self, Handler, Peer, Request, Response};
+use np_agent::ids::OrgId;
 use np_agent::jose::{Alg, SigningKey};
 use np_agent::oauth::client::TokenClient;
-use np_agent::oauth::grants::{Grant, TokenKind};
+use np_agent::oauth::grants::Grant;
 use np_agent::ops::metrics::Metrics;
 use np_agent::pki::{self, MinVersion};
 use np_agent::receiver::{self, Receiver};
@@ -367,8 +368,8 @@ impl Harness {
         }
     }
 
-    fn partner(&self) -> &config::Partner {
-        self.config.partner("hospa").unwrap()
+    fn partner(&self) -> config::TwiinPartner<'_> {
+        self.config.twiin_partner("hospa").unwrap()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SenderState> {
@@ -445,18 +446,14 @@ impl Drop for Harness {
 }
 
 fn grant() -> Grant {
-    Grant {
-        kind: TokenKind::Notify,
-        partner: "hospa".into(),
-        client_id: "hospa-client".into(),
-        requesting_org: "urn:oid:2.16.528.1.1007.3.3.12345678".into(),
-        authorizer: Some("urn:oid:2.16.528.1.1007.3.3.87654321".into()),
-        patient: None,
-        authorization_base: None,
-        case_id: None,
-        issued_at: 0,
-        expires_at: i64::MAX,
-    }
+    Grant::notify(
+        "hospa",
+        "hospa-client",
+        OrgId::Ura("12345678".into()),
+        Some(OrgId::Ura("87654321".into())),
+        None,
+    )
+    .valid(0, i64::MAX)
 }
 
 fn request(method: &str, path: &str, query: Option<&str>, body: Vec<u8>) -> Request {
@@ -657,7 +654,7 @@ fn full_pull_pages_to_the_end_dedups_records_the_missing_and_replaces_on_repull(
     );
     let raw = String::from_utf8(std::fs::read(&file).unwrap()).unwrap();
     assert!(raw.contains("120.50"), "decimals keep their digits");
-    let base = h.partner().fhir_base.clone().unwrap();
+    let base = h.partner().fhir_base.clone();
     assert_eq!(bundle["entry"][1]["fullUrl"], format!("{base}/Patient/p1"));
 
     // What went over the wire: the plan in order, queries verbatim but for the illegal `|`,
@@ -998,8 +995,14 @@ fn cancellation_stops_a_queued_pull_and_lands_in_the_inbox() {
     assert!(h.receiver.is_cancelled(&id2));
 
     // Another partner's grant cannot cancel it; a pull token cannot either.
-    let mut other = grant();
-    other.partner = "someoneelse".into();
+    let other = Grant::notify(
+        "someoneelse",
+        "hospa-client",
+        OrgId::Ura("12345678".into()),
+        None,
+        None,
+    )
+    .valid(0, i64::MAX);
     let r = h.receiver.cancel(
         h.partner(),
         &other,
@@ -1012,8 +1015,18 @@ fn cancellation_stops_a_queued_pull_and_lands_in_the_inbox() {
         now_unix(),
     );
     assert_eq!(r.status, 403);
-    let mut pull_token = grant();
-    pull_token.kind = TokenKind::Pull;
+    let pull_token = Grant::pull(
+        "hospa",
+        "hospa-client",
+        OrgId::Ura("12345678".into()),
+        None,
+        np_agent::oauth::CaseBinding {
+            authorization_base: "b".into(),
+            case_id: "c".into(),
+        },
+        np_agent::ids::Bsn::parse("999999151").unwrap(),
+    )
+    .valid(0, i64::MAX);
     let r = h.receiver.notify(
         h.partner(),
         &pull_token,

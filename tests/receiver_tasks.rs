@@ -7,9 +7,9 @@
 
 use std::path::PathBuf;
 
-use np_agent::config::OrgId;
 use np_agent::fhir::FhirVersion;
 use np_agent::ids::Bsn;
+use np_agent::ids::OrgId;
 use np_agent::receiver::task::{self, Expect, Refusal, TaskStatus, ValidatedTask};
 use np_agent::receiver::wire::{self, Format};
 

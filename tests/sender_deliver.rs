@@ -453,13 +453,7 @@ fn a_400_is_dead_with_a_reason() {
     let Outcome::Dead(reason) = outcome else {
         panic!()
     };
-    let base = r
-        .config
-        .partner("hospb")
-        .unwrap()
-        .fhir_base
-        .clone()
-        .unwrap();
+    let base = r.config.twiin_partner("hospb").unwrap().fhir_base.clone();
     assert_eq!(
         reason,
         format!("partner hospb: POST {base}/Task answered 400 (OperationOutcome invalid)")

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use common::TempDir;
 use common::agent::{AgentSetup, World};
 use common::folders::{export, wait_files};
-use np_agent::config::{self, OrgId, Source};
+use np_agent::config::{self, Source};
 use np_agent::http::client::ClientTimeouts;
 use np_agent::http::partners::Partners;
 use np_agent::ids::Bsn;
+use np_agent::ids::OrgId;
 use np_agent::jose::{Alg, SigningKey};
 use np_agent::oauth::client::{Purpose, TokenClient};
 use np_agent::pki::{self, MinVersion, TlsMaterial};
@@ -104,7 +105,7 @@ impl AsB {
     }
 
     fn pull_token(&self, base: &str, bsn: &Bsn) -> Result<String, String> {
-        let partner = self.cfg.partner("hospa").unwrap();
+        let partner = self.cfg.twiin_partner("hospa").unwrap();
         let (me, a) = (OrgId::Ura("87654321".into()), OrgId::Ura("12345678".into()));
         let purpose = Purpose::Pull {
             authorization_base: base,
@@ -120,7 +121,7 @@ impl AsB {
     }
 
     fn notify_token(&self) -> String {
-        let partner = self.cfg.partner("hospa").unwrap();
+        let partner = self.cfg.twiin_partner("hospa").unwrap();
         self.client
             .token(partner, &Purpose::Notify { patient: None }, now_unix())
             .unwrap()

@@ -69,7 +69,7 @@ fn token_client_gets_reuses_and_explains_refusals() {
     let a_base = format!("https://localhost:{}", setup.port);
 
     let cfg = b_config(&b, &jwks.base(), tmp.path(), &a_base, b.pem(Alg::Es256));
-    let partner = cfg.partner("hospa").unwrap().clone();
+    let partner = cfg.twiin_partner("hospa").unwrap();
     let client = client_for(&cfg, &b, b.pem(Alg::Es256));
     let bsn = Bsn::parse("999999151").unwrap();
     let purpose = Purpose::Notify {
@@ -78,16 +78,16 @@ fn token_client_gets_reuses_and_explains_refusals() {
 
     // Discovery finds the token endpoint; a token comes back and is reused.
     assert_eq!(
-        client.token_endpoint(&partner, now_unix()).unwrap(),
+        client.token_endpoint(partner, now_unix()).unwrap(),
         format!("{a_base}/oauth/token")
     );
-    let t1 = client.token(&partner, &purpose, now_unix()).unwrap();
+    let t1 = client.token(partner, &purpose, now_unix()).unwrap();
     assert_eq!(t1.token.len(), 43);
     assert!(
         t1.use_until > now_unix() + 200 && t1.use_until <= now_unix() + 270,
         "300 s minus 30 s margin"
     );
-    let t2 = client.token(&partner, &purpose, now_unix()).unwrap();
+    let t2 = client.token(partner, &purpose, now_unix()).unwrap();
     assert_eq!(t1.token, t2.token, "reused until 30 s before expiry");
     assert_eq!(agent.log().matches("event=token.issued").count(), 1);
     assert!(
@@ -95,14 +95,14 @@ fn token_client_gets_reuses_and_explains_refusals() {
         "Debug hides the token"
     );
     // After a 401 the caller invalidates it and a fresh one is fetched.
-    client.invalidate(&partner, &purpose);
-    let t3 = client.token(&partner, &purpose, now_unix()).unwrap();
+    client.invalidate(partner, &purpose);
+    let t3 = client.token(partner, &purpose, now_unix()).unwrap();
     assert_ne!(t1.token, t3.token);
     assert_eq!(agent.log().matches("event=token.issued").count(), 2);
 
     // The assertions we send carry exactly the claims of DESIGN.md.
     let (client_jwt, authz_jwt) = client
-        .assertions(&partner, &purpose, "https://aud.example/token", now_unix())
+        .assertions(partner, &purpose, "https://aud.example/token", now_unix())
         .unwrap();
     let claims = |jwt: &str| -> serde_json::Value {
         let p = jwt.split('.').nth(1).unwrap();
@@ -131,7 +131,7 @@ fn token_client_gets_reuses_and_explains_refusals() {
     // A key the partner does not publish: refused, and the error says by whom and why.
     let stranger_pem = np_agent::jose::generate_pkcs8_pem(Alg::Es256).unwrap();
     let bad = client_for(&cfg, &b, &stranger_pem);
-    let err = bad.token(&partner, &purpose, now_unix()).unwrap_err();
+    let err = bad.token(partner, &purpose, now_unix()).unwrap_err();
     assert_eq!(err.oauth_error(), Some("invalid_client"));
     assert!(!err.is_transient());
     let msg = err.to_string();
@@ -146,9 +146,11 @@ fn token_client_gets_reuses_and_explains_refusals() {
     drop(agent);
     let down = client_for(&cfg, &b, b.pem(Alg::Es256));
     let mut cfg2 = cfg.clone();
-    cfg2.partners[0].token_url = Some(format!("{a_base}/oauth/token"));
+    if let np_agent::config::PartnerKind::Twiin(t) = &mut cfg2.partners[0].kind {
+        t.token_url = Some(format!("{a_base}/oauth/token"));
+    }
     let err = down
-        .token(&cfg2.partners[0], &purpose, now_unix())
+        .token(cfg2.partners[0].as_twiin().unwrap(), &purpose, now_unix())
         .unwrap_err();
     assert!(matches!(err, TokenClientError::Transport { .. }), "{err}");
     assert!(err.is_transient());

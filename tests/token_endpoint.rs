@@ -309,7 +309,7 @@ fn partner_gets_a_token_end_to_end_and_bad_requests_are_refused() {
         "invalid_request",
     ));
     corpus.push((
-        "client_credentials grant",
+        "client_credentials grant from a twiin partner",
         b,
         FORM,
         form(&[
@@ -317,8 +317,8 @@ fn partner_gets_a_token_end_to_end_and_bad_requests_are_refused() {
             ("client_assertion_type", CLIENT_TYPE),
             ("client_assertion", &good_client()),
         ]),
-        400,
-        "unsupported_grant_type",
+        403,
+        "unauthorized_client",
     ));
     corpus.push((
         "authorization_code grant",

@@ -46,11 +46,7 @@ impl ReplayCache {
         jti: &str,
         forget_after: i64,
     ) -> Result<Seen, durable::DurableError> {
-        let key = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!("{partner}\n{iss}\n{jti}").as_bytes(),
-        );
-        let path = self.dir.join(b64::hex(key.as_ref()));
+        let path = self.path(partner, iss, jti);
         let created = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -87,6 +83,12 @@ impl ReplayCache {
         Ok(Seen::Fresh)
     }
 
+    /// Whether `jti` is recorded for `partner`/`iss` (a read: [`Self::record`]
+    /// is the check that counts, atomically).
+    pub fn contains(&self, partner: &str, iss: &str, jti: &str) -> bool {
+        self.path(partner, iss, jti).exists()
+    }
+
     /// Removes entries whose horizon is before `now`. Entries that cannot be
     /// read are kept. Returns how many were removed.
     pub fn sweep(&self, now: i64) -> Result<usize, durable::DurableError> {
@@ -118,6 +120,15 @@ impl ReplayCache {
             durable::sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+
+    /// The entry of one `(partner, iss, jti)`: named by the SHA-256 of the triple.
+    fn path(&self, partner: &str, iss: &str, jti: &str) -> PathBuf {
+        let key = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{partner}\n{iss}\n{jti}").as_bytes(),
+        );
+        self.dir.join(b64::hex(key.as_ref()))
     }
 
     /// Number of entries (for metrics and tests).

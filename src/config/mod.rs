@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ids::{IdScheme, OrgId, URA_OID_ROOT, is_digits};
+use crate::jose::Alg;
 use crate::util::values::{parse_bool, parse_duration, parse_size};
 
 /// Exit code for configuration errors (EX_CONFIG); systemd's
@@ -31,6 +33,9 @@ pub struct KeySpec {
     pub default: Option<&'static str>,
     pub required: bool,
     pub doc: &'static str,
+    /// Partner keys: the kinds of partner the key means something for
+    /// (set on another kind it is an error). Empty for global keys.
+    pub kinds: &'static [Kind],
 }
 
 const fn key(
@@ -44,8 +49,30 @@ const fn key(
         default,
         required,
         doc,
+        kinds: &[],
     }
 }
+
+/// A partner key used by `kinds`.
+const fn pkey(
+    name: &'static str,
+    default: Option<&'static str>,
+    kinds: &'static [Kind],
+    doc: &'static str,
+) -> KeySpec {
+    KeySpec {
+        name,
+        default,
+        required: false,
+        doc,
+        kinds,
+    }
+}
+
+const ALL_KINDS: &[Kind] = &[Kind::Twiin, Kind::Mitz, Kind::Zorgviewer];
+const TWIIN: &[Kind] = &[Kind::Twiin];
+const ZORGVIEWER: &[Kind] = &[Kind::Zorgviewer];
+const ASSERTING: &[Kind] = &[Kind::Twiin, Kind::Zorgviewer];
 
 /// Global keys, in the order of DESIGN.md, then our additions.
 pub const KEYS: &[KeySpec] = &[
@@ -240,107 +267,124 @@ pub const KEYS: &[KeySpec] = &[
     ),
 ];
 
-/// Per-partner keys: `NP_PARTNER_<NAME>_<FIELD>`; `name` holds the field.
+/// Per-partner keys: `NP_PARTNER_<NAME>_<FIELD>`; `name` holds the field and
+/// `kinds` the partner kinds it applies to.
 pub const PARTNER_KEYS: &[KeySpec] = &[
-    key("KIND", Some("twiin"), false, "twiin, mitz or zorgviewer"),
-    key(
-        "FHIR_BASE",
-        None,
-        false,
-        "their FHIR base (notify goes to <base>/Task, pulls read from it); required for twiin",
+    pkey(
+        "KIND",
+        Some("twiin"),
+        ALL_KINDS,
+        "twiin, mitz or zorgviewer; decides which of the other keys apply",
     ),
-    key(
-        "TOKEN_URL",
-        Some("discovered"),
-        false,
-        "their token endpoint; unset: from <base>/.well-known/smart-configuration",
-    ),
-    key(
-        "JWKS_URL",
-        Some("discovered"),
-        false,
-        "where their assertion-signing keys are published; unset: jwks_uri from discovery",
-    ),
-    key(
-        "ISSUER",
-        Some("origin of FHIR_BASE"),
-        false,
-        "expected iss of their assertions",
-    ),
-    key(
-        "CLIENT_ID",
-        Some("host of FHIR_BASE"),
-        false,
-        "expected sub of their client assertions",
-    ),
-    key(
-        "OUR_CLIENT_ID",
-        Some("NP_CLIENT_ID"),
-        false,
-        "the client id they gave us",
-    ),
-    key(
-        "ORG",
-        None,
-        false,
-        "the organisation they act for: ura:<8 digits> or agb:<8 digits>; required for twiin",
-    ),
-    key(
-        "ID_SCHEME",
-        Some("ura"),
-        false,
-        "ura or agb: how we write organisations in claims and Tasks for them",
-    ),
-    key(
+    pkey(
         "CERT",
         None,
-        true,
-        "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>",
+        ALL_KINDS,
+        "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required",
     ),
-    key(
+    pkey(
+        "FHIR_BASE",
+        None,
+        TWIIN,
+        "twiin: their FHIR base (notify goes to <base>/Task, pulls read from it); required",
+    ),
+    pkey(
+        "TOKEN_URL",
+        Some("discovered"),
+        TWIIN,
+        "twiin: their token endpoint; unset: from <base>/.well-known/smart-configuration",
+    ),
+    pkey(
+        "JWKS_URL",
+        Some("discovered"),
+        ASSERTING,
+        "twiin, zorgviewer: where their assertion-signing keys are published; unset: jwks_uri from discovery (twiin); required for zorgviewer",
+    ),
+    pkey(
+        "ISSUER",
+        Some("origin of FHIR_BASE"),
+        TWIIN,
+        "twiin: expected iss of their assertions",
+    ),
+    pkey(
+        "CLIENT_ID",
+        Some("host of FHIR_BASE"),
+        ASSERTING,
+        "twiin, zorgviewer: expected sub of their client assertions; required for zorgviewer",
+    ),
+    pkey(
+        "OUR_CLIENT_ID",
+        Some("NP_CLIENT_ID"),
+        TWIIN,
+        "twiin: the client id they gave us",
+    ),
+    pkey(
+        "ORG",
+        None,
+        TWIIN,
+        "twiin: the organisation they act for: ura:<8 digits> or agb:<8 digits>; required",
+    ),
+    pkey(
+        "ID_SCHEME",
+        Some("ura"),
+        TWIIN,
+        "twiin: ura or agb: how we write organisations in claims and Tasks for them",
+    ),
+    pkey(
         "SEND_BSN",
         Some("false"),
-        false,
-        "true: put the patient claim in our authorization assertions",
+        TWIIN,
+        "twiin: true puts the patient claim in our authorization assertions",
     ),
-    key(
+    pkey(
         "ADDRESS_SYSTEM",
         Some("false"),
-        false,
-        "true: the partner is addressed as a system (no authorizer, no Task.owner)",
+        TWIIN,
+        "twiin: true addresses the partner as a system (no authorizer, no Task.owner)",
     ),
-    key(
+    pkey(
         "CONSENT",
         Some("mitz"),
-        false,
-        "zorgviewer partners: mitz (serve only with a Mitz permit) or none",
+        ZORGVIEWER,
+        "zorgviewer: mitz (serve only with a Mitz permit) or none",
     ),
-    key(
+    pkey(
         "PROVIDER_CATEGORY",
         Some("RPZAC104"),
-        false,
-        "zorgviewer partners: Mitz provider category of the requesting organisations",
+        ZORGVIEWER,
+        "zorgviewer: Mitz provider category of the requesting organisations",
     ),
-    key(
+    pkey(
         "AUDIENCES",
         Some(""),
-        false,
-        "extra values (comma-separated) accepted as aud for our token endpoint from this partner",
+        ASSERTING,
+        "twiin, zorgviewer: extra values (comma-separated) accepted as aud for our token endpoint from this partner",
     ),
-    key(
+    pkey(
         "ACCEPT_ALGS",
         Some("PS256,PS384,PS512,ES256,ES384,ES512"),
-        false,
-        "JWS algorithms accepted from this partner; add RS256 only if the partner needs it",
+        ASSERTING,
+        "twiin, zorgviewer: JWS algorithms accepted from this partner; add RS256 only if the partner needs it",
     ),
 ];
 
 /// Algorithms we can sign with (`NP_SIGNING_ALG`).
-pub const SIGNING_ALGS: &[&str] = &["PS256", "ES256", "ES384", "ES512"];
+pub const SIGNING_ALGS: &[Alg] = &[Alg::Ps256, Alg::Es256, Alg::Es384, Alg::Es512];
 /// Algorithms a partner may be allowed to sign with (`ACCEPT_ALGS`).
-pub const ACCEPTABLE_ALGS: &[&str] = &[
-    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "RS256",
+pub const ACCEPTABLE_ALGS: &[Alg] = &[
+    Alg::Ps256,
+    Alg::Ps384,
+    Alg::Ps512,
+    Alg::Es256,
+    Alg::Es384,
+    Alg::Es512,
+    Alg::Rs256,
 ];
+
+/// The names of `algs`, comma-separated.
+pub fn alg_names(algs: &[Alg]) -> String {
+    algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+}
 
 /// A configuration problem, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,84 +412,6 @@ pub enum TlsVersion {
     V13,
 }
 
-/// What a partner is to us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartnerKind {
-    Twiin,
-    Mitz,
-    Zorgviewer,
-}
-
-impl PartnerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            PartnerKind::Twiin => "twiin",
-            PartnerKind::Mitz => "mitz",
-            PartnerKind::Zorgviewer => "zorgviewer",
-        }
-    }
-}
-
-/// How organisations are written for a partner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdScheme {
-    Ura,
-    Agb,
-}
-
-/// An organisation identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrgId {
-    Ura(String),
-    Agb(String),
-}
-
-impl OrgId {
-    /// Parses `ura:<8 digits>` or `agb:<8 digits>`.
-    pub fn parse(text: &str) -> Result<OrgId, String> {
-        let (scheme, number) = text
-            .split_once(':')
-            .ok_or_else(|| format!("{text:?} must be ura:<8 digits> or agb:<8 digits>"))?;
-        if !is_digits(number, 8) {
-            return Err(format!("{text:?}: {number:?} is not 8 digits"));
-        }
-        match scheme {
-            "ura" => Ok(OrgId::Ura(number.into())),
-            "agb" => Ok(OrgId::Agb(number.into())),
-            _ => Err(format!("{text:?} must start with ura: or agb:")),
-        }
-    }
-
-    /// The bare number.
-    pub fn number(&self) -> &str {
-        match self {
-            OrgId::Ura(n) | OrgId::Agb(n) => n,
-        }
-    }
-
-    /// The bare OID: `2.16.528.1.1007.3.3.<URA>` or `2.16.840.1.113883.2.4.6.1.<AGB>`.
-    pub fn oid(&self) -> String {
-        match self {
-            OrgId::Ura(n) => format!("{URA_OID_ROOT}.{n}"),
-            OrgId::Agb(n) => format!("{AGB_OID_ROOT}.{n}"),
-        }
-    }
-}
-
-impl fmt::Display for OrgId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OrgId::Ura(n) => write!(f, "ura:{n}"),
-            OrgId::Agb(n) => write!(f, "agb:{n}"),
-        }
-    }
-}
-
-/// OID root of URA numbers.
-pub const URA_OID_ROOT: &str = "2.16.528.1.1007.3.3";
-/// OID root of AGB codes (VIPLive style).
-pub const AGB_OID_ROOT: &str = "2.16.840.1.113883.2.4.6.1";
-
 pub use crate::pki::CertSelector;
 
 /// Mitz consent handling for Zorgviewer partners.
@@ -455,31 +421,179 @@ pub enum Consent {
     None,
 }
 
-/// One configured partner.
+/// The kinds of partner, without their settings (`NP_PARTNER_<NAME>_KIND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Twiin,
+    Mitz,
+    Zorgviewer,
+}
+
+impl Kind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [Kind; 3] = [Kind::Twiin, Kind::Mitz, Kind::Zorgviewer];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Twiin => "twiin",
+            Kind::Mitz => "mitz",
+            Kind::Zorgviewer => "zorgviewer",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One configured partner: what every kind has, and its kind with the
+/// settings only that kind has.
 #[derive(Debug, Clone)]
 pub struct Partner {
     /// Lower-case name as in `NP_PARTNERS` (also the outbox/inbox folder name).
     pub name: String,
+    /// Which TLS client certificate is theirs.
+    pub cert: CertSelector,
     pub kind: PartnerKind,
+}
+
+/// A partner's kind with its settings: a Twiin partner always has a FHIR
+/// base and an organisation; a Mitz partner has neither.
+#[derive(Debug, Clone)]
+pub enum PartnerKind {
+    Twiin(Twiin),
+    Mitz(Mitz),
+    Zorgviewer(Zorgviewer),
+}
+
+/// A TA Notified Pull partner: we notify it and serve it, it notifies us and
+/// we pull from it.
+#[derive(Debug, Clone)]
+pub struct Twiin {
     /// FHIR base without a trailing slash.
-    pub fhir_base: Option<String>,
+    pub fhir_base: String,
+    /// Their token endpoint; `None`: discovered from the FHIR base.
     pub token_url: Option<String>,
-    pub jwks_url: Option<String>,
-    /// Expected `iss` of their assertions.
-    pub issuer: Option<String>,
-    /// Expected `sub` of their client assertions.
-    pub client_id: Option<String>,
+    /// How their assertions are checked at our token endpoint.
+    pub assertions: AssertionPolicy,
     /// The client id they gave us.
     pub our_client_id: String,
-    pub org: Option<OrgId>,
+    /// The organisation they act for.
+    pub org: OrgId,
     pub id_scheme: IdScheme,
-    pub cert: CertSelector,
     pub send_bsn: bool,
     pub address_system: bool,
+}
+
+/// A Mitz notification broker: its certificate is its whole identity.
+#[derive(Debug, Clone, Default)]
+pub struct Mitz {}
+
+/// A regional Zorgviewer reading published records.
+#[derive(Debug, Clone)]
+pub struct Zorgviewer {
+    pub assertions: AssertionPolicy,
     pub consent: Consent,
     pub provider_category: String,
+}
+
+/// A partner seen through its kind: code for one exchange takes this, so it
+/// cannot be handed a partner of another kind. Derefs to the kind's settings.
+#[derive(Debug)]
+pub struct Of<'a, K> {
+    pub name: &'a str,
+    pub partner: &'a Partner,
+    pub kind: &'a K,
+}
+
+// By hand: a derive would ask `K: Copy`, and only references are copied.
+impl<K> Clone for Of<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Of<'_, K> {}
+
+impl<K> std::ops::Deref for Of<'_, K> {
+    type Target = K;
+    fn deref(&self) -> &K {
+        self.kind
+    }
+}
+
+/// A Twiin partner with its settings.
+pub type TwiinPartner<'a> = Of<'a, Twiin>;
+/// A Mitz partner with its settings.
+pub type MitzPartner<'a> = Of<'a, Mitz>;
+
+/// What our token endpoint expects of a partner's assertions.
+#[derive(Debug, Clone)]
+pub struct AssertionPolicy {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `sub` of the client assertion.
+    pub client_id: String,
+    /// Where their signing keys are published; `None`: discovered (Twiin).
+    pub jwks_url: Option<String>,
+    /// Values accepted as `aud` besides our token endpoint.
     pub audiences: Vec<String>,
-    pub accept_algs: Vec<String>,
+    /// Algorithms accepted from them.
+    pub accept_algs: Vec<Alg>,
+}
+
+impl Partner {
+    /// The kind without its settings.
+    pub fn kind_tag(&self) -> Kind {
+        match self.kind {
+            PartnerKind::Twiin(_) => Kind::Twiin,
+            PartnerKind::Mitz(_) => Kind::Mitz,
+            PartnerKind::Zorgviewer(_) => Kind::Zorgviewer,
+        }
+    }
+
+    /// `twiin`, `mitz` or `zorgviewer`.
+    pub fn kind_name(&self) -> &'static str {
+        self.kind_tag().name()
+    }
+
+    /// The Twiin settings, when this is a Twiin partner.
+    pub fn twiin(&self) -> Option<&Twiin> {
+        match &self.kind {
+            PartnerKind::Twiin(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// This partner seen as a Twiin partner, when it is one.
+    pub fn as_twiin(&self) -> Option<TwiinPartner<'_>> {
+        self.twiin().map(|kind| Of {
+            name: &self.name,
+            partner: self,
+            kind,
+        })
+    }
+
+    /// This partner seen as a Mitz partner, when it is one.
+    pub fn as_mitz(&self) -> Option<MitzPartner<'_>> {
+        match &self.kind {
+            PartnerKind::Mitz(kind) => Some(Of {
+                name: &self.name,
+                partner: self,
+                kind,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The assertion policy of a partner that signs assertions for our token endpoint.
+    pub fn assertions(&self) -> Option<&AssertionPolicy> {
+        match &self.kind {
+            PartnerKind::Twiin(t) => Some(&t.assertions),
+            PartnerKind::Zorgviewer(z) => Some(&z.assertions),
+            PartnerKind::Mitz(_) => None,
+        }
+    }
 }
 
 /// The whole validated configuration.
@@ -495,7 +609,7 @@ pub struct Config {
     pub tls_crl_dir: Option<PathBuf>,
     pub tls_min_version: TlsVersion,
     pub signing_key: PathBuf,
-    pub signing_alg: String,
+    pub signing_alg: Alg,
     pub signing_kid: Option<String>,
     pub org_ura: String,
     pub org_agb: Option<String>,
@@ -539,6 +653,11 @@ impl Config {
     /// The partner with this name.
     pub fn partner(&self, name: &str) -> Option<&Partner> {
         self.partners.iter().find(|p| p.name == name)
+    }
+
+    /// The Twiin partner with this name.
+    pub fn twiin_partner(&self, name: &str) -> Option<TwiinPartner<'_>> {
+        self.partner(name)?.as_twiin()
     }
 
     /// Our organisation in the given id scheme, or `None` for AGB when we have no AGB.
@@ -630,11 +749,9 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     });
     let signing_key = v.path("NP_SIGNING_KEY", FileCheck::Secret);
     let signing_alg = v.parsed("NP_SIGNING_ALG", |s| {
-        if SIGNING_ALGS.contains(&s) {
-            Ok(s.to_string())
-        } else {
-            Err(format!("{s:?} must be one of {}", SIGNING_ALGS.join(", ")))
-        }
+        Alg::from_name(s)
+            .filter(|a| SIGNING_ALGS.contains(a))
+            .ok_or_else(|| format!("{s:?} must be one of {}", alg_names(SIGNING_ALGS)))
     });
     let signing_kid = v.optional("NP_SIGNING_KID", |s| {
         if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
@@ -960,37 +1077,6 @@ impl Validator<'_> {
         let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
         let before = self.errors.len();
 
-        let kind = match self.raw(&k("KIND")).unwrap_or("twiin") {
-            "twiin" => Some(PartnerKind::Twiin),
-            "mitz" => Some(PartnerKind::Mitz),
-            "zorgviewer" => Some(PartnerKind::Zorgviewer),
-            other => {
-                self.error(
-                    &k("KIND"),
-                    format!("{other:?} must be twiin, mitz or zorgviewer"),
-                );
-                None
-            }
-        };
-        let url = |v: &mut Self, field: &str| v.optional(&k(field), parse_https_url).flatten();
-        let fhir_base = url(self, "FHIR_BASE");
-        let token_url = url(self, "TOKEN_URL");
-        let jwks_url = url(self, "JWKS_URL");
-        let issuer = self.optional(&k("ISSUER"), non_empty).flatten();
-        let client_id = self.optional(&k("CLIENT_ID"), non_empty).flatten();
-        let our_client_id = self
-            .optional(&k("OUR_CLIENT_ID"), non_empty)
-            .flatten()
-            .unwrap_or_else(|| default_client_id.to_string());
-        let org = self.optional(&k("ORG"), OrgId::parse).flatten();
-        let id_scheme = match self.raw(&k("ID_SCHEME")).unwrap_or("ura") {
-            "ura" => IdScheme::Ura,
-            "agb" => IdScheme::Agb,
-            other => {
-                self.error(&k("ID_SCHEME"), format!("{other:?} must be ura or agb"));
-                IdScheme::Ura
-            }
-        };
         let cert = match self.raw(&k("CERT")) {
             None | Some("") => {
                 self.error(&k("CERT"), "required but not set");
@@ -1007,11 +1093,101 @@ impl Validator<'_> {
                 }
             }
         };
-        let flag = |v: &mut Self, field: &str| -> bool {
-            v.optional(&k(field), parse_bool).flatten().unwrap_or(false)
+        let kind_text = self.raw(&k("KIND")).unwrap_or("twiin").to_string();
+        let Some(tag) = Kind::from_name(&kind_text) else {
+            self.error(
+                &k("KIND"),
+                format!("{kind_text:?} must be twiin, mitz or zorgviewer"),
+            );
+            return None;
         };
-        let send_bsn = flag(self, "SEND_BSN");
-        let address_system = flag(self, "ADDRESS_SYSTEM");
+        self.check_keys_of_kind(&upper, tag);
+        let kind = match tag {
+            Kind::Twiin => self
+                .twiin(&upper, default_client_id)
+                .map(PartnerKind::Twiin),
+            Kind::Mitz => Some(PartnerKind::Mitz(Mitz {})),
+            Kind::Zorgviewer => self.zorgviewer(&upper).map(PartnerKind::Zorgviewer),
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Partner {
+            name: name.to_string(),
+            cert: cert?,
+            kind: kind?,
+        })
+    }
+
+    /// A key set for a kind it means nothing to is a mistake worth naming.
+    fn check_keys_of_kind(&mut self, upper: &str, kind: Kind) {
+        for spec in PARTNER_KEYS {
+            let key = format!("NP_PARTNER_{upper}_{}", spec.name);
+            if self.vars.contains_key(&key) && !spec.kinds.contains(&kind) {
+                let users: Vec<&str> = spec.kinds.iter().map(|k| k.name()).collect();
+                self.error(
+                    &key,
+                    format!(
+                        "not used by a {} partner (only by {})",
+                        kind.name(),
+                        users.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn twiin(&mut self, upper: &str, default_client_id: &str) -> Option<Twiin> {
+        let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
+        let fhir_base = self.required_partner(&k("FHIR_BASE"), "twiin", parse_https_url);
+        let token_url = self.optional(&k("TOKEN_URL"), parse_https_url).flatten();
+        let issuer = self.optional(&k("ISSUER"), non_empty).flatten();
+        let client_id = self.optional(&k("CLIENT_ID"), non_empty).flatten();
+        let our_client_id = self
+            .optional(&k("OUR_CLIENT_ID"), non_empty)
+            .flatten()
+            .unwrap_or_else(|| default_client_id.to_string());
+        let org = self.required_partner(&k("ORG"), "twiin", |s| {
+            OrgId::parse(s).map_err(|e| e.to_string())
+        });
+        let id_scheme = match self.raw(&k("ID_SCHEME")).unwrap_or("ura") {
+            "ura" => IdScheme::Ura,
+            "agb" => IdScheme::Agb,
+            other => {
+                self.error(&k("ID_SCHEME"), format!("{other:?} must be ura or agb"));
+                IdScheme::Ura
+            }
+        };
+        if id_scheme == IdScheme::Agb && self.raw("NP_ORG_AGB").unwrap_or("").is_empty() {
+            self.error(&k("ID_SCHEME"), "agb needs our own AGB code in NP_ORG_AGB");
+        }
+        let send_bsn = self.flag(&k("SEND_BSN"));
+        let address_system = self.flag(&k("ADDRESS_SYSTEM"));
+        let jwks_url = self.optional(&k("JWKS_URL"), parse_https_url).flatten();
+        let (audiences, accept_algs) = self.assertion_lists(upper);
+        let fhir_base = fhir_base?;
+        Some(Twiin {
+            assertions: AssertionPolicy {
+                issuer: issuer.unwrap_or_else(|| origin_of(&fhir_base)),
+                client_id: client_id.unwrap_or_else(|| host_of(&fhir_base)),
+                jwks_url,
+                audiences,
+                accept_algs,
+            },
+            fhir_base,
+            token_url,
+            our_client_id,
+            org: org?,
+            id_scheme,
+            send_bsn,
+            address_system,
+        })
+    }
+
+    fn zorgviewer(&mut self, upper: &str) -> Option<Zorgviewer> {
+        let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
+        let client_id = self.required_partner(&k("CLIENT_ID"), "zorgviewer", non_empty);
+        let jwks_url = self.required_partner(&k("JWKS_URL"), "zorgviewer", parse_https_url);
         let consent = match self.raw(&k("CONSENT")).unwrap_or("mitz") {
             "mitz" => Consent::Mitz,
             "none" => Consent::None,
@@ -1024,67 +1200,71 @@ impl Validator<'_> {
             .optional(&k("PROVIDER_CATEGORY"), non_empty)
             .flatten()
             .unwrap_or_else(|| "RPZAC104".into());
+        let (audiences, accept_algs) = self.assertion_lists(upper);
+        let client_id = client_id?;
+        Some(Zorgviewer {
+            assertions: AssertionPolicy {
+                // Backend services: the client asserts as itself (iss = sub).
+                issuer: client_id.clone(),
+                client_id,
+                jwks_url: Some(jwks_url?),
+                audiences,
+                accept_algs,
+            },
+            consent,
+            provider_category,
+        })
+    }
+
+    /// `AUDIENCES` and `ACCEPT_ALGS` of a partner that signs assertions.
+    fn assertion_lists(&mut self, upper: &str) -> (Vec<String>, Vec<Alg>) {
+        let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
         let audiences = self
             .raw(&k("AUDIENCES"))
             .map(split_list)
             .unwrap_or_default();
         let accept_algs = match self.raw(&k("ACCEPT_ALGS")) {
-            None => ACCEPTABLE_ALGS[..6].iter().map(|s| s.to_string()).collect(),
+            None => crate::jose::DEFAULT_ACCEPTED.to_vec(),
             Some(list) => {
-                let algs = split_list(list);
-                let bad: Vec<&String> = algs
+                let names = split_list(list);
+                let algs: Vec<Alg> = names
                     .iter()
-                    .filter(|a| !ACCEPTABLE_ALGS.contains(&a.as_str()))
+                    .filter_map(|n| Alg::from_name(n))
+                    .filter(|a| ACCEPTABLE_ALGS.contains(a))
                     .collect();
-                if algs.is_empty() || !bad.is_empty() {
+                if names.is_empty() || algs.len() != names.len() {
                     self.error(
                         &k("ACCEPT_ALGS"),
                         format!(
                             "must be a comma-separated list of {} (none, HS* and others are never accepted)",
-                            ACCEPTABLE_ALGS.join(", ")
+                            alg_names(ACCEPTABLE_ALGS)
                         ),
                     );
                 }
                 algs
             }
         };
+        (audiences, accept_algs)
+    }
 
-        if kind == Some(PartnerKind::Twiin) {
-            if fhir_base.is_none() && self.raw(&k("FHIR_BASE")).is_none() {
-                self.error(&k("FHIR_BASE"), "required for a twiin partner");
+    /// A partner key its kind requires.
+    fn required_partner<T>(
+        &mut self,
+        key: &str,
+        kind: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match self.raw(key) {
+            None | Some("") => {
+                self.error(key, format!("required for a {kind} partner"));
+                None
             }
-            if org.is_none() && self.raw(&k("ORG")).is_none() {
-                self.error(&k("ORG"), "required for a twiin partner");
-            }
+            Some(_) => self.optional(key, parse).flatten(),
         }
-        if id_scheme == IdScheme::Agb && self.raw("NP_ORG_AGB").unwrap_or("").is_empty() {
-            self.error(&k("ID_SCHEME"), "agb needs our own AGB code in NP_ORG_AGB");
-        }
-        let issuer = issuer.or_else(|| fhir_base.as_deref().map(origin_of));
-        let client_id = client_id.or_else(|| fhir_base.as_deref().map(host_of));
+    }
 
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(Partner {
-            name: name.to_string(),
-            kind: kind?,
-            fhir_base,
-            token_url,
-            jwks_url,
-            issuer,
-            client_id,
-            our_client_id,
-            org,
-            id_scheme,
-            cert: cert?,
-            send_bsn,
-            address_system,
-            consent,
-            provider_category,
-            audiences,
-            accept_algs,
-        })
+    fn flag(&mut self, key: &str) -> bool {
+        self.optional(key, parse_bool).flatten().unwrap_or(false)
     }
 }
 
@@ -1133,10 +1313,6 @@ fn digits8(s: &str, what: &str) -> Result<String, String> {
     } else {
         Err(format!("{s:?} is not an 8-digit {what}"))
     }
-}
-
-fn is_digits(s: &str, n: usize) -> bool {
-    s.len() == n && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_oid(s: &str) -> bool {

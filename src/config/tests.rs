@@ -77,7 +77,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
     assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9464");
     assert_eq!(c.tls_min_version, TlsVersion::V13);
-    assert_eq!(c.signing_alg, "PS256");
+    assert_eq!(c.signing_alg, Alg::Ps256);
     assert_eq!(c.signing_kid, None);
     assert_eq!(c.client_id, "np.hospital-a.example");
     assert_eq!(c.system_id, "https://np.hospital-a.example:8443");
@@ -321,40 +321,28 @@ fn with_partner(f: &Files) -> Vars {
 fn partners_with_defaults_and_overrides() {
     let f = Files::new();
     let c = from_vars(&with_partner(&f)).unwrap();
-    let b = c.partner("hospb").unwrap();
-    assert_eq!(b.kind, PartnerKind::Twiin);
-    assert_eq!(
-        b.fhir_base.as_deref(),
-        Some("https://np.hospital-b.example:9443/fhir")
-    );
-    assert_eq!(
-        b.issuer.as_deref(),
-        Some("https://np.hospital-b.example:9443")
-    );
-    assert_eq!(b.client_id.as_deref(), Some("np.hospital-b.example"));
+    let b = c.twiin_partner("hospb").unwrap();
+    assert_eq!(b.partner.kind_tag(), Kind::Twiin);
+    assert_eq!(b.fhir_base, "https://np.hospital-b.example:9443/fhir");
+    assert_eq!(b.assertions.issuer, "https://np.hospital-b.example:9443");
+    assert_eq!(b.assertions.client_id, "np.hospital-b.example");
     assert_eq!(b.our_client_id, "np.hospital-a.example");
-    assert_eq!(b.org, Some(OrgId::Ura("87654321".into())));
+    assert_eq!(b.org, OrgId::Ura("87654321".into()));
     assert_eq!(b.id_scheme, IdScheme::Ura);
-    assert_eq!(b.cert, CertSelector::Ura("87654321".into()));
+    assert_eq!(b.partner.cert, CertSelector::Ura("87654321".into()));
     assert!(!b.send_bsn && !b.address_system);
-    assert_eq!(
-        b.accept_algs,
-        ["PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
-    );
-    let vip = c.partner("vip").unwrap();
-    assert_eq!(vip.client_id.as_deref(), Some("viplive-databroker"));
+    assert_eq!(b.assertions.accept_algs, crate::jose::DEFAULT_ACCEPTED);
+    let vip = c.twiin_partner("vip").unwrap();
+    assert_eq!(vip.assertions.client_id, "viplive-databroker");
     assert_eq!(vip.our_client_id, "hospital-a");
     assert_eq!(vip.id_scheme, IdScheme::Agb);
     assert!(vip.send_bsn);
     assert_eq!(
-        vip.audiences,
+        vip.assertions.audiences,
         ["ontvanger.nl/token", "https://alias.example/token"]
     );
-    assert_eq!(vip.accept_algs, ["PS256", "RS256"]);
-    assert_eq!(
-        vip.org.as_ref().unwrap().oid(),
-        "2.16.840.1.113883.2.4.6.1.44446666"
-    );
+    assert_eq!(vip.assertions.accept_algs, [Alg::Ps256, Alg::Rs256]);
+    assert_eq!(vip.org.oid(), "2.16.840.1.113883.2.4.6.1.44446666");
     assert_eq!(
         c.our_org(IdScheme::Agb),
         Some(OrgId::Agb("01234567".into()))
@@ -473,6 +461,99 @@ fn partner_problems_are_each_named() {
 }
 
 #[test]
+fn an_empty_required_partner_value_is_as_missing() {
+    let f = Files::new();
+    let mut v = with_partner(&f);
+    set(&mut v, "NP_PARTNER_HOSPB_FHIR_BASE", "");
+    set(&mut v, "NP_PARTNER_HOSPB_ORG", "");
+    let errs = errors(&v);
+    for needle in [
+        "NP_PARTNER_HOSPB_FHIR_BASE: required for a twiin partner",
+        "NP_PARTNER_HOSPB_ORG: required for a twiin partner",
+    ] {
+        assert!(has(&errs, needle), "{needle}: {errs:?}");
+    }
+}
+
+#[test]
+fn a_key_of_another_kind_is_named_with_the_kinds_that_use_it() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "mitz,zv,hospb");
+    set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:broker.vzvz.example");
+    set(
+        &mut v,
+        "NP_PARTNER_MITZ_FHIR_BASE",
+        "https://broker.example/fhir",
+    );
+    set(&mut v, "NP_PARTNER_MITZ_ACCEPT_ALGS", "PS256");
+    set(&mut v, "NP_PARTNER_ZV_KIND", "zorgviewer");
+    set(&mut v, "NP_PARTNER_ZV_CERT", "dns:zv.example");
+    set(&mut v, "NP_PARTNER_ZV_CLIENT_ID", "zorgviewer");
+    set(
+        &mut v,
+        "NP_PARTNER_ZV_JWKS_URL",
+        "https://auth.zv.example/jwks",
+    );
+    set(&mut v, "NP_PARTNER_ZV_SEND_BSN", "true");
+    set(&mut v, "NP_PARTNER_HOSPB_CERT", "ura:87654321");
+    set(
+        &mut v,
+        "NP_PARTNER_HOSPB_FHIR_BASE",
+        "https://b.example/fhir",
+    );
+    set(&mut v, "NP_PARTNER_HOSPB_ORG", "ura:87654321");
+    set(&mut v, "NP_PARTNER_HOSPB_CONSENT", "none");
+    let errs = errors(&v);
+    for needle in [
+        "NP_PARTNER_MITZ_FHIR_BASE: not used by a mitz partner (only by twiin)",
+        "NP_PARTNER_MITZ_ACCEPT_ALGS: not used by a mitz partner (only by twiin, zorgviewer)",
+        "NP_PARTNER_ZV_SEND_BSN: not used by a zorgviewer partner (only by twiin)",
+        "NP_PARTNER_HOSPB_CONSENT: not used by a twiin partner (only by zorgviewer)",
+    ] {
+        assert!(has(&errs, needle), "{needle}: {errs:?}");
+    }
+    assert_eq!(errs.len(), 4, "{errs:?}");
+}
+
+#[test]
+fn zorgviewer_partner_needs_its_client_id_and_keys() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "zv");
+    set(&mut v, "NP_PARTNER_ZV_KIND", "zorgviewer");
+    set(&mut v, "NP_PARTNER_ZV_CERT", "dns:zv.example");
+    let errs = errors(&v);
+    for needle in [
+        "NP_PARTNER_ZV_CLIENT_ID: required for a zorgviewer partner",
+        "NP_PARTNER_ZV_JWKS_URL: required for a zorgviewer partner",
+    ] {
+        assert!(has(&errs, needle), "{needle}: {errs:?}");
+    }
+    set(&mut v, "NP_PARTNER_ZV_CLIENT_ID", "zorgviewer-client");
+    set(
+        &mut v,
+        "NP_PARTNER_ZV_JWKS_URL",
+        "https://auth.zv.example/.well-known/jwks",
+    );
+    set(&mut v, "NP_PARTNER_ZV_CONSENT", "none");
+    let c = from_vars(&v).unwrap();
+    let PartnerKind::Zorgviewer(zv) = &c.partners[0].kind else {
+        panic!("{:?}", c.partners[0]);
+    };
+    assert_eq!(zv.assertions.client_id, "zorgviewer-client");
+    assert_eq!(zv.assertions.issuer, "zorgviewer-client", "iss = sub");
+    assert_eq!(
+        zv.assertions.jwks_url.as_deref(),
+        Some("https://auth.zv.example/.well-known/jwks")
+    );
+    assert_eq!(zv.consent, Consent::None);
+    assert_eq!(zv.provider_category, "RPZAC104");
+    assert!(c.partners[0].twiin().is_none() && c.partners[0].assertions().is_some());
+}
+
+#[test]
 fn mitz_partner_needs_only_a_certificate() {
     let f = Files::new();
     let mut v = f.base();
@@ -480,7 +561,8 @@ fn mitz_partner_needs_only_a_certificate() {
     set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
     set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:broker.vzvz.example");
     let c = from_vars(&v).unwrap();
-    assert_eq!(c.partners[0].kind, PartnerKind::Mitz);
+    assert_eq!(c.partners[0].kind_tag(), Kind::Mitz);
+    assert!(c.partners[0].as_mitz().is_some() && c.partners[0].twiin().is_none());
     assert_eq!(
         c.partners[0].cert,
         CertSelector::Dns("broker.vzvz.example".into())

@@ -355,6 +355,19 @@ pub(crate) mod test_keys {
     pub(crate) fn key(alg: Alg) -> SigningKey {
         SigningKey::from_pkcs8_pem(pem(alg), alg, None).unwrap()
     }
+
+    /// A compact JWS with any header bytes, signed by `key`: for tests of
+    /// headers our signer never writes (no `kid`, `crit`, another `typ`).
+    pub(crate) fn dangerous_sign_with_header(
+        key: &SigningKey,
+        header: &[u8],
+        claims: &[u8],
+    ) -> String {
+        use crate::util::b64;
+        let input = format!("{}.{}", b64::encode(header), b64::encode(claims));
+        let signature = key.sign_raw(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64::encode(&signature))
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::audit::{AuditLog, Event};
-use crate::config::{Config, Partner, PartnerKind};
+use crate::config::{Config, MitzPartner};
 use crate::fhir::{self, FhirError, FhirVersion, Format, IssueType, Limits};
 use crate::http::{Request, Response};
 use crate::ops::logging::Q;
@@ -162,22 +162,16 @@ impl Mitz {
     }
 
     /// `POST` of a consent notification by `partner` (identified by its
-    /// certificate; the router checked the method and the disk). Checks in
-    /// DESIGN.md order: partner kind (403), `Accept` (406), `Content-Type`
+    /// certificate; the router checked its kind, the method and the disk).
+    /// Checks in DESIGN.md order: `Accept` (406), `Content-Type`
     /// (415), size (413), hostile or malformed content and `AORTA-ID` (400),
     /// transaction control (400), holder (400); then the spool, then 200.
-    pub fn intake(&self, partner: &Partner, req: &Request, now: i64) -> Intake {
+    pub fn intake(&self, partner: MitzPartner<'_>, req: &Request, now: i64) -> Intake {
         let aorta_header = req.header("aorta-id");
         let refuse = |r: Refusal, format: Format| Intake {
             response: self.refuse(partner, req, &r, format, None),
             queued: false,
         };
-        if partner.kind != PartnerKind::Mitz {
-            return refuse(
-                Refusal::forbidden(None, "this endpoint is for mitz partners"),
-                Format::Json,
-            );
-        }
         let accept = req.header("accept");
         let format_param = wire::format_param(req);
         if fhir::negotiate(format_param.as_deref(), accept, Format::Json).is_none() {
@@ -230,7 +224,7 @@ impl Mitz {
                 answer,
             );
         };
-        let id = item_id(&partner.name, &req.body);
+        let id = item_id(partner.name, &req.body);
         let ok = || Intake {
             response: success(&value, n.entries, answer),
             queued: false,
@@ -271,7 +265,7 @@ impl Mitz {
                 let item = Item {
                     id: id.clone(),
                     kind: KIND_MITZ.into(),
-                    partner: partner.name.clone(),
+                    partner: partner.name.to_string(),
                     created_at: now,
                     attempts: 0,
                     not_before: now,
@@ -348,7 +342,7 @@ impl Mitz {
     /// (the notification is stored, so an audit failure does not undo that).
     fn duplicate(
         &self,
-        partner: &Partner,
+        partner: MitzPartner<'_>,
         req: &Request,
         patient: &str,
         id: &str,
@@ -411,7 +405,7 @@ impl Mitz {
     #[allow(clippy::too_many_arguments)]
     fn audit_event(
         &self,
-        partner: &Partner,
+        partner: MitzPartner<'_>,
         req: &Request,
         action: &str,
         outcome: &str,
@@ -426,8 +420,8 @@ impl Mitz {
         let result = self.audit.record(Event {
             action,
             outcome,
-            partner: Some(&partner.name),
-            who_system: Some(&partner.name),
+            partner: Some(partner.name),
+            who_system: Some(partner.name),
             patient: Some(patient),
             object: Some(item),
             request_id: Some(&request_id),
@@ -445,7 +439,7 @@ impl Mitz {
 
     fn refuse(
         &self,
-        partner: &Partner,
+        partner: MitzPartner<'_>,
         req: &Request,
         r: &Refusal,
         format: Format,
@@ -454,8 +448,8 @@ impl Mitz {
         let _ = self.audit.record(Event {
             action: "mitz.refused",
             outcome: "refused",
-            partner: Some(&partner.name),
-            who_system: Some(&partner.name),
+            partner: Some(partner.name),
+            who_system: Some(partner.name),
             object: item,
             reason: Some(&r.diagnostics),
             request_id: Some(&req.request_id),
@@ -475,7 +469,7 @@ impl Mitz {
 
     fn fail(
         &self,
-        partner: &Partner,
+        partner: MitzPartner<'_>,
         req: &Request,
         id: &str,
         why: &str,

@@ -101,12 +101,8 @@ fn request(body: &[u8], headers: &[(&str, &str)]) -> Request {
 }
 
 impl Fixture {
-    fn partner(&self, name: &str) -> &Partner {
-        self.config
-            .partners
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap()
+    fn partner(&self, name: &str) -> MitzPartner<'_> {
+        self.config.partner(name).unwrap().as_mitz().unwrap()
     }
 
     fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> Intake {
@@ -338,16 +334,6 @@ fn refusals_follow_the_design_order() {
     assert!(f.spool.due(NOW + 1).unwrap().is_empty());
     assert!(f.inbox_files().is_empty());
     assert!(f.audit().matches("\"action\":\"mitz.refused\"").count() >= 9);
-}
-
-#[test]
-fn a_twiin_partner_is_refused() {
-    let f = fixture();
-    let i = f
-        .mitz
-        .intake(f.partner("hospa"), &request(SAMPLE.as_bytes(), &[]), NOW);
-    assert_eq!(status_and_code(&i), (403, "forbidden".into()));
-    assert!(f.spool.due(NOW + 1).unwrap().is_empty());
 }
 
 #[test]

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use crate::assertion::Outgoing;
 use crate::assertion::claims::OUR_LIFETIME_SECS;
-use crate::config::{Config, OrgId, Partner};
+use crate::config::{Config, TwiinPartner};
 pub use crate::http::partners::{HttpReply, PartnerHttp};
+use crate::ids::OrgId;
 use crate::ids::{self, Bsn};
 use crate::jose::{Jwks, SigningKey};
-use crate::oauth::endpoint::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER};
+use crate::oauth::decide::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER};
 use crate::oauth::form::encode;
 use crate::oauth::keycache::{self, Fetch, Fetched};
 use crate::oauth::messages::{self, Discovery};
@@ -195,11 +196,11 @@ impl TokenClient {
     /// A token for `purpose` at `partner`, reused until 30 s before it ends.
     pub fn token(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         purpose: &Purpose<'_>,
         now: i64,
     ) -> Result<AccessToken, TokenClientError> {
-        let key = (partner.name.clone(), cache_key(purpose));
+        let key = (partner.name.to_string(), cache_key(purpose));
         if let Some(t) = self
             .tokens
             .lock()
@@ -219,15 +220,19 @@ impl TokenClient {
     }
 
     /// Forgets a cached token (after the partner answered 401 with it).
-    pub fn invalidate(&self, partner: &Partner, purpose: &Purpose<'_>) {
+    pub fn invalidate(&self, partner: TwiinPartner<'_>, purpose: &Purpose<'_>) {
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(partner.name.clone(), cache_key(purpose)));
+            .remove(&(partner.name.to_string(), cache_key(purpose)));
     }
 
     /// The partner's token endpoint: configured, or discovered.
-    pub fn token_endpoint(&self, partner: &Partner, now: i64) -> Result<String, TokenClientError> {
+    pub fn token_endpoint(
+        &self,
+        partner: TwiinPartner<'_>,
+        now: i64,
+    ) -> Result<String, TokenClientError> {
         if let Some(url) = &partner.token_url {
             return Ok(url.clone());
         }
@@ -235,30 +240,30 @@ impl TokenClient {
     }
 
     /// The partner's discovery document (cached per max-age, default 4 h).
-    pub fn discover(&self, partner: &Partner, now: i64) -> Result<Discovery, TokenClientError> {
+    pub fn discover(
+        &self,
+        partner: TwiinPartner<'_>,
+        now: i64,
+    ) -> Result<Discovery, TokenClientError> {
         if let Some((d, until)) = self
             .discovery
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&partner.name)
+            .get(partner.name)
         {
             if now < *until {
                 return Ok(d.clone());
             }
         }
-        let url = discovery_url(partner).ok_or_else(|| TokenClientError::Discovery {
-            partner: partner.name.clone(),
-            url: "-".into(),
-            detail: "no FHIR base configured".into(),
-        })?;
+        let url = discovery_url(partner);
         let err = |detail: String| TokenClientError::Discovery {
-            partner: partner.name.clone(),
+            partner: partner.name.to_string(),
             url: url.clone(),
             detail,
         };
         let reply = self
             .http
-            .get(&partner.name, &url, &[("Accept", "application/json")])
+            .get(partner.name, &url, &[("Accept", "application/json")])
             .map_err(err)?;
         if reply.status != 200 {
             return Err(err(format!("answered {}", reply.status)));
@@ -270,13 +275,13 @@ impl TokenClient {
         self.discovery
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(partner.name.clone(), (d.clone(), now + ttl));
+            .insert(partner.name.to_string(), (d.clone(), now + ttl));
         Ok(d)
     }
 
     fn request(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         purpose: &Purpose<'_>,
         now: i64,
     ) -> Result<AccessToken, TokenClientError> {
@@ -292,7 +297,7 @@ impl TokenClient {
         let reply = self
             .http
             .send(
-                &partner.name,
+                partner.name,
                 "POST",
                 &endpoint,
                 "application/x-www-form-urlencoded",
@@ -300,14 +305,14 @@ impl TokenClient {
                 &[("Accept", "application/json")],
             )
             .map_err(|detail| TokenClientError::Transport {
-                partner: partner.name.clone(),
+                partner: partner.name.to_string(),
                 endpoint: endpoint.clone(),
                 detail,
             })?;
         if reply.status != 200 {
             let e = messages::parse_error_body(&reply.body);
             return Err(TokenClientError::Refused {
-                partner: partner.name.clone(),
+                partner: partner.name.to_string(),
                 endpoint,
                 status: reply.status,
                 error: e.error,
@@ -317,7 +322,7 @@ impl TokenClient {
         }
         let t = messages::parse_token_response(&reply.body).map_err(|e| {
             TokenClientError::BadResponse {
-                partner: partner.name.clone(),
+                partner: partner.name.to_string(),
                 endpoint: endpoint.clone(),
                 detail: e.to_string(),
             }
@@ -333,13 +338,13 @@ impl TokenClient {
     /// (DESIGN.md "Our assertions"; spec §3.3).
     pub fn assertions(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         purpose: &Purpose<'_>,
         audience: &str,
         now: i64,
     ) -> Result<(String, String), TokenClientError> {
         let local = |detail: String| TokenClientError::Local {
-            partner: partner.name.clone(),
+            partner: partner.name.to_string(),
             detail,
         };
         let iss = self.config.public_url.as_str();
@@ -367,7 +372,7 @@ impl TokenClient {
                 if partner.address_system {
                     None
                 } else {
-                    partner.org.as_ref().map(ids::org_claim)
+                    Some(ids::org_claim(&partner.org))
                 },
                 None,
                 *patient,
@@ -418,13 +423,11 @@ fn cache_key(purpose: &Purpose<'_>) -> String {
 }
 
 /// `<FHIR base>/.well-known/smart-configuration`.
-pub fn discovery_url(partner: &Partner) -> Option<String> {
-    partner.fhir_base.as_ref().map(|b| {
-        format!(
-            "{}/.well-known/smart-configuration",
-            b.trim_end_matches('/')
-        )
-    })
+pub fn discovery_url(partner: TwiinPartner<'_>) -> String {
+    format!(
+        "{}/.well-known/smart-configuration",
+        partner.fhir_base.trim_end_matches('/')
+    )
 }
 
 /// Fetches partners' JWKS for the [`keycache::KeyCache`]: the configured
@@ -441,14 +444,25 @@ impl Fetch<Jwks> for JwksFetcher {
             .config
             .partner(partner_name)
             .ok_or_else(|| format!("partner {partner_name} is not configured"))?;
-        let url = match &partner.jwks_url {
-            Some(u) => u.clone(),
-            None => self
+        let configured = partner
+            .assertions()
+            .ok_or_else(|| {
+                format!(
+                    "partner {partner_name}: a {} partner signs no assertions",
+                    partner.kind_name()
+                )
+            })?
+            .jwks_url
+            .clone();
+        let url = match (configured, partner.as_twiin()) {
+            (Some(u), _) => u,
+            (None, Some(twiin)) => self
                 .tokens
-                .discover(partner, crate::util::time::now_unix())
+                .discover(twiin, crate::util::time::now_unix())
                 .map_err(|e| e.to_string())?
                 .jwks_uri
                 .ok_or_else(|| format!("partner {partner_name}: no JWKS_URL configured and discovery has no jwks_uri"))?,
+            (None, None) => return Err(format!("partner {partner_name}: no JWKS_URL configured")),
         };
         let reply = self
             .http
@@ -472,7 +486,8 @@ impl Fetch<Jwks> for JwksFetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{IdScheme, Vars};
+    use crate::config::Vars;
+    use crate::ids::IdScheme;
 
     struct NoNetwork;
 
@@ -545,13 +560,14 @@ mod tests {
         let bsn = Bsn::parse("999999151").unwrap();
         let aud = "https://fhir.test-datakluis.shared.topicuszorg.nl/token";
         let client = TokenClient::new(Arc::new(cfg.clone()), key.clone(), Arc::new(NoNetwork));
-        let vip = cfg.partner("vip").unwrap().clone();
+        let vip = cfg.partners[0].clone();
+        let vip = vip.as_twiin().unwrap();
         assert_eq!(vip.id_scheme, IdScheme::Agb);
 
         // Notify, AGB scheme: bare AGB OIDs; no patient without SEND_BSN.
         let (c, a) = client
             .assertions(
-                &vip,
+                vip,
                 &Purpose::Notify {
                     patient: Some(&bsn),
                 },
@@ -576,7 +592,7 @@ mod tests {
             authorizer: Some(&sender),
             patient: Some(&bsn),
         };
-        let (_, a) = client.assertions(&vip, &purpose, aud, 1_000).unwrap();
+        let (_, a) = client.assertions(vip, &purpose, aud, 1_000).unwrap();
         let a = claims(&a);
         assert_eq!(
             a["authorization_base"],
@@ -586,12 +602,14 @@ mod tests {
         assert_eq!(a["authorizer"], "2.16.840.1.113883.2.4.6.1.44446666");
 
         // The partner addressed as a system, BSN allowed: no authorizer, patient present.
-        cfg.partners[0].address_system = true;
-        cfg.partners[0].send_bsn = true;
+        if let crate::config::PartnerKind::Twiin(t) = &mut cfg.partners[0].kind {
+            t.address_system = true;
+            t.send_bsn = true;
+        }
         let client = TokenClient::new(Arc::new(cfg.clone()), key, Arc::new(NoNetwork));
         let (_, a) = client
             .assertions(
-                &cfg.partners[0],
+                cfg.partners[0].as_twiin().unwrap(),
                 &Purpose::Notify {
                     patient: Some(&bsn),
                 },
@@ -605,7 +623,11 @@ mod tests {
 
         // Without a network, discovery fails with a message naming the partner and URL.
         let err = client
-            .token(&cfg.partners[0], &Purpose::Notify { patient: None }, 1_000)
+            .token(
+                cfg.partners[0].as_twiin().unwrap(),
+                &Purpose::Notify { patient: None },
+                1_000,
+            )
             .unwrap_err();
         assert!(err.to_string().starts_with(
             "partner vip: discovery at https://fhir.test-datakluis.shared.topicuszorg.nl/fhir/stu3/.well-known/smart-configuration failed"

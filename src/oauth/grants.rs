@@ -11,6 +11,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{self, Bsn, IdScheme, OrgId};
 use crate::util::{b64, durable, random};
 
 /// Lifetime of the access tokens we issue (spec §5).
@@ -35,36 +36,215 @@ impl TokenKind {
     }
 }
 
-/// The server-side binding of an access token.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The server-side binding of an access token. Built only through
+/// [`Grant::notify`] and [`Grant::pull`], so a pull grant always names its
+/// case and patient, and a notify grant never names a case.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Grant {
-    pub kind: TokenKind,
     /// Configured partner name (the TLS identity and the assertions agreed).
-    pub partner: String,
+    partner: String,
     /// `sub` of the client assertion.
-    pub client_id: String,
-    /// `sub` of the authorization assertion: the requesting organisation, as sent.
-    pub requesting_org: String,
-    /// `authorizer`, as sent (absent for partners that address the system).
-    pub authorizer: Option<String>,
-    /// BSN from the `patient` claim (pull: the case's patient).
-    pub patient: Option<String>,
-    /// The authorization base a pull token is bound to.
-    pub authorization_base: Option<String>,
-    /// The case behind that base.
-    pub case_id: Option<String>,
-    pub issued_at: i64,
-    pub expires_at: i64,
+    client_id: String,
+    /// `sub` of the authorization assertion: the requesting organisation.
+    requesting_org: OrgId,
+    /// `authorizer` (absent for partners that address the system).
+    authorizer: Option<OrgId>,
+    /// From the `patient` claim; for a pull grant the case's patient.
+    patient: Option<Bsn>,
+    /// The case a pull grant reads; `None` for a notify grant.
+    pull: Option<CaseBinding>,
+    issued_at: i64,
+    expires_at: i64,
+}
+
+/// What a pull grant is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseBinding {
+    pub authorization_base: String,
+    pub case_id: String,
+}
+
+impl Grant {
+    /// A notify grant: may `POST`/`PUT` a notification Task, reads nothing.
+    pub fn notify(
+        partner: &str,
+        client_id: &str,
+        requesting_org: OrgId,
+        authorizer: Option<OrgId>,
+        patient: Option<Bsn>,
+    ) -> Grant {
+        Grant {
+            partner: partner.into(),
+            client_id: client_id.into(),
+            requesting_org,
+            authorizer,
+            patient,
+            pull: None,
+            issued_at: 0,
+            expires_at: 0,
+        }
+    }
+
+    /// A pull grant: reads the one case bound to `binding`, of `patient`.
+    pub fn pull(
+        partner: &str,
+        client_id: &str,
+        requesting_org: OrgId,
+        authorizer: Option<OrgId>,
+        binding: CaseBinding,
+        patient: Bsn,
+    ) -> Grant {
+        Grant {
+            pull: Some(binding),
+            patient: Some(patient),
+            ..Grant::notify(partner, client_id, requesting_org, authorizer, None)
+        }
+    }
+
+    /// The same grant valid from `issued_at` to `expires_at`.
+    pub fn valid(mut self, issued_at: i64, expires_at: i64) -> Grant {
+        self.issued_at = issued_at;
+        self.expires_at = expires_at;
+        self
+    }
+
+    pub fn kind(&self) -> TokenKind {
+        match self.pull {
+            Some(_) => TokenKind::Pull,
+            None => TokenKind::Notify,
+        }
+    }
+
+    pub fn partner(&self) -> &str {
+        &self.partner
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn requesting_org(&self) -> &OrgId {
+        &self.requesting_org
+    }
+
+    pub fn authorizer(&self) -> Option<&OrgId> {
+        self.authorizer.as_ref()
+    }
+
+    pub fn patient(&self) -> Option<&Bsn> {
+        self.patient.as_ref()
+    }
+
+    /// The case of a pull grant.
+    pub fn case(&self) -> Option<&CaseBinding> {
+        self.pull.as_ref()
+    }
+
+    pub fn authorization_base(&self) -> Option<&str> {
+        self.pull.as_ref().map(|b| b.authorization_base.as_str())
+    }
+
+    pub fn case_id(&self) -> Option<&str> {
+        self.pull.as_ref().map(|b| b.case_id.as_str())
+    }
+
+    pub fn issued_at(&self) -> i64 {
+        self.issued_at
+    }
+
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
+
+    /// The requesting organisation as the audit trail and logs write it.
+    pub fn requesting_org_claim(&self) -> String {
+        ids::org_claim(&self.requesting_org)
+    }
 }
 
 impl std::fmt::Debug for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grant")
-            .field("kind", &self.kind)
+            .field("kind", &self.kind())
             .field("partner", &self.partner)
-            .field("case_id", &self.case_id)
+            .field("case_id", &self.case_id())
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// A grant as stored in `<state>/tokens/<hash>.json`: plain strings, so the
+/// file format does not follow our types around.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    kind: TokenKind,
+    partner: String,
+    client_id: String,
+    requesting_org: String,
+    authorizer: Option<String>,
+    patient: Option<String>,
+    authorization_base: Option<String>,
+    case_id: Option<String>,
+    issued_at: i64,
+    expires_at: i64,
+}
+
+impl From<&Grant> for Record {
+    fn from(g: &Grant) -> Record {
+        Record {
+            kind: g.kind(),
+            partner: g.partner.clone(),
+            client_id: g.client_id.clone(),
+            requesting_org: ids::org_claim(&g.requesting_org),
+            authorizer: g.authorizer.as_ref().map(ids::org_claim),
+            patient: g.patient.as_ref().map(|b| b.as_str().to_string()),
+            authorization_base: g.authorization_base().map(String::from),
+            case_id: g.case_id().map(String::from),
+            issued_at: g.issued_at,
+            expires_at: g.expires_at,
+        }
+    }
+}
+
+impl Record {
+    /// The grant back, or `None` when a field does not parse (the file is
+    /// then treated as unreadable).
+    fn into_grant(self) -> Option<Grant> {
+        // Stored in claim form (OIDs), which needs no id scheme to read.
+        let org = |s: &str| ids::parse_org(s, IdScheme::Ura);
+        let requesting_org = org(&self.requesting_org)?;
+        let authorizer = match self.authorizer.as_deref() {
+            Some(a) => Some(org(a)?),
+            None => None,
+        };
+        let patient = match self.patient.as_deref() {
+            Some(p) => Some(Bsn::parse(p)?),
+            None => None,
+        };
+        let grant = match (self.kind, self.authorization_base, self.case_id, patient) {
+            (TokenKind::Notify, None, None, patient) => Grant::notify(
+                &self.partner,
+                &self.client_id,
+                requesting_org,
+                authorizer,
+                patient,
+            ),
+            (TokenKind::Pull, Some(authorization_base), Some(case_id), Some(patient)) => {
+                Grant::pull(
+                    &self.partner,
+                    &self.client_id,
+                    requesting_org,
+                    authorizer,
+                    CaseBinding {
+                        authorization_base,
+                        case_id,
+                    },
+                    patient,
+                )
+            }
+            _ => return None,
+        };
+        Some(grant.valid(self.issued_at, self.expires_at))
     }
 }
 
@@ -131,7 +311,8 @@ impl TokenStore {
                 .and_then(|h| <[u8; 32]>::try_from(h).ok());
             let grant = std::fs::read(&path)
                 .ok()
-                .and_then(|bytes| serde_json::from_slice::<Grant>(&bytes).ok());
+                .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+                .and_then(Record::into_grant);
             match (hash, grant) {
                 (Some(h), Some(g)) if g.expires_at > now => {
                     by_hash.insert(h, g);
@@ -155,7 +336,8 @@ impl TokenStore {
         let hash = hash_token(&access_token);
         grant.issued_at = now;
         grant.expires_at = now + TOKEN_LIFETIME_SECS;
-        let json = serde_json::to_vec(&grant).map_err(|e| StoreError(e.to_string()))?;
+        let json =
+            serde_json::to_vec(&Record::from(&grant)).map_err(|e| StoreError(e.to_string()))?;
         durable::write_atomic(&self.path(&hash), &json).map_err(|e| StoreError(e.to_string()))?;
         self.by_hash
             .write()
@@ -189,7 +371,7 @@ impl TokenStore {
         };
         let doomed: Vec<[u8; 32]> = map
             .iter()
-            .filter(|(_, g)| g.authorization_base.as_deref() == Some(authorization_base))
+            .filter(|(_, g)| g.authorization_base() == Some(authorization_base))
             .map(|(h, _)| *h)
             .collect();
         for h in &doomed {
@@ -249,17 +431,22 @@ mod tests {
     }
 
     fn grant(kind: TokenKind, base: Option<&str>) -> Grant {
-        Grant {
-            kind,
-            partner: "hospb".into(),
-            client_id: "np.hospital-b.example".into(),
-            requesting_org: "urn:oid:2.16.528.1.1007.3.3.87654321".into(),
-            authorizer: Some("urn:oid:2.16.528.1.1007.3.3.12345678".into()),
-            patient: Some("999999151".into()),
-            authorization_base: base.map(String::from),
-            case_id: base.map(|_| "c-0042".to_string()),
-            issued_at: 0,
-            expires_at: 0,
+        let org = OrgId::Ura("87654321".into());
+        let authorizer = Some(OrgId::Ura("12345678".into()));
+        let bsn = Bsn::parse("999999151").unwrap();
+        match (kind, base) {
+            (TokenKind::Pull, Some(b)) => Grant::pull(
+                "hospb",
+                "np.hospital-b.example",
+                org,
+                authorizer,
+                CaseBinding {
+                    authorization_base: b.into(),
+                    case_id: "c-0042".into(),
+                },
+                bsn,
+            ),
+            _ => Grant::notify("hospb", "np.hospital-b.example", org, authorizer, Some(bsn)),
         }
     }
 
@@ -269,9 +456,9 @@ mod tests {
         let store = TokenStore::open(&dir, 1_000).unwrap();
         let t = store.issue(grant(TokenKind::Notify, None), 1_000).unwrap();
         assert_eq!(t.access_token.len(), 43, "256 bits base64url");
-        assert_eq!(t.grant.expires_at, 1_300);
+        assert_eq!(t.grant.expires_at(), 1_300);
         assert_eq!(
-            store.check(&t.access_token, "hospb", 1_299).unwrap().kind,
+            store.check(&t.access_token, "hospb", 1_299).unwrap().kind(),
             TokenKind::Notify
         );
         assert_eq!(
@@ -307,7 +494,8 @@ mod tests {
         let reopened = TokenStore::open(&dir, 1_000).unwrap();
         assert_eq!(reopened.len(), 1);
         let g = reopened.check(&live.access_token, "hospb", 1_001).unwrap();
-        assert_eq!(g.authorization_base.as_deref(), Some("base-1"));
+        assert_eq!(g.authorization_base(), Some("base-1"));
+        assert_eq!(g, live.grant, "every field survives the file");
         assert_eq!(
             reopened.check(&old.access_token, "hospb", 1_001),
             Err(TokenRejection::Unknown)

@@ -2,10 +2,11 @@
 //! the client side that gets tokens from theirs.
 
 pub mod client;
+pub mod decide;
 pub mod endpoint;
 pub mod form;
 pub mod grants;
 pub mod keycache;
 pub mod messages;
 
-pub use grants::{Grant, TokenKind, TokenRejection, TokenStore};
+pub use grants::{CaseBinding, Grant, TokenKind, TokenRejection, TokenStore};

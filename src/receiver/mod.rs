@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::audit::{AuditLog, Event};
-use crate::config::{Config, OrgId, Partner, PartnerKind};
+use crate::config::{Config, TwiinPartner};
 use crate::http::{Request, Response};
+use crate::ids::OrgId;
 use crate::ids::URI_SYSTEM;
 use crate::oauth::grants::{Grant, TokenKind};
 use crate::ops::logging::Q;
@@ -226,7 +227,13 @@ impl Receiver {
     /// `201` + `Location`; known identifier: `200` with the stored Task; a
     /// Task with status `cancelled` is a cancellation of the Task with its
     /// identifier. Refusals: 400/403/413/415 with an OperationOutcome.
-    pub fn notify(&self, partner: &Partner, grant: &Grant, req: &Request, now: i64) -> Response {
+    pub fn notify(
+        &self,
+        partner: TwiinPartner<'_>,
+        grant: &Grant,
+        req: &Request,
+        now: i64,
+    ) -> Response {
         let mut out = Answer::for_request(req);
         let (expect, value) = match self.admit(partner, grant, req, now, &mut out) {
             Ok(x) => x,
@@ -268,7 +275,13 @@ impl Receiver {
     /// otherwise. The cancellation is recorded durably (a queued or retrying
     /// pull of it then ends without writing data) and written to the inbox as
     /// `<task>.cancelled.json`.
-    pub fn cancel(&self, partner: &Partner, grant: &Grant, req: &Request, now: i64) -> Response {
+    pub fn cancel(
+        &self,
+        partner: TwiinPartner<'_>,
+        grant: &Grant,
+        req: &Request,
+        now: i64,
+    ) -> Response {
         let mut out = Answer::for_request(req);
         let (expect, value) = match self.admit(partner, grant, req, now, &mut out) {
             Ok(x) => x,
@@ -322,25 +335,19 @@ impl Receiver {
     /// then decides the release of the answer).
     fn admit(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         now: i64,
         out: &mut Answer,
     ) -> Result<(Expect, Value), Refusal> {
-        if partner.kind != PartnerKind::Twiin {
-            return Err(Refusal::forbidden(
-                None,
-                "this partner does not send notifications",
-            ));
-        }
-        if grant.kind != TokenKind::Notify || grant.partner != partner.name {
+        if grant.kind() != TokenKind::Notify || grant.partner() != partner.name {
             return Err(Refusal::forbidden(
                 None,
                 "the access token is not a notify token of this partner",
             ));
         }
-        let expect = Expect::from_grant(&self.config, partner.id_scheme, grant, now)?;
+        let expect = Expect::from_grant(&self.config, grant, now);
         let body = wire::read_task_body(&req.body, req.header("content-type"))?;
         out.version = body.version;
         out.format = wire::response_format(req, body.format);
@@ -349,14 +356,14 @@ impl Receiver {
 
     fn intake(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         v: ValidatedTask,
         now: i64,
         out: Answer,
     ) -> Response {
-        let id = item_id(&partner.name, v.identifier());
+        let id = item_id(partner.name, v.identifier());
         let _guard = self.locks.intake.lock().unwrap_or_else(|p| p.into_inner());
         if self.spool.find(&id).is_some() {
             return self.duplicate(partner, grant, req, &v, &id, out);
@@ -369,7 +376,7 @@ impl Receiver {
         let item = Item {
             id: id.clone(),
             kind: KIND_PULL.into(),
-            partner: partner.name.clone(),
+            partner: partner.name.to_string(),
             created_at: now,
             attempts: 0,
             not_before: now,
@@ -421,7 +428,7 @@ impl Receiver {
     /// the stored Task (not the new body); nothing else changes.
     fn duplicate(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         v: &ValidatedTask,
@@ -446,7 +453,7 @@ impl Receiver {
     #[allow(clippy::too_many_arguments)]
     fn cancel_identified(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         (system, value): (Option<String>, String),
@@ -464,7 +471,7 @@ impl Receiver {
         };
         let found = systems
             .iter()
-            .map(|s| item_id_of(&partner.name, s, &value))
+            .map(|s| item_id_of(partner.name, s, &value))
             .find_map(|id| self.load_any(&id))
             .filter(|item| item.partner == partner.name && item.kind == KIND_PULL);
         match found {
@@ -476,7 +483,7 @@ impl Receiver {
     #[allow(clippy::too_many_arguments)]
     fn cancel_item(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         item: Item,
@@ -495,7 +502,7 @@ impl Receiver {
         };
         let paths = InboxPaths::new(
             &self.inbox,
-            &partner.name,
+            partner.name,
             &order.inbox_group,
             &order.inbox_task,
         );
@@ -580,7 +587,7 @@ impl Receiver {
     /// Records an audit event about a Task; false when it could not be written.
     fn audit_task(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         action: &str,
@@ -590,9 +597,9 @@ impl Receiver {
         let result = self.audit.record(Event {
             action,
             outcome: "success",
-            partner: Some(&partner.name),
-            who_org: Some(&grant.requesting_org),
-            who_system: Some(&grant.client_id),
+            partner: Some(partner.name),
+            who_org: Some(&grant.requesting_org_claim()),
+            who_system: Some(grant.client_id()),
             patient: Some(patient),
             object: Some(item),
             request_id: Some(&req.request_id),
@@ -610,7 +617,7 @@ impl Receiver {
 
     fn refuse(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         grant: &Grant,
         req: &Request,
         r: &Refusal,
@@ -619,9 +626,9 @@ impl Receiver {
         let _ = self.audit.record(Event {
             action: "task.refused",
             outcome: "refused",
-            partner: Some(&partner.name),
-            who_org: Some(&grant.requesting_org),
-            who_system: Some(&grant.client_id),
+            partner: Some(partner.name),
+            who_org: Some(&grant.requesting_org_claim()),
+            who_system: Some(grant.client_id()),
             object: r.expression.as_deref(),
             reason: Some(&r.diagnostics),
             request_id: Some(&req.request_id),
@@ -641,7 +648,7 @@ impl Receiver {
 
     fn fail(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         req: &Request,
         item: &str,
         why: &str,

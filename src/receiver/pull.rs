@@ -21,9 +21,10 @@ use super::task::{self, PullPlan};
 use super::url::{self, join, same_base};
 use super::{PullOrder, Receiver};
 use crate::audit::Event;
-use crate::config::{OrgId, Partner};
+use crate::config::TwiinPartner;
 use crate::http::partners::{HttpReply, PartnerHttp};
 use crate::ids::Bsn;
+use crate::ids::OrgId;
 use crate::oauth::client::{AccessToken, Purpose, TokenClient, TokenClientError};
 use crate::ops::logging::Q;
 use crate::spool::{Item, Outcome};
@@ -84,7 +85,7 @@ enum Got {
 struct Session<'a> {
     client: &'a TokenClient,
     http: &'a dyn PartnerHttp,
-    partner: &'a Partner,
+    partner: TwiinPartner<'a>,
     purpose: Purpose<'a>,
     token: Option<AccessToken>,
     now: i64,
@@ -113,13 +114,14 @@ impl Receiver {
         let Some(partner) = self.config.partner(&item.partner) else {
             return Outcome::Dead(format!("partner {} is no longer configured", item.partner));
         };
-        let Some(base) = partner.fhir_base.clone() else {
+        let Some(partner) = partner.as_twiin() else {
             return Outcome::Dead(format!(
-                "partner {}: NP_PARTNER_{}_FHIR_BASE is not set",
+                "partner {} is now a {} partner, not twiin",
                 partner.name,
-                partner.name.to_ascii_uppercase()
+                partner.kind_name()
             ));
         };
+        let base = partner.fhir_base.clone();
         if self.is_cancelled(&item.id) {
             log::info!(
                 "event=pull.skipped partner={} item={} task={} reason=cancelled",
@@ -182,7 +184,7 @@ impl Receiver {
         let bundle = collector.bundle(&order.task, &order.inbox_task, &base);
         let paths = InboxPaths::new(
             &self.inbox,
-            &partner.name,
+            partner.name,
             &order.inbox_group,
             &order.inbox_task,
         );
@@ -207,7 +209,7 @@ impl Receiver {
         let not_available = reports.iter().filter(|r| r.result != "ok").count();
         let report = PullReport {
             item: &item.id,
-            partner: &partner.name,
+            partner: partner.name,
             group: &order.inbox_group,
             task: &order.inbox_task,
             finished_at: session.clock(),
@@ -240,7 +242,7 @@ impl Receiver {
             } else {
                 "partial"
             },
-            partner: Some(&partner.name),
+            partner: Some(partner.name),
             who_org: Some(&authorizer.oid()),
             patient: Some(bsn.as_str()),
             object: Some(&item.id),
@@ -467,7 +469,7 @@ impl Session<'_> {
             let reply = self
                 .http
                 .get(
-                    &self.partner.name,
+                    self.partner.name,
                     url,
                     &[
                         ("Authorization", auth.as_str()),
@@ -574,7 +576,7 @@ fn token_outcome(e: TokenClientError) -> Outcome {
     }
 }
 
-fn log_outcome(partner: &Partner, item_id: &str, order: &PullOrder, outcome: &Outcome) {
+fn log_outcome(partner: TwiinPartner<'_>, item_id: &str, order: &PullOrder, outcome: &Outcome) {
     match outcome {
         Outcome::Retry {
             reason,

@@ -24,9 +24,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{AGB_OID_ROOT, IdScheme, OrgId, URA_OID_ROOT};
 use crate::fhir::IssueType;
 use crate::ids::{self, BSN_OID_ROOT, BSN_SYSTEM, Bsn, URA_SYSTEM, URI_SYSTEM};
+use crate::ids::{AGB_OID_ROOT, IdScheme, OrgId, URA_OID_ROOT};
 
 /// `Task.code` of a notification.
 pub const CODE_PULL_NOTIFICATION: &str = "pull-notification";
@@ -184,31 +184,23 @@ pub struct Expect {
 }
 
 impl Expect {
-    /// From the configuration, the partner and the token's grant. The grant's
-    /// organisation is read with [`ids::parse_org`] in the partner's id scheme;
-    /// one that is not a URA or AGB organisation is a 403.
+    /// From the configuration and the token's grant (whose organisation the
+    /// token endpoint read in the partner's id scheme).
     pub fn from_grant(
         config: &crate::config::Config,
-        scheme: IdScheme,
         grant: &crate::oauth::grants::Grant,
         now: i64,
-    ) -> Result<Expect, Refusal> {
-        let requester = ids::parse_org(&grant.requesting_org, scheme).ok_or_else(|| {
-            Refusal::forbidden(
-                None,
-                "the token's organisation is not a URA or AGB organisation",
-            )
-        })?;
+    ) -> Expect {
         let mut ours = vec![OrgId::Ura(config.org_ura.clone())];
         if let Some(agb) = &config.org_agb {
             ours.push(OrgId::Agb(agb.clone()));
         }
-        Ok(Expect {
+        Expect {
             ours,
-            requester,
-            patient: grant.patient.as_deref().and_then(Bsn::parse),
+            requester: grant.requesting_org().clone(),
+            patient: grant.patient().cloned(),
             now,
-        })
+        }
     }
 }
 

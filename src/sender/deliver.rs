@@ -38,7 +38,7 @@ use serde_json::Value;
 
 use crate::audit::{self, AuditLog};
 use crate::cases::{CaseStatus, CaseStore};
-use crate::config::{Config, Partner, PartnerKind};
+use crate::config::{Config, TwiinPartner};
 use crate::http::partners::{HttpReply, PartnerHttp};
 use crate::ids::{self, Bsn};
 use crate::oauth::client::{Purpose, TokenClient, TokenClientError};
@@ -61,7 +61,7 @@ const FHIR_JSON: &str = "application/fhir+json";
 
 /// One request to make.
 struct Call<'a> {
-    partner: &'a Partner,
+    partner: TwiinPartner<'a>,
     patient: Bsn,
     method: &'static str,
     url: String,
@@ -98,24 +98,24 @@ impl Delivery<'_> {
         }
     }
 
-    fn partner(&self, item: &Item) -> Result<&Partner, String> {
+    fn partner(&self, item: &Item) -> Result<TwiinPartner<'_>, String> {
         let p = self
             .config
             .partner(&item.partner)
             .ok_or_else(|| format!("partner {} is not configured", Q(&item.partner)))?;
-        if p.kind != PartnerKind::Twiin {
-            return Err(format!("partner {} is not a twiin partner", p.name));
-        }
-        if p.fhir_base.is_none() {
-            return Err(format!("partner {}: no FHIR base configured", p.name));
-        }
-        Ok(p)
+        p.as_twiin().ok_or_else(|| {
+            format!(
+                "partner {} is a {} partner, not twiin",
+                p.name,
+                p.kind_name()
+            )
+        })
     }
 
     fn notify(
         &self,
         item: &Item,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         client: &TokenClient,
         http: &dyn PartnerHttp,
         now: i64,
@@ -126,7 +126,7 @@ impl Delivery<'_> {
         let Some(patient) = Bsn::parse(&body.patient) else {
             return corrupt(item, &"patient is not a valid BSN");
         };
-        let Some(case) = self.cases.get(&partner.name, &body.case_id) else {
+        let Some(case) = self.cases.get(partner.name, &body.case_id) else {
             return Outcome::Dead(format!(
                 "partner {}: case {} is unknown; notification not sent",
                 partner.name, body.case_id
@@ -197,7 +197,7 @@ impl Delivery<'_> {
     fn cancel(
         &self,
         item: &Item,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         client: &TokenClient,
         http: &dyn PartnerHttp,
         now: i64,
@@ -285,7 +285,7 @@ impl Delivery<'_> {
             let auth = format!("Bearer {}", token.token);
             let started = Instant::now();
             let reply = http.send(
-                &call.partner.name,
+                call.partner.name,
                 call.method,
                 &call.url,
                 FHIR_JSON,
@@ -435,7 +435,7 @@ impl Delivery<'_> {
         let result = self.audit.record(audit::Event {
             action,
             outcome,
-            partner: Some(&call.partner.name),
+            partner: Some(call.partner.name),
             who_org: org.as_deref(),
             who_system: Some(&self.config.system_id),
             patient: Some(call.patient.as_str()),
@@ -453,12 +453,8 @@ impl Delivery<'_> {
     }
 }
 
-fn base(partner: &Partner) -> &str {
-    partner
-        .fhir_base
-        .as_deref()
-        .unwrap_or_default()
-        .trim_end_matches('/')
+fn base<'a>(partner: TwiinPartner<'a>) -> &'a str {
+    partner.kind.fhir_base.trim_end_matches('/')
 }
 
 /// A spool body that is not what the sender wrote. The parser's message is

@@ -24,7 +24,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::config::{Config, PartnerKind};
+use crate::config::Config;
 use crate::fhir::{FhirVersion, table};
 use crate::ids::{BSN_SYSTEM, Bsn};
 
@@ -54,7 +54,7 @@ impl Rules {
             twiin_partners: config
                 .partners
                 .iter()
-                .filter(|p| p.kind == PartnerKind::Twiin)
+                .filter(|p| p.as_twiin().is_some())
                 .map(|p| p.name.clone())
                 .collect(),
         }

@@ -51,7 +51,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, AuditLog};
 use crate::cases::{Case, CaseStatus, CaseStore, ExportSource, SentTask};
-use crate::config::{Config, OrgId, Partner};
+use crate::config::{Config, TwiinPartner};
+use crate::ids::OrgId;
 use crate::ids::{self, Bsn};
 use crate::oauth::TokenStore;
 use crate::ops::logging::Q;
@@ -517,7 +518,7 @@ impl Scanner<'_> {
             mtime: (entry.meta.mtime(), entry.meta.mtime_nsec()),
         };
         drop(bytes);
-        let Some(p) = self.config.partner(partner) else {
+        let Some(p) = self.config.twiin_partner(partner) else {
             return Some(Err(Fail::Reject(Problem::UnknownPartner)));
         };
         self.store(p, accepted, source, now, stop)
@@ -525,7 +526,7 @@ impl Scanner<'_> {
 
     fn store(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         accepted: Accepted,
         source: ExportSource,
         now: i64,
@@ -547,7 +548,7 @@ impl Scanner<'_> {
     /// its notification is queued.
     fn accept(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         case_id: &CaseId,
         data: &Data,
         source: ExportSource,
@@ -557,7 +558,7 @@ impl Scanner<'_> {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             Some(Err(Fail::Transient(format!("{what}: {e}"))))
         };
-        let existing = self.cases.get(&partner.name, case_id.as_str());
+        let existing = self.cases.get(partner.name, case_id.as_str());
         // Before anything else, the status included: the file may have been
         // accepted just before the case was cancelled.
         if let Some(case) = &existing {
@@ -594,7 +595,7 @@ impl Scanner<'_> {
                 (c, Done::Updated)
             }
             None => match Case::new(
-                &partner.name,
+                partner.name,
                 case_id.as_str(),
                 patient,
                 owner,
@@ -613,7 +614,7 @@ impl Scanner<'_> {
         let json = crate::fhir::to_json_string(data.bundle()).into_bytes();
         if let Err(e) = self
             .cases
-            .write_data(&partner.name, case_id.as_str(), case.version, &json)
+            .write_data(partner.name, case_id.as_str(), case.version, &json)
         {
             return transient("store data", &e);
         }
@@ -669,7 +670,7 @@ impl Scanner<'_> {
     /// let the file be removed. Nothing is announced twice.
     fn already_accepted(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         case: &Case,
         sent: &SentTask,
         now: i64,
@@ -705,7 +706,7 @@ impl Scanner<'_> {
     fn requeue_unqueued(&self, now: i64) -> (usize, bool) {
         let (mut requeued, mut complete) = (0, true);
         for case in self.cases.all() {
-            let Some(partner) = self.config.partner(&case.partner) else {
+            let Some(partner) = self.config.twiin_partner(&case.partner) else {
                 continue;
             };
             match self.queue_latest(partner, &case, now) {
@@ -743,7 +744,7 @@ impl Scanner<'_> {
     /// earlier Task without an item was superseded before it was ever sent,
     /// and sending it now would put the case's notifications out of order.
     /// Returns whether it queued one.
-    fn queue_latest(&self, partner: &Partner, case: &Case, now: i64) -> Result<bool, Fail> {
+    fn queue_latest(&self, partner: TwiinPartner<'_>, case: &Case, now: i64) -> Result<bool, Fail> {
         let Some(sent) = case.tasks.last() else {
             return Ok(false);
         };
@@ -779,7 +780,7 @@ impl Scanner<'_> {
             ..self.rules.clone()
         };
         let stored = format!("{}.json", case.case_id);
-        let data = match export::validate(stored.as_bytes(), &bytes, &partner.name, &rules)
+        let data = match export::validate(stored.as_bytes(), &bytes, partner.name, &rules)
             .map(Accepted::into_parts)
         {
             Ok((_, Kind::Data(d))) if d.patient().as_str() == case.patient => d,
@@ -812,7 +813,7 @@ impl Scanner<'_> {
     /// from the case, the data version and the configuration.
     fn notify_item(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         case: &Case,
         sent: &SentTask,
         data: &Data,
@@ -849,7 +850,7 @@ impl Scanner<'_> {
         Ok(Item {
             id: sent.item_id.clone(),
             kind: KIND_NOTIFY.into(),
-            partner: partner.name.clone(),
+            partner: partner.name.to_string(),
             created_at: now,
             attempts: 0,
             not_before: now,
@@ -864,14 +865,14 @@ impl Scanner<'_> {
     /// `Ok(None)` only when the test hook stopped it.
     fn cancel(
         &self,
-        partner: &Partner,
+        partner: TwiinPartner<'_>,
         case_id: &CaseId,
         now: i64,
         stop: Option<Step>,
     ) -> Result<Option<Done>, Fail> {
         let transient =
             |what: &str, e: &dyn std::fmt::Display| Fail::Transient(format!("{what}: {e}"));
-        let Some(mut case) = self.cases.get(&partner.name, case_id.as_str()) else {
+        let Some(mut case) = self.cases.get(partner.name, case_id.as_str()) else {
             return Err(Fail::Reject(Problem::UnknownCase));
         };
         let first_time = case.status != CaseStatus::Cancelled;
@@ -924,7 +925,7 @@ impl Scanner<'_> {
             let item = Item {
                 id: cancel_item_id(&sent.task_id),
                 kind: KIND_CANCEL.into(),
-                partner: partner.name.clone(),
+                partner: partner.name.to_string(),
                 created_at: now,
                 attempts: 0,
                 not_before: now,
@@ -967,7 +968,7 @@ impl Scanner<'_> {
         Ok(None)
     }
 
-    fn audit_event(&self, partner: &Partner, action: &str, patient: &Bsn, object: &str) {
+    fn audit_event(&self, partner: TwiinPartner<'_>, action: &str, patient: &Bsn, object: &str) {
         let org = self
             .config
             .our_org(partner.id_scheme)
@@ -975,7 +976,7 @@ impl Scanner<'_> {
         let result = self.audit.record(audit::Event {
             action,
             outcome: "success",
-            partner: Some(&partner.name),
+            partner: Some(partner.name),
             who_org: org.as_deref(),
             who_system: Some(&self.config.system_id),
             patient: Some(patient.as_str()),
@@ -1030,12 +1031,8 @@ impl Scanner<'_> {
 
 /// `Task.owner` towards a partner: its organisation, unless it is
 /// addressed as a system.
-fn owner_of(partner: &Partner) -> Option<&OrgId> {
-    if partner.address_system {
-        None
-    } else {
-        partner.org.as_ref()
-    }
+fn owner_of(partner: TwiinPartner<'_>) -> Option<&OrgId> {
+    (!partner.address_system).then_some(&partner.kind.org)
 }
 
 /// A directory entry and its `lstat`.

@@ -53,7 +53,7 @@
 
 use serde_json::{Value, json};
 
-use crate::config::OrgId;
+use crate::ids::OrgId;
 use crate::ids::{BSN_SYSTEM, Bsn, URA_SYSTEM, URI_SYSTEM};
 use crate::sender::export::Resources;
 use crate::util::time;

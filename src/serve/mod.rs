@@ -63,7 +63,7 @@ use self::wire::{Format, IssueType};
 use crate::audit::{AuditLog, Event};
 use crate::cases::{Case, CaseStatus, CaseStore};
 use crate::http::Response;
-use crate::oauth::grants::{Grant, TokenKind};
+use crate::oauth::grants::Grant;
 use crate::ops::logging::Q;
 
 /// One FHIR data request, as the router saw it.
@@ -308,28 +308,21 @@ fn serve(
 /// The case a grant may read, or why not.
 fn check_grant(cases: &CaseStore, grant: &Grant, now: i64) -> Result<Case, Refusal> {
     let forbidden = |reason| Refusal::new(403, IssueType::Forbidden, reason);
-    if grant.kind != TokenKind::Pull {
+    let (Some(binding), Some(bsn)) = (grant.case(), grant.patient()) else {
         return Err(forbidden(
             "a notify token reads nothing; request a token with the notification's authorization_base",
         ));
-    }
-    if grant.expires_at <= now {
+    };
+    if grant.expires_at() <= now {
         return Err(Refusal::new(
             401,
             IssueType::Security,
             "the access token has expired",
         ));
     }
-    let (Some(base), Some(case_id), Some(bsn)) = (
-        grant.authorization_base.as_deref(),
-        grant.case_id.as_deref(),
-        grant.patient.as_deref(),
-    ) else {
-        return Err(forbidden("the access token is not bound to a case"));
-    };
     let case = cases
-        .get(&grant.partner, case_id)
-        .filter(|c| c.authorization_base == base && c.patient == bsn)
+        .get(grant.partner(), &binding.case_id)
+        .filter(|c| c.authorization_base == binding.authorization_base && c.patient == bsn.as_str())
         .ok_or_else(|| forbidden("the access token is not bound to a case of this partner"))?;
     if case.status == CaseStatus::Cancelled {
         return Err(forbidden("the notification was cancelled"));
@@ -637,10 +630,10 @@ impl Cx<'_> {
         let event = Event {
             action: self.action,
             outcome,
-            partner: Some(&self.grant.partner),
-            who_org: Some(&self.grant.requesting_org),
-            who_system: Some(&self.grant.client_id),
-            patient: self.grant.patient.as_deref(),
+            partner: Some(self.grant.partner()),
+            who_org: Some(&self.grant.requesting_org_claim()),
+            who_system: Some(self.grant.client_id()),
+            patient: self.grant.patient().map(crate::ids::Bsn::as_str),
             object: Some(&self.object),
             reason,
             request_id: Some(self.req.request_id),
@@ -662,7 +655,7 @@ impl Cx<'_> {
     }
 
     fn case_label(&self) -> &str {
-        self.grant.case_id.as_deref().unwrap_or("-")
+        self.grant.case_id().unwrap_or("-")
     }
 
     /// A refusal: audited, logged (the fixed reason only), answered with an OperationOutcome.
@@ -672,7 +665,7 @@ impl Cx<'_> {
         log::info!(
             "event=fhir.refused rid={} partner={} case={} action={} status={} reason={}",
             Q(self.req.request_id),
-            Q(&self.grant.partner),
+            Q(self.grant.partner()),
             Q(self.case_label()),
             self.action,
             r.status,
@@ -686,7 +679,7 @@ impl Cx<'_> {
         log::error!(
             "event=fhir.failed rid={} partner={} case={} status={} error={}",
             Q(self.req.request_id),
-            Q(&self.grant.partner),
+            Q(self.grant.partner()),
             Q(self.case_label()),
             status,
             Q(detail)
@@ -722,7 +715,7 @@ impl Cx<'_> {
         log::debug!(
             "event=fhir.served rid={} partner={} case={} action={} results={results}",
             Q(self.req.request_id),
-            Q(&self.grant.partner),
+            Q(self.grant.partner()),
             Q(self.case_label()),
             self.action
         );

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::config::OrgId;
-use crate::ids::{BSN_SYSTEM, Bsn};
+use crate::ids::{BSN_SYSTEM, Bsn, OrgId};
+use crate::oauth::CaseBinding;
 use crate::util::{random, time};
 
 const NOW: i64 = 1_800_000_000;
@@ -224,18 +224,29 @@ fn fixture() -> Fixture {
 }
 
 fn pull_grant(case: &Case) -> Grant {
-    Grant {
-        kind: TokenKind::Pull,
-        partner: case.partner.clone(),
-        client_id: format!("np.{}.example", case.partner),
-        requesting_org: "urn:oid:2.16.528.1.1007.3.3.87654321".into(),
-        authorizer: Some("urn:oid:2.16.528.1.1007.3.3.12345678".into()),
-        patient: Some(case.patient.clone()),
-        authorization_base: Some(case.authorization_base.clone()),
-        case_id: Some(case.case_id.clone()),
-        issued_at: NOW - 10,
-        expires_at: NOW + 290,
-    }
+    grant_for(
+        &case.partner,
+        &case.authorization_base,
+        &case.case_id,
+        &case.patient,
+    )
+}
+
+/// A pull grant naming any partner, base, case and patient: the serving side
+/// must hold each against the case store.
+fn grant_for(partner: &str, base: &str, case_id: &str, patient: &str) -> Grant {
+    Grant::pull(
+        partner,
+        &format!("np.{partner}.example"),
+        OrgId::Ura("87654321".into()),
+        Some(OrgId::Ura("12345678".into())),
+        CaseBinding {
+            authorization_base: base.into(),
+            case_id: case_id.into(),
+        },
+        Bsn::parse(patient).unwrap(),
+    )
+    .valid(NOW - 10, NOW + 290)
 }
 
 struct Answer {
@@ -855,8 +866,7 @@ fn page_links_that_were_tampered_with_or_forged_are_refused() {
     let foreign = v["link"][1]["url"].as_str().unwrap().to_string();
     refused(&get(&f, target_of(&foreign)), 400, "invalid");
     // Expired.
-    let mut g = pull_grant(&f.a);
-    g.expires_at = NOW + PAGE_LINK_LIFETIME + 10;
+    let g = pull_grant(&f.a).valid(NOW - 10, NOW + PAGE_LINK_LIFETIME + 10);
     refused(
         &call_at(&f, &g, "GET", &target, None, NOW + PAGE_LINK_LIFETIME),
         410,
@@ -920,41 +930,30 @@ fn search_naming_another_patient_is_403() {
 #[test]
 fn grant_of_another_partner_is_403() {
     let f = fixture();
+    let a = &f.a;
     // Partner hospc presenting hospb's case.
-    let mut g = pull_grant(&f.a);
-    g.partner = "hospc".into();
+    let g = grant_for("hospc", &a.authorization_base, &a.case_id, &a.patient);
     refused(
         &call(&f, &g, "GET", "/Patient/pat-1", None),
         403,
         "forbidden",
     );
     // hospb's grant naming hospc's case.
-    let mut g = pull_grant(&f.a);
-    g.case_id = Some(f.b.case_id.clone());
+    let g = grant_for(&a.partner, &a.authorization_base, &f.b.case_id, &a.patient);
     refused(
         &call(&f, &g, "GET", "/Patient/pat-2", None),
         403,
         "forbidden",
     );
     // A base that is not the case's.
-    let mut g = pull_grant(&f.a);
-    g.authorization_base = Some(f.b.authorization_base.clone());
+    let g = grant_for(&a.partner, &f.b.authorization_base, &a.case_id, &a.patient);
     refused(
         &call(&f, &g, "GET", "/Patient/pat-1", None),
         403,
         "forbidden",
     );
     // Another patient.
-    let mut g = pull_grant(&f.a);
-    g.patient = Some(BSN_B.into());
-    refused(
-        &call(&f, &g, "GET", "/Patient/pat-1", None),
-        403,
-        "forbidden",
-    );
-    // Unbound.
-    let mut g = pull_grant(&f.a);
-    g.case_id = None;
+    let g = grant_for(&a.partner, &a.authorization_base, &a.case_id, BSN_B);
     refused(
         &call(&f, &g, "GET", "/Patient/pat-1", None),
         403,
@@ -967,10 +966,14 @@ fn grant_of_another_partner_is_403() {
 #[test]
 fn notify_grant_is_403() {
     let f = fixture();
-    let mut g = pull_grant(&f.a);
-    g.kind = TokenKind::Notify;
-    g.authorization_base = None;
-    g.case_id = None;
+    let g = Grant::notify(
+        &f.a.partner,
+        "np.hospb.example",
+        OrgId::Ura("87654321".into()),
+        None,
+        Bsn::parse(&f.a.patient),
+    )
+    .valid(NOW - 10, NOW + 290);
     let a = call(&f, &g, "GET", "/Patient/pat-1", None);
     refused(&a, 403, "forbidden");
     assert!(a.diagnostics().contains("notify"));
@@ -1018,8 +1021,7 @@ fn expired_case_is_403() {
     refused(&a, 403, "forbidden");
     assert!(a.diagnostics().contains("expired"));
     // An expired grant itself (the router normally catches it): 401.
-    let mut g = pull_grant(&f.a);
-    g.expires_at = NOW;
+    let g = pull_grant(&f.a).valid(NOW - 10, NOW);
     let a = call(&f, &g, "GET", "/Patient/pat-1", None);
     refused(&a, 401, "security");
     assert_eq!(

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{Vars, from_vars};
-use crate::ids::BSN_SYSTEM;
-use crate::oauth::{Grant, TokenKind};
+use crate::ids::{BSN_SYSTEM, Bsn};
+use crate::oauth::{CaseBinding, Grant};
 use serde_json::{Value, json};
 use std::os::unix::fs::symlink;
 use std::time::{Duration, SystemTime};
@@ -333,18 +333,17 @@ fn cancel_revokes_and_queues_one_cancellation_per_live_task() {
     f.settle(&t1.item_id, State::Done);
     f.settle(&t2.item_id, State::Dead);
     // t3 is still queued.
-    let grant = Grant {
-        kind: TokenKind::Pull,
-        partner: "hospb".into(),
-        client_id: "b".into(),
-        requesting_org: "x".into(),
-        authorizer: None,
-        patient: Some(BSN.into()),
-        authorization_base: Some(case.authorization_base.clone()),
-        case_id: Some("c1".into()),
-        issued_at: 0,
-        expires_at: 0,
-    };
+    let grant = Grant::pull(
+        "hospb",
+        "b",
+        OrgId::Ura("87654321".into()),
+        None,
+        CaseBinding {
+            authorization_base: case.authorization_base.clone(),
+            case_id: "c1".into(),
+        },
+        Bsn::parse(BSN).unwrap(),
+    );
     let issued = f.tokens.issue(grant, NOW).unwrap();
 
     f.put("hospb", "c1.cancel", b"");
@@ -910,18 +909,17 @@ fn a_crash_while_cancelling_is_finished_on_the_next_pass() {
     f.scan(NOW);
     let case = f.cases.get("hospb", "c1").unwrap();
     f.settle(&case.tasks[0].item_id, State::Done);
-    let grant = Grant {
-        kind: TokenKind::Pull,
-        partner: "hospb".into(),
-        client_id: "b".into(),
-        requesting_org: "x".into(),
-        authorizer: None,
-        patient: Some(BSN.into()),
-        authorization_base: Some(case.authorization_base.clone()),
-        case_id: Some("c1".into()),
-        issued_at: 0,
-        expires_at: 0,
-    };
+    let grant = Grant::pull(
+        "hospb",
+        "b",
+        OrgId::Ura("87654321".into()),
+        None,
+        CaseBinding {
+            authorization_base: case.authorization_base.clone(),
+            case_id: "c1".into(),
+        },
+        Bsn::parse(BSN).unwrap(),
+    );
     let issued = f.tokens.issue(grant, NOW).unwrap();
     f.put("hospb", "c1.cancel", b"");
     assert_eq!(f.scan_until(NOW + 1, Step::CaseCancelled).cancelled, 0);
