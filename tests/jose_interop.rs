@@ -1,5 +1,5 @@
 //! Interoperability of `np_agent::jose` with the two Python JOSE libraries
-//! partners most often test against: PyJWT and jwcrypto, run as `python3`
+//! partners most often test against: PyJWT and jwcrypto, run as Python
 //! child processes.
 //!
 //! (a) our PS256/ES256/ES384/ES512 assertions verify in both, with our
@@ -9,8 +9,14 @@
 //!     with `verify_compact`;
 //! (c) their tokens tampered with, `alg: none` and HS256 are refused.
 //!
-//! Missing Python modules fail the test (CI installs them):
-//! `pip install pyjwt cryptography jwcrypto`.
+//! The test provisions its peers itself: the first run creates a virtual
+//! environment with `python3 -m venv` in `<target dir>/tmp/py-interop/venv`
+//! and installs the pinned, hashed `tests/jose_interop.requirements.txt`
+//! into it; later runs reuse it until that file changes. A lock file beside
+//! it lets parallel test binaries share one build. `NP_TEST_PYTHON=/path/to/python`
+//! uses that interpreter instead (it must import PyJWT, jwcrypto and
+//! cryptography). When neither works the tests fail with one line that says
+//! how to fix it; they never pass without the Python side.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use np_agent::jose::{
@@ -18,25 +24,37 @@ use np_agent::jose::{
     verify_compact,
 };
 use np_agent::util::{b64, random, time};
+use rustix::fs::{FlockOperation, flock};
 use serde_json::{Value, json};
+use std::fs::File;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 
-const INSTALL_HINT: &str = "pip install pyjwt cryptography jwcrypto";
+/// The pinned peers with their hashes. Their text is also the marker that
+/// says which set a virtual environment holds: a changed pin rebuilds it.
+const REQUIREMENTS: &str = include_str!("jose_interop.requirements.txt");
+
+/// Names an interpreter to use instead of the test's own environment.
+const OVERRIDE: &str = "NP_TEST_PYTHON";
+
+/// Everything [`PYTHON`] imports: a usable interpreter runs this cleanly.
+const IMPORTS: &str = "import jwt, jwt.algorithms, jwcrypto.jwk, jwcrypto.jwt, \
+    cryptography.hazmat.primitives.asymmetric.ec, cryptography.hazmat.primitives.asymmetric.rsa";
+
+/// The way out offered by every provisioning failure.
+const OR_OVERRIDE: &str =
+    "or set NP_TEST_PYTHON to a python that has PyJWT, jwcrypto and cryptography";
 
 /// The Python side. Mode `verify`: check our tokens; mode `sign`: make keys,
-/// a JWKS and tokens. JSON in on stdin, JSON out on stdout; exit 3 when a
-/// module is missing.
+/// a JWKS and tokens. JSON in on stdin, JSON out on stdout.
 const PYTHON: &str = r#"
 import json, sys
-try:
-    import jwt
-    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-    from jwcrypto import jwk as cjwk, jwt as cjwt
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-except ImportError as e:
-    print(f"python module missing: {e.name}", file=sys.stderr)
-    sys.exit(3)
+import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwcrypto import jwk as cjwk, jwt as cjwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 def refused(check):
     try:
@@ -109,18 +127,16 @@ request = json.load(sys.stdin)
 print(json.dumps({"verify": verify, "sign": sign}[sys.argv[1]](request)))
 "#;
 
-/// Runs the Python side in `mode`; fails the test, with the install hint,
-/// when Python or a module is missing.
+/// Runs the Python side in `mode` with the provisioned interpreter.
 fn python(mode: &str, request: &Value) -> Value {
-    let mut child = Command::new("python3")
+    let interpreter = interpreter();
+    let mut child = Command::new(interpreter)
         .args(["-c", PYTHON, mode])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run python3 ({e}); install Python 3, then {INSTALL_HINT}")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", interpreter.display()));
     child
         .stdin
         .take()
@@ -128,12 +144,156 @@ fn python(mode: &str, request: &Value) -> Value {
         .write_all(request.to_string().as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(3) {
-        panic!("{}; run: {INSTALL_HINT}", stderr.trim());
-    }
-    assert!(output.status.success(), "python3 {mode} failed:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python {mode} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The interpreter with the peers: `NP_TEST_PYTHON` when set, else the
+/// test's own virtual environment, built on first use. Decided once per
+/// process; when impossible every test panics with the same one-line fix.
+fn interpreter() -> &'static Path {
+    static CHOSEN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let chosen = CHOSEN.get_or_init(|| match std::env::var_os(OVERRIDE) {
+        Some(python) if !python.is_empty() => overridden(PathBuf::from(python)),
+        _ => provision(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-interop")),
+    });
+    match chosen {
+        Ok(python) => python,
+        Err(fix) => panic!("{fix}"),
+    }
+}
+
+/// `NP_TEST_PYTHON`, if it imports the peers.
+fn overridden(python: PathBuf) -> Result<PathBuf, String> {
+    match imports(&python) {
+        Ok(()) => Ok(python),
+        Err(why) => Err(format!(
+            "{OVERRIDE}={} cannot import PyJWT, jwcrypto and cryptography ({why}): \
+             install them into it, or unset {OVERRIDE} to let the test build its own venv",
+            python.display()
+        )),
+    }
+}
+
+/// `base/venv/bin/python`, after making sure the venv holds exactly
+/// [`REQUIREMENTS`]: reused when its marker matches and it imports the
+/// peers, else rebuilt. `base/lock` serialises test binaries running at once;
+/// the marker is renamed into place last, so an interrupted build is redone.
+fn provision(base: &Path) -> Result<PathBuf, String> {
+    let venv = base.join("venv");
+    let python = venv.join("bin").join("python");
+    let marker = venv.join("requirements.txt");
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        format!("cannot {what} {}: {e}", path.display())
+    };
+    std::fs::create_dir_all(base).map_err(|e| io("create", base, e))?;
+    let lock_path = base.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io("open", &lock_path, e))?;
+    flock(&lock, FlockOperation::LockExclusive).map_err(|e| io("lock", &lock_path, e.into()))?;
+
+    if std::fs::read_to_string(&marker).is_ok_and(|held| held == REQUIREMENTS)
+        && imports(&python).is_ok()
+    {
+        return Ok(python);
+    }
+    eprintln!(
+        "installing the Python peers of tests/jose_interop.requirements.txt into {}",
+        venv.display()
+    );
+    match std::fs::remove_dir_all(&venv) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &venv, e)),
+        _ => {}
+    }
+    let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .map_err(|e| format!("{e}: install Python 3, {OR_OVERRIDE}"))?;
+    if !made.status.success() {
+        let stderr = String::from_utf8_lossy(&made.stderr);
+        // Debian's python3 without python3-venv says so on stdout or stderr.
+        let said = format!("{}{stderr}", String::from_utf8_lossy(&made.stdout));
+        if said.contains("ensurepip") || said.contains("No module named venv") {
+            return Err(format!(
+                "python3 cannot create a virtual environment (no venv/ensurepip module): \
+                 install it (Debian/Ubuntu: apt-get install python3-venv), {OR_OVERRIDE}"
+            ));
+        }
+        return Err(format!(
+            "python3 -m venv {} failed ({}): {OR_OVERRIDE}",
+            venv.display(),
+            gist(&made)
+        ));
+    }
+    let pending = venv.join("requirements.txt.pending");
+    std::fs::write(&pending, REQUIREMENTS).map_err(|e| io("write", &pending, e))?;
+    let installed = run(Command::new(&python)
+        .args(["-m", "pip", "install", "--require-hashes", "--no-input"])
+        .args(["--disable-pip-version-check", "--quiet", "--requirement"])
+        .arg(&pending))
+    .map_err(|e| format!("{e}: {OR_OVERRIDE}"))?;
+    if !installed.status.success() {
+        return Err(format!(
+            "pip could not install tests/jose_interop.requirements.txt into {} ({}): \
+             this needs network access to PyPI once; {OR_OVERRIDE}",
+            venv.display(),
+            gist(&installed)
+        ));
+    }
+    imports(&python).map_err(|why| {
+        format!(
+            "{} cannot import the peers just installed ({why}): remove {} and retry",
+            python.display(),
+            venv.display()
+        )
+    })?;
+    std::fs::rename(&pending, &marker).map_err(|e| io("write", &marker, e))?;
+    Ok(python)
+}
+
+/// Whether `python` runs [`IMPORTS`]; the error is one line.
+fn imports(python: &Path) -> Result<(), String> {
+    let output = run(Command::new(python).args(["-c", IMPORTS]))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(gist(&output))
+    }
+}
+
+/// `command`'s output, or one line naming the program that could not start.
+fn run(command: &mut Command) -> Result<Output, String> {
+    command.stdin(Stdio::null()).output().map_err(|e| {
+        let program = command.get_program().to_string_lossy();
+        format!("cannot run {program} ({e})")
+    })
+}
+
+/// The line of a failed tool's stderr that says what went wrong: its last
+/// `ERROR` line (pip), else its last line (a Python traceback ends with the
+/// error), else its exit status.
+fn gist(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("ERROR"))
+        .or(lines.last())
+    {
+        Some(line) => (*line).to_owned(),
+        None => output.status.to_string(),
+    }
 }
 
 fn claims(iss: &str, aud: &str) -> Value {
