@@ -285,6 +285,31 @@ fn notifications_are_answered_and_stored_once_byte_for_byte() {
         assert_transaction_response(&r, body, *answer, &format!("{what} on {path}"));
     }
 
+    // AORTA-Version: the contentVersion the request names is the one
+    // answered; without one, or with one that is no version, ours (3.8.0).
+    for (sent, answered) in [
+        (
+            Some("contentVersion=3.8.0; acceptVersion=3.x"),
+            "contentVersion=3.8.0",
+        ),
+        (
+            Some("acceptVersion=3.x; contentVersion=3.8.1"),
+            "contentVersion=3.8.1",
+        ),
+        (Some("CONTENTVERSION=3.9"), "contentVersion=3.9"),
+        (Some("acceptVersion=3.x"), "contentVersion=3.8.0"),
+        (Some("contentVersion=<b>3.9</b>"), "contentVersion=3.8.0"),
+        (Some("contentVersion=3.8.1, 3.9.0"), "contentVersion=3.8.0"),
+        (None, "contentVersion=3.8.0"),
+    ] {
+        let mut headers = vec![("Content-Type", FHIR_JSON)];
+        headers.extend(sent.map(|v| ("AORTA-Version", v)));
+        let r = broker.request("POST", "/mitz/fhir", &headers, NOTIFICATION_JSON);
+        let what = format!("AORTA-Version {sent:?}");
+        assert_transaction_response(&r, NOTIFICATION_JSON, Format::Json, &what);
+        assert_eq!(r.header("aorta-version"), Some(answered), "{what}");
+    }
+
     // Every intake path takes a notification of its own (newer dateTime:
     // other bytes, so a file of its own).
     let mut stored: Vec<Vec<u8>> = vec![NOTIFICATION_JSON.to_vec(), NOTIFICATION_XML.to_vec()];
@@ -1299,6 +1324,12 @@ fn parse_response(raw: &[u8]) -> Option<Resp> {
 fn assert_transaction_response(r: &Resp, request: &[u8], format: Format, what: &str) {
     assert_eq!(r.status, 200, "{what}: {}", r.text_head());
     assert_eq!(r.format(), Some(format), "{what}: {}", r.text_head());
+    assert!(
+        r.header("aorta-version")
+            .is_some_and(|v| v.starts_with("contentVersion=")),
+        "{what}: AORTA-Version {:?}",
+        r.header("aorta-version")
+    );
     let answer = r
         .fhir()
         .unwrap_or_else(|e| panic!("{what}: {e}: {}", r.text_head()));

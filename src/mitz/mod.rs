@@ -2,7 +2,7 @@
 //! notification broker (or Mitz itself) `POST`s to `/fhir/R4` or
 //! `/mitz/fhir`, their durable storage for the EHR, and the consent view.
 //!
-//! - [`aorta`] (sans-IO): the `AORTA-ID` header.
+//! - [`aorta`] (sans-IO): the `AORTA-ID` and `AORTA-Version` headers.
 //! - [`notification`] (sans-IO): transaction control, bronhouder check and
 //!   the Consent content (spec §3 steps 5–6, §4).
 //! - [`consent`]: the per-patient consent view.
@@ -226,8 +226,9 @@ impl Mitz {
             );
         };
         let id = item_id(&partner.name, &req.body);
+        let version = aorta::response_version(req.header("aorta-version"));
         let ok = || Intake {
-            response: success(&value, n.entries, answer),
+            response: success(&value, n.entries, answer).header("AORTA-Version", version.clone()),
             queued: false,
         };
         let guard = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -561,7 +562,7 @@ fn from_fhir(e: &FhirError) -> Refusal {
 }
 
 /// 200 with a `transaction-response` Bundle: one entry per request entry,
-/// each `200 OK` (spec §3 step 7).
+/// each `200 OK` (spec §3 step 7). The caller adds `AORTA-Version`.
 fn success(bundle: &Value, entries: usize, format: Format) -> Response {
     let full_urls: Vec<Value> = bundle
         .get("entry")
