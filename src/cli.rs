@@ -379,11 +379,8 @@ fn status(opts: &Options) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let spool = match open_spool(&cfg) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    match spool.counts(crate::util::time::now_unix()) {
+    // Read only, beside the daemon; before its first start the spool is empty.
+    match crate::spool::Spool::counts_at(&cfg.state_dir, crate::util::time::now_unix()) {
         Ok(c) if opts.json => {
             println!(
                 "{{\"queued\":{},\"in_flight\":{},\"retry\":{},\"done\":{},\"dead\":{},\"oldest_age_s\":{}}}",

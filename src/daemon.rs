@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::assertion::ReplayCache;
 use crate::audit::AuditLog;
 use crate::cases::CaseStore;
-use crate::config::{self, Config, Partner, Source, TlsVersion};
+use crate::config::{self, Config, MitzPartner, Partner, Source, TlsVersion};
 use crate::http::{self, Handler, Request, Response};
 use crate::jose::{Jwks, SigningKey};
 use crate::oauth::TokenStore;
@@ -464,40 +464,11 @@ impl Router {
     /// Mitz consent notification intake: the certificate of a `mitz`
     /// partner is the whole authentication (DESIGN.md); no bearer token.
     fn mitz(&self, shared: &Shared, req: &Request) -> Response {
-        let refused = |partner: &str, status: u16, code: &str, why: &str| {
-            log::info!(
-                "event=mitz.refused rid={} partner={partner} status={status} code={code} reason={}",
-                Q(&req.request_id),
-                Q(why)
-            );
-            outcome(status, code, why)
+        let mitz = match self.mitz_caller(shared, req) {
+            Ok(p) => p,
+            Err(resp) => return resp,
         };
-        let Some(partner) = self.partner_of(shared, req) else {
-            return refused(
-                "-",
-                403,
-                "forbidden",
-                "the TLS client certificate does not belong to a configured partner",
-            );
-        };
-        let Some(mitz) = partner.as_mitz() else {
-            return refused(
-                &partner.name,
-                403,
-                "forbidden",
-                "this endpoint is for mitz partners",
-            );
-        };
-        if req.method != "POST" {
-            return refused(
-                &partner.name,
-                405,
-                "not-supported",
-                "POST a consent notification Bundle",
-            )
-            .header("Allow", "POST");
-        }
-        if let Some(busy) = self.backpressure(req, partner, "/mitz", "mitz.refused") {
+        if let Some(busy) = self.backpressure(req, mitz.partner, "/mitz", "mitz.refused") {
             return busy;
         }
         let intake = shared.mitz.intake(mitz, req, now_unix());
@@ -507,6 +478,49 @@ impl Router {
             }
         }
         intake.response
+    }
+
+    /// The `mitz` partner calling the intake with `POST`, or the refusal
+    /// (403 certificate or partner kind, 405 method).
+    fn mitz_caller<'a>(
+        &self,
+        shared: &'a Shared,
+        req: &Request,
+    ) -> Result<MitzPartner<'a>, Response> {
+        let refused = |partner: &str, status: u16, code: &str, why: &str| {
+            log::info!(
+                "event=mitz.refused rid={} partner={partner} status={status} code={code} reason={}",
+                Q(&req.request_id),
+                Q(why)
+            );
+            outcome(status, code, why)
+        };
+        let Some(partner) = self.partner_of(shared, req) else {
+            return Err(refused(
+                "-",
+                403,
+                "forbidden",
+                "the TLS client certificate does not belong to a configured partner",
+            ));
+        };
+        let Some(mitz) = partner.as_mitz() else {
+            return Err(refused(
+                &partner.name,
+                403,
+                "forbidden",
+                "this endpoint is for mitz partners",
+            ));
+        };
+        if req.method != "POST" {
+            return Err(refused(
+                &partner.name,
+                405,
+                "not-supported",
+                "POST a consent notification Bundle",
+            )
+            .header("Allow", "POST"));
+        }
+        Ok(mitz)
     }
 
     /// The grant behind `Authorization: Bearer …`, issued to `partner`.
@@ -632,6 +646,20 @@ impl Handler for Router {
             _ => "invalid",
         };
         outcome(status, code, reason)
+    }
+
+    /// A body over the limit on a Mitz intake path: the checks that come
+    /// before size in DESIGN.md's order (caller, method, `Accept`,
+    /// `Content-Type`) still answer first.
+    fn refuse_by_head(&self, req: &Request) -> Option<Response> {
+        if !is_mitz_path(&req.path) {
+            return None;
+        }
+        let shared = self.current();
+        match self.mitz_caller(&shared, req) {
+            Ok(partner) => shared.mitz.refuse_by_head(partner, req),
+            Err(resp) => Some(resp),
+        }
     }
 }
 

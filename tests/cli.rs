@@ -181,6 +181,51 @@ fn keygen_writes_a_private_pkcs8_key_and_never_overwrites() {
     assert_eq!(o.status.code(), Some(64));
 }
 
+/// On a fresh install the daemon has never run: no state folder, or an
+/// empty one. `status` reports an empty spool (all six counts 0, exit 0)
+/// and creates nothing.
+#[test]
+fn status_on_a_fresh_install_reports_zeros_and_creates_nothing() {
+    let tmp = TempDir::new("cli-status-fresh");
+    let world = World::new();
+    let setup = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
+    let env = setup.env_file();
+    setup.env.write(&env);
+    let env = env.to_str().unwrap();
+    let state = setup.dir.join("state");
+    let zeros = r#"{"queued":0,"in_flight":0,"retry":0,"done":0,"dead":0,"oldest_age_s":0}"#;
+    let plain = "queued      0\nin flight   0\nretry       0\ndelivered   0\ndead        0\noldest      0 s";
+    for (what, empty_state_folder) in [("no state folder", false), ("empty state folder", true)] {
+        if empty_state_folder {
+            std::fs::create_dir(&state).unwrap();
+        }
+        assert_eq!(state.exists(), empty_state_folder, "{what}");
+        let o = np(&["status", "--env-file", env, "--json"]);
+        assert_eq!(
+            (o.status.code(), text(&o).0.trim()),
+            (Some(0), zeros),
+            "{what}: {}",
+            text(&o).1
+        );
+        let o = np(&["status", "--env-file", env]);
+        assert_eq!(
+            (o.status.code(), text(&o).0.trim()),
+            (Some(0), plain),
+            "{what}: {}",
+            text(&o).1
+        );
+        assert_eq!(
+            state.exists(),
+            empty_state_folder,
+            "{what}: status created it"
+        );
+        if empty_state_folder {
+            let inside: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
+            assert!(inside.is_empty(), "{what}: status wrote {inside:?}");
+        }
+    }
+}
+
 #[test]
 fn status_and_retry_dead_report_and_requeue_spool_work() {
     let tmp = TempDir::new("cli-status");

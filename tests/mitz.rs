@@ -285,6 +285,31 @@ fn notifications_are_answered_and_stored_once_byte_for_byte() {
         assert_transaction_response(&r, body, *answer, &format!("{what} on {path}"));
     }
 
+    // AORTA-Version: the contentVersion the request names is the one
+    // answered; without one, or with one that is no version, ours (3.8.0).
+    for (sent, answered) in [
+        (
+            Some("contentVersion=3.8.0; acceptVersion=3.x"),
+            "contentVersion=3.8.0",
+        ),
+        (
+            Some("acceptVersion=3.x; contentVersion=3.8.1"),
+            "contentVersion=3.8.1",
+        ),
+        (Some("CONTENTVERSION=3.9"), "contentVersion=3.9"),
+        (Some("acceptVersion=3.x"), "contentVersion=3.8.0"),
+        (Some("contentVersion=<b>3.9</b>"), "contentVersion=3.8.0"),
+        (Some("contentVersion=3.8.1, 3.9.0"), "contentVersion=3.8.0"),
+        (None, "contentVersion=3.8.0"),
+    ] {
+        let mut headers = vec![("Content-Type", FHIR_JSON)];
+        headers.extend(sent.map(|v| ("AORTA-Version", v)));
+        let r = broker.request("POST", "/mitz/fhir", &headers, NOTIFICATION_JSON);
+        let what = format!("AORTA-Version {sent:?}");
+        assert_transaction_response(&r, NOTIFICATION_JSON, Format::Json, &what);
+        assert_eq!(r.header("aorta-version"), Some(answered), "{what}");
+    }
+
     // Every intake path takes a notification of its own (newer dateTime:
     // other bytes, so a file of its own).
     let mut stored: Vec<Vec<u8>> = vec![NOTIFICATION_JSON.to_vec(), NOTIFICATION_XML.to_vec()];
@@ -426,6 +451,113 @@ fn every_refusal_has_its_status_and_stores_nothing() {
             "no line logs status={status}:\n{log}"
         );
     }
+}
+
+/// A `Content-Length` over the body limit is refused only after the
+/// headers that come before size in the intake's order: `Accept` (406),
+/// then `Content-Type` (415), then 413; and before any body byte is sent.
+/// Certificate and method come first as always. Elsewhere the server's 413
+/// stands whatever `Accept` says.
+#[test]
+fn an_oversized_content_length_is_refused_in_the_intake_order() {
+    let site = Site::new("mitz-oversized");
+    let agent = site.setup.start();
+    // Far above NP_MAX_BODY (16 MiB): the agent must answer from the head.
+    let declared = 1u64 << 30;
+    let rows: &[(&str, &Client, &str, Headers, u16)] = &[
+        (
+            "Accept text/html",
+            &site.broker,
+            "/fhir/R4",
+            &[("Content-Type", FHIR_JSON), ("Accept", "text/html")],
+            406,
+        ),
+        (
+            "Accept text/html, Content-Type text/plain",
+            &site.broker,
+            "/mitz/fhir",
+            &[("Content-Type", "text/plain"), ("Accept", "text/html")],
+            406,
+        ),
+        (
+            "Content-Type text/plain",
+            &site.broker,
+            "/fhir/R4/Bundle",
+            &[("Content-Type", "text/plain"), ("Accept", FHIR_JSON)],
+            415,
+        ),
+        (
+            "FHIR JSON of another FHIR version",
+            &site.broker,
+            "/mitz/fhir/Bundle",
+            &[("Content-Type", "application/fhir+json; fhirVersion=3.0")],
+            415,
+        ),
+        (
+            "Accept and Content-Type acceptable",
+            &site.broker,
+            "/fhir/R4",
+            &[("Content-Type", FHIR_JSON), ("Accept", FHIR_JSON)],
+            413,
+        ),
+        (
+            "no Content-Type (nothing to sniff before the body)",
+            &site.broker,
+            "/mitz/fhir",
+            &[],
+            413,
+        ),
+        (
+            "certificate of a twiin partner",
+            &site.twiin,
+            "/fhir/R4",
+            &[("Accept", "text/html")],
+            403,
+        ),
+        (
+            "certificate of no partner",
+            &site.stranger,
+            "/mitz/fhir",
+            &[("Content-Type", "text/plain")],
+            403,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, client, path, headers, want) in rows {
+        let r = client.request_declaring("POST", path, headers, declared);
+        if let Err(why) = check_refusal(&r, *want) {
+            failures.push(format!(
+                "{what} ({path}): want {want}, got {}: {why}\n  {}",
+                r.status,
+                r.text_head()
+            ));
+        }
+    }
+    // Not an intake path: the server's own 413, even with a bad Accept.
+    let r = site.twiin.request_declaring(
+        "POST",
+        "/fhir/Task",
+        &[("Content-Type", FHIR_JSON), ("Accept", "text/html")],
+        declared,
+    );
+    if r.status != 413 {
+        failures.push(format!("/fhir/Task: want 413, got {}", r.text_head()));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        listing(&site.inbox()).is_empty(),
+        "nothing may be stored: {:?}",
+        listing(&site.inbox())
+    );
+    let log = agent.log();
+    for status in ["406", "415"] {
+        assert!(
+            !events(&log, "mitz.refused", &[("status", status)]).is_empty(),
+            "no event=mitz.refused status={status} line:\n{log}"
+        );
+    }
+    let status = agent.stop();
+    assert!(status.success(), "clean stop: {status}");
 }
 
 /// `kill -9` right after a `200`, several rounds: in even rounds at once
@@ -1054,6 +1186,30 @@ impl Client {
     /// Sends one request (`Content-Length` on every POST and on any body)
     /// with `Connection: close` and reads the answer.
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let length = (method == "POST" || !body.is_empty()).then_some(body.len() as u64);
+        self.exchange(method, path, headers, length, body)
+    }
+
+    /// Sends only the head of a request declaring a body of `declared`
+    /// bytes, and reads the answer.
+    fn request_declaring(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        declared: u64,
+    ) -> Resp {
+        self.exchange(method, path, headers, Some(declared), &[])
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        length: Option<u64>,
+        body: &[u8],
+    ) -> Resp {
         let sock = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         sock.set_read_timeout(Some(LIMIT)).unwrap();
         sock.set_write_timeout(Some(LIMIT)).unwrap();
@@ -1067,8 +1223,8 @@ impl Client {
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        if method == "POST" || !body.is_empty() {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        if let Some(n) = length {
+            head.push_str(&format!("Content-Length: {n}\r\n"));
         }
         head.push_str("\r\n");
         // The agent may answer (413) and close before it has read the whole
@@ -1168,6 +1324,12 @@ fn parse_response(raw: &[u8]) -> Option<Resp> {
 fn assert_transaction_response(r: &Resp, request: &[u8], format: Format, what: &str) {
     assert_eq!(r.status, 200, "{what}: {}", r.text_head());
     assert_eq!(r.format(), Some(format), "{what}: {}", r.text_head());
+    assert!(
+        r.header("aorta-version")
+            .is_some_and(|v| v.starts_with("contentVersion=")),
+        "{what}: AORTA-Version {:?}",
+        r.header("aorta-version")
+    );
     let answer = r
         .fhir()
         .unwrap_or_else(|e| panic!("{what}: {e}: {}", r.text_head()));

@@ -511,6 +511,31 @@ fn partner_gets_a_token_end_to_end_and_bad_requests_are_refused() {
         401,
         "invalid_client",
     ));
+    // Without kid only a JWKS of exactly one key will do; B's holds three,
+    // one of them the only ES256 key.
+    let no_kid = json!({"alg":"ES256","typ":"JWT"});
+    corpus.push((
+        "client without kid, JWKS of three keys",
+        b,
+        FORM,
+        token_form(
+            &sign_raw(b, es, &no_kid, &bench.client_claims(b)),
+            &good_authz(),
+        ),
+        401,
+        "invalid_client",
+    ));
+    corpus.push((
+        "authz without kid, JWKS of three keys",
+        b,
+        FORM,
+        token_form(
+            &good_client(),
+            &sign_raw(b, es, &no_kid, &bench.authz_claims(b)),
+        ),
+        400,
+        "invalid_grant",
+    ));
     corpus.push((
         "client typ at+jwt",
         b,
@@ -878,6 +903,16 @@ fn partner_gets_a_token_end_to_end_and_bad_requests_are_refused() {
     let (status, body, _) = bench.post(b, FORM, &token_form(&sanity, &good_authz()));
     assert_eq!(status, 200, "{body}");
     issued_tokens.push(body["access_token"].as_str().unwrap().to_string());
+
+    // Without kid, from a partner whose JWKS holds exactly one key: served.
+    let c = &bench.c;
+    let c_key = c.key(Alg::Es256);
+    let client = sign_raw(c, c_key, &no_kid, &bench.client_claims(c));
+    let authz = sign_raw(c, c_key, &no_kid, &bench.authz_claims(c));
+    let (status, body, _) = bench.post(c, FORM, &token_form(&client, &authz));
+    assert_eq!(status, 200, "no kid, JWKS of one key: {body}");
+    issued_tokens.push(body["access_token"].as_str().unwrap().to_string());
+    used_assertions.extend([client, authz]);
 
     // Nothing secret in the debug log: no token, no assertion, no BSN.
     let log = bench.agent().log();

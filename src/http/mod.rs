@@ -14,6 +14,10 @@
 //!   and de-chunked;
 //! - every request has a request id ([`Request::request_id`]), echoed as `X-Request-Id`.
 //!
+//! A body over the limit is refused (413) before it is read; the handler may answer such a
+//! request from its head instead ([`Handler::refuse_by_head`]) when its endpoint checks
+//! some headers before the size.
+//!
 //! What the server does with the handler's [`Response`]: it adds `Date`, `X-Request-Id`,
 //! `Content-Length` (except on 204 and 304) and `Connection: close` when closing, and drops
 //! any `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`,
@@ -193,6 +197,15 @@ pub trait Handler: Send + Sync + 'static {
     /// OAuth JSON and FHIR paths an OperationOutcome. `reason` is a short fixed phrase
     /// without request data. The status returned should be `status`.
     fn error_response(&self, path: Option<&str>, status: u16, reason: &str) -> Response;
+
+    /// A refusal decided from the head alone that takes precedence over the server's 413
+    /// for a body over [`Limits::max_body`], for endpoints whose contract checks some
+    /// headers before the size (the Mitz intake: `Accept` 406, then `Content-Type` 415).
+    /// The request passed has the head and an empty body; no body byte has been read into
+    /// it. `None` (the default) keeps the 413 from [`error_response`](Self::error_response).
+    fn refuse_by_head(&self, _req: &Request) -> Option<Response> {
+        None
+    }
 }
 
 /// Resource limits of the partner listener. Every timeout is a hard deadline: a peer

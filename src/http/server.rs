@@ -602,7 +602,7 @@ fn serve_requests(
                     || shared.stopping.load(Ordering::SeqCst);
                 answer
             }
-            Err(ReadFail::Reject(r)) => answer_reject(handler, &reader, r),
+            Err(ReadFail::Reject(r)) => answer_reject(handler, &reader, r, peer),
             Err(ReadFail::Io(IoFail::Eof)) => return Close::Quiet,
             Err(ReadFail::Io(e)) => {
                 log_conn_error(peer, &e);
@@ -656,14 +656,29 @@ fn answer_request(handler: &dyn Handler, parsed: ParsedRequest, peer: &Peer) -> 
     }
 }
 
-/// The server's own answer to a request it refused (always closing).
-fn answer_reject(handler: &dyn Handler, reader: &RequestReader, r: Reject) -> Answer {
+/// The server's own answer to a request it refused (always closing). A body over the limit
+/// (413) whose head was read is first offered to [`Handler::refuse_by_head`].
+fn answer_reject(handler: &dyn Handler, reader: &RequestReader, r: Reject, peer: &Peer) -> Answer {
     let path = reader.path_hint();
     let head = reader.head();
+    let request_id = head.map_or_else(wire::new_request_id, |h| wire::request_id(&h.headers));
+    let by_head = match head {
+        Some(h) if r.status == 413 => handler.refuse_by_head(&Request {
+            method: h.method.clone(),
+            target: h.target.clone(),
+            path: h.path.clone(),
+            query: h.query.clone(),
+            headers: h.headers.clone(),
+            body: Vec::new(),
+            request_id: request_id.clone(),
+            peer: peer.clone(),
+        }),
+        _ => None,
+    };
     Answer {
-        resp: handler.error_response(path, r.status, r.reason),
+        resp: by_head.unwrap_or_else(|| handler.error_response(path, r.status, r.reason)),
         close: true,
-        request_id: head.map_or_else(wire::new_request_id, |h| wire::request_id(&h.headers)),
+        request_id,
         path: path.map(str::to_string),
         head_only: head.is_some_and(|h| h.method == "HEAD"),
         endpoint: path.map_or("none", |p| handler.endpoint_label(p)),

@@ -200,8 +200,9 @@ pub enum JoseError {
     Crit,
     /// A `typ` header other than `JWT`.
     Typ { typ: String },
-    /// No `kid` in the header and not exactly one key in the set fits the alg.
-    NoKid { alg: Alg, usable: usize },
+    /// No `kid` in the header, and the key set holds `keys` keys (skipped
+    /// entries counted), not exactly one.
+    NoKid { keys: usize },
     /// A `kid` the key set does not hold. Callers refetch the JWKS once on this.
     UnknownKid { kid: String },
     /// More than one key with this `kid` fits the alg.
@@ -273,9 +274,9 @@ impl fmt::Display for JoseError {
                 "jws header has \"crit\": no extensions are understood, so the token is refused",
             ),
             JoseError::Typ { typ } => write!(f, "jws typ {typ} refused, expected \"JWT\""),
-            JoseError::NoKid { alg, usable } => write!(
+            JoseError::NoKid { keys } => write!(
                 f,
-                "jws header has no kid and the key set holds {usable} keys usable for {alg}, exactly 1 needed"
+                "jws header has no kid and the key set holds {keys} keys; without kid exactly 1 is allowed"
             ),
             JoseError::UnknownKid { kid } => write!(f, "jws kid {kid} is not in the key set"),
             JoseError::AmbiguousKid { kid } => write!(

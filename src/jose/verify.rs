@@ -22,7 +22,7 @@ impl VerifiedJws {
     }
 
     /// The `kid` of the key that verified the signature (the header's `kid`,
-    /// or the single fitting key's own `kid` when the header had none).
+    /// or the set's one key's own `kid` when the header had none).
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
     }
@@ -62,9 +62,9 @@ impl fmt::Debug for VerifiedJws {
 ///    only from `keys`;
 /// 5. signature: strict base64url;
 /// 6. key: by `kid` ([`JoseError::UnknownKid`] when absent from the set), or,
-///    without `kid`, the one key in the set that fits `alg`
-///    ([`JoseError::NoKid`] otherwise); the key must fit `alg`
-///    ([`JoseError::AlgKeyMismatch`]);
+///    without `kid`, the set's key when it holds exactly one, skipped entries
+///    counted ([`JoseError::NoKid`] otherwise, spec §14); the key must fit
+///    `alg` ([`JoseError::AlgKeyMismatch`]);
 /// 7. the signature verifies (ECDSA only in fixed-width `r||s` form);
 /// 8. payload: strict base64url.
 pub fn verify_compact(token: &str, keys: &Jwks, allowed: &[Alg]) -> Result<VerifiedJws, JoseError> {
@@ -168,28 +168,33 @@ fn classify_alg(name: &str) -> Result<Alg, JoseError> {
 }
 
 fn select_key<'k>(keys: &'k Jwks, kid: Option<&str>, alg: Alg) -> Result<&'k Jwk, JoseError> {
-    let candidates: Vec<&Jwk> = match kid {
-        Some(kid) => keys.keys.iter().filter(|k| k.kid() == Some(kid)).collect(),
-        None => keys.keys.iter().collect(),
+    let mismatch = |key: &Jwk| JoseError::AlgKeyMismatch {
+        alg,
+        key: key.label(),
+        problem: key.fit(alg).err().unwrap_or_default(),
     };
-    let fitting: Vec<&Jwk> = candidates
+    let Some(kid) = kid else {
+        // Without kid only a set of exactly one key (spec §14), skipped
+        // entries counted: a key is never picked by what fits.
+        return match (keys.keys.as_slice(), keys.skipped) {
+            ([key], 0) if key.fit(alg).is_ok() => Ok(key),
+            ([key], 0) => Err(mismatch(key)),
+            _ => Err(JoseError::NoKid {
+                keys: keys.keys.len() + keys.skipped,
+            }),
+        };
+    };
+    let named: Vec<&Jwk> = keys.keys.iter().filter(|k| k.kid() == Some(kid)).collect();
+    let fitting: Vec<&Jwk> = named
         .iter()
         .copied()
         .filter(|key| key.fit(alg).is_ok())
         .collect();
-    match (kid, fitting.as_slice(), candidates.first()) {
-        (_, [key], _) => Ok(key),
-        (None, _, _) => Err(JoseError::NoKid {
-            alg,
-            usable: fitting.len(),
-        }),
-        (Some(kid), [], None) => Err(JoseError::UnknownKid { kid: shown(kid) }),
-        (Some(_), [], Some(named)) => Err(JoseError::AlgKeyMismatch {
-            alg,
-            key: named.label(),
-            problem: named.fit(alg).err().unwrap_or_default(),
-        }),
-        (Some(kid), _, _) => Err(JoseError::AmbiguousKid { kid: shown(kid) }),
+    match (fitting.as_slice(), named.first()) {
+        ([key], _) => Ok(key),
+        ([], None) => Err(JoseError::UnknownKid { kid: shown(kid) }),
+        ([], Some(named)) => Err(mismatch(named)),
+        _ => Err(JoseError::AmbiguousKid { kid: shown(kid) }),
     }
 }
 
@@ -526,8 +531,10 @@ mod tests {
         );
     }
 
+    /// Without `kid` the key set must hold exactly one key (spec §14), not
+    /// merely one key that fits the alg: no key is picked by trying.
     #[test]
-    fn missing_kid_needs_exactly_one_usable_key() {
+    fn missing_kid_needs_a_key_set_of_exactly_one_key() {
         let first = test_keys::key(Alg::Es256);
         let second = SigningKey::from_pkcs8_pem(
             &crate::jose::generate_pkcs8_pem(Alg::Es256).unwrap(),
@@ -535,31 +542,41 @@ mod tests {
             None,
         )
         .unwrap();
+        let rsa = test_keys::key(Alg::Ps256);
+        let p384 = test_keys::key(Alg::Es384);
         let token = forge(
             &first,
             r#"{"alg":"ES256","typ":"JWT"}"#,
             &b64::encode(CLAIMS),
         );
-        assert_eq!(
-            err(&token, &set(&[&first, &second])),
-            JoseError::NoKid {
+        let no_kid = |keys: usize| JoseError::NoKid { keys };
+        assert_eq!(err(&token, &set(&[&first, &second])), no_kid(2));
+        assert_eq!(err(&token, &Jwks::default()), no_kid(0));
+        // One P-256 key beside keys that cannot do ES256: still three keys.
+        assert_eq!(err(&token, &set(&[&rsa, &first, &p384])), no_kid(3));
+        // One usable key and one entry the parser skipped: two keys.
+        let with_skipped = Jwks {
+            skipped: 1,
+            ..set(&[&first])
+        };
+        assert_eq!(err(&token, &with_skipped), no_kid(2));
+        // The one key of the set, but for another alg.
+        assert!(matches!(
+            err(&token, &set(&[&p384])),
+            JoseError::AlgKeyMismatch {
                 alg: Alg::Es256,
-                usable: 2
+                ..
             }
-        );
-        assert_eq!(
-            err(&token, &Jwks::default()),
-            JoseError::NoKid {
-                alg: Alg::Es256,
-                usable: 0
-            }
-        );
-        // One P-256 key beside keys that cannot do ES256: that one is used.
-        let rsa = test_keys::key(Alg::Ps256);
-        let p384 = test_keys::key(Alg::Es384);
-        let verified = verify_compact(&token, &set(&[&rsa, &first, &p384]), &Alg::ALL).unwrap();
+        ));
+        // A set of exactly one key: that key.
+        let verified = verify_compact(&token, &set(&[&first]), &Alg::ALL).unwrap();
         assert_eq!(verified.kid(), Some(first.kid()));
         assert_eq!(verified.payload(), CLAIMS);
+        // The wrong one key: the signature fails.
+        assert!(matches!(
+            err(&token, &set(&[&second])),
+            JoseError::BadSignature { .. }
+        ));
     }
 
     #[test]

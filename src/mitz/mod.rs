@@ -2,13 +2,15 @@
 //! notification broker (or Mitz itself) `POST`s to `/fhir/R4` or
 //! `/mitz/fhir`, their durable storage for the EHR, and the consent view.
 //!
-//! - [`aorta`] (sans-IO): the `AORTA-ID` header.
+//! - [`aorta`] (sans-IO): the `AORTA-ID` and `AORTA-Version` headers.
 //! - [`notification`] (sans-IO): transaction control, bronhouder check and
 //!   the Consent content (spec §3 steps 5–6, §4).
 //! - [`consent`]: the per-patient consent view.
 //! - this file: the [`Mitz`] façade: intake (checks in DESIGN.md order,
 //!   then a spool item of kind `mitz`, then 200) and the spool worker that
-//!   writes the inbox file and updates the consent view.
+//!   writes the inbox file and updates the consent view. A body over the
+//!   server's limit is never read; [`Mitz::refuse_by_head`] still answers
+//!   406 and 415 before that 413.
 //!
 //! The spool item id is `mitz-<first 32 hex of SHA-256(partner, body)>`, so
 //! the same bytes from the same partner are one item however often the
@@ -174,18 +176,11 @@ impl Mitz {
         };
         let accept = req.header("accept");
         let format_param = wire::format_param(req);
-        if fhir::negotiate(format_param.as_deref(), accept, Format::Json).is_none() {
-            return refuse(
-                Refusal::new(
-                    406,
-                    IssueType::NotSupported,
-                    "Accept allows neither FHIR JSON nor FHIR XML",
-                    None,
-                ),
-                Format::Json,
-            );
-        }
-        let format = match body_format(&req.body, req.header("content-type")) {
+        let declared = match head_checks(req) {
+            Ok(f) => f,
+            Err(r) => return refuse(r, Format::Json),
+        };
+        let format = match declared.map_or_else(|| sniff_format(&req.body), Ok) {
             Ok(f) => f,
             Err(r) => return refuse(r, Format::Json),
         };
@@ -225,8 +220,9 @@ impl Mitz {
             );
         };
         let id = item_id(partner.name, &req.body);
+        let version = aorta::response_version(req.header("aorta-version"));
         let ok = || Intake {
-            response: success(&value, n.entries, answer),
+            response: success(&value, n.entries, answer).header("AORTA-Version", version.clone()),
             queued: false,
         };
         let guard = self.intake_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -336,6 +332,14 @@ impl Mitz {
             queued: true,
             ..ok()
         }
+    }
+
+    /// A request from `partner` whose body is over the size limit and was
+    /// not read: the refusal of the checks that come before size (`Accept`
+    /// 406, `Content-Type` 415), or `None` when only the size is wrong.
+    pub fn refuse_by_head(&self, partner: MitzPartner<'_>, req: &Request) -> Option<Response> {
+        let r = head_checks(req).err()?;
+        Some(self.refuse(partner, req, &r, Format::Json, None))
     }
 
     /// The same bytes again: audited and logged; the answer is the same 200
@@ -497,27 +501,45 @@ fn retry_later(event: &str, item: &Item, reason: String) -> Outcome {
     }
 }
 
-/// The body's format from `Content-Type` (415 when not FHIR JSON or XML,
-/// or when it names a FHIR version other than R4), sniffed when absent.
-fn body_format(body: &[u8], content_type: Option<&str>) -> Result<Format, Refusal> {
-    let unsupported = |why: &str| Refusal::new(415, IssueType::NotSupported, why, None);
-    match content_type {
-        Some(ct) => {
-            let ct = fhir::parse_content_type(ct).map_err(|e| unsupported(&e.to_string()))?;
-            match ct
-                .fhir_version
-                .as_deref()
-                .map(FhirVersion::from_mime_parameter)
-            {
-                None | Some(Some(FhirVersion::R4)) => Ok(ct.format),
-                Some(_) => Err(unsupported(
-                    "a consent notification is FHIR R4 (fhirVersion=4.0)",
-                )),
-            }
-        }
-        None => fhir::sniff(body)
-            .ok_or_else(|| unsupported("no Content-Type, and the body is neither JSON nor XML")),
+/// The checks on the head that come before the body in DESIGN.md's order:
+/// `Accept` (406), then `Content-Type` (415 when not FHIR JSON or XML, or
+/// when it names a FHIR version other than R4). The format `Content-Type`
+/// names, `None` when it is absent.
+fn head_checks(req: &Request) -> Result<Option<Format>, Refusal> {
+    let format_param = wire::format_param(req);
+    if fhir::negotiate(format_param.as_deref(), req.header("accept"), Format::Json).is_none() {
+        return Err(Refusal::new(
+            406,
+            IssueType::NotSupported,
+            "Accept allows neither FHIR JSON nor FHIR XML",
+            None,
+        ));
     }
+    let Some(ct) = req.header("content-type") else {
+        return Ok(None);
+    };
+    let ct = fhir::parse_content_type(ct).map_err(|e| unsupported(&e.to_string()))?;
+    match ct
+        .fhir_version
+        .as_deref()
+        .map(FhirVersion::from_mime_parameter)
+    {
+        None | Some(Some(FhirVersion::R4)) => Ok(Some(ct.format)),
+        Some(_) => Err(unsupported(
+            "a consent notification is FHIR R4 (fhirVersion=4.0)",
+        )),
+    }
+}
+
+/// The body's format when it came without `Content-Type` (415 when it is
+/// neither JSON nor XML).
+fn sniff_format(body: &[u8]) -> Result<Format, Refusal> {
+    fhir::sniff(body)
+        .ok_or_else(|| unsupported("no Content-Type, and the body is neither JSON nor XML"))
+}
+
+fn unsupported(why: &str) -> Refusal {
+    Refusal::new(415, IssueType::NotSupported, why, None)
 }
 
 fn from_fhir(e: &FhirError) -> Refusal {
@@ -531,7 +553,7 @@ fn from_fhir(e: &FhirError) -> Refusal {
 }
 
 /// 200 with a `transaction-response` Bundle: one entry per request entry,
-/// each `200 OK` (spec §3 step 7).
+/// each `200 OK` (spec §3 step 7). The caller adds `AORTA-Version`.
 fn success(bundle: &Value, entries: usize, format: Format) -> Response {
     let full_urls: Vec<Value> = bundle
         .get("entry")

@@ -143,7 +143,8 @@ pub enum Purpose<'a> {
         authorization_base: &'a str,
         /// Task.owner, or our default organisation when the Task had none.
         requesting: &'a OrgId,
-        /// Task.requester.onBehalfOf: the sending organisation.
+        /// Task.requester.onBehalfOf: the sending organisation (left out
+        /// towards a partner addressed as a system).
         authorizer: Option<&'a OrgId>,
         patient: Option<&'a Bsn>,
     },
@@ -369,11 +370,7 @@ impl TokenClient {
         let (sub, authorizer, base, patient) = match purpose {
             Purpose::Notify { patient } => (
                 ids::org_claim(&our_org),
-                if partner.address_system {
-                    None
-                } else {
-                    Some(ids::org_claim(&partner.org))
-                },
+                Some(ids::org_claim(&partner.org)),
                 None,
                 *patient,
             ),
@@ -389,6 +386,8 @@ impl TokenClient {
                 *patient,
             ),
         };
+        // A partner addressed as a system gets no authorizer, in either flow.
+        let authorizer = authorizer.filter(|_| !partner.address_system);
         let patient_claim = patient.filter(|_| partner.send_bsn).map(Bsn::urn_oid);
         let authz = Outgoing {
             iss,
@@ -633,6 +632,56 @@ mod tests {
             "partner vip: discovery at https://fhir.test-datakluis.shared.topicuszorg.nl/fhir/stu3/.well-known/smart-configuration failed"
         ), "{err}");
         assert!(err.is_transient());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A partner with `ADDRESS_SYSTEM=true` never gets `authorizer`: not in
+    /// the notify assertion, and not in the pull assertion, where the Task
+    /// names a sending organisation that would otherwise be the authorizer.
+    #[test]
+    fn system_addressed_partner_gets_no_authorizer_in_either_flow() {
+        let dir = std::env::temp_dir().join(format!("np-tc-{}", random::uuid_v4().unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = config(&dir);
+        let pem = crate::jose::generate_pkcs8_pem(crate::jose::Alg::Es256).unwrap();
+        let key =
+            Arc::new(SigningKey::from_pkcs8_pem(&pem, crate::jose::Alg::Es256, None).unwrap());
+        let client = TokenClient::new(Arc::new(cfg.clone()), key, Arc::new(NoNetwork));
+        let aud = "https://fhir.test-datakluis.shared.topicuszorg.nl/token";
+        let bsn = Bsn::parse("999999151").unwrap();
+        let owner = OrgId::Agb("01234567".into());
+        let sender = OrgId::Agb("44446666".into());
+        let notify = Purpose::Notify {
+            patient: Some(&bsn),
+        };
+        let pull = Purpose::Pull {
+            authorization_base: "5754d12a-bfb0-4e3f-847a-9460b45f3a92",
+            requesting: &owner,
+            authorizer: Some(&sender),
+            patient: Some(&bsn),
+        };
+        let authorizer = |partner: &crate::config::Partner, purpose: &Purpose<'_>| {
+            let partner = partner.as_twiin().unwrap();
+            let (_, a) = client.assertions(partner, purpose, aud, 1_000).unwrap();
+            claims(&a).get("authorizer").cloned()
+        };
+        let mut vip = cfg.partner("vip").unwrap().clone();
+        let theirs = Some(serde_json::json!("2.16.840.1.113883.2.4.6.1.44446666"));
+        assert_eq!(
+            authorizer(&vip, &notify),
+            theirs,
+            "notify, addressed as an org"
+        );
+        assert_eq!(authorizer(&vip, &pull), theirs, "pull, addressed as an org");
+        if let crate::config::PartnerKind::Twiin(t) = &mut vip.kind {
+            t.address_system = true;
+        }
+        assert_eq!(
+            authorizer(&vip, &notify),
+            None,
+            "notify, addressed as a system"
+        );
+        assert_eq!(authorizer(&vip, &pull), None, "pull, addressed as a system");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -469,15 +469,41 @@ fn binary_not_referenced_by_the_case_is_404() {
     assert_eq!(s.ids(), ["Binary/bin-1"]);
 }
 
+/// A case whose export holds a Task of its own, and whose record holds the
+/// two notification Tasks we sent for it (the first one cancelled): a read
+/// finds the exported Task and none of the sent ones.
 #[test]
 fn task_reads_find_only_data() {
     let f = fixture();
-    let task =
-        f.a.tasks
-            .first()
-            .map(|t| t.task_id.clone())
-            .unwrap_or("t-1".into());
-    refused(&get(&f, &format!("/Task/{task}")), 404, "not-found");
+    let exported = json!({"resourceType": "Task", "id": "task-data-1", "status": "completed",
+                          "intent": "order", "for": {"reference": "Patient/pat-1"}});
+    let mut data = case_a_data();
+    data["entry"]
+        .as_array_mut()
+        .unwrap()
+        .push(entry(exported.clone()));
+    let sent = |version: u32, status: &str| crate::cases::SentTask {
+        task_id: random::uuid_v4().unwrap(),
+        version,
+        item_id: format!("notify-{version}"),
+        status: status.into(),
+        source: None,
+        authored_on: NOW - 60,
+        period_end: NOW + 86_400,
+    };
+    let case = add_case(&f.cases, "hospb", "c-0043", BSN_A, &data, |c| {
+        c.version = 2;
+        c.tasks = vec![sent(1, "cancelled"), sent(2, "requested")];
+    });
+    assert_eq!(case.tasks.len(), 2, "the fixture has sent Tasks");
+    let read = |id: &str| call(&f, &pull_grant(&case), "GET", &format!("/Task/{id}"), None);
+
+    let a = read("task-data-1");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json(), exported);
+    for t in &case.tasks {
+        refused(&read(&t.task_id), 404, "not-found");
+    }
 }
 
 // ---- searches ----

@@ -226,6 +226,18 @@ impl Spool {
         Ok(Spool::with_root(root))
     }
 
+    /// The counts of the spool of `state_dir`, read beside a running daemon
+    /// without opening it (for `status`). A spool the daemon has not created
+    /// yet (fresh install: no state folder, or an empty one) is an empty
+    /// spool: all counts 0. Reads only; creates nothing.
+    pub fn counts_at(state_dir: &Path, now: i64) -> Result<Counts, SpoolError> {
+        let root = state_dir.join("spool");
+        match root.try_exists().map_err(io_err(&root, "look for"))? {
+            false => Ok(Counts::default()),
+            true => Spool::at(state_dir)?.counts(now),
+        }
+    }
+
     fn with_root(root: PathBuf) -> Spool {
         Spool {
             root,

@@ -703,6 +703,22 @@ fn rows() -> Vec<Row> {
             ic(Fault::BadSignature),
         ),
         (
+            "client without kid, the JWKS has two keys",
+            |f| {
+                let header = json!({"alg": "ES256", "typ": "JWT"});
+                f.client_jwt(&f.with_header(&f.es, header, &f.client_claims()))
+            },
+            ic(Fault::KidNotUsable),
+        ),
+        (
+            "authz without kid, the JWKS has two keys",
+            |f| {
+                let header = json!({"alg": "ES256"});
+                f.authz_jwt(&f.with_header(&f.es, header, &f.authz_claims()))
+            },
+            ig(Fault::KidNotUsable),
+        ),
+        (
             "client typ at+jwt",
             |f| {
                 f.client_jwt(&f.with_header(
