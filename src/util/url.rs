@@ -610,6 +610,43 @@ mod tests {
         }
     }
 
+    /// On pseudo-random texts over the characters that matter: a parsed URL
+    /// written out parses to the same URL, and a relative path that passes,
+    /// joined to a base, stays under it.
+    #[test]
+    fn written_urls_parse_back_and_joined_paths_stay_under() {
+        const ALPHABET: &[u8] = b"hH:/[]1.%2eEfF5c@?#a-_ 0";
+        let base = Url::parse("https://h/a").unwrap();
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let (mut parsed, mut relative) = (0, 0);
+        for i in 0..200_000 {
+            let mut s = String::from(if i % 2 == 0 { "https://" } else { "" });
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for _ in 0..1 + state % 14 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                s.push(char::from(
+                    ALPHABET[(state % ALPHABET.len() as u64) as usize],
+                ));
+            }
+            if let Ok(u) = Url::parse(&s) {
+                parsed += 1;
+                assert_eq!(Url::parse(&u.to_string()), Ok(u.clone()), "{s}");
+                assert!(u.is_under(&u), "{s}");
+            }
+            if check_relative_path(&s).is_ok() {
+                relative += 1;
+                let joined = join("https://h/a", &s);
+                let u = Url::parse(&joined).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+                assert!(u.is_under(&base), "{s:?} → {joined}");
+            }
+        }
+        assert!(parsed > 1_000 && relative > 1_000, "{parsed} {relative}");
+    }
+
     #[test]
     fn relative_paths() {
         assert_eq!(check_relative_path("Patient/1"), Ok(()));
