@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::TempDir;
 use common::agent::{AgentSetup, Party, World};
 use np_agent::jose::Alg;
-use np_agent::oauth::form::encode;
+use np_agent::util::percent::encode_form as encode;
 use np_agent::util::{random, time::now_unix};
 use serde_json::json;
 

@@ -27,6 +27,7 @@ use crate::http::partners::{PartnerHttp, Partners};
 use crate::jose::{self, Jwks};
 use crate::oauth::messages::parse_discovery;
 use crate::pki::{self, MinVersion, PkiError, TlsFiles, TlsMaterial};
+use crate::util::url::{Url, UrlError};
 
 /// The user the packaged service runs as.
 pub const SERVICE_USER: &str = "np-agent";
@@ -520,7 +521,16 @@ fn pki_fix(e: &PkiError, files: &TlsFiles) -> String {
 /// client certificate.
 fn chain_check(cfg: &Config, tls: &TlsMaterial) -> Check {
     let name = "tls.chain";
-    let host = config::host_of(&cfg.public_url);
+    let host = match Url::parse(&cfg.public_url) {
+        Ok(url) => url.host_bare().to_string(),
+        Err(e) => {
+            return fail(
+                name,
+                format!("NP_PUBLIC_URL {:?} {e}", cfg.public_url),
+                "correct NP_PUBLIC_URL",
+            );
+        }
+    };
     let (Some(leaf), intermediates) = (tls.chain.first(), tls.chain.get(1..).unwrap_or_default())
     else {
         return fail(name, "no certificate", "put our chain in NP_TLS_CERT");
@@ -910,7 +920,22 @@ fn partner_checks(
             return;
         }
     };
-    let (host, port) = host_port(&target);
+    let (host, port) = match host_port(&target) {
+        Ok(hp) => hp,
+        Err(e) => {
+            checks.push(fail(
+                format!("{base}.tls"),
+                format!("{target:?} {e}"),
+                format!(
+                    "correct {}, {} or {}",
+                    key("FHIR_BASE"),
+                    key("TOKEN_URL"),
+                    key("JWKS_URL")
+                ),
+            ));
+            return;
+        }
+    };
     match handshake(client, &host, port, ctx) {
         Ok(certs) => {
             let mut c = ok(
@@ -1027,16 +1052,11 @@ fn fetch(http: &Partners, partner: &str, url: &str) -> Result<Vec<u8>, String> {
     Ok(reply.body)
 }
 
-/// `https://host[:port]/…` → host and port (443 when absent).
-fn host_port(url: &str) -> (String, u16) {
-    let host = config::host_of(url);
-    let origin = config::origin_of(url);
-    let port = origin
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(443);
-    (host.trim_matches(['[', ']']).to_string(), port)
+/// `https://host[:port]/…` → host (an IPv6 address without brackets) and
+/// port (443 when absent).
+fn host_port(url: &str) -> Result<(String, u16), UrlError> {
+    let url = Url::parse(url)?;
+    Ok((url.host_bare().to_string(), url.port()))
 }
 
 /// A full TLS handshake with our client configuration, then one HTTP
@@ -1283,11 +1303,13 @@ mod tests {
     fn host_and_port() {
         assert_eq!(
             host_port("https://fhir.example.nl:8443/fhir"),
-            ("fhir.example.nl".into(), 8443)
+            Ok(("fhir.example.nl".into(), 8443))
         );
         assert_eq!(
             host_port("https://fhir.example.nl/fhir"),
-            ("fhir.example.nl".into(), 443)
+            Ok(("fhir.example.nl".into(), 443))
         );
+        assert_eq!(host_port("https://[::1]:8443"), Ok(("::1".into(), 8443)));
+        assert_eq!(host_port("https://h:99999"), Err(UrlError::Port));
     }
 }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use common::TempDir;
 use common::agent::{Party, World, free_port, key_pem_for};
 use np_agent::jose::Alg;
-use np_agent::oauth::form::encode;
 use np_agent::pki::throwaway::{LeafSpec, UziOtherName};
+use np_agent::util::percent::encode_form as encode;
 use np_agent::util::{random, time::now_unix};
 use serde_json::{Value, json};
 

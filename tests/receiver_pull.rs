@@ -222,9 +222,7 @@ impl Handler for SenderHandler {
 }
 
 fn origin(base: &str) -> String {
-    let after = base.find("://").unwrap() + 3;
-    let end = base[after..].find('/').map_or(base.len(), |i| after + i);
-    base[..end].to_string()
+    np_agent::util::url::Url::parse(base).unwrap().origin()
 }
 
 // ---------------------------------------------------------------- the log

@@ -28,7 +28,7 @@ use np_agent::ops::metrics::Metrics;
 use np_agent::pki::{self, MinVersion};
 use np_agent::sender::Sender;
 use np_agent::spool::{self, Item, Outcome, Spool, State};
-use np_agent::util::time::now_unix;
+use np_agent::util::time::{self, now_unix};
 use serde_json::{Value, json};
 
 const BSN: &str = "999999151";
@@ -350,6 +350,11 @@ fn server_errors_retry_and_honour_retry_after() {
             String::new(),
         ),
         (429, vec![("Retry-After".into(), "7".into())], String::new()),
+        (
+            503,
+            vec![("Retry-After".into(), time::http_date(now_unix() + 60))],
+            String::new(),
+        ),
     ]);
     let item = r.claim("notify");
     match r.deliver(&item) {
@@ -394,9 +399,17 @@ fn server_errors_retry_and_honour_retry_after() {
             ..
         }
     ));
+    // An HTTP-date counts as well as seconds.
+    match r.deliver(&item) {
+        Outcome::Retry {
+            retry_after: Some(secs),
+            ..
+        } => assert!((55..=60).contains(&secs), "{secs}"),
+        other => panic!("{other:?}"),
+    }
     // Then the partner is back.
     assert_eq!(r.deliver(&item), Outcome::Done);
-    assert_eq!(r.seen().len(), 4);
+    assert_eq!(r.seen().len(), 5);
     assert_eq!(
         *r.partner.tokens_issued.lock().unwrap(),
         1,
@@ -569,7 +582,7 @@ fn cancellation_is_a_conditional_put_after_the_notification() {
     );
     assert_eq!(
         put.query.as_deref(),
-        Some(format!("identifier=urn%3Aietf%3Arfc%3A3986%7Curn%3Auuid%3A{task_id}").as_str())
+        Some(format!("identifier=urn:ietf:rfc:3986%7Curn:uuid:{task_id}").as_str())
     );
     assert_eq!(put.content_type.as_deref(), Some("application/fhir+json"));
     assert!(

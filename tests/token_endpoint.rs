@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::TempDir;
 use common::agent::{AgentProcess, AgentSetup, JwksServer, Party, World};
 use np_agent::jose::{Alg, SigningKey};
-use np_agent::oauth::form::encode;
+use np_agent::util::percent::encode_form as encode;
 use np_agent::util::{b64, random, time::now_unix};
 use serde_json::{Value, json};
 

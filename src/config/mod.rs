@@ -1352,81 +1352,47 @@ fn parse_partner_names(s: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// An `https://host[:port]` origin, returned without a trailing slash.
+/// An `https://host[:port]` origin, returned with scheme and host in lower
+/// case, the port as written and without a trailing slash.
 fn parse_origin(s: &str) -> Result<String, String> {
-    let url = parse_https_url(s)?;
-    let after_scheme = &url["https://".len()..];
-    if after_scheme.contains('/') || after_scheme.contains('?') || after_scheme.contains('#') {
+    let url = https_url(s)?;
+    if !matches!(url.path(), "" | "/") {
         return Err(format!(
-            "{s:?} must be an origin (https://host[:port]) without a path"
+            "{:?} must be an origin (https://host[:port]) without a path",
+            s.trim()
         ));
+    }
+    Ok(url.to_string().trim_end_matches('/').to_string())
+}
+
+/// An absolute `https://` URL without query, returned with scheme and host
+/// in lower case, port and path as written, without a trailing slash.
+pub(crate) fn parse_https_url(s: &str) -> Result<String, String> {
+    let url = https_url(s)?;
+    Ok(url.to_string().trim_end_matches('/').to_string())
+}
+
+/// The one URL parser ([`crate::util::url`]): no user information,
+/// fragment, white space or invalid host, port or path; here also no query.
+fn https_url(s: &str) -> Result<crate::util::url::Url, String> {
+    let s = s.trim();
+    let url = crate::util::url::Url::parse_https(s).map_err(|e| format!("{s:?} {e}"))?;
+    if url.query().is_some() {
+        return Err(format!("{s:?} must not have a query"));
     }
     Ok(url)
 }
 
-/// An absolute `https://` URL without query or fragment, trailing slash removed.
-fn parse_https_url(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let Some(rest) = s.strip_prefix("https://") else {
-        return Err(format!("{s:?} must start with https://"));
-    };
-    let host_port = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = split_host_port(host_port).ok_or_else(|| format!("{s:?} has an invalid port"))?;
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
-    {
-        return Err(format!("{s:?} has no valid host"));
-    }
-    if rest.contains('?') || rest.contains('#') || s.bytes().any(|b| b.is_ascii_whitespace()) {
-        return Err(format!(
-            "{s:?} must not contain a query, fragment or white space"
-        ));
-    }
-    Ok(s.trim_end_matches('/').to_string())
-}
-
-/// `host[:port]` or `[v6][:port]` → host; `None` when the port is not a number.
-fn split_host_port(hp: &str) -> Option<&str> {
-    let (host, port) = match hp.strip_prefix('[') {
-        Some(rest) => {
-            let end = rest.find(']')?;
-            let after = &rest[end + 1..];
-            let port = if after.is_empty() {
-                None
-            } else {
-                Some(after.strip_prefix(':')?)
-            };
-            (&hp[..end + 2], port)
-        }
-        None => match hp.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hp, None),
-        },
-    };
-    match port {
-        None => Some(host),
-        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(host)
-        }
-        Some(_) => None,
-    }
-}
-
-/// `https://host:port/path` → `https://host:port`.
+/// `https://host:port/path` → `https://host:port` (the port only when it is
+/// not 443); a URL that does not parse is returned as it is.
 pub fn origin_of(url: &str) -> String {
-    match url.strip_prefix("https://") {
-        Some(rest) => format!("https://{}", rest.split('/').next().unwrap_or_default()),
-        None => url.to_string(),
-    }
+    crate::util::url::Url::parse(url).map_or_else(|_| url.to_string(), |u| u.origin())
 }
 
-/// `https://host:port/path` → `host` (no scheme, no port).
+/// `https://host:port/path` → `host` (no scheme, no port; an IPv6 address
+/// in brackets); a URL that does not parse is returned as it is.
 pub fn host_of(url: &str) -> String {
-    let origin = origin_of(url);
-    let hp = origin.strip_prefix("https://").unwrap_or(&origin);
-    split_host_port(hp).unwrap_or(hp).to_string()
+    crate::util::url::Url::parse(url).map_or_else(|_| url.to_string(), |u| u.host().to_string())
 }
 
 /// The known key closest to `unknown` by edit distance, if reasonably close.

@@ -632,6 +632,38 @@ fn url_helpers() {
     );
     assert!(parse_https_url("https://h.example:99999999/").is_err());
     assert!(parse_https_url("https://h.example/a#b").is_err());
+    assert_eq!(
+        parse_https_url(" HTTPS://H.Example:8443/Fhir/ ").unwrap(),
+        "https://h.example:8443/Fhir"
+    );
+    assert_eq!(origin_of("https://h.example:443/fhir"), "https://h.example");
+    assert_eq!(host_of("https://[::1]:8443/x"), "[::1]");
+    for (bad, why) in [
+        ("https://h.example:99999/fhir", "has an invalid port"),
+        ("https://h.example:0/fhir", "has an invalid port"),
+        (
+            "https://user@h.example/fhir",
+            "must not have user information",
+        ),
+        ("https://h.example/fhir?x=1", "must not have a query"),
+        (
+            "https://h.example/fhir/../admin",
+            "has a . or .. path segment",
+        ),
+        (
+            "https://h.example/a%2Fb",
+            "has an encoded / or \\ in its path",
+        ),
+        (
+            "https://h.example/a%zz",
+            "has a % not followed by two hex digits",
+        ),
+        ("https://h_x.example/", "has no valid host"),
+        ("http://h.example/", "must start with https://"),
+    ] {
+        let e = parse_https_url(bad).unwrap_err();
+        assert!(e.starts_with(&format!("{bad:?} {why}")), "{e}");
+    }
 }
 
 #[test]

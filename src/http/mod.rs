@@ -311,10 +311,10 @@ impl Limits {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(headers: &[(&str, &[u8])]) -> Request {
+impl Request {
+    /// `GET /` from 127.0.0.1 without a client certificate, with these header
+    /// fields: for unit tests of request handling only.
+    pub(crate) fn insecure_test(headers: &[(&str, &[u8])]) -> Request {
         Request {
             method: "GET".into(),
             target: "/".into(),
@@ -333,10 +333,15 @@ mod tests {
             },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn header_access() {
-        let r = request(&[
+        let r = Request::insecure_test(&[
             ("authorization", b"Bearer abc"),
             ("x-bin", b"caf\xe9"),
             ("x-ctl", b"a\x01"),
@@ -353,7 +358,7 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_query_values_and_body() {
-        let mut r = request(&[("authorization", b"Bearer secret-token")]);
+        let mut r = Request::insecure_test(&[("authorization", b"Bearer secret-token")]);
         r.query = Some("patient=999999990".into());
         r.body = b"{\"bsn\":\"999999990\"}".to_vec();
         let text = format!("{r:?}");

@@ -11,8 +11,8 @@
 //! - Obsolete line folding, whitespace before a field colon, and invalid field-name bytes
 //!   are a 400 (httparse refuses them in requests).
 //! - The request-target must be visible ASCII; origin-form (`/path?query`) and absolute-form
-//!   (`https://host/path`) are accepted, asterisk- and authority-form are a 400, a fragment
-//!   is a 400. Longer than the target limit: 414.
+//!   (`https://host/path`, read by [`crate::util::url`]) are accepted, asterisk- and
+//!   authority-form are a 400, a fragment is a 400. Longer than the target limit: 414.
 //! - A head (request line and fields) longer than the limit, or with more fields than the
 //!   limit: 431.
 //! - HTTP/1.1 needs exactly one `Host`; HTTP/1.0 at most one. Versions other than 1.0 and 1.1
@@ -28,6 +28,8 @@
 //!   and before any body byte has arrived; any other expectation: 417.
 
 use std::fmt;
+
+use crate::util::url::{Url, UrlError};
 
 /// Leading empty lines (CRLF pairs) skipped before a request line.
 const MAX_LEADING_EMPTY_LINES: usize = 4;
@@ -399,7 +401,7 @@ impl RequestReader {
             self.line_path = std::str::from_utf8(&rest[..target_len])
                 .ok()
                 .and_then(|t| split_target(t).ok())
-                .map(|(path, _)| path.to_string());
+                .map(|(path, _)| path);
         }
         Ok(())
     }
@@ -453,7 +455,6 @@ fn parse_head(buf: &[u8], limits: &ReaderLimits) -> Result<Head, Reject> {
         });
     }
     let (path, query) = split_target(target)?;
-    let (path, query) = (path.to_string(), query.map(str::to_string));
     let headers: Vec<(String, Vec<u8>)> = req
         .headers
         .iter()
@@ -513,40 +514,29 @@ fn version_reject(head: &[u8]) -> Reject {
 }
 
 /// Splits a request-target into raw path and raw query, accepting origin-form and
-/// absolute-form.
-fn split_target(target: &str) -> Result<(&str, Option<&str>), Reject> {
+/// absolute-form (read by the one URL parser, [`Url::parse`]).
+fn split_target(target: &str) -> Result<(String, Option<String>), Reject> {
     if target.is_empty() || !target.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(bad("invalid request-target"));
     }
     if target.contains('#') {
         return Err(bad("fragment in request-target"));
     }
-    let path_and_query = if target.starts_with('/') {
-        target
-    } else {
-        let rest = strip_prefix_ignore_case(target, "https://")
-            .or_else(|| strip_prefix_ignore_case(target, "http://"))
-            .ok_or_else(|| bad("unsupported request-target form"))?;
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if authority_end == 0 {
-            return Err(bad("invalid request-target"));
-        }
-        match &rest[authority_end..] {
-            "" => "/",
-            pq if pq.starts_with('?') => return Err(bad("invalid request-target")),
-            pq => pq,
-        }
+    if target.starts_with('/') {
+        return Ok(match target.split_once('?') {
+            Some((path, query)) => (path.to_string(), Some(query.to_string())),
+            None => (target.to_string(), None),
+        });
+    }
+    let url = Url::parse(target).map_err(|e| match e {
+        UrlError::NotAbsolute | UrlError::Scheme => bad("unsupported request-target form"),
+        _ => bad("invalid request-target"),
+    })?;
+    let path = match url.path() {
+        "" => "/",
+        p => p,
     };
-    Ok(match path_and_query.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path_and_query, None),
-    })
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    Ok((path.to_string(), url.query().map(str::to_string)))
 }
 
 /// All values of the field `name` (lower-case).
@@ -1031,6 +1021,26 @@ mod tests {
         assert_eq!(r.head.query.as_deref(), Some("x=1"));
         let (_, r) = complete(b"GET http://np.example HTTP/1.1\r\nHost: np.example\r\n\r\n");
         assert_eq!(r.head.path, "/");
+        let (_, r) = complete(b"GET http://np.example?x HTTP/1.1\r\nHost: np.example\r\n\r\n");
+        assert_eq!(
+            (r.head.path.as_str(), r.head.query.as_deref()),
+            ("/", Some("x"))
+        );
+        for target in [
+            "https://user@np.example/fhir",
+            "https://np.example:99999/fhir",
+            "https://np.example/fhir/../admin",
+            "https://np.example/fhir/a%2Fb",
+            "https://np_example/fhir",
+            "https:///fhir",
+        ] {
+            let line = format!("GET {target} HTTP/1.1\r\nHost: np.example\r\n\r\n");
+            assert_eq!(
+                rejected(line.as_bytes()).reason,
+                "invalid request-target",
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -15,10 +15,9 @@ use crate::ids::OrgId;
 use crate::ids::{self, Bsn};
 use crate::jose::{Jwks, SigningKey};
 use crate::oauth::decide::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER};
-use crate::oauth::form::encode;
 use crate::oauth::keycache::{self, Fetch, Fetched};
 use crate::oauth::messages::{self, Discovery};
-use crate::util::random;
+use crate::util::{percent, random, url};
 
 /// Why no token could be had. Display names the partner, the endpoint, the
 /// status and the OAuth error code.
@@ -290,10 +289,10 @@ impl TokenClient {
         let (client, authz) = self.assertions(partner, purpose, &endpoint, now)?;
         let body = format!(
             "grant_type={}&assertion={}&client_assertion_type={}&client_assertion={}",
-            encode(GRANT_JWT_BEARER),
-            encode(&authz),
-            encode(CLIENT_ASSERTION_TYPE),
-            encode(&client)
+            percent::encode_form(GRANT_JWT_BEARER),
+            percent::encode_form(&authz),
+            percent::encode_form(CLIENT_ASSERTION_TYPE),
+            percent::encode_form(&client)
         );
         let reply = self
             .http
@@ -423,10 +422,7 @@ fn cache_key(purpose: &Purpose<'_>) -> String {
 
 /// `<FHIR base>/.well-known/smart-configuration`.
 pub fn discovery_url(partner: TwiinPartner<'_>) -> String {
-    format!(
-        "{}/.well-known/smart-configuration",
-        partner.fhir_base.trim_end_matches('/')
-    )
+    url::join(&partner.fhir_base, ".well-known/smart-configuration")
 }
 
 /// Fetches partners' JWKS for the [`keycache::KeyCache`]: the configured

@@ -1,6 +1,9 @@
-//! `application/x-www-form-urlencoded` bodies, strictly: bad percent-encoding,
-//! a repeated parameter (RFC 6749 §3.2: parameters MUST NOT be included more
+//! `application/x-www-form-urlencoded` bodies, strictly: bad percent-encoding
+//! (see [`percent`]: malformed escapes, non-UTF-8, control characters), a
+//! repeated parameter (RFC 6749 §3.2: parameters MUST NOT be included more
 //! than once) or too many parameters are errors, not guesses.
+
+use crate::util::percent;
 
 /// Why a form body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +16,9 @@ pub enum FormError {
 impl std::fmt::Display for FormError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FormError::BadEncoding => f.write_str("the form body is not valid urlencoded UTF-8"),
+            FormError::BadEncoding => f.write_str(
+                "the form body is not valid urlencoded UTF-8 without control characters",
+            ),
             FormError::Duplicate(name) => write!(f, "parameter {name} is repeated"),
             FormError::TooManyParameters => f.write_str("the form has too many parameters"),
         }
@@ -30,22 +35,17 @@ pub struct Form {
 pub const MAX_PARAMS: usize = 32;
 
 impl Form {
-    /// Parses a body.
+    /// Parses a body: `name=value` pairs split on `&`, each decoded by
+    /// [`percent::decode_form`].
     pub fn parse(body: &[u8]) -> Result<Form, FormError> {
+        let body = std::str::from_utf8(body).map_err(|_| FormError::BadEncoding)?;
         let mut params: Vec<(String, String)> = Vec::new();
-        for pair in body.split(|b| *b == b'&') {
-            if pair.is_empty() {
-                continue;
-            }
+        for (k, v) in percent::split_pairs(body) {
             if params.len() == MAX_PARAMS {
                 return Err(FormError::TooManyParameters);
             }
-            let (k, v) = match pair.iter().position(|b| *b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &b""[..]),
-            };
-            let k = decode(k).ok_or(FormError::BadEncoding)?;
-            let v = decode(v).ok_or(FormError::BadEncoding)?;
+            let k = percent::decode_form(k).map_err(|_| FormError::BadEncoding)?;
+            let v = percent::decode_form(v).map_err(|_| FormError::BadEncoding)?;
             if params.iter().any(|(seen, _)| *seen == k) {
                 return Err(FormError::Duplicate(k));
             }
@@ -61,39 +61,6 @@ impl Form {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// Percent-decodes one form component (`+` is a space).
-pub fn decode(raw: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = (*raw.get(i + 1)? as char).to_digit(16)?;
-                let lo = (*raw.get(i + 2)? as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Percent-encodes a form component (unreserved characters kept).
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -129,6 +96,8 @@ mod tests {
         assert_eq!(Form::parse(b"a=%zz").unwrap_err(), FormError::BadEncoding);
         assert_eq!(Form::parse(b"a=%4").unwrap_err(), FormError::BadEncoding);
         assert_eq!(Form::parse(b"a=%ff").unwrap_err(), FormError::BadEncoding);
+        assert_eq!(Form::parse(b"a=\xff").unwrap_err(), FormError::BadEncoding);
+        assert_eq!(Form::parse(b"a=%00").unwrap_err(), FormError::BadEncoding);
         let many: Vec<String> = (0..=MAX_PARAMS).map(|i| format!("p{i}=1")).collect();
         assert_eq!(
             Form::parse(many.join("&").as_bytes()).unwrap_err(),
@@ -137,9 +106,10 @@ mod tests {
     }
 
     #[test]
-    fn encode_round_trips() {
+    fn encoded_bodies_round_trip() {
         let v = "urn:ietf:params:oauth:grant-type:jwt-bearer a+b/é";
-        assert_eq!(decode(encode(v).as_bytes()).unwrap(), v);
-        assert_eq!(encode("a.b-c_d~"), "a.b-c_d~");
+        let body = format!("x={}&y=1", percent::encode_form(v));
+        let f = Form::parse(body.as_bytes()).unwrap();
+        assert_eq!(f.get("x"), Some(v));
     }
 }

@@ -4,6 +4,8 @@
 use heapless::String as HString;
 use serde::{Deserialize, Serialize};
 
+use crate::util::url::{Url, UrlError};
+
 /// Largest discovery document or token response we read.
 pub const MAX_DOCUMENT: usize = 64 * 1024;
 
@@ -13,7 +15,8 @@ pub enum MessageError {
     TooLarge,
     Malformed(&'static str),
     Missing(&'static str),
-    NotHttps(&'static str),
+    /// A member that must be an `https` URL ([`Url::parse_https`]) is not.
+    BadUrl(&'static str, UrlError),
 }
 
 impl std::fmt::Display for MessageError {
@@ -22,7 +25,7 @@ impl std::fmt::Display for MessageError {
             MessageError::TooLarge => write!(f, "document larger than {MAX_DOCUMENT} bytes"),
             MessageError::Malformed(what) => write!(f, "malformed JSON: {what}"),
             MessageError::Missing(what) => write!(f, "{what} is missing"),
-            MessageError::NotHttps(what) => write!(f, "{what} is not an https URL"),
+            MessageError::BadUrl(what, why) => write!(f, "{what} {why}"),
         }
     }
 }
@@ -44,7 +47,9 @@ struct RawDiscovery {
 }
 
 /// Parses a discovery document: `token_endpoint`, falling back to `token_url`
-/// (VIPLive), and `jwks_uri` when present. Both must be https URLs.
+/// (VIPLive), and `jwks_uri` when present. Both must be https URLs that
+/// [`Url::parse_https`] accepts (no user information, fragment or white
+/// space).
 pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, MessageError> {
     let raw: RawDiscovery = parse_object(bytes)?;
     let token_endpoint = raw
@@ -52,15 +57,10 @@ pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, MessageError> {
         .or(raw.token_url)
         .map(|s| s.as_str().to_string())
         .ok_or(MessageError::Missing("token_endpoint (and token_url)"))?;
-    if !token_endpoint.starts_with("https://") {
-        return Err(MessageError::NotHttps("token_endpoint"));
-    }
+    Url::parse_https(&token_endpoint).map_err(|e| MessageError::BadUrl("token_endpoint", e))?;
     let jwks_uri = raw.jwks_uri.map(|s| s.as_str().to_string());
-    if jwks_uri
-        .as_deref()
-        .is_some_and(|u| !u.starts_with("https://"))
-    {
-        return Err(MessageError::NotHttps("jwks_uri"));
+    if let Some(u) = &jwks_uri {
+        Url::parse_https(u).map_err(|e| MessageError::BadUrl("jwks_uri", e))?;
     }
     Ok(Discovery {
         token_endpoint,
@@ -235,12 +235,22 @@ mod tests {
         );
         assert_eq!(
             parse_discovery(br#"{"token_endpoint":"http://b/t"}"#).unwrap_err(),
-            MessageError::NotHttps("token_endpoint")
+            MessageError::BadUrl("token_endpoint", UrlError::NotHttps)
         );
         assert_eq!(
             parse_discovery(br#"{"token_endpoint":"https://b/t","jwks_uri":"file:///etc/x"}"#)
                 .unwrap_err(),
-            MessageError::NotHttps("jwks_uri")
+            MessageError::BadUrl("jwks_uri", UrlError::NotHttps)
+        );
+        assert_eq!(
+            parse_discovery(br#"{"token_endpoint":"https://evil@b/t"}"#)
+                .unwrap_err()
+                .to_string(),
+            "token_endpoint must not have user information (user@host)"
+        );
+        assert_eq!(
+            parse_discovery(br#"{"token_endpoint":"https://b/t#x"}"#).unwrap_err(),
+            MessageError::BadUrl("token_endpoint", UrlError::Fragment)
         );
         assert_eq!(
             parse_discovery(br#"{"token_endpoint":7}"#).unwrap_err(),

@@ -4,7 +4,6 @@
 //! (spool kind `pull`) and write it to `NP_INBOX` for the EHR.
 //!
 //! - [`task`] (sans-IO): Task validation into a [`task::ValidatedTask`] and its pull plan.
-//! - [`url`] (sans-IO): request URLs from verbatim Task values, `next`-link rule, `Retry-After`.
 //! - [`inbox`]: the collected resources, the inbox Bundle and its file names.
 //! - [`wire`]: reading and writing FHIR bodies.
 //! - this file: the [`Receiver`] façade, intake and cancellation; `pull.rs`: the spool worker.
@@ -21,9 +20,8 @@
 //! `pull.completed`, with the patient.
 
 pub mod inbox;
-mod pull;
+pub(crate) mod pull;
 pub mod task;
-pub mod url;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +39,7 @@ use crate::oauth::grants::{Grant, TokenKind};
 use crate::ops::logging::Q;
 use crate::spool::{self, Item, Spool};
 use crate::util::durable::{self, DurableError};
+use crate::util::percent;
 
 use self::inbox::InboxPaths;
 use self::task::{
@@ -687,26 +686,28 @@ impl crate::worker::Handler for PullWorker {
 }
 
 /// What a cancellation names.
-enum Target {
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Target {
     /// From `?identifier=`: system (`None` = any) and value.
     Identifier(Option<String>, String),
     /// From `/fhir/Task/<id>`: our item id.
     ItemId(String),
 }
 
-fn cancel_target(req: &Request) -> Result<Target, Refusal> {
-    let mut found = Vec::new();
-    for pair in req.query.as_deref().unwrap_or("").split('&') {
-        if let Some(v) = pair.strip_prefix("identifier=") {
-            found.push(v);
-        }
-    }
+/// The Task a cancellation names: `?identifier=<system>|<value>` (RFC 3986
+/// query rules, [`percent::decode_query`]: a `+` is a `+`), else the id in
+/// the path.
+pub(crate) fn cancel_target(req: &Request) -> Result<Target, Refusal> {
+    let found: Vec<&str> = percent::split_pairs(req.query.as_deref().unwrap_or(""))
+        .filter(|(name, _)| percent::decode_query(name).is_ok_and(|n| n == "identifier"))
+        .map(|(_, value)| value)
+        .collect();
     match found.as_slice() {
         [one] => {
-            let decoded = percent_decode(one).ok_or_else(|| {
+            let decoded = percent::decode_query(one).map_err(|_| {
                 Refusal::value(
                     "Task.identifier",
-                    "the identifier parameter is not valid UTF-8",
+                    "the identifier parameter is not validly encoded UTF-8",
                 )
             })?;
             let (system, value) = task::search_token(&decoded).ok_or_else(|| {
@@ -726,24 +727,6 @@ fn cancel_target(req: &Request) -> Result<Target, Refusal> {
             "the identifier parameter may appear once",
         )),
     }
-}
-
-/// `%XX` decoding (a `+` stays a `+`: identifiers are not form data).
-pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn not_found() -> Refusal {
@@ -815,15 +798,5 @@ mod tests {
             ),
             item_id_of("vip", "", "x")
         );
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(
-            percent_decode("urn%3Aietf%3Arfc%3A3986%7Curn%3Auuid%3A1+2").as_deref(),
-            Some("urn:ietf:rfc:3986|urn:uuid:1+2")
-        );
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%ff"), None);
     }
 }

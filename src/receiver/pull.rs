@@ -18,7 +18,6 @@ use serde_json::Value;
 
 use super::inbox::{self, Collector, InboxPaths};
 use super::task::{self, PullPlan};
-use super::url::{self, join, same_base};
 use super::{PullOrder, Receiver};
 use crate::audit::Event;
 use crate::config::TwiinPartner;
@@ -28,7 +27,7 @@ use crate::ids::OrgId;
 use crate::oauth::client::{AccessToken, Purpose, TokenClient, TokenClientError};
 use crate::ops::logging::Q;
 use crate::spool::{Item, Outcome};
-use crate::util::durable;
+use crate::util::{durable, percent, retry_after, url};
 
 /// Most pages followed for one query (spec §8.3).
 pub const MAX_PAGES: usize = 1000;
@@ -280,7 +279,7 @@ impl Receiver {
         let mut plan: PullPlan = order.plan.clone();
         if let (true, Some(wf)) = (order.get_workflow_task, order.workflow_task.as_deref()) {
             let mut report = InputReport::new("workflow-task", 0, wf);
-            match session.get(&join(base, wf), &report.label())? {
+            match session.get(&url::join(base, wf), &report.label())? {
                 Got::Resource(value) => {
                     report.pages = 1;
                     report.status = Some(200);
@@ -318,7 +317,7 @@ impl Receiver {
         }
         for (i, read) in plan.reads.iter().enumerate() {
             let mut report = InputReport::new("read", i, read);
-            match session.get(&join(base, read), &report.label())? {
+            match session.get(&url::join(base, read), &report.label())? {
                 Got::Resource(value) => {
                     report.pages = 1;
                     report.status = Some(200);
@@ -331,13 +330,13 @@ impl Receiver {
         }
         for (i, query) in plan.queries.iter().enumerate() {
             let mut report = InputReport::new("query", i, query);
-            if url::has_broken_percent(query) {
+            if !percent::escapes_are_valid(query) {
                 log::warn!(
                     "event=pull.query_bad_encoding partner={} item={item_id} query={i} note=\"sent as received\"",
                     session.partner.name
                 );
             }
-            let mut next = join(base, query);
+            let mut next = url::join(base, query);
             let mut visited = HashSet::new();
             loop {
                 visited.insert(next.clone());
@@ -353,8 +352,7 @@ impl Receiver {
                         let Some(link) = collector.add_response(value) else {
                             break;
                         };
-                        let link = url::encode_illegal(&link);
-                        if !same_base(base, &link) {
+                        let Some(link) = next_link(base, &link) else {
                             report.stopped("the next link leaves the configured FHIR base");
                             log::warn!(
                                 "event=pull.next_refused partner={} item={item_id} query={i} page={} reason=\"not under the configured FHIR base\"",
@@ -362,7 +360,7 @@ impl Receiver {
                                 report.pages
                             );
                             break;
-                        }
+                        };
                         if visited.contains(&link) {
                             report.stopped("the next link repeats an earlier page");
                             log::warn!(
@@ -531,11 +529,7 @@ impl Session<'_> {
     }
 
     fn retry(&self, reply: &HttpReply, label: &str) -> Outcome {
-        let retry_after = reply
-            .retry_after
-            .as_deref()
-            .and_then(|v| url::retry_after_secs(v, self.clock()))
-            .map(|s| s.min(MAX_RETRY_AFTER_SECS));
+        let retry_after = asked_wait(reply.retry_after.as_deref(), self.clock());
         Outcome::Retry {
             reason: format!(
                 "partner {}: GET {label} answered {}",
@@ -544,6 +538,20 @@ impl Session<'_> {
             retry_after,
         }
     }
+}
+
+/// The `next` link to follow (spec §8.3), with the characters that may not
+/// appear in a URL encoded: only one on the base's scheme, host and port and
+/// under its path ([`url::is_under`]).
+pub(crate) fn next_link(base: &str, link: &str) -> Option<String> {
+    let link = percent::encode_illegal(link);
+    url::is_under(base, &link).then_some(link)
+}
+
+/// Seconds the sender's `Retry-After` asks us to wait at `now`, at most
+/// [`MAX_RETRY_AFTER_SECS`] (spec §8.4: wait as told, cap 5 min).
+pub(crate) fn asked_wait(value: Option<&str>, now: i64) -> Option<u64> {
+    retry_after::parse(value?, now, MAX_RETRY_AFTER_SECS)
 }
 
 /// What a failed token request means for the pull (spec §8.4).
@@ -558,10 +566,9 @@ fn token_outcome(e: TokenClientError) -> Outcome {
         _ => {}
     }
     let retry_after = match &e {
-        TokenClientError::Refused { retry_after, .. } => retry_after
-            .as_deref()
-            .and_then(|v| url::retry_after_secs(v, crate::util::time::now_unix()))
-            .map(|s| s.min(MAX_RETRY_AFTER_SECS)),
+        TokenClientError::Refused { retry_after, .. } => {
+            asked_wait(retry_after.as_deref(), crate::util::time::now_unix())
+        }
         _ => None,
     };
     match &e {

@@ -10,6 +10,7 @@ use crate::fhir::{self, FhirError, FhirVersion, IssueType, Limits, Severity};
 
 use super::task::Refusal;
 use crate::http::{Request, Response};
+use crate::util::percent;
 
 /// Largest notification or cancellation Task accepted (spec §7.5: 1 MB).
 pub const MAX_TASK_BODY: usize = 1024 * 1024;
@@ -69,13 +70,13 @@ pub fn response_format(req: &Request, default: Format) -> Format {
     fhir::negotiate(format_param(req).as_deref(), req.header("accept"), default).unwrap_or(default)
 }
 
-/// The `_format` query parameter, percent-decoded, if any.
+/// The first `_format` query parameter, percent-decoded by the RFC 3986
+/// query rules ([`percent::decode_query`]); `None` when absent or not
+/// validly encoded.
 pub fn format_param(req: &Request) -> Option<String> {
-    req.query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("_format="))
-            .and_then(super::percent_decode)
-    })
+    let (_, value) = percent::split_pairs(req.query.as_deref()?)
+        .find(|(name, _)| percent::decode_query(name).is_ok_and(|n| n == "_format"))?;
+    percent::decode_query(value).ok()
 }
 
 /// A FHIR response with `value` as body, in `format` (JSON when the

@@ -1,7 +1,7 @@
 //! Delivery (I/O): the spool worker for `notify` and `cancel` items.
 //!
 //! - `notify`: `POST <FHIR_BASE>/Task` with the notification Task.
-//! - `cancel`: `PUT <FHIR_BASE>/Task?identifier=urn%3Aietf%3Arfc%3A3986%7Curn%3Auuid%3A<uuid>`
+//! - `cancel`: `PUT <FHIR_BASE>/Task?identifier=urn:ietf:rfc:3986%7Curn:uuid:<uuid>`
 //!   (a conditional update) with the cancellation Task, once the
 //!   notification it cancels was delivered. A cancellation whose
 //!   notification was never tried (dead with no attempt, or never queued)
@@ -18,7 +18,7 @@
 //! |---|---|
 //! | any 2xx | [`Outcome::Done`] |
 //! | 401 | token invalidated, one more try with a fresh token in the same attempt; a second 401 is dead |
-//! | 408, 429, 5xx, transport error | [`Outcome::Retry`] (with `Retry-After` seconds when sent) |
+//! | 408, 429, 5xx, transport error | [`Outcome::Retry`] (with the `Retry-After` seconds or date when sent, at most `NP_RETRY_CAP`) |
 //! | other 4xx, 3xx | [`Outcome::Dead`] naming partner, endpoint, status and the OperationOutcome issue code |
 //! | token endpoint transient (5xx, 429, 408, unreachable, discovery) | retry |
 //! | token endpoint refusal (`invalid_grant`, `invalid_client`, other 4xx) | dead, naming the OAuth error |
@@ -32,7 +32,7 @@
 //! the BSN, the token or the Task; the audit trail records each delivery with
 //! the patient.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -42,11 +42,11 @@ use crate::config::{Config, TwiinPartner};
 use crate::http::partners::{HttpReply, PartnerHttp};
 use crate::ids::{self, Bsn};
 use crate::oauth::client::{Purpose, TokenClient, TokenClientError};
-use crate::oauth::form;
 use crate::ops::logging::Q;
 use crate::sender::outbox::{CancelBody, KIND_CANCEL, KIND_NOTIFY, NotifyBody, TASK_CANCELLED};
 use crate::sender::task;
 use crate::spool::{Item, Outcome, Spool, State};
+use crate::util::{percent, retry_after};
 
 /// What delivery reads besides the item.
 pub struct Delivery<'a> {
@@ -254,7 +254,7 @@ impl Delivery<'_> {
             url: format!(
                 "{}/Task?identifier={}",
                 base(partner),
-                form::encode(&task::identifier_token(&body.task_id))
+                percent::encode_query(&task::identifier_token(&body.task_id))
             ),
             body: task_bytes(&body.task),
             what: "cancel",
@@ -280,7 +280,7 @@ impl Delivery<'_> {
         for attempt in 0..2 {
             let token = match client.token(call.partner, &purpose, now) {
                 Ok(t) => t,
-                Err(e) => return self.token_failed(call, &e),
+                Err(e) => return self.token_failed(call, &e, now),
             };
             let auth = format!("Bearer {}", token.token);
             let started = Instant::now();
@@ -349,11 +349,11 @@ impl Delivery<'_> {
                 retry_after: None,
             };
         };
-        self.refused(call, &reply)
+        self.refused(call, &reply, now)
     }
 
     /// A non-2xx answer to the FHIR request.
-    fn refused(&self, call: &Call<'_>, reply: &HttpReply) -> Outcome {
+    fn refused(&self, call: &Call<'_>, reply: &HttpReply, now: i64) -> Outcome {
         let mut reason = format!(
             "partner {}: {} {} answered {}",
             call.partner.name, call.method, call.url, reply.status
@@ -369,7 +369,7 @@ impl Delivery<'_> {
         if transient {
             Outcome::Retry {
                 reason,
-                retry_after: retry_after_secs(reply.retry_after.as_deref()),
+                retry_after: asked_wait(reply.retry_after.as_deref(), now, self.config.retry_cap),
             }
         } else {
             self.audit(call, "error", Some(&reason));
@@ -389,14 +389,14 @@ impl Delivery<'_> {
         })
     }
 
-    fn token_failed(&self, call: &Call<'_>, e: &TokenClientError) -> Outcome {
+    fn token_failed(&self, call: &Call<'_>, e: &TokenClientError, now: i64) -> Outcome {
         let reason = e.to_string();
         let transient = e.is_transient();
         self.log_failure(call, None, &reason, transient);
         if transient {
             let retry_after = match e {
                 TokenClientError::Refused { retry_after, .. } => {
-                    retry_after_secs(retry_after.as_deref())
+                    asked_wait(retry_after.as_deref(), now, self.config.retry_cap)
                 }
                 _ => None,
             };
@@ -468,13 +468,10 @@ fn task_bytes(task: &Value) -> Vec<u8> {
     crate::fhir::to_json_string(task).into_bytes()
 }
 
-/// `Retry-After` as delta-seconds (an HTTP-date is ignored: the back-off applies).
-pub fn retry_after_secs(value: Option<&str>) -> Option<u64> {
-    let v = value?.trim();
-    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
+/// Seconds a partner's `Retry-After` (seconds or HTTP-date) asks us to wait
+/// at `now`, at most `cap` (`NP_RETRY_CAP`).
+pub(crate) fn asked_wait(value: Option<&str>, now: i64, cap: Duration) -> Option<u64> {
+    retry_after::parse(value?, now, cap.as_secs())
 }
 
 /// The first `OperationOutcome.issue.code` of an error body, when it is a
@@ -497,19 +494,6 @@ fn issue_code(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_values() {
-        assert_eq!(retry_after_secs(Some("120")), Some(120));
-        assert_eq!(retry_after_secs(Some(" 7 ")), Some(7));
-        assert_eq!(
-            retry_after_secs(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
-            None
-        );
-        assert_eq!(retry_after_secs(Some("-1")), None);
-        assert_eq!(retry_after_secs(Some("99999999999")), None);
-        assert_eq!(retry_after_secs(None), None);
-    }
 
     #[test]
     fn issue_codes_only_when_plain() {

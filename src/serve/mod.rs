@@ -45,7 +45,7 @@
 
 mod page;
 mod params;
-mod query;
+pub(crate) mod query;
 mod search;
 mod view;
 mod wire;
@@ -65,6 +65,7 @@ use crate::cases::{Case, CaseStatus, CaseStore};
 use crate::http::Response;
 use crate::oauth::grants::Grant;
 use crate::ops::logging::Q;
+use crate::util::percent;
 
 /// One FHIR data request, as the router saw it.
 #[derive(Debug, Clone, Copy)]
@@ -157,7 +158,7 @@ impl Refusal {
 const MAX_AUDIT_OBJECT: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Route {
     Read { resource_type: String, id: String },
     Search { resource_type: String, op: Op },
 }
@@ -333,8 +334,10 @@ fn check_grant(cases: &CaseStore, grant: &Grant, now: i64) -> Result<Case, Refus
     Ok(case)
 }
 
-/// `/<Type>`, `/<Type>/<id>` or `/Observation/$lastn`, percent-decoded.
-fn parse_route(path: &str) -> Result<Route, Refusal> {
+/// `/<Type>`, `/<Type>/<id>` or `/Observation/$lastn`, each segment
+/// percent-decoded on its own ([`percent::decode_segment`]: `%2F` never
+/// becomes a separator).
+pub(crate) fn parse_route(path: &str) -> Result<Route, Refusal> {
     let bad = |reason| Refusal::new(400, IssueType::Invalid, reason);
     let unsupported = |reason| Refusal::new(400, IssueType::NotSupported, reason);
     let rest = path
@@ -342,9 +345,9 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
         .ok_or_else(|| bad("not a FHIR read or search path"))?;
     let segs = rest
         .split('/')
-        .map(path_decode)
-        .collect::<Option<Vec<String>>>()
-        .ok_or_else(|| bad("the path is not validly encoded"))?;
+        .map(percent::decode_segment)
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|_| bad("the path is not validly encoded"))?;
     let check_type = |t: &str| -> Result<String, Refusal> {
         if !query::is_type(t) {
             Err(bad("the path does not start with a resource type"))
@@ -399,25 +402,6 @@ fn parse_route(path: &str) -> Result<Route, Refusal> {
         }
         _ => Err(bad("not a FHIR read or search path")),
     }
-}
-
-/// Strict percent-decoding of a path segment (no `+` rule; a stray `%` fails).
-fn path_decode(seg: &str) -> Option<String> {
-    let b = seg.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = seg.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    let text = String::from_utf8(out).ok()?;
-    (!text.chars().any(char::is_control)).then_some(text)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -1,8 +1,15 @@
-//! Small shared helpers with no protocol knowledge: time, random ids, base64url,
-//! durable file writes, value parsing.
+//! Small shared helpers with no protocol knowledge: time and HTTP dates,
+//! random ids, base64url, percent-encoding, URLs, `Retry-After`, durable file
+//! writes, value parsing. Each codec is written once, here; the hostile inputs
+//! every caller must treat alike are tested in one table (`hostile_inputs`).
 
 pub mod b64;
 pub mod durable;
+#[cfg(test)]
+mod hostile_inputs;
+pub mod percent;
 pub mod random;
+pub mod retry_after;
 pub mod time;
+pub mod url;
 pub mod values;

@@ -91,6 +91,90 @@ pub fn compact(unix: i64) -> String {
     )
 }
 
+/// IMF-fixdate, the HTTP-date we write: `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(unix: i64) -> String {
+    let c = civil(unix);
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[weekday(unix)],
+        c.day,
+        MONTHS[(c.month as usize).saturating_sub(1).min(11)],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    )
+}
+
+/// Parses an HTTP-date (RFC 9110 §5.6.7) in any of its three forms, as a
+/// recipient must: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the
+/// obsolete RFC 850 form (`Sunday, 06-Nov-94 08:49:37 GMT`, its two-digit
+/// year read relative to `now`) and asctime (`Sun Nov  6 08:49:37 1994`).
+/// The day name must be the date's. Returns Unix seconds.
+pub fn parse_http_date(text: &str, now: i64) -> Option<i64> {
+    if !text.is_ascii() {
+        return None;
+    }
+    let (day_name, day, month, year, time) = if text.len() == 24 && text.as_bytes()[3] == b' ' {
+        // asctime: `Sun Nov  6 08:49:37 1994`
+        let day = text[8..10].strip_prefix(' ').unwrap_or(&text[8..10]);
+        if !matches!((&text[7..8], &text[10..11], &text[19..20]), (" ", " ", " ")) {
+            return None;
+        }
+        (
+            &text[..3],
+            day,
+            &text[4..7],
+            year4(&text[20..])?,
+            &text[11..19],
+        )
+    } else {
+        let (name, rest) = text.split_once(", ")?;
+        let rest = rest.strip_suffix(" GMT")?;
+        let b = rest.as_bytes();
+        if name.len() == 3 && b.len() == 20 && (b[2], b[6], b[11]) == (b' ', b' ', b' ') {
+            // IMF-fixdate: `06 Nov 1994 08:49:37`
+            (
+                name,
+                &rest[..2],
+                &rest[3..6],
+                year4(&rest[7..11])?,
+                &rest[12..],
+            )
+        } else if b.len() == 18 && (b[2], b[6], b[9]) == (b'-', b'-', b' ') {
+            // RFC 850: `06-Nov-94 08:49:37`
+            let short = DAYS_LONG.iter().position(|d| *d == name).map(|i| DAYS[i])?;
+            let year = century_of(digits(&rest[7..9])?, now);
+            (short, &rest[..2], &rest[3..6], year, &rest[10..])
+        } else {
+            return None;
+        }
+    };
+    let day = digits(day)?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+    let t = time.as_bytes();
+    if t.len() != 8 || t[2] != b':' || t[5] != b':' {
+        return None;
+    }
+    let (hour, minute, second) = (
+        digits(&time[..2])?,
+        digits(&time[3..5])?,
+        digits(&time[6..])?,
+    );
+    if !(1..=days_in_month(year, month)).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let unix = unix_from_civil(Civil {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second: second.min(59),
+    });
+    (DAYS[weekday(unix)] == day_name).then_some(unix)
+}
+
 /// Parses an RFC 3339 / FHIR `dateTime` or `instant` with seconds and a zone
 /// (`2026-12-06T10:00:00+01:00`, `…Z`, optional fraction), or a bare date
 /// (`2026-12-06`, taken as the start of that day in UTC). Returns Unix seconds.
@@ -159,6 +243,51 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     Some(unix_from_civil(c) - offset)
 }
 
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const DAYS_LONG: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// 0 for Monday; 1970-01-01 was a Thursday.
+fn weekday(unix: i64) -> usize {
+    (unix.div_euclid(86_400) + 3).rem_euclid(7) as usize
+}
+
+/// A number written with ASCII digits only (no sign, no space).
+fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn year4(s: &str) -> Option<i64> {
+    (s.len() == 4).then(|| digits(s)).flatten().map(i64::from)
+}
+
+/// The year of a two-digit year (RFC 9110 §5.6.7): the one with these last
+/// two digits that is at most 50 years after `now`'s.
+fn century_of(two_digits: u32, now: i64) -> i64 {
+    let this_year = civil(now).year;
+    let year = this_year - this_year.rem_euclid(100) + i64::from(two_digits);
+    if year > this_year + 50 {
+        year - 100
+    } else if year + 100 <= this_year + 50 {
+        year + 100
+    } else {
+        year
+    }
+}
+
 fn days_in_month(year: i64, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -188,6 +317,90 @@ mod tests {
             // 2200-01-01
             assert_eq!(unix_from_civil(civil(t)), t);
             t += 86_400 * 37 + 3_601;
+        }
+    }
+
+    #[test]
+    fn http_dates_in_all_three_forms() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(1_734_619_249), "Thu, 19 Dec 2024 14:40:49 GMT");
+        const NOW: i64 = 1_796_191_098; // 2026-12-02
+        const RFC_EXAMPLE: i64 = 784_111_777; // 1994-11-06T08:49:37Z
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun Nov 06 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(form, NOW), Some(RFC_EXAMPLE), "{form}");
+        }
+        let mut t = -2_208_988_800; // 1900-01-01, round trips over three centuries
+        while t < 7_258_118_400 {
+            assert_eq!(parse_http_date(&http_date(t), NOW), Some(t));
+            t += 86_400 * 29 + 3_607;
+        }
+        assert_eq!(
+            parse_http_date("Mon, 31 Dec 2012 23:59:60 GMT", NOW),
+            parse_http_date("Mon, 31 Dec 2012 23:59:59 GMT", NOW),
+            "a leap second is read as :59"
+        );
+        assert_eq!(
+            parse_http_date("Monday, 31-Dec-12 23:59:59 GMT", NOW),
+            parse_http_date("Mon, 31 Dec 2012 23:59:59 GMT", NOW)
+        );
+    }
+
+    #[test]
+    fn two_digit_years_are_at_most_fifty_years_ahead() {
+        let now = unix_from_civil(Civil {
+            year: 2026,
+            month: 6,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+        });
+        let year = |text: &str| parse_http_date(text, now).map(|t| civil(t).year);
+        assert_eq!(year("Wednesday, 01-Jan-76 00:00:00 GMT"), Some(2076));
+        assert_eq!(year("Saturday, 01-Jan-77 00:00:00 GMT"), Some(1977));
+        assert_eq!(year("Friday, 01-Jan-27 00:00:00 GMT"), Some(2027));
+        let late = unix_from_civil(Civil {
+            year: 2099,
+            ..civil(now)
+        });
+        assert_eq!(
+            parse_http_date("Saturday, 01-Jan-01 00:00:00 GMT", late).map(|t| civil(t).year),
+            Some(2101)
+        );
+    }
+
+    #[test]
+    fn malformed_http_dates_are_refused() {
+        for bad in [
+            "",
+            "Sun, 06 Nov 1994 08:49:37",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06-Nov-94 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 nov 1994 08:49:37 GMT",
+            "Sun,  06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 94 08:49:37 GMT",
+            "Sun, 31 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:60:00 GMT",
+            "Sun, 06 Nov 1994 08:49:61 GMT",
+            "Sun, 06 Nov 1994 8:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:+7 GMT",
+            "Sun, 06 Nov +994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT ",
+            "Sun Nov  6 08:49:37 94",
+            "Sun Nov 6  08:49:37 1994",
+            "Sun, ０6 Nov 1994 08:49:37 GMT",
+            "Sün, 06 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad, 0), None, "{bad:?}");
         }
     }
 

@@ -12,8 +12,8 @@ use crate::ids::IdScheme;
 use crate::jose::test_keys::{self, dangerous_sign_with_header};
 use crate::jose::{Alg, SigningKey, generate_pkcs8_pem};
 use crate::oauth::TokenKind;
-use crate::oauth::form::encode;
 use crate::util::b64;
+use crate::util::percent::encode_form as encode;
 
 const NOW: i64 = 1_800_000_000;
 const ENDPOINT: &str = "https://np.hospital-a.example/oauth/token";
