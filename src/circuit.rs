@@ -1,5 +1,5 @@
 //! Per-partner circuit breakers, so one partner that is down or overloaded
-//! does not slow the work for the others (issue 5).
+//! does not slow the work for the others.
 //!
 //! ```text
 //!            N consecutive transient failures

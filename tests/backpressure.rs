@@ -1,4 +1,4 @@
-//! Disk-full behaviour of two real agents (issue 5, part 5), each with its
+//! Disk-full behaviour of two real agents, each with its
 //! `NP_STATE_DIR` on a small tmpfs of its own: with A's disk nearly full an
 //! export stays in A's outbox; with B's nearly full B answers A's
 //! notification `503` with `Retry-After`, and a Mitz consent notification

@@ -1,4 +1,4 @@
-//! The crash harness (issue 5): two real agents on loopback — hospital A
+//! The crash harness: two real agents on loopback — hospital A
 //! exporting to hospital B, and a smaller stream from B to A — a stream of
 //! exports, updates and cancellations dropped into the outboxes over time,
 //! and `kill -9` of A, B or both at random moments:

@@ -1,4 +1,4 @@
-//! Delivery under partner faults (issue 5): a real `np-agent run` sending to
+//! Delivery under partner faults: a real `np-agent run` sending to
 //! a partner that answers 500, 503 with `Retry-After`, 401 for a fresh token,
 //! resets connections, hangs, and is down for a while. Everything arrives
 //! once the partner recovers; the log times show the back-off growing and

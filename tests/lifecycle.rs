@@ -1,4 +1,4 @@
-//! Graceful stop and reload of the real process (issue 5, part 6):
+//! Graceful stop and reload of the real process:
 //! SIGTERM while pulls are running exits 0 within the 10 s grace and the
 //! work completes after a restart, once; SIGHUP with a broken env file is
 //! refused with a log line and the old configuration keeps serving; SIGHUP

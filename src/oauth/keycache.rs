@@ -1,7 +1,7 @@
 //! Partner key sets (JWKS) cached per `Cache-Control: max-age`.
 //!
 //! Sans-IO: the cache decides *when* to fetch; a [`Fetch`] implementation
-//! does the fetching. Rules (issue 3 / spec §2.4): a cached set is used until
+//! does the fetching. Rules (spec §2.4): a cached set is used until
 //! its max-age (default 1 h, at least 1 min, at most 24 h) runs out; on an
 //! unknown `kid` the set is refetched once, at most every 30 s per partner; a
 //! failed refetch keeps serving the last good set for up to 24 h past its

@@ -586,7 +586,7 @@ pub enum Outcome {
     Wait { reason: String, after_secs: u64 },
 }
 
-/// Back-off policy (issue 5): first retry within 5 s, cap 15 min.
+/// Back-off policy: first retry within 5 s, cap 15 min.
 pub const BACKOFF_FIRST_SECS: u64 = 5;
 pub const BACKOFF_CAP_SECS: u64 = 900;
 
@@ -693,7 +693,7 @@ pub fn settle_with(
     }
 }
 
-/// Exponential back-off with full jitter (issue 5): the n-th retry waits a
+/// Exponential back-off with full jitter: the n-th retry waits a
 /// uniformly random time in `[0, min(cap, first * 2^(n-1))]`, at least 1 s.
 /// `random` is any u32 (from the CSPRNG in production, fixed in tests).
 pub fn backoff_secs(attempts: u32, first: u64, cap: u64, random: u32) -> u64 {
