@@ -1,32 +1,37 @@
 //! np-agent: edge agent for Dutch health data exchange (Twiin TA Notified Pull,
 //! Mitz consent notifications, Zorgviewer source access).
 //!
-//! Data flows down this list of modules; each has one job.
+//! The modules in layers, from the codecs at the bottom to the commands at the
+//! top: each uses only modules listed above it (the one pair that share a table
+//! is `cli` and `manpage`), so data read off the wire or a folder flows down this
+//! list from parsing to a decision to durable state, and `daemon`/`cli` at the
+//! end wire it together. `tests/layers.rs` holds the code to this order.
+//! `docs/architecture.md` tells how a request and an export travel through them.
 #![forbid(unsafe_code)]
 
-pub mod assertion;
-pub mod audit;
-pub mod backpressure;
-pub mod cases;
-pub mod certwatch;
-pub mod circuit;
-pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod doctor;
-pub mod fhir;
-pub mod http;
-pub mod ids;
-pub mod jose;
+pub mod assertion; // JWT claims of TA assertions, the jti replay cache
+pub mod audit; // NEN 7513 audit trail
+pub mod backpressure; // refusing new work while the disk is nearly full
+pub mod cases; // exported cases and the authorization bases we issued
+pub mod certwatch; // certificate expiry warnings
+pub mod circuit; // per-partner circuit breakers
+pub mod cli; // the command line
+pub mod config; // env file → typed, validated Config with typed partners
+pub mod daemon; // assembly, request routing, signals, reload and drain
+pub mod demo; // `np-agent demo`: two agents and a broker on loopback
+pub mod doctor; // `np-agent doctor`: file, TLS and partner checks
+pub mod fhir; // FHIR JSON/XML, STU3/R4, OperationOutcome, media types
+pub mod http; // bounded mTLS server, admin listener, outgoing client
+pub mod ids; // BSN, URA/AGB organisations and their OID forms
+pub mod jose; // JWS/JWK/JWKS on ring: sign, verify, keys
 pub mod manpage;
-pub mod mitz;
-pub mod oauth;
-pub mod ops;
-pub mod pki;
-pub mod receiver;
-pub mod sender;
-pub mod serve;
-pub mod spool;
-pub mod util;
-pub mod worker;
+pub mod mitz; // Mitz consent notification intake and consent view
+pub mod oauth; // token decision (pure), token endpoint, token store, token client
+pub mod ops; // logging, metrics, sd_notify
+pub mod pki; // certificates, trust, CRLs, peer identity, TLS configurations
+pub mod receiver; // notification Task intake, cancellation, pull into the inbox
+pub mod sender; // outbox → notification Task → delivery
+pub mod serve; // scoped FHIR reads and searches for a pull token
+pub mod spool; // durable work items and their states
+pub mod util; // codecs (percent, URL, Retry-After, base64url), time, randomness, durable writes
+pub mod worker; // the spool dispatcher and its workers // man pages and the default env file, from the cli and key tables
