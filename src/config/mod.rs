@@ -370,16 +370,9 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
 
 /// Algorithms we can sign with (`NP_SIGNING_ALG`).
 pub const SIGNING_ALGS: &[Alg] = &[Alg::Ps256, Alg::Es256, Alg::Es384, Alg::Es512];
-/// Algorithms a partner may be allowed to sign with (`ACCEPT_ALGS`).
-pub const ACCEPTABLE_ALGS: &[Alg] = &[
-    Alg::Ps256,
-    Alg::Ps384,
-    Alg::Ps512,
-    Alg::Es256,
-    Alg::Es384,
-    Alg::Es512,
-    Alg::Rs256,
-];
+/// Algorithms a partner may be allowed to sign with (`ACCEPT_ALGS`): every
+/// one we verify (`none` and HMAC are not algorithms to us).
+pub const ACCEPTABLE_ALGS: &[Alg] = &Alg::ALL;
 
 /// The names of `algs`, comma-separated.
 pub fn alg_names(algs: &[Alg]) -> String {

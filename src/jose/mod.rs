@@ -58,16 +58,12 @@ pub enum Alg {
     Rs256,
 }
 
-/// Algorithms accepted from partners unless configured otherwise (spec §4).
-/// `RS256` is left out on purpose.
-pub const DEFAULT_ACCEPTED: &[Alg] = &[
-    Alg::Ps256,
-    Alg::Ps384,
-    Alg::Ps512,
-    Alg::Es256,
-    Alg::Es384,
-    Alg::Es512,
-];
+/// Algorithms accepted from partners unless configured otherwise (spec §4):
+/// every one but the last of [`Alg::ALL`], `RS256`, which is left out on purpose.
+pub const DEFAULT_ACCEPTED: &[Alg] = match Alg::ALL.split_last() {
+    Some((_, rest)) => rest,
+    None => &[],
+};
 
 impl Alg {
     /// Every algorithm, in a stable order.
@@ -374,6 +370,13 @@ pub(crate) mod test_keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rs256_is_verifiable_but_not_accepted_by_default() {
+        assert!(Alg::ALL.contains(&Alg::Rs256));
+        assert!(!DEFAULT_ACCEPTED.contains(&Alg::Rs256));
+        assert_eq!(DEFAULT_ACCEPTED.len(), Alg::ALL.len() - 1);
+    }
 
     #[test]
     fn alg_names_round_trip_and_are_case_sensitive() {
