@@ -5,8 +5,8 @@
 //! `Retry-After` — and resumes by itself when space returns.
 //!
 //! Every intake asks the one [`DiskGuard`] of the process (the outbox scan,
-//! `POST /fhir/Task`, later the Mitz intake) and answers a refusal with
-//! [`Refusal::response`]. The decision is sans-IO ([`decide`]: a reading and
+//! `POST /fhir/Task`, the Mitz intake) and answers [`Pressure::refusal`]
+//! when it says no. The decision is sans-IO ([`decide`]: a reading and
 //! the current state in, refuse or not out); the guard reads free space with
 //! `statvfs(2)` at most every [`CHECK_INTERVAL`] and logs each change once:
 //! `event=backpressure.on reason=disk free=… min=…` and
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::http::Response;
+use crate::fhir::Refusal;
 use crate::ops::logging::Q;
 use crate::ops::metrics::{self, Metrics};
 
@@ -51,29 +51,21 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 
 /// Why new work is refused now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Pressure {
     /// `disk`.
     pub reason: &'static str,
     pub free: u64,
     pub min: u64,
 }
 
-impl Refusal {
-    /// `503` with `Retry-After` and an OperationOutcome `transient` issue.
-    pub fn response(&self) -> Response {
-        let body = serde_json::json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{
-                "severity": "error",
-                "code": "transient",
-                "diagnostics": "temporarily not accepting new work (low on storage); try again later"
-            }]
-        })
-        .to_string()
-        .into_bytes();
-        Response::new(503)
-            .header("Retry-After", RETRY_AFTER_SECS.to_string())
-            .body("application/fhir+json", body)
+impl Pressure {
+    /// What a refused request is answered: `503` `transient` with
+    /// `Retry-After`.
+    pub fn refusal(&self) -> Refusal {
+        Refusal::transient(
+            RETRY_AFTER_SECS,
+            "temporarily not accepting new work (low on storage); try again later",
+        )
     }
 }
 
@@ -140,12 +132,12 @@ impl DiskGuard {
 
     /// `None` when new work may be taken; re-reads free space when the last
     /// reading is older than the interval.
-    pub fn check(&self) -> Option<Refusal> {
+    pub fn check(&self) -> Option<Pressure> {
         self.check_at(Instant::now())
     }
 
     /// [`DiskGuard::check`] at `now`.
-    pub fn check_at(&self, now: Instant) -> Option<Refusal> {
+    pub fn check_at(&self, now: Instant) -> Option<Pressure> {
         let min = self.min_free.load(Ordering::Relaxed);
         let mut r = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let stale =
@@ -189,7 +181,7 @@ impl DiskGuard {
                 }
             }
         }
-        r.refusing.then_some(Refusal {
+        r.refusing.then_some(Pressure {
             reason: "disk",
             free: r.free,
             min,
@@ -239,13 +231,15 @@ mod tests {
         free.store(100, Ordering::SeqCst);
         assert_eq!(guard.check_at(t0 + Duration::from_secs(1)), None, "cached");
         assert_eq!(reads.load(Ordering::SeqCst), 1);
-        let refusal = guard.check_at(t0 + Duration::from_secs(2)).unwrap();
-        assert_eq!((refusal.free, refusal.min), (100, 500));
+        let pressure = guard.check_at(t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!((pressure.free, pressure.min), (100, 500));
         assert_eq!(
             metrics.gauge_value(metrics::BACKPRESSURE, &[("reason", "disk")]),
             1
         );
-        let resp = refusal.response();
+        let resp = pressure
+            .refusal()
+            .response(crate::fhir::Format::Json, crate::fhir::FhirVersion::Stu3);
         assert_eq!(resp.status, 503);
         assert!(
             resp.headers
@@ -254,6 +248,10 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(body["issue"][0]["code"], "transient");
+        assert_eq!(
+            body["issue"][0]["diagnostics"],
+            "temporarily not accepting new work (low on storage); try again later"
+        );
         free.store(520, Ordering::SeqCst);
         assert!(
             guard.check_at(t0 + Duration::from_secs(4)).is_some(),

@@ -11,6 +11,7 @@ use crate::assertion::ReplayCache;
 use crate::audit::AuditLog;
 use crate::cases::CaseStore;
 use crate::config::{self, Config, MitzPartner, Partner, Source, TlsVersion};
+use crate::fhir::{FhirVersion, Format, IssueType, Refusal};
 use crate::http::{self, Handler, Request, Response};
 use crate::jose::{Jwks, SigningKey};
 use crate::oauth::TokenStore;
@@ -371,14 +372,12 @@ impl Router {
     fn fhir(&self, shared: &Shared, req: &Request) -> Response {
         let now = now_unix();
         let Some(partner) = self.partner_of(shared, req) else {
-            return outcome(
-                403,
-                "forbidden",
+            return json_outcome(&Refusal::forbidden(
                 "the TLS client certificate does not belong to a configured partner",
-            );
+            ));
         };
         let Some(twiin) = partner.as_twiin() else {
-            return outcome(403, "forbidden", "this endpoint is for twiin partners");
+            return json_outcome(&Refusal::forbidden("this endpoint is for twiin partners"));
         };
         let grant = match self.bearer(req, partner, now) {
             Ok(g) => g,
@@ -400,16 +399,16 @@ impl Router {
                     resp
                 }
                 (crate::oauth::TokenKind::Notify, "PUT") => shared.receiver.cancel(twiin, &grant, req, now),
-                (crate::oauth::TokenKind::Notify, _) => {
-                    outcome(405, "not-supported", "use POST /fhir/Task or PUT /fhir/Task?identifier=…")
-                        .header("Allow", "POST, PUT")
-                }
-                (crate::oauth::TokenKind::Pull, _) => outcome(
-                    403,
-                    "forbidden",
-                    "a pull token cannot send notifications; get a token without authorization_base",
-                )
-                .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+                (crate::oauth::TokenKind::Notify, _) => json_outcome(&Refusal::method_not_allowed(
+                    "POST, PUT",
+                    "use POST /fhir/Task or PUT /fhir/Task?identifier=…",
+                )),
+                (crate::oauth::TokenKind::Pull, _) => json_outcome(
+                    &Refusal::forbidden(
+                        "a pull token cannot send notifications; get a token without authorization_base",
+                    )
+                    .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+                ),
             };
         }
         match grant.kind() {
@@ -427,12 +426,12 @@ impl Router {
                 &format!("{}/fhir", shared.config.public_url),
                 now,
             ),
-            crate::oauth::TokenKind::Notify => outcome(
-                403,
-                "forbidden",
-                "a notify token does not read data; get a token with the authorization base",
-            )
-            .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+            crate::oauth::TokenKind::Notify => json_outcome(
+                &Refusal::forbidden(
+                    "a notify token does not read data; get a token with the authorization base",
+                )
+                .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+            ),
         }
     }
 
@@ -445,7 +444,7 @@ impl Router {
         endpoint: &'static str,
         event: &str,
     ) -> Option<Response> {
-        let refusal = self.stores.disk.check()?;
+        let pressure = self.stores.disk.check()?;
         self.stores.metrics.inc(
             crate::ops::metrics::BACKPRESSURE_REFUSED,
             &[("endpoint", endpoint)],
@@ -454,11 +453,11 @@ impl Router {
             "event={event} rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
             Q(&req.request_id),
             partner.name,
-            refusal.reason,
-            refusal.free,
-            refusal.min
+            pressure.reason,
+            pressure.free,
+            pressure.min
         );
-        Some(refusal.response())
+        Some(json_outcome(&pressure.refusal()))
     }
 
     /// Mitz consent notification intake: the certificate of a `mitz`
@@ -487,38 +486,35 @@ impl Router {
         shared: &'a Shared,
         req: &Request,
     ) -> Result<MitzPartner<'a>, Response> {
-        let refused = |partner: &str, status: u16, code: &str, why: &str| {
+        let refused = |partner: &str, r: Refusal| {
             log::info!(
-                "event=mitz.refused rid={} partner={partner} status={status} code={code} reason={}",
+                "event=mitz.refused rid={} partner={partner} status={} code={} reason={}",
                 Q(&req.request_id),
-                Q(why)
+                r.status,
+                r.code.as_str(),
+                Q(r.reason())
             );
-            outcome(status, code, why)
+            json_outcome(&r)
         };
         let Some(partner) = self.partner_of(shared, req) else {
             return Err(refused(
                 "-",
-                403,
-                "forbidden",
-                "the TLS client certificate does not belong to a configured partner",
+                Refusal::forbidden(
+                    "the TLS client certificate does not belong to a configured partner",
+                ),
             ));
         };
         let Some(mitz) = partner.as_mitz() else {
             return Err(refused(
                 &partner.name,
-                403,
-                "forbidden",
-                "this endpoint is for mitz partners",
+                Refusal::forbidden("this endpoint is for mitz partners"),
             ));
         };
         if req.method != "POST" {
             return Err(refused(
                 &partner.name,
-                405,
-                "not-supported",
-                "POST a consent notification Bundle",
-            )
-            .header("Allow", "POST"));
+                Refusal::method_not_allowed("POST", "POST a consent notification Bundle"),
+            ));
         }
         Ok(mitz)
     }
@@ -530,12 +526,12 @@ impl Router {
         partner: &Partner,
         now: i64,
     ) -> Result<crate::oauth::Grant, Response> {
-        let unauthorized = |error: Option<&str>, why: &str| {
+        let unauthorized = |error: Option<&str>, why: &'static str| {
             let challenge = match error {
                 Some(e) => format!("Bearer error=\"{e}\""),
                 None => "Bearer".to_string(),
             };
-            outcome(401, "login", why).header("WWW-Authenticate", challenge)
+            json_outcome(&Refusal::login(challenge, why))
         };
         let Some(value) = req.header("authorization") else {
             return Err(unauthorized(None, "a bearer token is required"));
@@ -562,15 +558,9 @@ fn json(status: u16, body: Vec<u8>) -> Response {
     Response::new(status).body("application/json", body)
 }
 
-/// An OperationOutcome error body.
-pub fn outcome(status: u16, code: &str, diagnostics: &str) -> Response {
-    let body = serde_json::json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
-    })
-    .to_string()
-    .into_bytes();
-    Response::new(status).body("application/fhir+json", body)
+/// The router's own refusals come before any format negotiation: JSON.
+fn json_outcome(r: &Refusal) -> Response {
+    r.response(Format::Json, FhirVersion::Stu3)
 }
 
 impl Handler for Router {
@@ -641,11 +631,11 @@ impl Handler for Router {
             return token_response(crate::oauth::endpoint::reply_http_error(status, reason));
         }
         let code = match status {
-            413 => "too-costly",
-            405 => "not-supported",
-            _ => "invalid",
+            413 => IssueType::TooCostly,
+            405 => IssueType::NotSupported,
+            _ => IssueType::Invalid,
         };
-        outcome(status, code, reason)
+        json_outcome(&Refusal::new(status, code, reason.to_string()))
     }
 
     /// A body over the limit on a Mitz intake path: the checks that come

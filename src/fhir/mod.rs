@@ -16,6 +16,9 @@
 //! * [`media`] parses `Content-Type` and negotiates the response format;
 //!   [`render`] writes a resource in that format; [`operation_outcome`]
 //!   builds error bodies.
+//! * [`Refusal`] is the one refusal of every FHIR endpoint, answered as an
+//!   OperationOutcome; [`wire`] reads request bodies, the `_format`
+//!   parameter and the response format, and writes resource responses.
 //!
 //! The JSON form (`serde_json::Value`) is the one in-memory representation;
 //! XML only exists at the edges. The element tables are generated from the
@@ -27,11 +30,13 @@ pub mod json;
 pub mod media;
 pub mod narrative;
 pub mod outcome;
+pub mod refusal;
 pub mod table;
 #[rustfmt::skip]
 mod table_r4;
 #[rustfmt::skip]
 mod table_stu3;
+pub mod wire;
 pub mod xml;
 
 use serde_json::Value;
@@ -42,6 +47,7 @@ pub use json::{parse_json, to_json_string};
 pub use media::{ContentType, Format, negotiate, parse_content_type};
 pub use narrative::check_narrative;
 pub use outcome::{IssueType, Rendered, Severity, operation_outcome, outcome_for, render};
+pub use refusal::Refusal;
 
 /// A FHIR release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

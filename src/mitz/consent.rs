@@ -109,7 +109,7 @@ impl ConsentView {
     }
 
     fn path(&self, holder: &str, bsn: &Bsn) -> PathBuf {
-        let name = crate::receiver::task::hex32(format!("{holder}|{}", bsn.as_str()).as_bytes());
+        let name = crate::util::b64::sha256_hex32(format!("{holder}|{}", bsn.as_str()).as_bytes());
         self.dir.join(format!("{name}.json"))
     }
 

@@ -34,11 +34,10 @@ use serde_json::{Value, json};
 
 use crate::audit::{AuditLog, Event};
 use crate::config::{Config, MitzPartner};
-use crate::fhir::{self, FhirError, FhirVersion, Format, IssueType, Limits};
+use crate::fhir::wire::{self, Release};
+use crate::fhir::{self, FhirVersion, Format, IssueType, Refusal};
 use crate::http::{Request, Response};
 use crate::ops::logging::Q;
-use crate::receiver::task::Refusal;
-use crate::receiver::wire;
 use crate::spool::{Item, Outcome, Spool};
 use crate::util::durable::DurableError;
 use crate::util::{random, time};
@@ -174,8 +173,6 @@ impl Mitz {
             response: self.refuse(partner, req, &r, format, None),
             queued: false,
         };
-        let accept = req.header("accept");
-        let format_param = wire::format_param(req);
         let declared = match head_checks(req) {
             Ok(f) => f,
             Err(r) => return refuse(r, Format::Json),
@@ -185,28 +182,19 @@ impl Mitz {
             Err(r) => return refuse(r, Format::Json),
         };
         // Answer in the request's format unless Accept or _format says otherwise.
-        let answer = fhir::negotiate(format_param.as_deref(), accept, format).unwrap_or(format);
-        if req.body.len() > MAX_NOTIFICATION {
-            return refuse(
-                from_fhir(&FhirError::TooLarge {
-                    limit: MAX_NOTIFICATION,
-                }),
-                answer,
-            );
-        }
-        let limits = Limits::with_max_bytes(MAX_NOTIFICATION);
-        let value = match fhir::parse(&req.body, format, FhirVersion::R4, &limits) {
-            Ok(v) => v,
-            Err(e) => return refuse(from_fhir(&e), answer),
+        let answer = wire::response_format(req, format);
+        let value = match wire::read_body(
+            &req.body,
+            req.header("content-type"),
+            MAX_NOTIFICATION,
+            Release::Only(FhirVersion::R4),
+        ) {
+            Ok(body) => body.value,
+            Err(r) => return refuse(aorta_codes(r), answer),
         };
         let aorta = match aorta_header.map(aorta::parse).transpose() {
             Ok(a) => a,
-            Err(why) => {
-                return refuse(
-                    Refusal::new(400, IssueType::Value, why, Some("AORTA-ID".into())),
-                    answer,
-                );
-            }
+            Err(why) => return refuse(Refusal::value("AORTA-ID", why), answer),
         };
         let n = match notification::validate(&value, &self.config.org_ura) {
             Ok(n) => n,
@@ -214,10 +202,7 @@ impl Mitz {
         };
         // The parser checked UTF-8 for JSON and XML alike; keep it exactly.
         let Ok(raw) = std::str::from_utf8(&req.body) else {
-            return refuse(
-                Refusal::new(400, IssueType::Invalid, "the body is not UTF-8", None),
-                answer,
-            );
+            return refuse(Refusal::invalid("the body is not UTF-8"), answer);
         };
         let id = item_id(partner.name, &req.body);
         let version = aorta::response_version(req.header("aorta-version"));
@@ -379,7 +364,7 @@ impl Mitz {
         };
         let name = stored.inbox_name();
         let path = self.inbox.join(&item.partner).join(&name);
-        if let Err(e) = crate::receiver::inbox::write(&path, stored.raw.as_bytes()) {
+        if let Err(e) = crate::util::durable::write_shared(&path, stored.raw.as_bytes()) {
             return retry_later("mitz.inbox_failed", item, format!("inbox: {e}"));
         }
         let applied = match crate::ids::Bsn::parse(&stored.patient) {
@@ -455,7 +440,7 @@ impl Mitz {
             partner: Some(partner.name),
             who_system: Some(partner.name),
             object: item,
-            reason: Some(&r.diagnostics),
+            reason: Some(&r.diagnostics()),
             request_id: Some(&req.request_id),
             ..Event::default()
         });
@@ -466,9 +451,9 @@ impl Mitz {
             r.status,
             r.code.as_str(),
             Q(r.expression.as_deref().unwrap_or("-")),
-            Q(&r.diagnostics)
+            Q(&r.diagnostics())
         );
-        refusal_response(r, format)
+        r.response(format, FhirVersion::R4)
     }
 
     fn fail(
@@ -476,10 +461,10 @@ impl Mitz {
         partner: MitzPartner<'_>,
         req: &Request,
         id: &str,
-        why: &str,
+        why: &'static str,
         format: Format,
     ) -> Intake {
-        let r = Refusal::new(500, IssueType::Exception, why, None);
+        let r = Refusal::exception(why);
         Intake {
             response: self.refuse(partner, req, &r, format, Some(id)),
             queued: false,
@@ -508,24 +493,22 @@ fn retry_later(event: &str, item: &Item, reason: String) -> Outcome {
 fn head_checks(req: &Request) -> Result<Option<Format>, Refusal> {
     let format_param = wire::format_param(req);
     if fhir::negotiate(format_param.as_deref(), req.header("accept"), Format::Json).is_none() {
-        return Err(Refusal::new(
-            406,
-            IssueType::NotSupported,
+        return Err(Refusal::not_acceptable(
             "Accept allows neither FHIR JSON nor FHIR XML",
-            None,
         ));
     }
     let Some(ct) = req.header("content-type") else {
         return Ok(None);
     };
-    let ct = fhir::parse_content_type(ct).map_err(|e| unsupported(&e.to_string()))?;
+    let ct =
+        fhir::parse_content_type(ct).map_err(|e| Refusal::unsupported_media_type(e.to_string()))?;
     match ct
         .fhir_version
         .as_deref()
         .map(FhirVersion::from_mime_parameter)
     {
         None | Some(Some(FhirVersion::R4)) => Ok(Some(ct.format)),
-        Some(_) => Err(unsupported(
+        Some(_) => Err(Refusal::unsupported_media_type(
             "a consent notification is FHIR R4 (fhirVersion=4.0)",
         )),
     }
@@ -534,18 +517,14 @@ fn head_checks(req: &Request) -> Result<Option<Format>, Refusal> {
 /// The body's format when it came without `Content-Type` (415 when it is
 /// neither JSON nor XML).
 fn sniff_format(body: &[u8]) -> Result<Format, Refusal> {
-    fhir::sniff(body)
-        .ok_or_else(|| unsupported("no Content-Type, and the body is neither JSON nor XML"))
+    fhir::sniff(body).ok_or_else(|| {
+        Refusal::unsupported_media_type("no Content-Type, and the body is neither JSON nor XML")
+    })
 }
 
-fn unsupported(why: &str) -> Refusal {
-    Refusal::new(415, IssueType::NotSupported, why, None)
-}
-
-fn from_fhir(e: &FhirError) -> Refusal {
-    // AORTA answers with `required`, `value`, `invalid` (spec §6) and, for
-    // hostile content, `security`; the parser's finer `structure` is `invalid`.
-    let mut r = wire::refusal(e);
+/// AORTA answers with `required`, `value`, `invalid` (spec §6) and, for
+/// hostile content, `security`; the parser's finer `structure` is `invalid`.
+fn aorta_codes(mut r: Refusal) -> Refusal {
     if r.code == IssueType::Structure {
         r.code = IssueType::Invalid;
     }
@@ -576,16 +555,6 @@ fn success(bundle: &Value, entries: usize, format: Format) -> Response {
         "entry": entry,
     });
     wire::resource_response(200, &response, format, FhirVersion::R4)
-}
-
-fn refusal_response(r: &Refusal, format: Format) -> Response {
-    let oo = fhir::operation_outcome(
-        fhir::Severity::Error,
-        r.code,
-        &r.diagnostics,
-        r.expression.as_deref(),
-    );
-    wire::resource_response(r.status, &oo, format, FhirVersion::R4)
 }
 
 fn aorta_fields(a: Option<&AortaId>) -> String {

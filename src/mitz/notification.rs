@@ -10,9 +10,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fhir::IssueType;
+use std::borrow::Cow;
+
+use crate::fhir::Refusal;
 use crate::ids::{BSN_SYSTEM, Bsn, URA_SYSTEM};
-use crate::receiver::task::Refusal;
 use crate::util::random::is_uuid;
 
 /// `meta.profile` of the notifications we interpret (any 3.8.x version).
@@ -69,8 +70,8 @@ pub struct Notification {
     pub entries: usize,
 }
 
-fn invalid(at: impl Into<String>, why: impl Into<String>) -> Refusal {
-    Refusal::new(400, IssueType::Invalid, why, Some(at.into()))
+fn invalid(at: impl Into<String>, why: impl Into<Cow<'static, str>>) -> Refusal {
+    Refusal::invalid(why).at(at)
 }
 
 /// One Bundle entry, after the transaction control.

@@ -43,17 +43,7 @@ impl InboxPaths {
     }
 }
 
-/// Writes `bytes` to `path` durably, creating its folder. Inbox files are
-/// for the EHR: group-readable (0640, folders 0750), so an import account in
-/// the inbox folder's group (setgid, see the README) can read them.
-pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
-    if let Some(dir) = path.parent() {
-        durable::create_dir_all_mode(dir, durable::SHARED_DIR_MODE)?;
-    }
-    durable::write_atomic_mode(path, bytes, durable::SHARED_FILE_MODE)
-}
-
-/// Removes the temp files a crash inside [`write`] left in the inbox:
+/// Removes the temp files a crash inside [`durable::write_shared`] left in the inbox:
 /// `.np-*.tmp` (never a name the EHR is given) in the partner folders and
 /// their group folders. Symbolic links are not followed. Returns how many.
 pub fn remove_temp_files(inbox: &Path) -> Result<usize, DurableError> {
@@ -149,7 +139,10 @@ impl Collector {
         let key = match resource.get("id").and_then(Value::as_str) {
             Some(id) => format!("{ty}/{id}"),
             // No id: the same content twice is still the same resource.
-            None => format!("#{}", super::task::hex32(resource.to_string().as_bytes())),
+            None => format!(
+                "#{}",
+                crate::util::b64::sha256_hex32(resource.to_string().as_bytes())
+            ),
         };
         if self.seen.insert(key) {
             self.resources.push(resource);
@@ -292,7 +285,7 @@ mod tests {
             crate::util::random::uuid_v4().unwrap()
         ));
         let group = inbox.join("vip").join("g1");
-        write(&group.join("t1.json"), b"{}").unwrap();
+        durable::write_shared(&group.join("t1.json"), b"{}").unwrap();
         let half = group.join(".np-t2.json.0011aabbccdd.tmp");
         std::fs::write(&half, b"{\"resourceType\":").unwrap();
         std::fs::create_dir_all(inbox.join("mitz")).unwrap();

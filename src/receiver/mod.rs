@@ -46,7 +46,7 @@ use self::task::{
     Expect, PullPlan, Refusal, TaskIdentifier, TaskStatus, ValidatedCancellation, ValidatedTask,
 };
 use self::wire::Format;
-use crate::fhir::{FhirVersion, IssueType};
+use crate::fhir::FhirVersion;
 
 /// The spool item kind of a pull.
 pub const KIND_PULL: &str = "pull";
@@ -163,7 +163,7 @@ pub fn item_id(partner: &str, identifier: &TaskIdentifier) -> String {
 fn item_id_of(partner: &str, system: &str, value: &str) -> String {
     format!(
         "pull-{}",
-        task::hex32(format!("{partner}|{system}|{value}").as_bytes())
+        crate::util::b64::sha256_hex32(format!("{partner}|{system}|{value}").as_bytes())
     )
 }
 
@@ -342,7 +342,6 @@ impl Receiver {
     ) -> Result<(Expect, Value), Refusal> {
         if grant.kind() != TokenKind::Notify || grant.partner() != partner.name {
             return Err(Refusal::forbidden(
-                None,
                 "the access token is not a notify token of this partner",
             ));
         }
@@ -513,8 +512,9 @@ impl Receiver {
         });
         let written = {
             let _guard = self.locks.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            durable::write_atomic(&self.cancel_record(&item.id), &wire::to_bytes(&record))
-                .and_then(|()| inbox::write(&paths.cancelled, &wire::to_bytes(c.resource())))
+            durable::write_atomic(&self.cancel_record(&item.id), &wire::to_bytes(&record)).and_then(
+                |()| durable::write_shared(&paths.cancelled, &wire::to_bytes(c.resource())),
+            )
         };
         if let Err(e) = written {
             log::error!(
@@ -629,7 +629,7 @@ impl Receiver {
             who_org: Some(&grant.requesting_org_claim()),
             who_system: Some(grant.client_id()),
             object: r.expression.as_deref(),
-            reason: Some(&r.diagnostics),
+            reason: Some(&r.diagnostics()),
             request_id: Some(&req.request_id),
             ..Event::default()
         });
@@ -639,7 +639,7 @@ impl Receiver {
             if req.method == "PUT" { "PUT" } else { "POST" },
             r.status,
             Q(r.expression.as_deref().unwrap_or("-")),
-            Q(&r.diagnostics),
+            Q(&r.diagnostics()),
             Q(&req.request_id)
         );
         wire::refusal_response(r, out.format)
@@ -650,7 +650,7 @@ impl Receiver {
         partner: TwiinPartner<'_>,
         req: &Request,
         item: &str,
-        why: &str,
+        why: &'static str,
         out: Answer,
     ) -> Response {
         log::error!(
@@ -659,10 +659,7 @@ impl Receiver {
             Q(why),
             Q(&req.request_id)
         );
-        wire::refusal_response(
-            &Refusal::new(500, IssueType::Exception, why, None),
-            out.format,
-        )
+        wire::refusal_response(&Refusal::exception(why), out.format)
     }
 }
 
@@ -730,12 +727,7 @@ pub(crate) fn cancel_target(req: &Request) -> Result<Target, Refusal> {
 }
 
 fn not_found() -> Refusal {
-    Refusal::new(
-        404,
-        IssueType::NotFound,
-        "no Task with this identifier came from this partner",
-        None,
-    )
+    Refusal::not_found("no Task with this identifier came from this partner")
 }
 
 /// How to answer: the format the request asks for (its own by default)

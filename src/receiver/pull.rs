@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::inbox::{self, Collector, InboxPaths};
+use super::inbox::{Collector, InboxPaths};
 use super::task::{self, PullPlan};
 use super::{PullOrder, Receiver};
 use crate::audit::Event;
@@ -198,7 +198,7 @@ impl Receiver {
                 );
                 return Outcome::Done;
             }
-            if let Err(e) = inbox::write(&paths.data, &super::wire::to_bytes(&bundle)) {
+            if let Err(e) = durable::write_shared(&paths.data, &super::wire::to_bytes(&bundle)) {
                 return Outcome::Retry {
                     reason: format!("partner {}: inbox write failed: {e}", partner.name),
                     retry_after: None,

@@ -24,9 +24,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fhir::IssueType;
+pub use crate::fhir::Refusal;
 use crate::ids::{self, BSN_OID_ROOT, BSN_SYSTEM, Bsn, URA_SYSTEM, URI_SYSTEM};
 use crate::ids::{AGB_OID_ROOT, IdScheme, OrgId, URA_OID_ROOT};
+use crate::util::b64::sha256_hex32;
 use crate::util::url;
 
 /// `Task.code` of a notification.
@@ -52,72 +53,6 @@ pub const MAX_AUTHORIZATION_BASE_LEN: usize = 4096;
 /// Longest read or query accepted.
 pub const MAX_QUERY_LEN: usize = 4096;
 
-/// Why a Task was refused: what to answer (status, OperationOutcome issue
-/// code, diagnostics, expression). Diagnostics never hold element content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// HTTP status: 400, 403, 404, 413 or 415.
-    pub status: u16,
-    /// `OperationOutcome.issue.code` (`required`, `value`, `invalid`, `forbidden`, …).
-    pub code: IssueType,
-    /// A message for the partner's operator, without patient data.
-    pub diagnostics: String,
-    /// FHIRPath of the element, e.g. `Task.input[3].valueString`.
-    pub expression: Option<String>,
-}
-
-impl Refusal {
-    /// 400: a required element is missing.
-    pub fn required(expression: impl Into<String>, diagnostics: impl Into<String>) -> Refusal {
-        Refusal::new(
-            400,
-            IssueType::Required,
-            diagnostics,
-            Some(expression.into()),
-        )
-    }
-
-    /// 400: an element is there but its value is wrong.
-    pub fn value(expression: impl Into<String>, diagnostics: impl Into<String>) -> Refusal {
-        Refusal::new(400, IssueType::Value, diagnostics, Some(expression.into()))
-    }
-
-    /// 403: well-formed, but not for this token.
-    pub fn forbidden(expression: Option<&str>, diagnostics: impl Into<String>) -> Refusal {
-        Refusal::new(
-            403,
-            IssueType::Forbidden,
-            diagnostics,
-            expression.map(String::from),
-        )
-    }
-
-    /// Any status and issue code.
-    pub fn new(
-        status: u16,
-        code: IssueType,
-        diagnostics: impl Into<String>,
-        expression: Option<String>,
-    ) -> Refusal {
-        Refusal {
-            status,
-            code,
-            diagnostics: diagnostics.into(),
-            expression,
-        }
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status, self.diagnostics)?;
-        if let Some(e) = &self.expression {
-            write!(f, " at {e}")?;
-        }
-        Ok(())
-    }
-}
-
 /// A business identifier (`Task.identifier`, `Task.groupIdentifier`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskIdentifier {
@@ -137,7 +72,7 @@ impl TaskIdentifier {
             }
         }
         let text = format!("{}|{}", self.system.as_deref().unwrap_or(""), self.value);
-        hex32(text.as_bytes())
+        sha256_hex32(text.as_bytes())
     }
 }
 
@@ -337,23 +272,23 @@ pub fn validate(task: Value, expect: &Expect) -> Result<ValidatedTask, Refusal> 
     // The 403 checks.
     if requester != expect.requester {
         return Err(Refusal::forbidden(
-            Some(requester_path),
             "the requesting organisation is not the organisation of the access token",
-        ));
+        )
+        .at(requester_path));
     }
     if let Some(o) = &owner {
         if !expect.ours.contains(o) {
-            return Err(Refusal::forbidden(
-                Some("Task.owner"),
-                "owner is not an organisation of this receiver",
-            ));
+            return Err(
+                Refusal::forbidden("owner is not an organisation of this receiver")
+                    .at("Task.owner"),
+            );
         }
     }
     if expect.patient.as_ref().is_some_and(|p| *p != bsn) {
-        return Err(Refusal::forbidden(
-            Some("Task.for.identifier"),
-            "the patient is not the patient of the access token",
-        ));
+        return Err(
+            Refusal::forbidden("the patient is not the patient of the access token")
+                .at("Task.for.identifier"),
+        );
     }
     Ok(ValidatedTask {
         identifier,
@@ -410,9 +345,9 @@ pub fn validate_cancellation(
     if let Ok(Some((r, path))) = requester_of(&task) {
         if r != expect.requester {
             return Err(Refusal::forbidden(
-                Some(path),
                 "the requesting organisation is not the organisation of the access token",
-            ));
+            )
+            .at(path));
         }
     }
     Ok(ValidatedCancellation {
@@ -534,12 +469,7 @@ pub fn relative_query_problem(text: &str) -> Option<&'static str> {
 fn check_resource_type(task: &Value) -> Result<(), Refusal> {
     match task.get("resourceType") {
         Some(Value::String(t)) if t == "Task" => Ok(()),
-        _ => Err(Refusal::new(
-            400,
-            IssueType::Invalid,
-            "the body is not a Task",
-            Some("Task.resourceType".into()),
-        )),
+        _ => Err(Refusal::invalid("the body is not a Task").at("Task.resourceType")),
     }
 }
 
@@ -943,14 +873,6 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// The first 32 hex digits of SHA-256 of `bytes`.
-pub fn hex32(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut h = crate::util::b64::hex(d.as_ref());
-    h.truncate(32);
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1031,12 +953,12 @@ mod tests {
             "6128cfe7-0e89-4d37-ba90-e4ca3b3fcbbe"
         );
         let h = id(Some("urn:oid:1.2.3"), "42").inbox_name();
-        assert_eq!(h, hex32(b"urn:oid:1.2.3|42"));
+        assert_eq!(h, sha256_hex32(b"urn:oid:1.2.3|42"));
         assert_eq!(h.len(), 32);
-        assert_eq!(id(None, "42").inbox_name(), hex32(b"|42"));
+        assert_eq!(id(None, "42").inbox_name(), sha256_hex32(b"|42"));
         assert_eq!(
             id(None, "urn:uuid:not-a-uuid").inbox_name(),
-            hex32(b"|urn:uuid:not-a-uuid")
+            sha256_hex32(b"|urn:uuid:not-a-uuid")
         );
     }
 
@@ -1290,7 +1212,10 @@ mod tests {
                 (status, Some(expr)),
                 "case {i}: {r}"
             );
-            assert!(!r.diagnostics.contains("99999999"), "no BSN in diagnostics");
+            assert!(
+                !r.diagnostics().contains("99999999"),
+                "no BSN in diagnostics"
+            );
         }
     }
 

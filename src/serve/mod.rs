@@ -62,6 +62,7 @@ use self::view::CaseView;
 use self::wire::{Format, IssueType};
 use crate::audit::{AuditLog, Event};
 use crate::cases::{Case, CaseStatus, CaseStore};
+use crate::fhir::{FhirVersion, Refusal};
 use crate::http::Response;
 use crate::oauth::grants::Grant;
 use crate::ops::logging::Q;
@@ -115,45 +116,6 @@ pub fn handle_with_key(
     serve(cases, grant, req, audit, base_url, now, Some(key))
 }
 
-/// A refusal: status, issue code, a fixed reason, and optionally what it is
-/// about (a parameter name, a type, a resource reference from the request).
-///
-/// The reason alone goes to the log; reason and subject go to the partner
-/// (OperationOutcome `diagnostics`) and to the audit trail. Neither ever holds
-/// a parameter value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub status: u16,
-    pub code: IssueType,
-    pub reason: &'static str,
-    pub subject: Option<String>,
-}
-
-impl Refusal {
-    pub fn new(status: u16, code: IssueType, reason: &'static str) -> Refusal {
-        Refusal {
-            status,
-            code,
-            reason,
-            subject: None,
-        }
-    }
-
-    /// Names what the refusal is about (request text: never logged).
-    pub fn about(mut self, subject: impl Into<String>) -> Refusal {
-        self.subject = Some(subject.into());
-        self
-    }
-
-    /// The OperationOutcome `diagnostics`.
-    pub fn diagnostics(&self) -> String {
-        match &self.subject {
-            Some(s) => format!("{s}: {}", self.reason),
-            None => self.reason.to_string(),
-        }
-    }
-}
-
 /// Longest `object` written to the audit trail.
 const MAX_AUDIT_OBJECT: usize = 2048;
 
@@ -202,9 +164,8 @@ fn serve(
     };
 
     if req.method != "GET" && req.method != "HEAD" {
-        return cx.refuse(Refusal::new(
-            405,
-            IssueType::NotSupported,
+        return cx.refuse(Refusal::method_not_allowed(
+            "GET, HEAD",
             "only GET and HEAD are served here",
         ));
     }
@@ -240,9 +201,7 @@ fn serve(
         Ok(d) => d,
         Err(e) => {
             return cx.fail(
-                500,
-                IssueType::Exception,
-                "the case data cannot be read",
+                Refusal::exception("the case data cannot be read"),
                 &e.to_string(),
             );
         }
@@ -251,9 +210,7 @@ fn serve(
         Ok(v) => v,
         Err(e) => {
             return cx.fail(
-                500,
-                IssueType::Exception,
-                "the case data cannot be served",
+                Refusal::exception("the case data cannot be served"),
                 &e.to_string(),
             );
         }
@@ -315,11 +272,10 @@ fn check_grant(cases: &CaseStore, grant: &Grant, now: i64) -> Result<Case, Refus
         ));
     };
     if grant.expires_at() <= now {
-        return Err(Refusal::new(
-            401,
-            IssueType::Security,
-            "the access token has expired",
-        ));
+        return Err(
+            Refusal::new(401, IssueType::Security, "the access token has expired")
+                .header("WWW-Authenticate", "Bearer error=\"invalid_token\""),
+        );
     }
     let case = cases
         .get(grant.partner(), &binding.case_id)
@@ -543,9 +499,11 @@ impl SearchCall<'_> {
                 })),
                 Err(_) => {
                     return cx.fail(
-                        503,
-                        IssueType::Transient,
-                        "page links cannot be made at the moment",
+                        Refusal::new(
+                            503,
+                            IssueType::Transient,
+                            "page links cannot be made at the moment",
+                        ),
                         "no page key (system randomness unavailable)",
                     );
                 }
@@ -653,23 +611,23 @@ impl Cx<'_> {
             Q(self.case_label()),
             self.action,
             r.status,
-            Q(r.reason)
+            Q(r.reason())
         );
-        outcome(self.format, r.status, r.code, &diagnostics)
+        outcome(&r, self.format)
     }
 
     /// Our failure: `detail` goes to the log only (it names files, not content).
-    fn fail(&self, status: u16, code: IssueType, diagnostics: &str, detail: &str) -> Response {
+    fn fail(&self, r: Refusal, detail: &str) -> Response {
         log::error!(
             "event=fhir.failed rid={} partner={} case={} status={} error={}",
             Q(self.req.request_id),
             Q(self.grant.partner()),
             Q(self.case_label()),
-            status,
+            r.status,
             Q(detail)
         );
-        self.record("error", Some(diagnostics), None);
-        outcome(self.format, status, code, diagnostics)
+        self.record("error", Some(&r.diagnostics()), None);
+        outcome(&r, self.format)
     }
 
     /// 200 with `body`, once the disclosure is in the audit trail.
@@ -683,18 +641,16 @@ impl Cx<'_> {
                     Q(self.case_label()),
                     Q(&e)
                 );
-                let diagnostics = "this content cannot be written in the requested format; ask for application/fhir+json";
-                self.record("refused", Some(diagnostics), None);
-                return outcome(Format::Json, 406, IssueType::NotSupported, diagnostics);
+                let r = Refusal::not_acceptable(
+                    "this content cannot be written in the requested format; ask for application/fhir+json",
+                );
+                self.record("refused", Some(&r.diagnostics()), None);
+                return outcome(&r, Format::Json);
             }
         };
         if !self.record("success", None, Some(results)) {
-            return outcome(
-                self.format,
-                500,
-                IssueType::Exception,
-                "the audit trail cannot be written; nothing is served",
-            );
+            let r = Refusal::exception("the audit trail cannot be written; nothing is served");
+            return outcome(&r, self.format);
         }
         log::debug!(
             "event=fhir.served rid={} partner={} case={} action={} results={results}",
@@ -709,20 +665,10 @@ impl Cx<'_> {
     }
 }
 
-/// An OperationOutcome response, with the headers its status calls for.
-fn outcome(format: Format, status: u16, code: IssueType, diagnostics: &str) -> Response {
-    let oo = wire::operation_outcome(code, diagnostics);
-    let (content_type, body) = wire::render(&oo, format)
-        .or_else(|_| wire::render(&oo, Format::Json))
-        .unwrap_or(("application/fhir+json; charset=utf-8", Vec::new()));
-    let response = Response::new(status)
+/// The OperationOutcome response of a refusal (STU3), never cached.
+fn outcome(r: &Refusal, format: Format) -> Response {
+    r.response(format, FhirVersion::Stu3)
         .header("Cache-Control", "no-store")
-        .body(content_type, body);
-    match status {
-        401 => response.header("WWW-Authenticate", "Bearer error=\"invalid_token\""),
-        405 => response.header("Allow", "GET, HEAD"),
-        _ => response,
-    }
 }
 
 #[cfg(test)]

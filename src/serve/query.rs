@@ -6,9 +6,9 @@
 //! parsed the same way whether it comes from the partner's query or back out
 //! of one of our page links, so a page link can never widen what it reads.
 
-use super::Refusal;
 use super::params::{self, ParamDef, ParamKind};
 use super::wire::IssueType;
+use crate::fhir::Refusal;
 use crate::ids::BSN_SYSTEM;
 use crate::util::percent;
 
@@ -560,7 +560,7 @@ mod tests {
         let values = vec!["x"; MAX_VALUES].join(",");
         let q = vec![format!("code={values}"); MAX_TOTAL_VALUES / MAX_VALUES + 1].join("&");
         assert_eq!(
-            search("Observation", &q).unwrap_err().reason,
+            search("Observation", &q).unwrap_err().reason(),
             "too many search values in one request"
         );
         let many = vec!["a=1"; MAX_PARAMS + 1].join("&");

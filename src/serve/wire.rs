@@ -1,20 +1,16 @@
-//! The one place the serving side meets the wire format: negotiation,
-//! rendering and error bodies, all through [`crate::fhir`], always STU3.
+//! The one place the serving side meets the wire format: negotiation and
+//! rendering through [`crate::fhir`], always STU3 (refusals are
+//! [`crate::fhir::Refusal`]s).
 
 use serde_json::Value;
 
-use crate::fhir::{self, FhirVersion, Severity};
+use crate::fhir::{self, FhirVersion};
 pub(crate) use crate::fhir::{Format, IssueType};
 
 /// The response format from `_format` (decoded) and `Accept`; JSON when
 /// neither says anything; `None`: answer 406.
 pub(crate) fn negotiate(format_param: Option<&str>, accept: Option<&str>) -> Option<Format> {
     fhir::negotiate(format_param, accept, Format::Json)
-}
-
-/// A one-issue error OperationOutcome; `diagnostics` must hold no patient data.
-pub(crate) fn operation_outcome(code: IssueType, diagnostics: &str) -> Value {
-    fhir::operation_outcome(Severity::Error, code, diagnostics, None)
 }
 
 /// `Content-Type` (with charset) and body of `value` in `format`. The error

@@ -25,6 +25,15 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The first 32 hex digits of SHA-256 of `bytes`: a file-safe name or id
+/// derived from data that may not itself appear in a name.
+pub fn sha256_hex32(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut h = hex(d.as_ref());
+    h.truncate(32);
+    h
+}
+
 /// Parses hex (either case, optional `:` separators) into bytes.
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
@@ -61,5 +70,12 @@ mod tests {
         assert_eq!(parse_hex("00:AB:ff").unwrap(), vec![0x00, 0xab, 0xff]);
         assert!(parse_hex("abc").is_none());
         assert!(parse_hex("zz").is_none());
+    }
+
+    #[test]
+    fn sha256_names() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(sha256_hex32(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
+        assert_eq!(sha256_hex32(b"").len(), 32);
     }
 }

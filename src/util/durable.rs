@@ -56,6 +56,17 @@ pub const SHARED_FILE_MODE: u32 = 0o640;
 /// Mode of folders handed to the EHR (inbox): group may list and enter.
 pub const SHARED_DIR_MODE: u32 = 0o750;
 
+/// Writes a file handed to the EHR (an inbox file) durably with
+/// [`write_atomic_mode`], creating its folders: group-readable
+/// ([`SHARED_FILE_MODE`], folders [`SHARED_DIR_MODE`]), so an import account
+/// in the inbox folder's group (setgid, see the README) can read it.
+pub fn write_shared(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    if let Some(dir) = path.parent() {
+        create_dir_all_mode(dir, SHARED_DIR_MODE)?;
+    }
+    write_atomic_mode(path, bytes, SHARED_FILE_MODE)
+}
+
 /// [`write_atomic`] with an explicit mode for the new file. The mode is set
 /// with `fchmod` after creation, so the process umask (systemd `UMask=0077`)
 /// cannot narrow it.

@@ -1,6 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::fhir::IssueType;
 
 const OURS: &str = "87654321";
 
@@ -24,7 +25,7 @@ fn expect_400(edit: impl FnOnce(&mut Value), code: IssueType, expression: &str) 
     assert_eq!(r.code, code, "{r}");
     assert_eq!(r.expression.as_deref(), Some(expression), "{r}");
     assert!(
-        !r.diagnostics.contains("999999151") && !r.diagnostics.contains(OURS),
+        !r.diagnostics().contains("999999151") && !r.diagnostics().contains(OURS),
         "a refusal repeats a value: {r}"
     );
 }
