@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use np_agent::config::OrgId;
+use np_agent::ids::OrgId;
 use np_agent::receiver::task::{self, Expect};
 use np_agent::receiver::wire;
 use np_agent::util::url;
