@@ -9,29 +9,29 @@
 //! `docs/architecture.md` tells how a request and an export travel through them.
 #![forbid(unsafe_code)]
 
-pub mod assertion; // JWT claims of TA assertions, the jti replay cache
-pub mod audit; // NEN 7513 audit trail
-pub mod backpressure; // refusing new work while the disk is nearly full
-pub mod cases; // exported cases and the authorization bases we issued
-pub mod certwatch; // certificate expiry warnings
-pub mod circuit; // per-partner circuit breakers
-pub mod cli; // the command line
-pub mod config; // env file → typed, validated Config with typed partners
-pub mod daemon; // assembly, request routing, signals, reload and drain
-pub mod demo; // `np-agent demo`: two agents and a broker on loopback
-pub mod doctor; // `np-agent doctor`: file, TLS and partner checks
-pub mod fhir; // FHIR JSON/XML, STU3/R4, OperationOutcome, media types
-pub mod http; // bounded mTLS server, admin listener, outgoing client
+pub mod util; // codecs (percent, URL, Retry-After, base64url), time, randomness, durable writes
 pub mod ids; // BSN, URA/AGB organisations and their OID forms
 pub mod jose; // JWS/JWK/JWKS on ring: sign, verify, keys
-pub mod manpage;
-pub mod mitz; // Mitz consent notification intake and consent view
-pub mod oauth; // token decision (pure), token endpoint, token store, token client
-pub mod ops; // logging, metrics, sd_notify
 pub mod pki; // certificates, trust, CRLs, peer identity, TLS configurations
-pub mod receiver; // notification Task intake, cancellation, pull into the inbox
+pub mod config; // env file → typed, validated Config with typed partners
+pub mod ops; // logging, metrics, sd_notify
+pub mod http; // bounded mTLS server, admin listener, outgoing client
+pub mod fhir; // FHIR JSON/XML, STU3/R4, OperationOutcome, media types
+pub mod assertion; // JWT claims of TA assertions, the jti replay cache
+pub mod audit; // NEN 7513 audit trail
+pub mod spool; // durable work items and their states
+pub mod circuit; // per-partner circuit breakers
+pub mod worker; // the spool dispatcher and its workers
+pub mod backpressure; // refusing new work while the disk is nearly full
+pub mod oauth; // token decision (pure), token endpoint, token store, token client
+pub mod cases; // exported cases and the authorization bases we issued
 pub mod sender; // outbox → notification Task → delivery
 pub mod serve; // scoped FHIR reads and searches for a pull token
-pub mod spool; // durable work items and their states
-pub mod util; // codecs (percent, URL, Retry-After, base64url), time, randomness, durable writes
-pub mod worker; // the spool dispatcher and its workers // man pages and the default env file, from the cli and key tables
+pub mod receiver; // notification Task intake, cancellation, pull into the inbox
+pub mod mitz; // Mitz consent notification intake and consent view
+pub mod certwatch; // certificate expiry warnings
+pub mod daemon; // assembly, request routing, signals, reload and drain
+pub mod doctor; // `np-agent doctor`: file, TLS and partner checks
+pub mod demo; // `np-agent demo`: two agents and a broker on loopback
+pub mod cli; // the command line
+pub mod manpage; // man pages and the default env file, from the cli and key tables
