@@ -1,61 +1,23 @@
+use super::tests_support::{TestSite, set};
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 
-struct Files {
-    dir: PathBuf,
-}
+/// The site of these tests: hospital A.
+struct Files(TestSite);
 
 impl Files {
     fn new() -> Files {
-        let dir = std::env::temp_dir().join(format!(
-            "np-config-{}",
-            crate::util::random::uuid_v4().unwrap()
-        ));
-        std::fs::create_dir_all(dir.join("crl")).unwrap();
-        for (name, mode) in [
-            ("cert.pem", 0o644),
-            ("key.pem", 0o600),
-            ("trust.pem", 0o644),
-            ("signing.pem", 0o600),
-        ] {
-            let p = dir.join(name);
-            std::fs::write(&p, "x").unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        Files { dir }
+        Files(TestSite::new("config"))
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+        self.0.path(name)
     }
 
     fn base(&self) -> Vars {
-        let mut v = Vars::new();
-        for (k, val) in [
-            (
-                "NP_PUBLIC_URL",
-                "https://np.hospital-a.example:8443/".to_string(),
-            ),
-            ("NP_TLS_CERT", self.path("cert.pem")),
-            ("NP_TLS_KEY", self.path("key.pem")),
-            ("NP_TLS_TRUST", self.path("trust.pem")),
-            ("NP_SIGNING_KEY", self.path("signing.pem")),
-            ("NP_ORG_URA", "12345678".to_string()),
-        ] {
-            v.insert(k.to_string(), (val, None));
-        }
-        v
+        self.0
+            .vars("https://np.hospital-a.example:8443/", "12345678")
     }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn set(v: &mut Vars, k: &str, val: &str) {
-    v.insert(k.to_string(), (val.to_string(), None));
 }
 
 fn errors(v: &Vars) -> Vec<String> {
@@ -247,7 +209,7 @@ fn public_url_must_be_an_https_origin() {
 #[test]
 fn key_files_must_not_be_readable_by_group_or_others() {
     let f = Files::new();
-    let key = f.dir.join("key.pem");
+    let key = f.0.dir.join("key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
     let errs = errors(&f.base());
     assert!(
@@ -283,7 +245,10 @@ fn missing_files_and_directories_are_named() {
     );
     let mut v = f.base();
     set(&mut v, "NP_TLS_CRL_DIR", &f.path("crl"));
-    assert_eq!(from_vars(&v).unwrap().tls_crl_dir, Some(f.dir.join("crl")));
+    assert_eq!(
+        from_vars(&v).unwrap().tls_crl_dir,
+        Some(f.0.dir.join("crl"))
+    );
 }
 
 fn with_partner(f: &Files) -> Vars {
@@ -572,7 +537,7 @@ fn mitz_partner_needs_only_a_certificate() {
 #[test]
 fn env_file_errors_carry_the_line() {
     let f = Files::new();
-    let path = f.dir.join("np-agent.env");
+    let path = f.0.dir.join("np-agent.env");
     std::fs::write(
         &path,
         format!(
@@ -599,7 +564,7 @@ fn env_file_errors_carry_the_line() {
             .contains("unterminated double quote (line 1)"),
         "{errs:?}"
     );
-    let errs = load(&Source::File(f.dir.join("missing.env"))).unwrap_err();
+    let errs = load(&Source::File(f.0.dir.join("missing.env"))).unwrap_err();
     assert!(
         errs[0].to_string().starts_with("--env-file: cannot read"),
         "{errs:?}"

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::config::{Vars, from_vars};
+use crate::config::from_vars;
+use crate::config::tests_support::TestSite;
 use crate::http::Peer;
 
 const NOW: i64 = 1_800_000_000;
@@ -16,40 +17,18 @@ const SAMPLE: &str = include_str!("sample-notification.json");
 const AORTA: &str = "initialRequestID=6f1c1b52-0a43-4b8e-9d0e-2f7f3b0f5a11; requestID=0e4c9d3a-7c0b-4c51-8a39-5d7d1c1b2e22";
 
 struct Fixture {
-    dir: PathBuf,
+    _site: TestSite,
     config: Arc<Config>,
     spool: Arc<Spool>,
     mitz: Mitz,
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn fixture() -> Fixture {
-    let dir = std::env::temp_dir().join(format!("np-mitz-{}", random::uuid_v4().unwrap()));
-    fs::create_dir_all(&dir).unwrap();
-    for (name, mode) in [
-        ("cert.pem", 0o644),
-        ("key.pem", 0o600),
-        ("trust.pem", 0o644),
-        ("signing.pem", 0o600),
-    ] {
-        let p = dir.join(name);
-        fs::write(&p, "x").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-    }
+    let site = TestSite::new("mitz");
+    let dir = site.dir.clone();
     let path = |n: &str| dir.join(n).display().to_string();
-    let mut v = Vars::new();
+    let mut v = site.vars("https://np.b.example", "87654321");
     for (k, val) in [
-        ("NP_PUBLIC_URL", "https://np.b.example".to_string()),
-        ("NP_TLS_CERT", path("cert.pem")),
-        ("NP_TLS_KEY", path("key.pem")),
-        ("NP_TLS_TRUST", path("trust.pem")),
-        ("NP_SIGNING_KEY", path("signing.pem")),
-        ("NP_ORG_URA", "87654321".into()),
         ("NP_SYSTEM_ID", "2.16.840.1.113883.2.4.3.999.2".into()),
         ("NP_OUTBOX", path("outbox")),
         ("NP_INBOX", path("inbox")),
@@ -73,7 +52,7 @@ fn fixture() -> Fixture {
     let audit = Arc::new(AuditLog::open(&state).unwrap());
     let mitz = Mitz::new(config.clone(), spool.clone(), audit).unwrap();
     Fixture {
-        dir,
+        _site: site,
         config,
         spool,
         mitz,

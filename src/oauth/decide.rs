@@ -46,6 +46,9 @@ impl GrantType {
         }
     }
 
+    /// The grants some partner kind uses ([`grant_of`]), for discovery.
+    pub const SERVED: &'static [GrantType] = &[GrantType::JwtBearer];
+
     pub fn name(self) -> &'static str {
         match self {
             GrantType::JwtBearer => GRANT_JWT_BEARER,

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod decide;
+pub mod discovery;
 pub mod endpoint;
 pub mod form;
 pub mod grants;

@@ -43,6 +43,7 @@
 //! log gets one line per refusal with the request id, partner, case, status
 //! and a fixed reason: never request text, which may hold a BSN.
 
+pub mod capability;
 mod page;
 mod params;
 pub(crate) mod query;

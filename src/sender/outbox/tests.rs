@@ -1,5 +1,6 @@
 use super::*;
-use crate::config::{Vars, from_vars};
+use crate::config::from_vars;
+use crate::config::tests_support::TestSite;
 use crate::ids::{BSN_SYSTEM, Bsn};
 use crate::oauth::{CaseBinding, Grant};
 use serde_json::{Value, json};
@@ -10,7 +11,7 @@ const NOW: i64 = 1_800_000_000;
 const BSN: &str = "999999151";
 
 struct Fixture {
-    dir: PathBuf,
+    site: TestSite,
     config: Config,
     rules: Rules,
     cases: CaseStore,
@@ -20,34 +21,12 @@ struct Fixture {
     state: ScanState,
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn fixture() -> Fixture {
-    let dir = std::env::temp_dir().join(format!("np-outbox-{}", random::uuid_v4().unwrap()));
-    fs::create_dir_all(&dir).unwrap();
-    for (name, mode) in [
-        ("cert.pem", 0o644),
-        ("key.pem", 0o600),
-        ("trust.pem", 0o644),
-        ("signing.pem", 0o600),
-    ] {
-        let p = dir.join(name);
-        fs::write(&p, "x").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-    }
-    let mut v = Vars::new();
+    let site = TestSite::new("outbox");
+    let dir = site.dir.clone();
+    let mut v = site.vars("https://np.a.example", "12345678");
     let path = |n: &str| dir.join(n).display().to_string();
     for (k, val) in [
-        ("NP_PUBLIC_URL", "https://np.a.example".to_string()),
-        ("NP_TLS_CERT", path("cert.pem")),
-        ("NP_TLS_KEY", path("key.pem")),
-        ("NP_TLS_TRUST", path("trust.pem")),
-        ("NP_SIGNING_KEY", path("signing.pem")),
-        ("NP_ORG_URA", "12345678".into()),
         ("NP_ORG_AGB", "01234567".into()),
         ("NP_SYSTEM_ID", "2.16.840.1.113883.2.4.3.999.1".into()),
         ("NP_OUTBOX", path("outbox")),
@@ -88,7 +67,7 @@ fn fixture() -> Fixture {
         audit: AuditLog::open(&state).unwrap(),
         state: ScanState::default(),
         config,
-        dir,
+        site,
     }
 }
 
@@ -570,7 +549,7 @@ fn xml_exports_are_accepted() {
 #[test]
 fn symlinks_fifos_and_oversized_files_are_refused_without_reading() {
     let mut f = fixture();
-    let secret = f.dir.join("secret.json");
+    let secret = f.site.dir.join("secret.json");
     fs::write(&secret, serde_json::to_vec(&bundle(BSN, &[])).unwrap()).unwrap();
     symlink(&secret, f.outbox("hospb").join("c1.json")).unwrap();
     let fifo = f.outbox("hospb").join("c2.json");
@@ -977,7 +956,7 @@ fn cancel_covers_a_dead_notification_that_was_tried() {
 #[test]
 fn free_names_keep_the_extension() {
     let f = fixture();
-    let dir = f.dir.join("rej");
+    let dir = f.site.dir.join("rej");
     fs::create_dir_all(&dir).unwrap();
     assert_eq!(free_name(&dir, OsStr::new("a.json"), NOW), "a.json");
     fs::write(dir.join("a.json.error.txt"), b"").unwrap();

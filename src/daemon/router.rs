@@ -1,0 +1,373 @@
+//! The router of the partner-facing listener: which endpoint answers a
+//! request, after the certificate is mapped to a partner and (for FHIR data
+//! and Tasks) the bearer token to its grant. The partner's kind decides the
+//! endpoints it may use, in one `match` per endpoint family.
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::{MitzPartner, Partner};
+use crate::fhir::{FhirVersion, Format, IssueType, Refusal};
+use crate::http::{Handler, Request, Response};
+use crate::oauth::endpoint::{Outcome, TokenRequest};
+use crate::ops::logging::Q;
+use crate::pki;
+use crate::util::time::now_unix;
+
+use super::assembly::{Shared, Stores};
+
+/// The request router for the partner-facing listener.
+pub struct Router {
+    shared: RwLock<Arc<Shared>>,
+    pub(super) stores: Arc<Stores>,
+    /// Wakes the spool workers after a notification was stored.
+    pub(super) waker: std::sync::OnceLock<crate::worker::Waker>,
+}
+
+impl Router {
+    pub fn new(shared: Shared, stores: Arc<Stores>) -> Router {
+        Router {
+            shared: RwLock::new(Arc::new(shared)),
+            stores,
+            waker: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The current shared state.
+    pub fn current(&self) -> Arc<Shared> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the shared state (reload).
+    pub fn replace(&self, shared: Shared) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shared);
+    }
+
+    /// The configured partner the peer's certificate belongs to: exactly one, or none.
+    pub fn partner_of<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
+        let leaf = req.peer.certs.first()?;
+        let id = pki::peer_identity(leaf.as_ref()).ok()?;
+        let mut matches = shared
+            .config
+            .partners
+            .iter()
+            .filter(|p| p.cert.matches(&id));
+        let partner = matches.next()?;
+        if matches.next().is_some() {
+            log::warn!(
+                "event=tls.ambiguous_partner rid={} cert_sha256={}",
+                Q(&req.request_id),
+                id.fingerprint()
+            );
+            return None;
+        }
+        Some(partner)
+    }
+}
+
+impl Router {
+    /// FHIR data and Task endpoints: a partner certificate and a bearer token
+    /// our token endpoint issued to that partner.
+    fn fhir(&self, shared: &Shared, req: &Request) -> Response {
+        let now = now_unix();
+        let Some(partner) = self.partner_of(shared, req) else {
+            return json_outcome(&Refusal::forbidden(
+                "the TLS client certificate does not belong to a configured partner",
+            ));
+        };
+        let Some(twiin) = partner.as_twiin() else {
+            return json_outcome(&Refusal::forbidden("this endpoint is for twiin partners"));
+        };
+        let grant = match self.bearer(req, partner, now) {
+            Ok(g) => g,
+            Err(resp) => return resp,
+        };
+        let rest = &req.path["/fhir".len()..];
+        if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
+            return match (grant.kind(), req.method.as_str()) {
+                (crate::oauth::TokenKind::Notify, "POST") if rest == "/Task" => {
+                    if let Some(busy) = self.backpressure(req, partner, "/fhir/Task", "task.refused") {
+                        return busy;
+                    }
+                    let resp = shared.receiver.notify(twiin, &grant, req, now);
+                    if resp.status == 201 {
+                        if let Some(w) = self.waker.get() {
+                            w.wake();
+                        }
+                    }
+                    resp
+                }
+                (crate::oauth::TokenKind::Notify, "PUT") => shared.receiver.cancel(twiin, &grant, req, now),
+                (crate::oauth::TokenKind::Notify, _) => json_outcome(&Refusal::method_not_allowed(
+                    "POST, PUT",
+                    "use POST /fhir/Task or PUT /fhir/Task?identifier=…",
+                )),
+                (crate::oauth::TokenKind::Pull, _) => json_outcome(
+                    &Refusal::forbidden(
+                        "a pull token cannot send notifications; get a token without authorization_base",
+                    )
+                    .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+                ),
+            };
+        }
+        match grant.kind() {
+            crate::oauth::TokenKind::Pull => crate::serve::handle(
+                &self.stores.cases,
+                &grant,
+                &crate::serve::ServeRequest {
+                    method: &req.method,
+                    path: rest,
+                    query: req.query.as_deref(),
+                    accept: req.header("accept"),
+                    request_id: &req.request_id,
+                },
+                &self.stores.audit,
+                &format!("{}/fhir", shared.config.public_url),
+                now,
+            ),
+            crate::oauth::TokenKind::Notify => json_outcome(
+                &Refusal::forbidden(
+                    "a notify token does not read data; get a token with the authorization base",
+                )
+                .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+            ),
+        }
+    }
+
+    /// The 503 for new work while the disk is nearly full (counted by
+    /// `endpoint`, logged as `event`), or `None` when there is room.
+    fn backpressure(
+        &self,
+        req: &Request,
+        partner: &Partner,
+        endpoint: &'static str,
+        event: &str,
+    ) -> Option<Response> {
+        let pressure = self.stores.disk.check()?;
+        self.stores.metrics.inc(
+            crate::ops::metrics::BACKPRESSURE_REFUSED,
+            &[("endpoint", endpoint)],
+        );
+        log::info!(
+            "event={event} rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
+            Q(&req.request_id),
+            partner.name,
+            pressure.reason,
+            pressure.free,
+            pressure.min
+        );
+        Some(json_outcome(&pressure.refusal()))
+    }
+
+    /// Mitz consent notification intake: the certificate of a `mitz`
+    /// partner is the whole authentication (DESIGN.md); no bearer token.
+    fn mitz(&self, shared: &Shared, req: &Request) -> Response {
+        let mitz = match self.mitz_caller(shared, req) {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        if let Some(busy) = self.backpressure(req, mitz.partner, "/mitz", "mitz.refused") {
+            return busy;
+        }
+        let intake = shared.mitz.intake(mitz, req, now_unix());
+        if intake.queued {
+            if let Some(w) = self.waker.get() {
+                w.wake();
+            }
+        }
+        intake.response
+    }
+
+    /// The `mitz` partner calling the intake with `POST`, or the refusal
+    /// (403 certificate or partner kind, 405 method).
+    fn mitz_caller<'a>(
+        &self,
+        shared: &'a Shared,
+        req: &Request,
+    ) -> Result<MitzPartner<'a>, Response> {
+        let refused = |partner: &str, r: Refusal| {
+            log::info!(
+                "event=mitz.refused rid={} partner={partner} status={} code={} reason={}",
+                Q(&req.request_id),
+                r.status,
+                r.code.as_str(),
+                Q(r.reason())
+            );
+            json_outcome(&r)
+        };
+        let Some(partner) = self.partner_of(shared, req) else {
+            return Err(refused(
+                "-",
+                Refusal::forbidden(
+                    "the TLS client certificate does not belong to a configured partner",
+                ),
+            ));
+        };
+        let Some(mitz) = partner.as_mitz() else {
+            return Err(refused(
+                &partner.name,
+                Refusal::forbidden("this endpoint is for mitz partners"),
+            ));
+        };
+        if req.method != "POST" {
+            return Err(refused(
+                &partner.name,
+                Refusal::method_not_allowed("POST", "POST a consent notification Bundle"),
+            ));
+        }
+        Ok(mitz)
+    }
+
+    /// The grant behind `Authorization: Bearer …`, issued to `partner`.
+    fn bearer(
+        &self,
+        req: &Request,
+        partner: &Partner,
+        now: i64,
+    ) -> Result<crate::oauth::Grant, Response> {
+        let unauthorized = |error: Option<&str>, why: &'static str| {
+            let challenge = match error {
+                Some(e) => format!("Bearer error=\"{e}\""),
+                None => "Bearer".to_string(),
+            };
+            json_outcome(&Refusal::login(challenge, why))
+        };
+        let Some(value) = req.header("authorization") else {
+            return Err(unauthorized(None, "a bearer token is required"));
+        };
+        let token = match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+                t.trim()
+            }
+            _ => {
+                return Err(unauthorized(
+                    Some("invalid_request"),
+                    "use Authorization: Bearer <token>",
+                ));
+            }
+        };
+        self.stores
+            .tokens
+            .check(token, &partner.name, now)
+            .map_err(|e| unauthorized(Some("invalid_token"), e.reason()))
+    }
+}
+
+fn json(status: u16, body: Vec<u8>) -> Response {
+    Response::new(status).body("application/json", body)
+}
+
+/// The router's own refusals come before any format negotiation: JSON.
+fn json_outcome(r: &Refusal) -> Response {
+    r.response(Format::Json, FhirVersion::Stu3)
+}
+
+impl Handler for Router {
+    fn handle(&self, req: &Request) -> Response {
+        let shared = self.current();
+        let path = req.path.as_str();
+        let get = req.method == "GET" || req.method == "HEAD";
+        match path {
+            "/.well-known/smart-configuration" | "/fhir/.well-known/smart-configuration" if get => {
+                json(200, shared.discovery_json.clone()).header("Cache-Control", "max-age=3600")
+            }
+            "/.well-known/jwks.json" | "/.well-known/jwks" | "/.well-known/openid-connect/jwks"
+                if get =>
+            {
+                json(200, shared.jwks_json.clone()).header("Cache-Control", "max-age=3600")
+            }
+            "/fhir/metadata" if get => {
+                Response::new(200).body("application/fhir+json", shared.metadata_json.clone())
+            }
+            "/oauth/token" => {
+                if req.method != "POST" {
+                    return self
+                        .error_response(Some(path), 405, "use POST")
+                        .header("Allow", "POST");
+                }
+                let partner = self.partner_of(&shared, req);
+                let reply = shared.token_service.handle(
+                    &TokenRequest {
+                        partner,
+                        content_type: req.header("content-type"),
+                        body: &req.body,
+                        request_id: &req.request_id,
+                    },
+                    now_unix(),
+                );
+                match reply.outcome {
+                    Outcome::Issued(kind) => self.stores.metrics.token_issued(kind.name()),
+                    Outcome::Refused(reason) => self.stores.metrics.token_refused(reason.label()),
+                    Outcome::Http => self.stores.metrics.token_refused("http"),
+                }
+                token_response(reply)
+            }
+            _ if is_mitz_path(path) => self.mitz(&shared, req),
+            _ if path.starts_with("/fhir/") || path == "/fhir" => self.fhir(&shared, req),
+            _ => json(404, br#"{"error":"not_found"}"#.to_vec()),
+        }
+    }
+
+    fn endpoint_label(&self, path: &str) -> &'static str {
+        match path {
+            "/oauth/token" => "/oauth/token",
+            "/.well-known/smart-configuration" | "/fhir/.well-known/smart-configuration" => {
+                "/.well-known/smart-configuration"
+            }
+            "/.well-known/jwks.json" | "/.well-known/jwks" | "/.well-known/openid-connect/jwks" => {
+                "/.well-known/jwks"
+            }
+            "/fhir/metadata" => "/fhir/metadata",
+            "/fhir/Task" => "/fhir/Task",
+            p if is_mitz_path(p) => "/mitz",
+            p if p.starts_with("/fhir/") => "/fhir/{type}",
+            _ => "other",
+        }
+    }
+
+    fn error_response(&self, path: Option<&str>, status: u16, reason: &str) -> Response {
+        if path == Some("/oauth/token") {
+            return token_response(crate::oauth::endpoint::reply_http_error(status, reason));
+        }
+        let code = match status {
+            413 => IssueType::TooCostly,
+            405 => IssueType::NotSupported,
+            _ => IssueType::Invalid,
+        };
+        json_outcome(&Refusal::new(status, code, reason.to_string()))
+    }
+
+    /// A body over the limit on a Mitz intake path: the checks that come
+    /// before size in DESIGN.md's order (caller, method, `Accept`,
+    /// `Content-Type`) still answer first.
+    fn refuse_by_head(&self, req: &Request) -> Option<Response> {
+        if !is_mitz_path(&req.path) {
+            return None;
+        }
+        let shared = self.current();
+        match self.mitz_caller(&shared, req) {
+            Ok(partner) => shared.mitz.refuse_by_head(partner, req),
+            Err(resp) => Some(resp),
+        }
+    }
+}
+
+/// The Mitz intake paths: the R4 base (`/fhir/R4`, spec §3) and
+/// `/mitz/fhir`, each also with `/Bundle`.
+fn is_mitz_path(path: &str) -> bool {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    matches!(
+        path,
+        "/fhir/R4" | "/fhir/R4/Bundle" | "/mitz/fhir" | "/mitz/fhir/Bundle"
+    )
+}
+
+fn token_response(reply: crate::oauth::endpoint::TokenReply) -> Response {
+    let mut resp = Response::new(reply.status);
+    for (k, v) in reply.headers {
+        resp = resp.header(k, v);
+    }
+    resp.body("application/json;charset=UTF-8", reply.body)
+}
