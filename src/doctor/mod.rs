@@ -18,6 +18,7 @@
 
 mod files;
 mod partners;
+mod passwd;
 mod signing;
 mod tls;
 
