@@ -1,6 +1,10 @@
 //! Files and folders `doctor` checks: the env file, the certificate, trust
 //! and key files, and the outbox, inbox and state folders — each with the
 //! owner and mode the service user needs.
+//!
+//! Each `…_check` gathers what the file system says ([`Found`]); the
+//! matching `…_verdict` decides on that without I/O, which is where the
+//! order of the findings and every message and fix live.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -109,6 +113,27 @@ impl Owner {
     }
 }
 
+/// The env file: readable by the service user, not by others.
+pub(super) fn env_file_check(path: &Path, owner: &Owner) -> Check {
+    env_file_verdict(path, owner, &Found::on_disk(path, owner))
+}
+
+/// A certificate or trust file the service user must be able to read.
+pub(super) fn readable_check(key: &str, path: &Path, owner: &Owner) -> Check {
+    readable_verdict(key, path, owner, &Found::on_disk(path, owner))
+}
+
+/// A private key file: owned by the service user, mode 0600 or stricter.
+pub(super) fn key_owner_check(key: &str, path: &Path, owner: &Owner) -> Check {
+    key_owner_verdict(key, path, owner, &Found::on_disk(path, owner))
+}
+
+/// A folder: exists, is a directory, belongs to the service user, which may
+/// read, write and search it; others get nothing.
+pub(super) fn folder_check(name: &str, key: &str, path: &Path, mode: u32, owner: &Owner) -> Check {
+    folder_verdict(name, key, path, mode, owner, &Found::on_disk(path, owner))
+}
+
 /// What `stat(2)` says about a path, as far as the checks care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
@@ -166,27 +191,6 @@ fn open_to_group(mode: u32) -> bool {
 /// The owner may read, write and search it (a folder the service works in).
 fn owner_has_all(mode: u32) -> bool {
     mode & 0o700 == 0o700
-}
-
-/// The env file: readable by the service user, not by others.
-pub(super) fn env_file_check(path: &Path, owner: &Owner) -> Check {
-    env_file_verdict(path, owner, &Found::on_disk(path, owner))
-}
-
-/// A certificate or trust file the service user must be able to read.
-pub(super) fn readable_check(key: &str, path: &Path, owner: &Owner) -> Check {
-    readable_verdict(key, path, owner, &Found::on_disk(path, owner))
-}
-
-/// A private key file: owned by the service user, mode 0600 or stricter.
-pub(super) fn key_owner_check(key: &str, path: &Path, owner: &Owner) -> Check {
-    key_owner_verdict(key, path, owner, &Found::on_disk(path, owner))
-}
-
-/// A folder: exists, is a directory, belongs to the service user, which may
-/// read, write and search it; others get nothing.
-pub(super) fn folder_check(name: &str, key: &str, path: &Path, mode: u32, owner: &Owner) -> Check {
-    folder_verdict(name, key, path, mode, owner, &Found::on_disk(path, owner))
 }
 
 fn env_file_verdict(path: &Path, owner: &Owner, found: &Found) -> Check {

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
@@ -59,34 +60,41 @@ pub(super) fn tls_checks(
         )),
     }
     if let (Some(next), Some(dir)) = (tls.crl_next_update, &files.crl_dir) {
-        let hours = (next - ctx.now) / 3_600;
-        let when = crate::util::time::rfc3339(next);
-        if next <= ctx.now {
-            checks.push(fail(
-                "crl",
-                format!("a CRL in {} is past its nextUpdate ({when}): every handshake fails closed", dir.display()),
-                format!(
-                    "put each CA's current CRL in {} (your CRL download job), then systemctl reload np-agent",
-                    dir.display()
-                ),
-            ));
-        } else if hours < 24 {
-            checks.push(warn(
-                "crl",
-                format!("the earliest CRL nextUpdate is in {hours} h ({when})"),
-                format!(
-                    "check that the CRL download job refreshes {}",
-                    dir.display()
-                ),
-            ));
-        } else {
-            checks.push(ok(
-                "crl",
-                format!("{} CRL(s), earliest nextUpdate {when}", tls.crls.len()),
-            ));
-        }
+        checks.push(crl_check(next, ctx.now, dir, tls.crls.len()));
     }
     Some(tls)
+}
+
+/// The CRLs in `dir`, by the earliest `nextUpdate` among them (`count` of
+/// them loaded): past is a FAIL (every handshake fails closed), within a
+/// day a WARN.
+fn crl_check(next_update: i64, now: i64, dir: &Path, count: usize) -> Check {
+    let hours = (next_update - now) / 3_600;
+    let when = crate::util::time::rfc3339(next_update);
+    if next_update <= now {
+        fail(
+            "crl",
+            format!(
+                "a CRL in {} is past its nextUpdate ({when}): every handshake fails closed",
+                dir.display()
+            ),
+            format!(
+                "put each CA's current CRL in {} (your CRL download job), then systemctl reload np-agent",
+                dir.display()
+            ),
+        )
+    } else if hours < 24 {
+        warn(
+            "crl",
+            format!("the earliest CRL nextUpdate is in {hours} h ({when})"),
+            format!(
+                "check that the CRL download job refreshes {}",
+                dir.display()
+            ),
+        )
+    } else {
+        ok("crl", format!("{count} CRL(s), earliest nextUpdate {when}"))
+    }
 }
 
 fn pki_fix(e: &PkiError, files: &TlsFiles) -> String {
@@ -145,6 +153,7 @@ fn chain_check(cfg: &Config, tls: &TlsMaterial) -> Check {
     .and_then(|v| {
         let sn = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         v.verify_server_cert(leaf, intermediates, &sn, &[], now)
+            .map(drop)
             .map_err(|e| tls_error_text(&e))
     });
     let client = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -156,12 +165,27 @@ fn chain_check(cfg: &Config, tls: &TlsMaterial) -> Check {
     .map_err(|e| e.to_string())
     .and_then(|v| {
         v.verify_client_cert(leaf, intermediates, now)
+            .map(drop)
             .map_err(|e| tls_error_text(&e))
     });
-    let cert = cfg.tls_cert.display();
-    let trust = cfg.tls_trust.display();
+    chain_verdict(&cfg.tls_cert, &cfg.tls_trust, &host, server, client)
+}
+
+/// The chain check's line from the two verifications (each `Err` a
+/// `label: text` of [`tls_error_text`]): a wrong name is named first, then
+/// an unknown CA, then a wrong purpose, then anything else.
+fn chain_verdict(
+    cert: &Path,
+    trust: &Path,
+    host: &str,
+    server: Result<(), String>,
+    client: Result<(), String>,
+) -> Check {
+    let name = "tls.chain";
+    let cert = cert.display();
+    let trust = trust.display();
     match (server, client) {
-        (Ok(_), Ok(_)) => ok(
+        (Ok(()), Ok(())) => ok(
             name,
             format!("{cert} chains to {trust} and is valid for {host} as server and as client"),
         ),
@@ -172,7 +196,7 @@ fn chain_check(cfg: &Config, tls: &TlsMaterial) -> Check {
                 "use a certificate whose subjectAltName holds {host}, or set NP_PUBLIC_URL to a name it holds"
             ),
         ),
-        (Err(e), _) | (Ok(_), Err(e)) if e.contains("unknown_ca") => fail(
+        (Err(e), _) | (Ok(()), Err(e)) if e.contains("unknown_ca") => fail(
             name,
             format!("{cert} does not chain to a CA in {trust} ({e})"),
             format!(
@@ -180,12 +204,12 @@ fn chain_check(cfg: &Config, tls: &TlsMaterial) -> Check {
                  certificate to {trust}; partners need the same root"
             ),
         ),
-        (Err(e), _) | (Ok(_), Err(e)) if e.contains("wrong_purpose") => fail(
+        (Err(e), _) | (Ok(()), Err(e)) if e.contains("wrong_purpose") => fail(
             name,
             format!("{cert} is not valid for both TLS server and client authentication ({e})"),
             "request a certificate with extendedKeyUsage serverAuth and clientAuth (UZI server certificate)",
         ),
-        (Err(e), _) | (Ok(_), Err(e)) => fail(
+        (Err(e), _) | (Ok(()), Err(e)) => fail(
             name,
             format!("{cert}: {e}"),
             format!("replace the certificate in {cert} with a current one that chains to {trust}"),
@@ -195,6 +219,27 @@ fn chain_check(cfg: &Config, tls: &TlsMaterial) -> Check {
 
 fn tls_error_text(e: &rustls::Error) -> String {
     format!("{}: {e}", pki::classify_tls_error(e))
+}
+
+/// Where a certificate stands by its days left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Validity {
+    /// Past its `notAfter`.
+    Expired,
+    /// Fewer than [`certwatch::WARN_DAYS`] days left: renew now.
+    Expiring,
+    Valid,
+}
+
+/// [`Validity`] for `days` left (negative: expired that many days ago).
+pub(super) fn validity(days: i64) -> Validity {
+    if days < 0 {
+        Validity::Expired
+    } else if days < certwatch::WARN_DAYS {
+        Validity::Expiring
+    } else {
+        Validity::Valid
+    }
 }
 
 /// One line per certificate that expires within 30 days (or has), and one
@@ -216,30 +261,30 @@ fn expiry_checks(certs: &[CertInfo], now: i64) -> Vec<Check> {
             ),
             Role::Partner => "ask the partner to renew it".into(),
         };
-        if days < 0 {
-            let status_fail = c.role != Role::TrustAnchor;
-            let msg = format!("{what} expired on {date}");
-            out.push(if status_fail {
-                fail("expiry", msg, renew)
-            } else {
-                warn("expiry", msg + ": peers chaining to it are refused", renew)
-            });
-        } else if days < certwatch::WARN_DAYS {
-            out.push(warn(
+        match validity(days) {
+            Validity::Expired => {
+                let msg = format!("{what} expired on {date}");
+                out.push(if c.role == Role::TrustAnchor {
+                    warn("expiry", msg + ": peers chaining to it are refused", renew)
+                } else {
+                    fail("expiry", msg, renew)
+                });
+            }
+            Validity::Expiring => out.push(warn(
                 "expiry",
                 format!("{what} expires in {days} days ({date})"),
                 renew,
-            ));
-        } else if c.role == Role::Ours {
-            out.push(ok(
+            )),
+            Validity::Valid if c.role == Role::Ours => out.push(ok(
                 "expiry",
                 format!("{what} expires in {days} days ({date})"),
-            ));
+            )),
+            Validity::Valid => {}
         }
     }
     let others: Vec<&CertInfo> = certs
         .iter()
-        .filter(|c| c.role != Role::Ours && c.days_left(now) >= certwatch::WARN_DAYS)
+        .filter(|c| c.role != Role::Ours && validity(c.days_left(now)) == Validity::Valid)
         .collect();
     if let Some(first) = others.iter().min_by_key(|c| c.not_after) {
         out.push(ok(
@@ -256,40 +301,62 @@ fn expiry_checks(certs: &[CertInfo], now: i64) -> Vec<Check> {
     out
 }
 
-/// A full TLS handshake with our client configuration, then one HTTP
-/// request so that a server refusing our certificate (which in TLS 1.3
-/// shows only after the handshake) is seen. Returns the partner's chain, or
-/// a failure label from [`pki::classify_tls_error`] (`dns`, `connect`,
-/// `timeout`, …) with detail.
+/// Why the handshake probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ProbeFailure {
+    /// A label from [`pki::classify_tls_error`] or of the connection step
+    /// (`dns`, `refused`, `timeout`, `connect`, `io`, `other`).
+    pub label: &'static str,
+    /// The error text.
+    pub detail: String,
+}
+
+impl ProbeFailure {
+    fn new(label: &'static str, e: &dyn fmt::Display) -> ProbeFailure {
+        ProbeFailure {
+            label,
+            detail: e.to_string(),
+        }
+    }
+
+    fn io(e: &std::io::Error) -> ProbeFailure {
+        ProbeFailure::new(pki::classify_io_error(e), e)
+    }
+}
+
+/// A full TLS handshake with our client configuration to the host and port
+/// of `url`, then one HTTP request so that a server refusing our
+/// certificate (which in TLS 1.3 shows only after the handshake) is seen.
+/// Returns the partner's chain.
 pub(super) fn handshake(
     client: &Arc<ClientConfig>,
-    host: &str,
-    port: u16,
+    url: &Url,
     ctx: &Context,
-) -> Result<Vec<CertificateDer<'static>>, (String, String)> {
-    let err = |label: &str, e: &dyn fmt::Display| (label.to_string(), e.to_string());
-    let addr = (host, port)
+) -> Result<Vec<CertificateDer<'static>>, ProbeFailure> {
+    let host = url.host_bare();
+    let addr = (host, url.port())
         .to_socket_addrs()
-        .map_err(|e| err("dns", &e))?
+        .map_err(|e| ProbeFailure::new("dns", &e))?
         .next()
-        .ok_or_else(|| err("dns", &"no address"))?;
+        .ok_or_else(|| ProbeFailure::new("dns", &"no address"))?;
     let mut sock = TcpStream::connect_timeout(&addr, ctx.timeouts.connect).map_err(|e| {
         let label = match e.kind() {
             std::io::ErrorKind::TimedOut => "timeout",
             std::io::ErrorKind::ConnectionRefused => "refused",
             _ => "connect",
         };
-        err(label, &e)
+        ProbeFailure::new(label, &e)
     })?;
     let io_timeout = Some(ctx.timeouts.connect * 2);
     sock.set_read_timeout(io_timeout)
         .and_then(|()| sock.set_write_timeout(io_timeout))
-        .map_err(|e| err("io", &e))?;
-    let name = ServerName::try_from(host.to_string()).map_err(|e| err("dns", &e))?;
-    let mut conn = ClientConnection::new(client.clone(), name).map_err(|e| err("other", &e))?;
-    let io_err = |e: std::io::Error| (pki::classify_io_error(&e).to_string(), e.to_string());
+        .map_err(|e| ProbeFailure::new("io", &e))?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| ProbeFailure::new("dns", &e))?;
+    let mut conn =
+        ClientConnection::new(client.clone(), name).map_err(|e| ProbeFailure::new("other", &e))?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut sock).map_err(io_err)?;
+        conn.complete_io(&mut sock)
+            .map_err(|e| ProbeFailure::io(&e))?;
     }
     let certs = conn
         .peer_certificates()
@@ -297,14 +364,16 @@ pub(super) fn handshake(
         .unwrap_or_default();
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
     let request = format!(
-        "HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: np-agent-doctor\r\nConnection: close\r\n\r\n"
+        "HEAD / HTTP/1.1\r\nHost: {}\r\nUser-Agent: np-agent-doctor\r\nConnection: close\r\n\r\n",
+        url.host()
     );
-    tls.write_all(request.as_bytes()).map_err(io_err)?;
+    tls.write_all(request.as_bytes())
+        .map_err(|e| ProbeFailure::io(&e))?;
     let mut buf = [0u8; 64];
     match tls.read(&mut buf) {
         Ok(_) => Ok(certs),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(certs),
-        Err(e) => Err(io_err(e)),
+        Err(e) => Err(ProbeFailure::io(&e)),
     }
 }
 
@@ -312,6 +381,102 @@ pub(super) fn handshake(
 mod tests {
     use super::*;
     use crate::doctor::Status;
+
+    #[test]
+    fn days_left_to_validity() {
+        assert_eq!(validity(-1), Validity::Expired);
+        assert_eq!(validity(0), Validity::Expiring);
+        assert_eq!(validity(certwatch::WARN_DAYS - 1), Validity::Expiring);
+        assert_eq!(validity(certwatch::WARN_DAYS), Validity::Valid);
+        assert_eq!(validity(i64::MAX), Validity::Valid);
+        assert_eq!(validity(i64::MIN), Validity::Expired);
+    }
+
+    #[test]
+    fn crl_next_update() {
+        let now = 1_800_000_000;
+        let dir = Path::new("/etc/np-agent/crl");
+        let c = crl_check(now, now, dir, 2);
+        assert_eq!(c.status, Status::Fail, "due now is past");
+        assert_eq!(
+            c.fix.as_deref(),
+            Some(
+                "put each CA's current CRL in /etc/np-agent/crl (your CRL download job), then systemctl reload np-agent"
+            )
+        );
+        assert!(c.message.contains("every handshake fails closed"), "{c}");
+        let c = crl_check(now + 23 * 3_600 + 3_599, now, dir, 2);
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.message
+                .starts_with("the earliest CRL nextUpdate is in 23 h ("),
+            "{c}"
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("check that the CRL download job refreshes /etc/np-agent/crl")
+        );
+        let c = crl_check(now + 24 * 3_600, now, dir, 2);
+        assert_eq!(c.status, Status::Ok);
+        assert!(
+            c.message.starts_with("2 CRL(s), earliest nextUpdate "),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn chain_failures_by_precedence() {
+        let (cert, trust) = (Path::new("/c.pem"), Path::new("/t.pem"));
+        let verdict = |server: Result<(), &str>, client: Result<(), &str>| {
+            let c = chain_verdict(
+                cert,
+                trust,
+                "np.example",
+                server.map_err(String::from),
+                client.map_err(String::from),
+            );
+            assert_eq!(c.name, "tls.chain");
+            (c.status, c.message)
+        };
+        assert_eq!(
+            verdict(Ok(()), Ok(())),
+            (
+                Status::Ok,
+                "/c.pem chains to /t.pem and is valid for np.example as server and as client"
+                    .into()
+            )
+        );
+        let name = "name_mismatch: not valid for np.example";
+        let ca = "unknown_ca: UnknownIssuer";
+        let purpose = "wrong_purpose: not for client auth";
+        assert_eq!(
+            verdict(Err(name), Err(ca)),
+            (
+                Status::Fail,
+                format!("/c.pem is not valid for np.example, the host of NP_PUBLIC_URL ({name})")
+            ),
+            "a wrong name is named first"
+        );
+        assert_eq!(
+            verdict(Ok(()), Err(name)).1,
+            format!("/c.pem: {name}"),
+            "a name only matters to the server verification"
+        );
+        assert_eq!(
+            verdict(Err(ca), Ok(())).1,
+            format!("/c.pem does not chain to a CA in /t.pem ({ca})")
+        );
+        assert_eq!(
+            verdict(Ok(()), Err(purpose)).1,
+            format!(
+                "/c.pem is not valid for both TLS server and client authentication ({purpose})"
+            )
+        );
+        assert_eq!(
+            verdict(Err("expired: x"), Ok(())),
+            (Status::Fail, "/c.pem: expired: x".into())
+        );
+    }
 
     #[test]
     fn expiry_lines() {
