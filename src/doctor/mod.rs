@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `mod.rs` | the configuration loads; running the checks, printing, exit code |
 //! | `files.rs` | env file, certificate, trust and key files, folders: owner and mode |
+//! | `passwd.rs` | the service user's ids and groups from `/etc/passwd` and `/etc/group` |
 //! | `tls.rs` | key matches certificate, chain against trust, expiry, CRLs; the handshake probe |
 //! | `signing.rs` | the signing key signs and verifies under its `kid` |
 //! | `partners.rs` | each partner: mutual TLS, discovery, JWKS |
@@ -151,14 +152,8 @@ pub fn run(env_file: Option<PathBuf>) -> i32 {
     for c in &checks {
         println!("{c}");
     }
-    let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
-    let failed = count(Status::Fail);
-    println!(
-        "doctor: {} OK, {} WARN, {failed} FAIL",
-        count(Status::Ok),
-        count(Status::Warn)
-    );
-    if failed == 0 { 0 } else { 1 }
+    println!("{}", summary(&checks));
+    exit_code(&checks)
 }
 
 /// Runs every check in order; stops after the configuration checks when the
@@ -222,6 +217,26 @@ pub fn diagnose(source: &Source, ctx: &Context) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// The last line: how many checks ended in each status.
+fn summary(checks: &[Check]) -> String {
+    let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
+    format!(
+        "doctor: {} OK, {} WARN, {} FAIL",
+        count(Status::Ok),
+        count(Status::Warn),
+        count(Status::Fail)
+    )
+}
+
+/// 0 when no check failed (warnings do not count), else 1.
+fn exit_code(checks: &[Check]) -> i32 {
+    if checks.iter().any(|c| c.status == Status::Fail) {
+        1
+    } else {
+        0
+    }
 }
 
 fn source_name(source: &Source) -> String {
@@ -309,5 +324,73 @@ mod tests {
             &src,
         );
         assert!(c.fix.unwrap().starts_with("remove or rename NP_LISTN"));
+    }
+
+    #[test]
+    fn warnings_count_but_only_failures_fail() {
+        let none: [Check; 0] = [];
+        assert_eq!(
+            (summary(&none), exit_code(&none)),
+            ("doctor: 0 OK, 0 WARN, 0 FAIL".into(), 0)
+        );
+        let mut checks = vec![
+            ok("config", "fine"),
+            warn("expiry", "soon", "renew"),
+            ok("signing", "fine"),
+        ];
+        assert_eq!(
+            (summary(&checks), exit_code(&checks)),
+            ("doctor: 2 OK, 1 WARN, 0 FAIL".into(), 0)
+        );
+        checks.push(fail("folder.state", "missing", "install -d"));
+        assert_eq!(
+            (summary(&checks), exit_code(&checks)),
+            ("doctor: 2 OK, 1 WARN, 1 FAIL".into(), 1)
+        );
+    }
+
+    #[test]
+    fn config_failures_name_the_file_to_create_or_the_key_to_correct() {
+        let src = Source::File("/etc/np-agent/np-agent.env".into());
+        let c = config_failure(
+            &ConfigError {
+                key: "--env-file".into(),
+                reason:
+                    "cannot read /etc/np-agent/np-agent.env: No such file or directory (os error 2)"
+                        .into(),
+                line: None,
+            },
+            &src,
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some(
+                "create /etc/np-agent/np-agent.env from the packaged default, or name the right file with --env-file"
+            )
+        );
+        let c = config_failure(
+            &ConfigError {
+                key: "NP_LISTEN".into(),
+                reason: "not an address".into(),
+                line: Some(7),
+            },
+            &src,
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("correct NP_LISTEN in /etc/np-agent/np-agent.env (line 7)")
+        );
+        let c = config_failure(
+            &ConfigError {
+                key: "NP_ORG_URA".into(),
+                reason: "required but not set".into(),
+                line: None,
+            },
+            &Source::Process,
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("set NP_ORG_URA in process environment (see np-agent.env(5))")
+        );
     }
 }
