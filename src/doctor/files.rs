@@ -193,6 +193,16 @@ fn owner_has_all(mode: u32) -> bool {
     mode & 0o700 == 0o700
 }
 
+/// Lets the service user search `dir` (and so reach a file below it)
+/// without opening it to others.
+fn unblock_fix(owner: &Owner, dir: &Path) -> String {
+    format!(
+        "chown root:{} {1} && chmod 750 {1}",
+        owner.name,
+        dir.display()
+    )
+}
+
 fn env_file_verdict(path: &Path, owner: &Owner, found: &Found) -> Check {
     let name = "env-file";
     let shown = path.display();
@@ -225,11 +235,7 @@ fn env_file_verdict(path: &Path, owner: &Owner, found: &Found) -> Check {
                 owner.name,
                 dir.display()
             ),
-            format!(
-                "chown root:{} {1} && chmod 750 {1}",
-                owner.name,
-                dir.display()
-            ),
+            unblock_fix(owner, dir),
         );
     }
     if open_to_others(stat.mode) {
@@ -269,11 +275,7 @@ fn readable_verdict(key: &str, path: &Path, owner: &Owner, found: &Found) -> Che
                 dir.display(),
                 owner.name
             ),
-            format!(
-                "chown root:{} {1} && chmod 750 {1}",
-                owner.name,
-                dir.display()
-            ),
+            unblock_fix(owner, dir),
         ),
         (Ok(_), None) => ok(name, format!("{shown}: readable by {}", owner.name)),
     }
@@ -318,11 +320,7 @@ fn key_owner_verdict(key: &str, path: &Path, owner: &Owner, found: &Found) -> Ch
                 dir.display(),
                 owner.name
             ),
-            format!(
-                "chown root:{} {1} && chmod 750 {1}",
-                owner.name,
-                dir.display()
-            ),
+            unblock_fix(owner, dir),
         );
     }
     ok(
