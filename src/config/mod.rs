@@ -398,12 +398,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Minimum TLS version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    V12,
-    V13,
-}
+pub use crate::pki::MinVersion as TlsVersion;
 
 pub use crate::pki::CertSelector;
 
@@ -735,10 +730,9 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     let tls_key = v.path("NP_TLS_KEY", FileCheck::Secret);
     let tls_trust = v.path("NP_TLS_TRUST", FileCheck::Readable);
     let tls_crl_dir = v.optional_path("NP_TLS_CRL_DIR", FileCheck::Directory);
-    let tls_min_version = v.parsed("NP_TLS_MIN_VERSION", |s| match s {
-        "1.3" => Ok(TlsVersion::V13),
-        "1.2" => Ok(TlsVersion::V12),
-        _ => Err(format!("{s:?} must be 1.3 or 1.2")),
+    let tls_min_version = v.parsed("NP_TLS_MIN_VERSION", |s| {
+        s.parse::<TlsVersion>()
+            .map_err(|_| format!("{s:?} must be 1.3 or 1.2"))
     });
     let signing_key = v.path("NP_SIGNING_KEY", FileCheck::Secret);
     let signing_alg = v.parsed("NP_SIGNING_ALG", |s| {

@@ -38,7 +38,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.public_url, "https://np.hospital-a.example:8443");
     assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
     assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9464");
-    assert_eq!(c.tls_min_version, TlsVersion::V13);
+    assert_eq!(c.tls_min_version, TlsVersion::Tls13);
     assert_eq!(c.signing_alg, Alg::Ps256);
     assert_eq!(c.signing_kid, None);
     assert_eq!(c.client_id, "np.hospital-a.example");

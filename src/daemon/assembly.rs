@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::assertion::ReplayCache;
 use crate::audit::AuditLog;
 use crate::cases::CaseStore;
-use crate::config::{self, Config, TlsVersion};
+use crate::config::{self, Config};
 use crate::http;
 use crate::jose::{Jwks, SigningKey};
 use crate::oauth::TokenStore;
@@ -16,7 +16,7 @@ use crate::oauth::client::{JwksFetcher, TokenClient};
 use crate::oauth::endpoint::TokenService;
 use crate::oauth::keycache::KeyCache;
 use crate::ops::metrics::Metrics;
-use crate::pki::{self, MinVersion, TlsFiles, TlsMaterial};
+use crate::pki::{self, TlsFiles, TlsMaterial};
 use crate::spool::Spool;
 use crate::util::time::now_unix;
 
@@ -54,20 +54,13 @@ pub(super) fn tls_files(cfg: &Config) -> TlsFiles {
     }
 }
 
-pub(super) fn min_version(cfg: &Config) -> MinVersion {
-    match cfg.tls_min_version {
-        TlsVersion::V12 => MinVersion::Tls12,
-        TlsVersion::V13 => MinVersion::Tls13,
-    }
-}
-
 /// Loads everything key-shaped the configuration names, reporting every
 /// problem (for `check-config` and start-up).
 pub fn check_material(cfg: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     match TlsMaterial::load(&tls_files(cfg)) {
         Ok(m) => {
-            if let Err(e) = pki::server_config(&m, min_version(cfg)) {
+            if let Err(e) = pki::server_config(&m, cfg.tls_min_version) {
                 problems.push(format!("NP_TLS_CERT: {e}"));
             }
         }
@@ -205,7 +198,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         TlsMaterial::load(&tls_files(&config))
             .map_err(|e| config_error(format!("{}: {e}", e.config_key())))?,
     );
-    let client_tls = pki::client_config(&tls, min_version(&config))
+    let client_tls = pki::client_config(&tls, config.tls_min_version)
         .map_err(|e| config_error(format!("NP_TLS_CERT: {e}")))?;
     let signing = Arc::new(load_signing_key(&config).map_err(config_error)?);
     // Every answer from a partner feeds its circuit breaker.

@@ -17,7 +17,7 @@ use crate::util::time::now_unix;
 
 use super::assembly::{
     Shared, StartupError, Stores, build_shared, circuit_policy, config_error, handlers,
-    min_version, retry_policy,
+    retry_policy,
 };
 use super::router::Router;
 
@@ -67,7 +67,7 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     let listen = cfg.listen;
     let admin_listen = cfg.admin_listen;
     let lim = limits(&cfg);
-    let min = min_version(&cfg);
+    let min = cfg.tls_min_version;
     let shared = build_shared(cfg, &stores)?;
     let server_tls = pki::server_config(&shared.tls, min)
         .map_err(|e| config_error(format!("NP_TLS_CERT: {e}")))?;
@@ -288,7 +288,7 @@ fn reload_tls(router: &Router, slot: &http::TlsSlot, stores: &Stores) {
 /// Builds everything from `cfg` and swaps it in atomically, or logs why not
 /// and keeps the running state. `what` names the trigger in the log.
 fn rebuild(router: &Router, slot: &http::TlsSlot, stores: &Stores, cfg: Config, what: &str) {
-    let min = min_version(&cfg);
+    let min = cfg.tls_min_version;
     let built = build_shared(cfg, stores).and_then(|shared| {
         pki::server_config(&shared.tls, min)
             .map(|server_tls| (shared, server_tls))

@@ -27,10 +27,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{self, Config, ConfigError, Source, TlsVersion};
+use crate::config::{self, ConfigError, Source};
 use crate::http::client::ClientTimeouts;
 use crate::http::partners::Partners;
-use crate::pki::{self, MinVersion};
+use crate::pki;
 
 pub use files::{Owner, SERVICE_USER};
 use files::{env_file_check, folder_check, key_owner_check, readable_check};
@@ -202,7 +202,7 @@ pub fn diagnose(source: &Source, ctx: &Context) -> Vec<Check> {
         checks.push(folder_check(name, key, path, mode, &ctx.owner));
     }
     if let Some(tls) = tls {
-        match pki::client_config(&tls, min_version(&cfg)) {
+        match pki::client_config(&tls, cfg.tls_min_version) {
             Ok(client) => {
                 let http = Partners::new(client.clone(), ctx.timeouts);
                 for p in &cfg.partners {
@@ -243,13 +243,6 @@ fn source_name(source: &Source) -> String {
     match source {
         Source::File(p) => p.display().to_string(),
         Source::Process => "process environment".into(),
-    }
-}
-
-fn min_version(cfg: &Config) -> MinVersion {
-    match cfg.tls_min_version {
-        TlsVersion::V12 => MinVersion::Tls12,
-        TlsVersion::V13 => MinVersion::Tls13,
     }
 }
 
