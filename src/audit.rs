@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::ops::logging::Q;
 use crate::util::{durable, time};
 
 /// One audit event. `who_*` is the acting party, `patient` the BSN if any.
@@ -68,6 +69,26 @@ impl AuditLog {
         })
     }
 
+    /// [`Self::record`], and on failure an `event=audit.failed` error line
+    /// naming the action, partner and request id (never the patient or the
+    /// object, which may hold a query). Returns whether it was written: an
+    /// action that must not go unaudited checks it.
+    pub fn record_or_log(&self, event: Event<'_>) -> bool {
+        let (action, partner, rid) = (event.action, event.partner, event.request_id);
+        match self.record(event) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "event=audit.failed action={action} partner={} rid={} error={}",
+                    partner.unwrap_or("-"),
+                    Q(rid.unwrap_or("-")),
+                    Q(&e.to_string())
+                );
+                false
+            }
+        }
+    }
+
     /// Appends an event (its `when` is filled in when empty) durably.
     pub fn record(&self, mut event: Event<'_>) -> Result<(), durable::DurableError> {
         let now = time::now_unix();
@@ -113,6 +134,28 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_or_log_says_whether_the_event_was_written() {
+        let dir = std::env::temp_dir().join(format!(
+            "np-audit-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        let log = AuditLog::open(&dir).unwrap();
+        let event = || Event {
+            action: "fhir.read",
+            outcome: "success",
+            partner: Some("hospb"),
+            ..Event::default()
+        };
+        assert!(log.record_or_log(event()));
+        // The day's file was opened; a trail that cannot be reopened fails.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let fresh = AuditLog::open(&dir).unwrap();
+        std::fs::remove_dir_all(dir.join("audit")).unwrap();
+        assert!(!fresh.record_or_log(event()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn appends_json_lines_per_day() {

@@ -406,7 +406,7 @@ impl Mitz {
             Some(a) => format!("{}|{}", req.request_id, a.audit_form()),
             None => req.request_id.clone(),
         };
-        let result = self.audit.record(Event {
+        self.audit.record_or_log(Event {
             action,
             outcome,
             partner: Some(partner.name),
@@ -415,15 +415,7 @@ impl Mitz {
             object: Some(item),
             request_id: Some(&request_id),
             ..Event::default()
-        });
-        if let Err(e) = &result {
-            log::error!(
-                "event=audit.failed action={action} partner={} item={item} error={}",
-                partner.name,
-                Q(&e.to_string())
-            );
-        }
-        result.is_ok()
+        })
     }
 
     fn refuse(

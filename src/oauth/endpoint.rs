@@ -112,7 +112,7 @@ impl TokenService {
                     r.reason.label(),
                     Q(&r.description)
                 );
-                let audited = self.audit.record(Event {
+                self.audit.record_or_log(Event {
                     action: "token.refused",
                     outcome: "refused",
                     partner: req.partner.map(|p| p.name.as_str()),
@@ -120,9 +120,6 @@ impl TokenService {
                     request_id: Some(req.request_id),
                     ..Event::default()
                 });
-                if let Err(e) = audited {
-                    log::error!("event=audit.failed error={}", Q(&e.to_string()));
-                }
                 reply_error(&r)
             }
         }
@@ -155,7 +152,7 @@ impl TokenService {
             Refusal::new(Reason::ServerError, "the token could not be stored")
         })?;
         let g = &issued.grant;
-        let audited = self.audit.record(Event {
+        let audited = self.audit.record_or_log(Event {
             action: "token.issued",
             outcome: "success",
             partner: Some(g.partner()),
@@ -170,9 +167,8 @@ impl TokenService {
             request_id: Some(req.request_id),
             ..Event::default()
         });
-        if let Err(e) = audited {
-            // Without an audit record the token must not be handed out.
-            log::error!("event=audit.failed error={}", Q(&e.to_string()));
+        // Without an audit record the token must not be handed out.
+        if !audited {
             return Err(Refusal::new(
                 Reason::ServerError,
                 "the audit trail is unavailable",

@@ -593,7 +593,7 @@ impl Receiver {
         patient: &str,
         item: &str,
     ) -> bool {
-        let result = self.audit.record(Event {
+        self.audit.record_or_log(Event {
             action,
             outcome: "success",
             partner: Some(partner.name),
@@ -603,15 +603,7 @@ impl Receiver {
             object: Some(item),
             request_id: Some(&req.request_id),
             ..Event::default()
-        });
-        if let Err(e) = &result {
-            log::error!(
-                "event=audit.failed action={action} partner={} item={item} error={}",
-                partner.name,
-                Q(&e.to_string())
-            );
-        }
-        result.is_ok()
+        })
     }
 
     fn refuse(

@@ -234,7 +234,7 @@ impl Receiver {
             "{resources} resources; {not_available} of {} inputs not available",
             report.inputs.len()
         );
-        if let Err(e) = self.audit.record(Event {
+        self.audit.record_or_log(Event {
             action: "pull.completed",
             outcome: if not_available == 0 {
                 "success"
@@ -247,14 +247,7 @@ impl Receiver {
             object: Some(&item.id),
             reason: Some(&summary),
             ..Event::default()
-        }) {
-            log::error!(
-                "event=audit.failed action=pull.completed partner={} item={} error={}",
-                partner.name,
-                item.id,
-                Q(&e.to_string())
-            );
-        }
+        });
         log::info!(
             "event=pull.done partner={} item={} group={} task={} resources={resources} not_available={not_available} ms={}",
             partner.name,

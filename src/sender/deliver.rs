@@ -432,7 +432,7 @@ impl Delivery<'_> {
             .our_org(call.partner.id_scheme)
             .map(|o| ids::org_claim(&o));
         let object = format!("case {} task urn:uuid:{}", call.case_id, call.task_id);
-        let result = self.audit.record(audit::Event {
+        self.audit.record_or_log(audit::Event {
             action,
             outcome,
             partner: Some(call.partner.name),
@@ -443,13 +443,6 @@ impl Delivery<'_> {
             reason,
             ..audit::Event::default()
         });
-        if let Err(e) = result {
-            log::error!(
-                "event=audit.failed action={action} partner={} error={}",
-                call.partner.name,
-                Q(&e.to_string())
-            );
-        }
     }
 }
 

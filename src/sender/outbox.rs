@@ -973,7 +973,7 @@ impl Scanner<'_> {
             .config
             .our_org(partner.id_scheme)
             .map(|o| ids::org_claim(&o));
-        let result = self.audit.record(audit::Event {
+        self.audit.record_or_log(audit::Event {
             action,
             outcome: "success",
             partner: Some(partner.name),
@@ -983,13 +983,6 @@ impl Scanner<'_> {
             object: Some(object),
             ..audit::Event::default()
         });
-        if let Err(e) = result {
-            log::error!(
-                "event=audit.failed action={action} partner={} error={}",
-                partner.name,
-                Q(&e.to_string())
-            );
-        }
     }
 
     /// Moves a file to `<dir>/.rejected/` with its reason beside it.

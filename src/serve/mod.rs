@@ -583,18 +583,7 @@ impl Cx<'_> {
             results,
             ..Event::default()
         };
-        match self.audit.record(event) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!(
-                    "event=audit.failed rid={} action={} error={}",
-                    Q(self.req.request_id),
-                    self.action,
-                    Q(&e.to_string())
-                );
-                false
-            }
-        }
+        self.audit.record_or_log(event)
     }
 
     fn case_label(&self) -> &str {
