@@ -1,4 +1,4 @@
-//! Backpressure (issue 5): when the filesystem holding `NP_STATE_DIR` is
+//! Backpressure: when the filesystem holding `NP_STATE_DIR` is
 //! nearly full (`NP_MIN_FREE_DISK`), the agent takes no new work — exports
 //! stay in the outbox (safe: the EHR's file is only removed once it is
 //! durably in the spool), incoming notifications get `503` with
