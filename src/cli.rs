@@ -85,6 +85,21 @@ with its attempts reset, e.g. after a partner's outage or a configuration fix. T
 daemon picks them up within a second.",
     },
     Command {
+        name: "audit",
+        usage: "np-agent audit --patient <BSN> [--from D] [--to D] [--json]",
+        summary: "who saw what of a patient and when, from the audit trail",
+        details: "Reads NP_STATE_DIR/audit/YYYY-MM-DD.jsonl for the days from D to D (YYYY-MM-DD, \
+both included; all days by default) and prints every record that names the patient, sorted by \
+time: Twiin pulls (tokens, reads, searches, pulls), Tasks, exports, Mitz notifications and \
+Zorgviewer reads. One line per record: time, partner, organisation, user/role, action, \
+object or query, outcome (HTTP status, consent decision), result count and the resources \
+returned. --json prints a JSON array of the records as written. The BSN appears on standard \
+output only. Lines that are not audit records are skipped and counted on standard error. \
+--env-file F as for the other commands. Safe to run while the daemon runs. Exit 0 (also when no \
+record matched), 64 on a bad BSN or date, 78 on a configuration error, 1 when the audit trail \
+cannot be read.",
+    },
+    Command {
         name: "keygen",
         usage: "np-agent keygen --alg PS256|ES256|ES384|ES512 --out F",
         summary: "create a new signing key (PKCS#8 PEM, mode 0600)",
@@ -150,6 +165,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "demo" => crate::demo::run(opts.dir.clone(), opts.keep),
         "retry-dead" => retry_dead(&opts),
         "doctor" => crate::doctor::run(opts.env_file.clone()),
+        "audit" => audit(&opts, cmd.usage),
         _ => EXIT_USAGE,
     }
 }
@@ -210,6 +226,9 @@ struct Options {
     partner: Option<String>,
     dir: Option<PathBuf>,
     keep: bool,
+    patient: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
 }
 
 impl Options {
@@ -234,7 +253,10 @@ impl Options {
                 }
                 ("keygen", "--alg") => o.alg = Some(value("--alg")?),
                 ("keygen", "--out") => o.out = Some(value("--out")?.into()),
-                ("status", "--json") if inline.is_none() => o.json = true,
+                ("status" | "audit", "--json") if inline.is_none() => o.json = true,
+                ("audit", "--patient") => o.patient = Some(value("--patient")?),
+                ("audit", "--from") => o.from = Some(value("--from")?),
+                ("audit", "--to") => o.to = Some(value("--to")?),
                 ("demo", "--dir") => o.dir = Some(value("--dir")?.into()),
                 ("demo", "--keep") if inline.is_none() => o.keep = true,
                 ("retry-dead", "--partner") => o.partner = Some(value("--partner")?),
@@ -243,6 +265,9 @@ impl Options {
         }
         if cmd.name == "keygen" && (o.alg.is_none() || o.out.is_none()) {
             return Err("--alg and --out are required".into());
+        }
+        if cmd.name == "audit" && o.patient.is_none() {
+            return Err("--patient is required".into());
         }
         Ok(o)
     }
@@ -431,6 +456,77 @@ fn retry_dead(opts: &Options) -> i32 {
     }
 }
 
+/// `np-agent audit`: the records of one patient, to stdout only.
+fn audit(opts: &Options, usage: &str) -> i32 {
+    use crate::audit::{query, trail};
+    let query = match query::Query::new(
+        opts.patient.as_deref().unwrap_or_default(),
+        opts.from.as_deref(),
+        opts.to.as_deref(),
+    ) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("np-agent audit: {e}\nusage: {usage}");
+            return EXIT_USAGE;
+        }
+    };
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Read only, beside the daemon: appends never rewrite a line already read.
+    let scan = match trail::scan(&cfg.state_dir, &query) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("np-agent audit: cannot read the audit trail: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    for (file, n) in &scan.skipped {
+        eprintln!("np-agent audit: {file}: skipped {n} line(s) that are not audit records");
+    }
+    for e in &scan.failed {
+        eprintln!("np-agent audit: cannot read {e}");
+    }
+    let out = if opts.json {
+        query::json_array(scan.matches.iter().map(|m| m.line.as_str()))
+    } else {
+        let rows: Vec<query::Row> = scan
+            .matches
+            .iter()
+            .map(|m| query::Row::of(&m.record))
+            .collect();
+        query::table(&rows)
+    };
+    if let Err(e) = write_stdout(out.as_bytes()) {
+        eprintln!("np-agent audit: standard output: {e}");
+        return EXIT_FAILURE;
+    }
+    if scan.matches.is_empty() {
+        eprintln!(
+            "np-agent audit: no audit record names this patient{} ({} day file(s) read)",
+            query.range_label(),
+            scan.files
+        );
+    }
+    if scan.failed.is_empty() {
+        0
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// Writes all of `bytes` to stdout; a reader that went away (`| head`) is
+/// not an error.
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// Creates `path` with mode 0600, refusing to overwrite, durably.
 fn write_new_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -484,6 +580,35 @@ mod tests {
         );
         assert!(opts("keygen", &["--alg", "ES256"]).is_err());
         assert!(opts("keygen", &["--env-file", "x"]).is_err());
+        let a = opts(
+            "audit",
+            &[
+                "--patient",
+                "999999151",
+                "--from=2026-03-01",
+                "--to",
+                "2026-03-02",
+                "--json",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                a.patient.as_deref(),
+                a.from.as_deref(),
+                a.to.as_deref(),
+                a.json
+            ),
+            (
+                Some("999999151"),
+                Some("2026-03-01"),
+                Some("2026-03-02"),
+                true
+            )
+        );
+        assert!(opts("audit", &["--json"]).is_err());
+        assert!(opts("audit", &["--patient"]).is_err());
+        assert!(opts("status", &["--patient", "999999151"]).is_err());
     }
 
     #[test]

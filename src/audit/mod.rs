@@ -2,8 +2,15 @@
 //! object a line, appended and fdatasynced before the audited action is
 //! answered. This is the only place a BSN may be written.
 //!
+//! Writing is [`AuditLog`]; reading it back for `np-agent audit` is
+//! [`query`] (pure: which records concern a patient, how a line looks) over
+//! [`trail`] (the files).
+//!
 //! Every field but `when`, `action` and `outcome` is optional and left out
 //! when absent, so lines written before a field existed still read.
+
+pub mod query;
+pub mod trail;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
