@@ -25,6 +25,7 @@ use np_agent::audit::AuditLog;
 use np_agent::cases::CaseStore;
 use np_agent::config::{self, Vars};
 use np_agent::oauth::TokenStore;
+use np_agent::records::RecordStore;
 use np_agent::sender::Sender;
 use np_agent::spool::Spool;
 use np_agent::util::time::now_unix;
@@ -74,6 +75,7 @@ fn outbox_intake(n: usize) {
     let sender = Sender::new(
         cfg.clone(),
         Arc::new(CaseStore::open(&state).unwrap()),
+        Arc::new(RecordStore::open(&state).unwrap()),
         Arc::new(spool),
         Arc::new(TokenStore::open(&state, now_unix()).unwrap()),
         Arc::new(AuditLog::open(&state).unwrap()),

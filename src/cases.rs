@@ -6,7 +6,9 @@
 //! <state>/cases/<partner>/<case-id>/case.json   the record ([`Case`])
 //!                                  /v<N>.json    version N of the data (a FHIR Bundle, JSON)
 //! ```
-//! All writes go through the durable-write function. The store keeps every
+//! The folders, records and data versions are kept by [`ExportFolders`]
+//! (the record store of published records keeps its own in another), whose
+//! writes all go through the durable-write function. The store keeps every
 //! record in memory (indexed by case and by authorization base) and answers
 //! the token endpoint's question "is this base ours, for whom, still live?"
 //! through [`crate::oauth::decide::BaseRegistry`].
@@ -15,6 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Bsn;
@@ -155,24 +158,25 @@ pub enum CaseError {
     },
 }
 
-impl std::fmt::Display for CaseError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl CaseError {
+    /// The message without the store's name; `item` names what the store
+    /// keeps (`case`, `record`), for a store that shares [`ExportFolders`].
+    pub fn detail(&self, item: &str) -> String {
         match self {
-            CaseError::Io(e) => write!(f, "case store: {e}"),
-            CaseError::Corrupt { path, reason } => {
-                write!(f, "case store: {}: {reason}", path.display())
-            }
+            CaseError::Io(e) => e.to_string(),
+            CaseError::Corrupt { path, reason } => format!("{}: {reason}", path.display()),
             CaseError::Missing {
                 partner,
                 case_id,
                 version,
-            } => {
-                write!(
-                    f,
-                    "case store: partner {partner} case {case_id} has no version {version}"
-                )
-            }
+            } => format!("partner {partner} {item} {case_id} has no version {version}"),
         }
+    }
+}
+
+impl std::fmt::Display for CaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "case store: {}", self.detail("case"))
     }
 }
 
@@ -188,45 +192,24 @@ type Key = (String, String);
 
 /// The case store.
 pub struct CaseStore {
-    dir: PathBuf,
+    folders: ExportFolders,
     cases: RwLock<HashMap<Key, Case>>,
     by_base: RwLock<HashMap<String, Key>>,
-    data: Mutex<HashMap<(String, String, u32), Arc<serde_json::Value>>>,
 }
 
-/// Parsed data versions kept in memory.
-const DATA_CACHE: usize = 64;
+/// File name of a case record in its folder.
+const CASE_FILE: &str = "case.json";
 
 impl CaseStore {
     /// Opens `<state_dir>/cases`, loading every case record.
     pub fn open(state_dir: &Path) -> Result<CaseStore, CaseError> {
-        let dir = state_dir.join("cases");
-        durable::create_dir_all(&dir)?;
         let store = CaseStore {
-            dir,
+            folders: ExportFolders::open(state_dir.join("cases"))?,
             cases: RwLock::new(HashMap::new()),
             by_base: RwLock::new(HashMap::new()),
-            data: Mutex::new(HashMap::new()),
         };
-        for partner in read_dir_names(&store.dir)? {
-            let pdir = store.dir.join(&partner);
-            for case_id in read_dir_names(&pdir)? {
-                let cdir = pdir.join(&case_id);
-                durable::remove_temp_files(&cdir)?;
-                let path = cdir.join("case.json");
-                if !path.exists() {
-                    continue;
-                }
-                let bytes = std::fs::read(&path).map_err(|source| durable::DurableError {
-                    path: path.clone(),
-                    step: "read",
-                    source,
-                })?;
-                let case: Case =
-                    serde_json::from_slice(&bytes).map_err(|e| CaseError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
+        for (partner, case_id) in store.folders.list()? {
+            if let Some(case) = store.folders.read::<Case>(&partner, &case_id, CASE_FILE)? {
                 store.index(case);
             }
         }
@@ -243,10 +226,6 @@ impl CaseStore {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, case);
-    }
-
-    fn case_dir(&self, partner: &str, case_id: &str) -> PathBuf {
-        self.dir.join(partner).join(case_id)
     }
 
     /// The record of a case.
@@ -281,21 +260,15 @@ impl CaseStore {
 
     /// Writes a case record durably and indexes it.
     pub fn save(&self, case: &Case) -> Result<(), CaseError> {
-        let dir = self.case_dir(&case.partner, &case.case_id);
-        durable::create_dir_all(&dir)?;
-        let bytes = serde_json::to_vec_pretty(case).map_err(|e| CaseError::Corrupt {
-            path: dir.join("case.json"),
-            reason: e.to_string(),
-        })?;
-        durable::write_atomic(&dir.join("case.json"), &bytes)?;
+        self.folders
+            .save(&case.partner, &case.case_id, CASE_FILE, case)?;
         self.index(case.clone());
         Ok(())
     }
 
     /// Path of version `version` of a case's data.
     pub fn data_path(&self, partner: &str, case_id: &str, version: u32) -> PathBuf {
-        self.case_dir(partner, case_id)
-            .join(format!("v{version}.json"))
+        self.folders.data_path(partner, case_id, version)
     }
 
     /// Stores version `version` of a case's data (a FHIR Bundle as JSON) durably.
@@ -306,10 +279,7 @@ impl CaseStore {
         version: u32,
         json: &[u8],
     ) -> Result<(), CaseError> {
-        let dir = self.case_dir(partner, case_id);
-        durable::create_dir_all(&dir)?;
-        durable::write_atomic(&self.data_path(partner, case_id, version), json)?;
-        Ok(())
+        self.folders.write_data(partner, case_id, version, json)
     }
 
     /// Version `version` of a case's data, parsed (cached).
@@ -319,7 +289,141 @@ impl CaseStore {
         case_id: &str,
         version: u32,
     ) -> Result<Arc<serde_json::Value>, CaseError> {
-        let key = (partner.to_string(), case_id.to_string(), version);
+        self.folders.data(partner, case_id, version)
+    }
+}
+
+/// Folders of exported items, `<root>/<partner>/<id>/`, each holding the
+/// item's record (one JSON file) and its data versions (`v<N>.json`, FHIR
+/// Bundles as JSON). Every write goes through the durable-write function;
+/// data is read back parsed, through a small cache. The case store keeps
+/// its cases in one; the record store (`crate::records`) the records
+/// published to Zorgviewer partners in another.
+pub struct ExportFolders {
+    root: PathBuf,
+    data: Mutex<HashMap<(String, String, u32), Arc<serde_json::Value>>>,
+}
+
+/// Parsed data versions kept in memory.
+const DATA_CACHE: usize = 64;
+
+impl ExportFolders {
+    /// Creates `root` when missing.
+    pub fn open(root: PathBuf) -> Result<ExportFolders, CaseError> {
+        durable::create_dir_all(&root)?;
+        Ok(ExportFolders {
+            root,
+            data: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every item folder as `(partner, id)`, after removing the temp files a
+    /// crash inside a durable write left in it. Hidden folders are skipped.
+    pub fn list(&self) -> Result<Vec<(String, String)>, CaseError> {
+        let mut out = Vec::new();
+        for partner in read_dir_names(&self.root)? {
+            let pdir = self.root.join(&partner);
+            for id in read_dir_names(&pdir)? {
+                durable::remove_temp_files(&pdir.join(&id))?;
+                out.push((partner.clone(), id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record `file` of an item, parsed; `None` when it does not exist.
+    pub fn read<T: DeserializeOwned>(
+        &self,
+        partner: &str,
+        id: &str,
+        file: &str,
+    ) -> Result<Option<T>, CaseError> {
+        let path = self.dir(partner, id).join(file);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CaseError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes the record `file` of an item durably.
+    pub fn save<T: Serialize>(
+        &self,
+        partner: &str,
+        id: &str,
+        file: &str,
+        record: &T,
+    ) -> Result<(), CaseError> {
+        let dir = self.dir(partner, id);
+        durable::create_dir_all(&dir)?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| CaseError::Corrupt {
+            path: dir.join(file),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&dir.join(file), &bytes)?;
+        Ok(())
+    }
+
+    fn dir(&self, partner: &str, id: &str) -> PathBuf {
+        self.root.join(partner).join(id)
+    }
+
+    /// Path of the file `file` of an item.
+    pub fn path(&self, partner: &str, id: &str, file: &str) -> PathBuf {
+        self.dir(partner, id).join(file)
+    }
+
+    /// Path of data version `version` of an item.
+    pub fn data_path(&self, partner: &str, id: &str, version: u32) -> PathBuf {
+        self.dir(partner, id).join(format!("v{version}.json"))
+    }
+
+    /// Stores data version `version` of an item durably.
+    pub fn write_data(
+        &self,
+        partner: &str,
+        id: &str,
+        version: u32,
+        json: &[u8],
+    ) -> Result<(), CaseError> {
+        durable::create_dir_all(&self.dir(partner, id))?;
+        durable::write_atomic(&self.data_path(partner, id, version), json)?;
+        Ok(())
+    }
+
+    /// The data versions of an item that are on disk, in ascending order.
+    pub fn versions(&self, partner: &str, id: &str) -> Result<Vec<u32>, CaseError> {
+        let mut out: Vec<u32> = dir_entries(&self.dir(partner, id))?
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix('v')?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Removes data version `version` of an item durably (and from the
+    /// cache); a version that is not there is no error.
+    pub fn remove_data(&self, partner: &str, id: &str, version: u32) -> Result<(), CaseError> {
+        self.data
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(partner.to_string(), id.to_string(), version));
+        durable::remove(&self.data_path(partner, id, version))?;
+        Ok(())
+    }
+
+    /// Data version `version` of an item, parsed (cached).
+    pub fn data(
+        &self,
+        partner: &str,
+        id: &str,
+        version: u32,
+    ) -> Result<Arc<serde_json::Value>, CaseError> {
+        let key = (partner.to_string(), id.to_string(), version);
         if let Some(v) = self
             .data
             .lock()
@@ -328,23 +432,13 @@ impl CaseStore {
         {
             return Ok(v.clone());
         }
-        let path = self.data_path(partner, case_id, version);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CaseError::Missing {
-                    partner: partner.into(),
-                    case_id: case_id.into(),
-                    version,
-                });
-            }
-            Err(source) => {
-                return Err(CaseError::Io(durable::DurableError {
-                    path,
-                    step: "read",
-                    source,
-                }));
-            }
+        let path = self.data_path(partner, id, version);
+        let Some(bytes) = read_optional(&path)? else {
+            return Err(CaseError::Missing {
+                partner: partner.into(),
+                case_id: id.into(),
+                version,
+            });
         };
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| CaseError::Corrupt {
@@ -383,10 +477,24 @@ impl BaseRegistry for CaseStore {
     }
 }
 
-fn read_dir_names(dir: &Path) -> Result<Vec<String>, CaseError> {
+/// The contents of a file; `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CaseError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CaseError::Io(durable::DurableError {
+            path: path.to_path_buf(),
+            step: "read",
+            source,
+        })),
+    }
+}
+
+/// The readable entries of a folder; none when it does not exist.
+fn dir_entries(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>, CaseError> {
     let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Ok(e) => Some(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => {
             return Err(CaseError::Io(durable::DurableError {
                 path: dir.to_path_buf(),
@@ -395,8 +503,12 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>, CaseError> {
             }));
         }
     };
-    Ok(entries
-        .filter_map(|e| e.ok())
+    Ok(entries.into_iter().flatten().filter_map(Result::ok))
+}
+
+/// Names of the subfolders of `dir`, hidden ones left out.
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, CaseError> {
+    Ok(dir_entries(dir)?
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| !n.starts_with('.'))

@@ -160,6 +160,23 @@ impl fmt::Debug for Bsn {
     }
 }
 
+/// Stored as its 9 digits.
+impl serde::Serialize for Bsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Read back only when it passes the 11-test. The error never repeats the
+/// value (serde's own would, for a number).
+impl<'de> serde::Deserialize<'de> for Bsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bsn, D::Error> {
+        let refused = || serde::de::Error::custom("not a BSN that passes the 11-test");
+        let text = String::deserialize(d).map_err(|_| refused())?;
+        Bsn::parse(&text).ok_or_else(refused)
+    }
+}
+
 /// Parses an organisation as partners write it in claims: bare OID,
 /// `urn:oid:` OID (URA or AGB root), or the plain 8-digit number, which is read
 /// in `plain_scheme`.
@@ -220,6 +237,18 @@ mod tests {
             format!("{:?}", Bsn::parse("999999990").unwrap()),
             "Bsn(***)"
         );
+    }
+
+    #[test]
+    fn a_stored_bsn_is_read_back_only_when_it_passes_the_eleven_test() {
+        let b = Bsn::parse("999999151").unwrap();
+        let text = serde_json::to_string(&b).unwrap();
+        assert_eq!(text, "\"999999151\"");
+        assert_eq!(serde_json::from_str::<Bsn>(&text).unwrap(), b);
+        for bad in ["\"999999152\"", "\"\"", "999999151"] {
+            let err = serde_json::from_str::<Bsn>(bad).unwrap_err().to_string();
+            assert!(!err.contains("999999"), "no number in the error: {err}");
+        }
     }
 
     #[test]

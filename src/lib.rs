@@ -25,6 +25,7 @@ pub mod worker; // the spool dispatcher and its workers
 pub mod backpressure; // refusing new work while the disk is nearly full
 pub mod oauth; // token decision (pure), token endpoint, token store, token client
 pub mod cases; // exported cases and the authorization bases we issued
+pub mod records; // records published to Zorgviewer partners, indexed by patient
 pub mod sender; // outbox → notification Task → delivery
 pub mod serve; // scoped FHIR reads and searches for a pull token
 pub mod receiver; // notification Task intake, cancellation, pull into the inbox

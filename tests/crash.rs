@@ -1416,6 +1416,7 @@ fn generated_exports_are_valid_and_distinct() {
     let rules = np_agent::sender::export::Rules {
         max_bytes: 1 << 20,
         twiin_partners: vec!["hospb".into()],
+        zorgviewer_partners: Vec::new(),
     };
     let mut seen = BTreeSet::new();
     for v in 1..=20 {

@@ -26,6 +26,7 @@ use np_agent::oauth::TokenStore;
 use np_agent::oauth::client::TokenClient;
 use np_agent::ops::metrics::Metrics;
 use np_agent::pki::{self, MinVersion};
+use np_agent::records::RecordStore;
 use np_agent::sender::Sender;
 use np_agent::spool::{self, Item, Outcome, Spool, State};
 use np_agent::util::time::{self, now_unix};
@@ -196,6 +197,7 @@ fn rig(label: &str) -> Rig {
     let sender = Sender::new(
         config.clone(),
         Arc::new(CaseStore::open(state).unwrap()),
+        Arc::new(RecordStore::open(state).unwrap()),
         spool.clone(),
         Arc::new(TokenStore::open(state, now_unix()).unwrap()),
         Arc::new(AuditLog::open(state).unwrap()),

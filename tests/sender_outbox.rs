@@ -17,6 +17,7 @@ use np_agent::audit::AuditLog;
 use np_agent::cases::{CaseStatus, CaseStore};
 use np_agent::config::{self, Config, Vars};
 use np_agent::oauth::TokenStore;
+use np_agent::records::RecordStore;
 use np_agent::sender::{ScanReport, Sender};
 use np_agent::spool::{Item, Spool, State};
 use np_agent::util::time::now_unix;
@@ -74,6 +75,7 @@ fn rig(label: &str) -> Rig {
     let sender = Sender::new(
         config.clone(),
         cases.clone(),
+        Arc::new(RecordStore::open(&state).unwrap()),
         spool.clone(),
         Arc::new(TokenStore::open(&state, now_unix()).unwrap()),
         Arc::new(AuditLog::open(&state).unwrap()),

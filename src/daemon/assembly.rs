@@ -17,6 +17,7 @@ use crate::oauth::endpoint::TokenService;
 use crate::oauth::keycache::KeyCache;
 use crate::ops::metrics::Metrics;
 use crate::pki::{self, TlsFiles, TlsMaterial};
+use crate::records::RecordStore;
 use crate::spool::Spool;
 use crate::util::time::now_unix;
 
@@ -103,6 +104,8 @@ pub struct Stores {
     pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
     pub cases: Arc<CaseStore>,
+    /// Records published to Zorgviewer partners, indexed by patient.
+    pub records: Arc<RecordStore>,
     /// The receiver's folders and locks; each configuration gets a
     /// `reconfigured` copy sharing them.
     pub receiver: crate::receiver::Receiver,
@@ -166,6 +169,7 @@ impl Stores {
             mitz,
             spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
+            records: Arc::new(RecordStore::open(state).map_err(|e| io(e.to_string()))?),
             tokens: Arc::new(TokenStore::open(state, now_unix()).map_err(|e| io(e.to_string()))?),
             audit,
             replay: ReplayCache::open(state).map_err(|e| io(e.to_string()))?,
@@ -225,6 +229,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
     let sender = Arc::new(crate::sender::Sender::new(
         config.clone(),
         stores.cases.clone(),
+        stores.records.clone(),
         stores.spool.clone(),
         stores.tokens.clone(),
         stores.audit.clone(),

@@ -24,9 +24,10 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, Kind as PartnerKind};
 use crate::fhir::{FhirVersion, table};
 use crate::ids::{BSN_SYSTEM, Bsn};
+use crate::records::Conflict;
 
 /// Bundle types an export may have.
 pub const BUNDLE_TYPES: &[&str] = &["collection", "document", "transaction", "searchset"];
@@ -44,6 +45,9 @@ pub struct Rules {
     pub max_bytes: u64,
     /// Names of the configured partners of kind `twiin`.
     pub twiin_partners: Vec<String>,
+    /// Names of the configured partners of kind `zorgviewer` (their
+    /// folders hold published records, under the same rules).
+    pub zorgviewer_partners: Vec<String>,
 }
 
 impl Rules {
@@ -51,19 +55,29 @@ impl Rules {
     pub fn from_config(config: &Config) -> Rules {
         Rules {
             max_bytes: config.max_body,
-            twiin_partners: config
-                .partners
-                .iter()
-                .filter(|p| p.as_twiin().is_some())
-                .map(|p| p.name.clone())
-                .collect(),
+            twiin_partners: names_of(config, PartnerKind::Twiin),
+            zorgviewer_partners: names_of(config, PartnerKind::Zorgviewer),
         }
     }
 
-    /// True when `folder` is the outbox folder of a configured twiin partner.
+    /// True when `folder` is the outbox folder of a configured partner that
+    /// takes files: one of kind `twiin` or `zorgviewer`.
     pub fn knows(&self, folder: &str) -> bool {
-        self.twiin_partners.iter().any(|p| p == folder)
+        self.twiin_partners
+            .iter()
+            .chain(&self.zorgviewer_partners)
+            .any(|p| p == folder)
     }
+}
+
+/// The names of the configured partners of one kind.
+fn names_of(config: &Config, kind: PartnerKind) -> Vec<String> {
+    config
+        .partners
+        .iter()
+        .filter(|p| p.kind_tag() == kind)
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// A case id: `[A-Za-z0-9._-]{1,64}`, not starting with `.` (such a file is
@@ -191,6 +205,11 @@ pub enum Problem {
     OtherPatient,
     /// A `.cancel` for a case we never exported.
     UnknownCase,
+    /// A `.cancel` for a record never published to this partner.
+    UnknownRecord,
+    /// A publication the record store refuses (it would make a patient
+    /// lookup ambiguous).
+    Record(Conflict),
 }
 
 impl fmt::Display for Problem {
@@ -258,6 +277,8 @@ impl fmt::Display for Problem {
                 f.write_str("case belongs to another patient: an update must keep the patient")
             }
             Problem::UnknownCase => f.write_str("cancel for an unknown case"),
+            Problem::UnknownRecord => f.write_str("cancel for an unknown record"),
+            Problem::Record(conflict) => write!(f, "{conflict}"),
         }
     }
 }
@@ -338,6 +359,7 @@ pub enum Kind {
 pub struct Data {
     bundle: Value,
     patient: Bsn,
+    patient_id: String,
     resources: Resources,
 }
 
@@ -350,6 +372,11 @@ impl Data {
     /// The Patient's BSN (11-test passed).
     pub fn patient(&self) -> &Bsn {
         &self.patient
+    }
+
+    /// The Patient's `id` (a FHIR id).
+    pub fn patient_id(&self) -> &str {
+        &self.patient_id
     }
 
     /// Every resource in the Bundle, in entry order.
@@ -430,12 +457,13 @@ pub fn validate(
         }));
     }
     let bundle = parse_document(bytes, format, rules.max_bytes).map_err(reject)?;
-    let (patient, resources) = check_bundle(&bundle).map_err(reject)?;
+    let (patient, patient_id, resources) = check_bundle(&bundle).map_err(reject)?;
     Ok(Accepted {
         case_id,
         kind: Kind::Data(Data {
             bundle,
             patient,
+            patient_id,
             resources,
         }),
     })
@@ -460,8 +488,8 @@ fn parse_document(bytes: &[u8], format: Format, max_bytes: u64) -> Result<Value,
     })
 }
 
-/// The Bundle rules; returns the patient and the resource list.
-fn check_bundle(bundle: &Value) -> Result<(Bsn, Resources), Problem> {
+/// The Bundle rules; returns the patient's BSN and id, and the resource list.
+fn check_bundle(bundle: &Value) -> Result<(Bsn, String, Resources), Problem> {
     let root_type = bundle.get("resourceType").and_then(Value::as_str);
     if root_type != Some("Bundle") {
         return Err(Problem::NotABundle {
@@ -502,7 +530,7 @@ fn check_bundle(bundle: &Value) -> Result<(Bsn, Resources), Problem> {
             });
         }
         if resource_type == "Patient" {
-            patients.push(resource);
+            patients.push((resource, id));
         }
         refs.push(ResourceRef {
             resource_type: resource_type.to_string(),
@@ -510,12 +538,12 @@ fn check_bundle(bundle: &Value) -> Result<(Bsn, Resources), Problem> {
             categories: categories(resource),
         });
     }
-    let patient = match patients.as_slice() {
+    let (patient, patient_id) = match patients.as_slice() {
         [] => return Err(Problem::NoPatient),
-        [one] => bsn_of(one)?,
+        [(one, id)] => (bsn_of(one)?, id.to_string()),
         more => return Err(Problem::SeveralPatients(more.len())),
     };
-    Ok((patient, Resources(refs)))
+    Ok((patient, patient_id, Resources(refs)))
 }
 
 /// The one BSN of a Patient.
@@ -595,6 +623,7 @@ mod tests {
         Rules {
             max_bytes: 4096,
             twiin_partners: vec!["hospb".into()],
+            zorgviewer_partners: Vec::new(),
         }
     }
 

@@ -1,12 +1,14 @@
 //! The sender role of Twiin TA Notified Pull: what the EHR exports into
 //! `NP_OUTBOX/<partner>/` becomes a case, a notification Task to the partner,
-//! and later, on `<case-id>.cancel`, a cancellation.
+//! and later, on `<case-id>.cancel`, a cancellation. In the folder of a
+//! `zorgviewer` partner the same files publish and withdraw records
+//! (`crate::records`), without any notification.
 //!
 //! | module | job | I/O |
 //! |---|---|---|
 //! | [`export`] | one outbox file → accepted export or rejection with a reason | none |
 //! | [`task`] | the notification and cancellation Task | none |
-//! | [`outbox`] | scan the outbox; store, queue, cancel, quarantine | files |
+//! | [`outbox`] | scan the outbox; store, queue, cancel, publish, withdraw, quarantine | files |
 //! | [`deliver`] | the spool worker for `notify` and `cancel` items | HTTP |
 //!
 //! The daemon calls [`Sender::scan`] every `NP_POLL_INTERVAL` from one
@@ -27,6 +29,7 @@ use crate::config::Config;
 use crate::http::partners::PartnerHttp;
 use crate::oauth::TokenStore;
 use crate::oauth::client::TokenClient;
+use crate::records::RecordStore;
 use crate::spool::{self, Spool};
 
 pub use outbox::ScanReport;
@@ -35,6 +38,7 @@ pub use outbox::ScanReport;
 pub struct Sender {
     config: Arc<Config>,
     cases: Arc<CaseStore>,
+    records: Arc<RecordStore>,
     spool: Arc<Spool>,
     tokens: Arc<TokenStore>,
     audit: Arc<AuditLog>,
@@ -53,6 +57,7 @@ impl Sender {
     pub fn new(
         config: Arc<Config>,
         cases: Arc<CaseStore>,
+        records: Arc<RecordStore>,
         spool: Arc<Spool>,
         tokens: Arc<TokenStore>,
         audit: Arc<AuditLog>,
@@ -61,6 +66,7 @@ impl Sender {
         Sender {
             config,
             cases,
+            records,
             spool,
             tokens,
             audit,
@@ -70,7 +76,8 @@ impl Sender {
     }
 
     /// One outbox pass; returns counts (accepted, updated, cancelled,
-    /// rejected, deferred, and what it finished after a crash). Per-file
+    /// published, withdrawn, rejected, deferred, and what it finished after
+    /// a crash). Per-file
     /// failures are logged and counted, never returned. The first pass of a
     /// new sender also queues any Task a crash left saved but unqueued.
     pub fn scan(&self, now: i64) -> ScanReport {
@@ -100,6 +107,7 @@ impl Sender {
             config: &self.config,
             rules: &self.rules,
             cases: &self.cases,
+            records: &self.records,
             spool: &self.spool,
             tokens: &self.tokens,
             audit: &self.audit,

@@ -1,9 +1,10 @@
-//! Outbox scanning (I/O): `NP_OUTBOX/<partner>/` → case store + spool.
+//! Outbox scanning (I/O): `NP_OUTBOX/<partner>/` → case store + spool, or
+//! the record store for a `zorgviewer` partner (`outbox/publish.rs`).
 //!
 //! One pass ([`Scanner::scan`]):
 //!
-//! 1. Every folder of `NP_OUTBOX` that is a configured `twiin` partner is
-//!    scanned; a folder that is not has its files moved to
+//! 1. Every folder of `NP_OUTBOX` that is a configured `twiin` or
+//!    `zorgviewer` partner is scanned; a folder that is not has its files moved to
 //!    `<folder>/.rejected/` ("unknown partner folder"); a file directly in
 //!    `NP_OUTBOX` goes to `NP_OUTBOX/.rejected/`. Hidden folders and symbolic
 //!    links to folders are not entered.
@@ -29,7 +30,10 @@
 //!    the Task if the crash came before the spool step, and only removes
 //!    the file. The first pass after start-up also queues the latest Task
 //!    of every live case whose spool item does not exist, should its file
-//!    be gone. `docs/crash-safety.md` lists every window.
+//!    be gone. A `zorgviewer` partner's files are claimed, read, validated
+//!    and quarantined the same way, then published or withdrawn in the
+//!    record store instead (`outbox/publish.rs`): nothing is queued or sent.
+//!    `docs/crash-safety.md` lists every window.
 //! 4. A file that cannot be accepted moves to `<partner>/.rejected/<name>`
 //!    with `<name>.error.txt` (one line: file and reason) beside it, written
 //!    first so that no rejected file is ever without its reason. An earlier
@@ -56,6 +60,7 @@ use crate::ids::OrgId;
 use crate::ids::{self, Bsn};
 use crate::oauth::TokenStore;
 use crate::ops::logging::Q;
+use crate::records::RecordStore;
 use crate::sender::export::{self, Accepted, CaseId, Data, Kind, Name, Problem, Rejected, Rules};
 use crate::sender::task::{self, Notification};
 use crate::spool::{Item, Spool, SpoolError, State};
@@ -96,6 +101,10 @@ pub struct ScanReport {
     /// Notifications of saved Tasks queued on start-up because a crash came
     /// between saving the case and queueing them.
     pub requeued: usize,
+    /// Records published to a `zorgviewer` partner (new ones and new versions).
+    pub published: usize,
+    /// Records withdrawn (`.cancel` in a `zorgviewer` partner's folder).
+    pub withdrawn: usize,
 }
 
 /// The body of a `notify` spool item.
@@ -176,6 +185,7 @@ pub struct Scanner<'a> {
     pub config: &'a Config,
     pub rules: &'a Rules,
     pub cases: &'a CaseStore,
+    pub records: &'a RecordStore,
     pub spool: &'a Spool,
     pub tokens: &'a TokenStore,
     pub audit: &'a AuditLog,
@@ -196,6 +206,10 @@ enum Done {
     Cancelled,
     /// Accepted before (a crash came before the removal): only removed.
     AlreadyAccepted,
+    /// A record published (a new one or a new version).
+    Published,
+    /// A record withdrawn.
+    Withdrawn,
 }
 
 /// Test hook: stop after this step, as a crash would.
@@ -207,6 +221,11 @@ pub(crate) enum Step {
     Enqueued,
     /// A `.cancel`: the case record saved as cancelled, nothing else done.
     CaseCancelled,
+    /// A published record: saved and indexed, its replaced version not yet
+    /// removed.
+    RecordSaved,
+    /// A record's `.cancel`: saved as withdrawn, its data not yet removed.
+    RecordWithdrawn,
 }
 
 /// The state of one pass.
@@ -425,6 +444,8 @@ impl Scanner<'_> {
                         Done::Updated => pass.report.updated += 1,
                         Done::Cancelled => pass.report.cancelled += 1,
                         Done::AlreadyAccepted => pass.report.already_accepted += 1,
+                        Done::Published => pass.report.published += 1,
+                        Done::Withdrawn => pass.report.withdrawn += 1,
                     }
                     true
                 }
@@ -518,10 +539,13 @@ impl Scanner<'_> {
             mtime: (entry.meta.mtime(), entry.meta.mtime_nsec()),
         };
         drop(bytes);
-        let Some(p) = self.config.twiin_partner(partner) else {
-            return Some(Err(Fail::Reject(Problem::UnknownPartner)));
-        };
-        self.store(p, accepted, source, now, stop)
+        if let Some(p) = self.config.twiin_partner(partner) {
+            return self.store(p, accepted, source, now, stop);
+        }
+        if let Some(p) = publish::zorgviewer_partner(self.config, partner) {
+            return self.publish(p, accepted, source, now, stop);
+        }
+        Some(Err(Fail::Reject(Problem::UnknownPartner)))
     }
 
     fn store(
@@ -969,14 +993,24 @@ impl Scanner<'_> {
     }
 
     fn audit_event(&self, partner: TwiinPartner<'_>, action: &str, patient: &Bsn, object: &str) {
-        let org = self
-            .config
-            .our_org(partner.id_scheme)
-            .map(|o| ids::org_claim(&o));
+        let org = self.config.our_org(partner.id_scheme);
+        self.audit_as(partner.name, org.as_ref(), action, patient, object);
+    }
+
+    /// An audit event of ours (`org` in claim form) about a partner's patient.
+    fn audit_as(
+        &self,
+        partner: &str,
+        org: Option<&OrgId>,
+        action: &str,
+        patient: &Bsn,
+        object: &str,
+    ) {
+        let org = org.map(ids::org_claim);
         self.audit.record_or_log(audit::Event {
             action,
             outcome: "success",
-            partner: Some(partner.name),
+            partner: Some(partner),
             who_org: org.as_deref(),
             who_system: Some(&self.config.system_id),
             patient: Some(patient.as_str()),
@@ -1201,6 +1235,8 @@ fn free_name(dir: &Path, name: &OsStr, now: i64) -> OsString {
     candidate.extend_from_slice(ext);
     OsString::from_vec(candidate)
 }
+
+mod publish;
 
 #[cfg(test)]
 mod tests;

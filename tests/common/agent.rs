@@ -279,17 +279,22 @@ impl AgentSetup {
         }
     }
 
-    /// Adds a twiin partner whose JWKS is served by `jwks`.
-    pub fn add_partner(&mut self, party: &Party, jwks: &JwksServer) {
-        let upper = party.name.to_ascii_uppercase();
+    /// Adds `name` to `NP_PARTNERS`.
+    fn push_partner(&mut self, name: &str) {
         let mut names: Vec<String> = self
             .env
             .vars
             .get("NP_PARTNERS")
             .map(|s| s.split(',').map(String::from).collect())
             .unwrap_or_default();
-        names.push(party.name.clone());
+        names.push(name.to_string());
         self.env.set("NP_PARTNERS", names.join(","));
+    }
+
+    /// Adds a twiin partner whose JWKS is served by `jwks`.
+    pub fn add_partner(&mut self, party: &Party, jwks: &JwksServer) {
+        let upper = party.name.to_ascii_uppercase();
+        self.push_partner(&party.name);
         let k = |f: &str| format!("NP_PARTNER_{upper}_{f}");
         self.env
             .set(&k("FHIR_BASE"), format!("{}/fhir", jwks.base()))
@@ -305,14 +310,7 @@ impl AgentSetup {
     /// JWKS come from defaults and discovery, as between two np-agents.
     pub fn add_agent(&mut self, other: &AgentSetup) {
         let upper = other.name.to_ascii_uppercase();
-        let mut names: Vec<String> = self
-            .env
-            .vars
-            .get("NP_PARTNERS")
-            .map(|s| s.split(',').map(String::from).collect())
-            .unwrap_or_default();
-        names.push(other.name.clone());
-        self.env.set("NP_PARTNERS", names.join(","));
+        self.push_partner(&other.name);
         self.env
             .set(&format!("NP_PARTNER_{upper}_FHIR_BASE"), other.url("/fhir"))
             .set(
@@ -323,6 +321,19 @@ impl AgentSetup {
                 &format!("NP_PARTNER_{upper}_CERT"),
                 format!("ura:{}", other.ura),
             );
+    }
+
+    /// Adds a zorgviewer partner: its certificate, client id
+    /// `<name>-client`, and the JWKS at `jwks_url`.
+    pub fn add_zorgviewer(&mut self, party: &Party, jwks_url: &str) {
+        let upper = party.name.to_ascii_uppercase();
+        self.push_partner(&party.name);
+        let k = |f: &str| format!("NP_PARTNER_{upper}_{f}");
+        self.env
+            .set(&k("KIND"), "zorgviewer")
+            .set(&k("CERT"), format!("ura:{}", party.ura))
+            .set(&k("CLIENT_ID"), format!("{}-client", party.name))
+            .set(&k("JWKS_URL"), jwks_url);
     }
 
     pub fn outbox(&self, partner: &str) -> PathBuf {

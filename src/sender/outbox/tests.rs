@@ -15,6 +15,7 @@ struct Fixture {
     config: Config,
     rules: Rules,
     cases: CaseStore,
+    records: RecordStore,
     spool: Spool,
     tokens: TokenStore,
     audit: AuditLog,
@@ -34,7 +35,7 @@ fn fixture() -> Fixture {
         ("NP_STATE_DIR", path("state")),
         ("NP_NOTIFICATION_TTL", "7d".into()),
         ("NP_MAX_BODY", "8KiB".into()),
-        ("NP_PARTNERS", "hospb,vip,mitz".into()),
+        ("NP_PARTNERS", "hospb,vip,mitz,zv".into()),
         (
             "NP_PARTNER_HOSPB_FHIR_BASE",
             "https://b.example/fhir".into(),
@@ -51,17 +52,25 @@ fn fixture() -> Fixture {
         ("NP_PARTNER_VIP_CERT", "dns:vip.example".into()),
         ("NP_PARTNER_MITZ_KIND", "mitz".into()),
         ("NP_PARTNER_MITZ_CERT", "dns:mitz.example".into()),
+        ("NP_PARTNER_ZV_KIND", "zorgviewer".into()),
+        ("NP_PARTNER_ZV_CERT", "dns:zv.example".into()),
+        ("NP_PARTNER_ZV_CLIENT_ID", "zorgviewer".into()),
+        (
+            "NP_PARTNER_ZV_JWKS_URL",
+            "https://auth.zv.example/.well-known/jwks".into(),
+        ),
     ] {
         v.insert(k.to_string(), (val, None));
     }
     let config = from_vars(&v).unwrap();
-    for p in ["hospb", "vip", "mitz"] {
+    for p in ["hospb", "vip", "mitz", "zv"] {
         fs::create_dir_all(config.outbox.join(p)).unwrap();
     }
     let state = config.state_dir.clone();
     Fixture {
         rules: Rules::from_config(&config),
         cases: CaseStore::open(&state).unwrap(),
+        records: RecordStore::open(&state).unwrap(),
         spool: Spool::open(&state).unwrap().0,
         tokens: TokenStore::open(&state, NOW).unwrap(),
         audit: AuditLog::open(&state).unwrap(),
@@ -77,6 +86,7 @@ impl Fixture {
             config: &self.config,
             rules: &self.rules,
             cases: &self.cases,
+            records: &self.records,
             spool: &self.spool,
             tokens: &self.tokens,
             audit: &self.audit,
@@ -521,18 +531,26 @@ fn every_quarantine_reason_reaches_the_error_file() {
     }
 }
 
-#[test]
-fn xml_exports_are_accepted() {
-    let mut f = fixture();
-    let xml = format!(
+/// An STU3 Bundle in XML: Patient `patient_id` with BSN, then `more`.
+fn xml_bundle(patient_id: &str, more: &str) -> String {
+    format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Bundle xmlns="http://hl7.org/fhir">
   <type value="collection"/>
-  <entry><resource><Patient><id value="p1"/>
+  <entry><resource><Patient><id value="{patient_id}"/>
     <identifier><system value="{BSN_SYSTEM}"/><value value="{BSN}"/></identifier>
   </Patient></resource></entry>
-  <entry><resource><Binary><id value="doc1"/><contentType value="text/plain"/><content value="aGk="/></Binary></resource></entry>
+  {more}
 </Bundle>"#
+    )
+}
+
+#[test]
+fn xml_exports_are_accepted() {
+    let mut f = fixture();
+    let xml = xml_bundle(
+        "p1",
+        r#"<entry><resource><Binary><id value="doc1"/><contentType value="text/plain"/><content value="aGk="/></Binary></resource></entry>"#,
     );
     f.put("hospb", "x1.xml", xml.as_bytes());
     assert_eq!(f.scan(NOW).accepted, 1);
@@ -970,3 +988,5 @@ fn free_names_keep_the_extension() {
         format!("noext.{}", time::compact(NOW)).as_str()
     );
 }
+
+mod publish;
