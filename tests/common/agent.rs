@@ -279,17 +279,45 @@ impl AgentSetup {
         }
     }
 
-    /// Adds a twiin partner whose JWKS is served by `jwks`.
-    pub fn add_partner(&mut self, party: &Party, jwks: &JwksServer) {
-        let upper = party.name.to_ascii_uppercase();
+    /// Adds `name` to `NP_PARTNERS`.
+    fn list_partner(&mut self, name: &str) {
         let mut names: Vec<String> = self
             .env
             .vars
             .get("NP_PARTNERS")
             .map(|s| s.split(',').map(String::from).collect())
             .unwrap_or_default();
-        names.push(party.name.clone());
+        names.push(name.to_string());
         self.env.set("NP_PARTNERS", names.join(","));
+    }
+
+    /// Adds a zorgviewer partner whose JWKS is served by `jwks`: its
+    /// certificate (`ura:` of the party), client id `<name>-client` (the
+    /// `iss` and `sub` of its client assertions) and JWKS URL. Consent and
+    /// the other zorgviewer keys keep their defaults.
+    pub fn add_zorgviewer(&mut self, party: &Party, jwks: &JwksServer) {
+        self.list_partner(&party.name);
+        let k = |f: &str| format!("NP_PARTNER_{}_{f}", party.name.to_ascii_uppercase());
+        self.env
+            .set(&k("KIND"), "zorgviewer")
+            .set(&k("CERT"), format!("ura:{}", party.ura))
+            .set(&k("CLIENT_ID"), format!("{}-client", party.name))
+            .set(&k("JWKS_URL"), format!("{}/jwks", jwks.base()));
+    }
+
+    /// Adds a mitz partner (a notification broker): its certificate only.
+    pub fn add_mitz(&mut self, party: &Party) {
+        self.list_partner(&party.name);
+        let k = |f: &str| format!("NP_PARTNER_{}_{f}", party.name.to_ascii_uppercase());
+        self.env
+            .set(&k("KIND"), "mitz")
+            .set(&k("CERT"), format!("ura:{}", party.ura));
+    }
+
+    /// Adds a twiin partner whose JWKS is served by `jwks`.
+    pub fn add_partner(&mut self, party: &Party, jwks: &JwksServer) {
+        let upper = party.name.to_ascii_uppercase();
+        self.list_partner(&party.name);
         let k = |f: &str| format!("NP_PARTNER_{upper}_{f}");
         self.env
             .set(&k("FHIR_BASE"), format!("{}/fhir", jwks.base()))
@@ -305,14 +333,7 @@ impl AgentSetup {
     /// JWKS come from defaults and discovery, as between two np-agents.
     pub fn add_agent(&mut self, other: &AgentSetup) {
         let upper = other.name.to_ascii_uppercase();
-        let mut names: Vec<String> = self
-            .env
-            .vars
-            .get("NP_PARTNERS")
-            .map(|s| s.split(',').map(String::from).collect())
-            .unwrap_or_default();
-        names.push(other.name.clone());
-        self.env.set("NP_PARTNERS", names.join(","));
+        self.list_partner(&other.name);
         self.env
             .set(&format!("NP_PARTNER_{upper}_FHIR_BASE"), other.url("/fhir"))
             .set(
