@@ -147,6 +147,10 @@ impl Raw {
                 &ring_sig::RSA_PKCS1_SHA256,
                 &ring_sig::RSA_PKCS1_2048_8192_SHA256,
             ),
+            Alg::Rs384 => rsa(
+                &ring_sig::RSA_PKCS1_SHA384,
+                &ring_sig::RSA_PKCS1_2048_8192_SHA384,
+            ),
             Alg::Es256 => ecdsa(
                 &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
                 &ring_sig::ECDSA_P256_SHA256_FIXED,

@@ -214,9 +214,89 @@ pub fn org_claim(org: &OrgId) -> String {
     }
 }
 
+/// An ISO object identifier in dotted decimal (`2.16.840.1.113883.2.4.3.8`),
+/// such as the organisation OIDs of IHE IUA's `subject_organization_id`.
+/// Parsed from the bare form or `urn:oid:<oid>`; kept bare.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Oid(String);
+
+impl Oid {
+    /// Longest OID accepted, in characters (bare form).
+    pub const MAX_LEN: usize = 128;
+
+    /// `urn:oid:<oid>` or a bare OID: at least two arcs of decimal digits
+    /// without leading zeros, the first 0, 1 or 2, at most [`Oid::MAX_LEN`]
+    /// characters.
+    pub fn parse(text: &str) -> Option<Oid> {
+        let bare = text.strip_prefix("urn:oid:").unwrap_or(text);
+        let arcs: Vec<&str> = bare.split('.').collect();
+        let arc_ok = |a: &&str| {
+            !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_digit())
+                && (*a == "0" || !a.starts_with('0'))
+        };
+        let ok = bare.len() <= Oid::MAX_LEN
+            && arcs.len() >= 2
+            && arcs.iter().all(arc_ok)
+            && matches!(arcs.first(), Some(&("0" | "1" | "2")));
+        ok.then(|| Oid(bare.to_string()))
+    }
+
+    /// The bare dotted form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `urn:oid:<oid>`.
+    pub fn urn(&self) -> String {
+        format!("urn:oid:{}", self.0)
+    }
+}
+
+impl fmt::Display for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oids_bare_and_as_urn() {
+        let umcg = Oid::parse("urn:oid:2.16.840.1.113883.2.4.3.8").unwrap();
+        assert_eq!(umcg.as_str(), "2.16.840.1.113883.2.4.3.8");
+        assert_eq!(umcg.urn(), "urn:oid:2.16.840.1.113883.2.4.3.8");
+        assert_eq!(Oid::parse("2.16.840.1.113883.2.4.3.8"), Some(umcg.clone()));
+        assert_eq!(umcg.to_string(), "2.16.840.1.113883.2.4.3.8");
+        assert!(Oid::parse("0.0").is_some());
+        assert!(Oid::parse(&format!("2.{}", "1".repeat(Oid::MAX_LEN - 2))).is_some());
+        for bad in [
+            "",
+            "urn:oid:",
+            "2",
+            "3.16.840",
+            "2.16..840",
+            "2.16.840.",
+            ".2.16",
+            "2.016.840",
+            "2.16.840.1a",
+            " 2.16.840",
+            "2.16.840 ",
+            "URN:OID:2.16.840",
+            "urn:oid:urn:oid:2.16",
+            "2.-16",
+            "2.+16",
+            "UMCG",
+        ] {
+            assert_eq!(Oid::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            Oid::parse(&format!("2.{}", "1".repeat(Oid::MAX_LEN - 1))),
+            None
+        );
+    }
 
     #[test]
     fn bsn_eleven_test() {

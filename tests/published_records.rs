@@ -45,7 +45,7 @@ fn published_records_are_taken_in_withdrawn_and_never_sent() {
     let mut setup = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
     setup.env.set("NP_POLL_INTERVAL", "1s");
     let jwks_url = format!("https://localhost:{}/jwks", stand_in.addr.port());
-    setup.add_zorgviewer(&zv, &jwks_url);
+    setup.add_zorgviewer_at(&zv, &jwks_url);
     let agent = setup.start();
     let folder = setup.outbox("zv");
     let logged = |event: &str| events(&agent.log(), event, &[("partner", "zv")]).len();

@@ -5,6 +5,11 @@
 //! hostile payload cannot make us allocate more than the caps below. The JSON
 //! is first checked to be well-formed as a whole (serde-json-core skips unknown
 //! members leniently), and duplicate members of the claims we read are refused.
+//!
+//! The IHE IUA claims of a Zorgviewer client assertion have shapes
+//! serde-json-core cannot express (a role is a code, a Coding or an array of
+//! either): [`parse_iua`] reads them from the same size-capped payload with
+//! serde_json, and caps every value it keeps.
 
 use heapless::String as HString;
 use heapless::Vec as HVec;
@@ -249,7 +254,9 @@ pub struct Expectations<'a> {
 
 /// Checks `iss`, `sub` (when expected), `aud` and the time rules of spec §5:
 /// `exp > now - skew`, `iat < now + skew`, `nbf < now + skew`, `exp > iat`,
-/// `exp - iat <= 300 s`.
+/// `exp - iat <= 300 s`. Together the last three keep `exp` at most
+/// 300 s + skew ahead of `now`, the "no more than five minutes in the future"
+/// of SMART backend services (a test below holds that bound).
 pub fn check(claims: &Claims, want: &Expectations<'_>, now: i64) -> Result<(), ClaimError> {
     if claims.iss != want.issuer {
         return Err(ClaimError::WrongIssuer);
@@ -281,6 +288,142 @@ pub fn check(claims: &Claims, want: &Expectations<'_>, now: i64) -> Result<(), C
     let lifetime = claims.exp - claims.iat;
     if lifetime > MAX_LIFETIME_SECS {
         return Err(ClaimError::LifetimeTooLong(lifetime));
+    }
+    Ok(())
+}
+
+/// Longest `subject_organization_id` we read (an OID, with `urn:oid:`).
+pub const MAX_IUA_ORG_ID: usize = 160;
+/// Longest `subject_organization` or `subject_name` we read.
+pub const MAX_IUA_TEXT: usize = 256;
+/// Most `subject_role` entries we read.
+pub const MAX_IUA_ROLES: usize = 8;
+/// Longest role code we read.
+pub const MAX_IUA_ROLE_CODE: usize = 64;
+
+/// The IHE IUA (JWT option) claims of a Zorgviewer client assertion: who
+/// asks on whose behalf. Read from the top level of the claims, or from
+/// `extensions.ihe_iua` where IUA 2.0 puts them; each value is checked for
+/// type and size here, `subject_organization_id`'s form by the caller.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct IuaClaims {
+    /// As sent (`urn:oid:…` or a bare OID); `None` when absent or `null`.
+    pub subject_organization_id: Option<String>,
+    pub subject_organization: Option<String>,
+    pub subject_name: Option<String>,
+    /// Role codes: from strings, from Codings (`code`), or from
+    /// CodeableConcepts (every `coding[].code`); a single value or an array.
+    pub subject_role: Vec<String>,
+}
+
+impl std::fmt::Debug for IuaClaims {
+    /// Prints no person's name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IuaClaims")
+            .field("subject_organization_id", &self.subject_organization_id)
+            .field("subject_organization", &self.subject_organization)
+            .field("subject_role", &self.subject_role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses the IUA claims of a claims payload (the JWS payload bytes).
+pub fn parse_iua(payload: &[u8]) -> Result<IuaClaims, ClaimError> {
+    use serde_json::Value;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ClaimError::TooLong("payload"));
+    }
+    let doc: Value =
+        serde_json::from_slice(payload).map_err(|_| ClaimError::Malformed("invalid JSON"))?;
+    let Value::Object(top) = &doc else {
+        return Err(ClaimError::Malformed("not an object"));
+    };
+    let nested = match top.get("extensions").and_then(|e| e.get("ihe_iua")) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(_) => return Err(ClaimError::Malformed("extensions.ihe_iua is not an object")),
+    };
+    let claim = |name: &str| -> Option<&Value> {
+        match top.get(name) {
+            None | Some(Value::Null) => nested.and_then(|n| n.get(name)),
+            found => found,
+        }
+        .filter(|v| !v.is_null())
+    };
+    let text = |name: &'static str, max: usize| -> Result<Option<String>, ClaimError> {
+        match claim(name) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.chars().count() > max => Err(ClaimError::TooLong(name)),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                Err(ClaimError::Malformed("an IUA claim has control characters"))
+            }
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Some(_) => Err(ClaimError::Malformed("an IUA claim has the wrong type")),
+        }
+    };
+    let mut roles = Vec::new();
+    if let Some(role) = claim("subject_role") {
+        match role {
+            Value::Array(list) if list.len() > MAX_IUA_ROLES => {
+                return Err(ClaimError::TooLong("subject_role"));
+            }
+            Value::Array(list) => {
+                for r in list {
+                    role_codes(r, &mut roles)?;
+                }
+            }
+            one => role_codes(one, &mut roles)?,
+        }
+        if roles.len() > MAX_IUA_ROLES {
+            return Err(ClaimError::TooLong("subject_role"));
+        }
+    }
+    Ok(IuaClaims {
+        subject_organization_id: text("subject_organization_id", MAX_IUA_ORG_ID)?,
+        subject_organization: text("subject_organization", MAX_IUA_TEXT)?,
+        subject_name: text("subject_name", MAX_IUA_TEXT)?,
+        subject_role: roles,
+    })
+}
+
+/// The codes of one `subject_role` entry: a code string, a Coding, or a
+/// CodeableConcept.
+fn role_codes(value: &serde_json::Value, out: &mut Vec<String>) -> Result<(), ClaimError> {
+    use serde_json::Value;
+    let code = |v: Option<&Value>| -> Result<String, ClaimError> {
+        match v {
+            Some(Value::String(c)) if c.len() > MAX_IUA_ROLE_CODE => {
+                Err(ClaimError::TooLong("subject_role"))
+            }
+            Some(Value::String(c)) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_graphic()) => {
+                Ok(c.clone())
+            }
+            _ => Err(ClaimError::Malformed(
+                "subject_role must hold codes, Codings or CodeableConcepts",
+            )),
+        }
+    };
+    match value {
+        Value::String(_) => out.push(code(Some(value))?),
+        Value::Object(o) => match o.get("coding") {
+            Some(Value::Array(codings)) if codings.len() <= MAX_IUA_ROLES => {
+                for c in codings {
+                    out.push(code(c.get("code"))?);
+                }
+            }
+            Some(Value::Array(_)) => return Err(ClaimError::TooLong("subject_role")),
+            Some(_) => {
+                return Err(ClaimError::Malformed(
+                    "subject_role must hold codes, Codings or CodeableConcepts",
+                ));
+            }
+            None => out.push(code(o.get("code"))?),
+        },
+        _ => {
+            return Err(ClaimError::Malformed(
+                "subject_role must hold codes, Codings or CodeableConcepts",
+            ));
+        }
     }
     Ok(())
 }
@@ -534,6 +677,162 @@ mod tests {
         };
         assert_eq!(check(&base, &w2, NOW), Err(ClaimError::WrongSubject));
         assert_eq!(replay_horizon(&base), base.exp + 60);
+    }
+
+    #[test]
+    fn exp_is_never_more_than_five_minutes_and_the_skew_ahead() {
+        let base = parse(viplive()).unwrap();
+        let a = aud();
+        let w = want(&a);
+        let mut accepted = 0;
+        for iat in (NOW - 400..NOW + 100).step_by(7) {
+            for exp in (NOW - 100..NOW + 800).step_by(11) {
+                let mut c = base.clone();
+                c.iat = iat;
+                c.exp = exp;
+                if check(&c, &w, NOW).is_ok() {
+                    accepted += 1;
+                    assert!(
+                        exp - NOW <= MAX_LIFETIME_SECS + SKEW_SECS,
+                        "iat {iat} exp {exp}"
+                    );
+                }
+            }
+        }
+        assert!(accepted > 100, "{accepted}");
+        // The edge: iat just inside the skew and the longest lifetime.
+        let mut c = base.clone();
+        c.iat = NOW + SKEW_SECS - 1;
+        c.exp = c.iat + MAX_LIFETIME_SECS;
+        assert_eq!(check(&c, &w, NOW), Ok(()));
+        c.exp += 1;
+        assert_eq!(check(&c, &w, NOW), Err(ClaimError::LifetimeTooLong(301)));
+    }
+
+    #[test]
+    fn iua_claims_top_level_and_nested() {
+        let top = br#"{"iss":"zv","sub":"zv","subject_organization_id":"urn:oid:2.16.840.1.113883.2.4.3.8",
+            "subject_organization":"UMCG","subject_name":"J. Jansen",
+            "subject_role":[{"system":"http://snomed.info/sct","code":"309343006","display":"Arts"}]}"#;
+        let c = parse_iua(top).unwrap();
+        assert_eq!(
+            c.subject_organization_id.as_deref(),
+            Some("urn:oid:2.16.840.1.113883.2.4.3.8")
+        );
+        assert_eq!(c.subject_organization.as_deref(), Some("UMCG"));
+        assert_eq!(c.subject_name.as_deref(), Some("J. Jansen"));
+        assert_eq!(c.subject_role, ["309343006"]);
+        assert!(!format!("{c:?}").contains("Jansen"));
+        let nested =
+            br#"{"extensions":{"ihe_iua":{"subject_organization_id":"2.16.840.1.113883.2.4.3.8",
+            "subject_role":{"coding":[{"code":"62247001"},{"code":"309343006"}]}}}}"#;
+        let c = parse_iua(nested).unwrap();
+        assert_eq!(
+            c.subject_organization_id.as_deref(),
+            Some("2.16.840.1.113883.2.4.3.8")
+        );
+        assert_eq!(c.subject_role, ["62247001", "309343006"]);
+        // The top level wins; null is absent.
+        let both = br#"{"subject_organization_id":"1.2","subject_name":null,
+            "extensions":{"ihe_iua":{"subject_organization_id":"3.4","subject_name":"x"}}}"#;
+        let c = parse_iua(both).unwrap();
+        assert_eq!(c.subject_organization_id.as_deref(), Some("1.2"));
+        assert_eq!(c.subject_name.as_deref(), Some("x"));
+        // Strings, single values, nothing at all.
+        assert_eq!(
+            parse_iua(br#"{"subject_role":"223366009"}"#)
+                .unwrap()
+                .subject_role,
+            ["223366009"]
+        );
+        assert_eq!(
+            parse_iua(br#"{"subject_role":["223366009",{"code":"62247001"}]}"#)
+                .unwrap()
+                .subject_role,
+            ["223366009", "62247001"]
+        );
+        assert_eq!(parse_iua(b"{}").unwrap(), IuaClaims::default());
+        assert_eq!(
+            parse_iua(br#"{"subject_organization":"  "}"#)
+                .unwrap()
+                .subject_organization,
+            None
+        );
+    }
+
+    #[test]
+    fn iua_claims_are_typed_and_bounded() {
+        let roles = |n: usize| format!(r#"{{"subject_role":[{}]}}"#, vec![r#""1""#; n].join(","));
+        assert!(parse_iua(roles(MAX_IUA_ROLES).as_bytes()).is_ok());
+        let long_org = format!(
+            r#"{{"subject_organization_id":"{}"}}"#,
+            "1".repeat(MAX_IUA_ORG_ID + 1)
+        );
+        let long_name = format!(r#"{{"subject_name":"{}"}}"#, "é".repeat(MAX_IUA_TEXT + 1));
+        let long_code = format!(
+            r#"{{"subject_role":"{}"}}"#,
+            "1".repeat(MAX_IUA_ROLE_CODE + 1)
+        );
+        let many_codings = format!(
+            r#"{{"subject_role":[{{"coding":[{}]}}, {{"coding":[{}]}}]}}"#,
+            [r#"{"code":"1"}"#; 5].join(","),
+            [r#"{"code":"2"}"#; 5].join(",")
+        );
+        let cases: Vec<(String, ClaimError)> = vec![
+            (
+                roles(MAX_IUA_ROLES + 1),
+                ClaimError::TooLong("subject_role"),
+            ),
+            (long_org, ClaimError::TooLong("subject_organization_id")),
+            (long_name, ClaimError::TooLong("subject_name")),
+            (long_code, ClaimError::TooLong("subject_role")),
+            (many_codings, ClaimError::TooLong("subject_role")),
+            (
+                r#"{"subject_organization_id":7}"#.into(),
+                ClaimError::Malformed("an IUA claim has the wrong type"),
+            ),
+            (
+                r#"{"subject_name":["a"]}"#.into(),
+                ClaimError::Malformed("an IUA claim has the wrong type"),
+            ),
+            (
+                r#"{"subject_name":"a\nb"}"#.into(),
+                ClaimError::Malformed("an IUA claim has control characters"),
+            ),
+            (
+                r#"{"subject_role":7}"#.into(),
+                ClaimError::Malformed("subject_role must hold codes, Codings or CodeableConcepts"),
+            ),
+            (
+                r#"{"subject_role":[{"display":"Arts"}]}"#.into(),
+                ClaimError::Malformed("subject_role must hold codes, Codings or CodeableConcepts"),
+            ),
+            (
+                r#"{"subject_role":[""]}"#.into(),
+                ClaimError::Malformed("subject_role must hold codes, Codings or CodeableConcepts"),
+            ),
+            (
+                r#"{"subject_role":[[ "1" ]]}"#.into(),
+                ClaimError::Malformed("subject_role must hold codes, Codings or CodeableConcepts"),
+            ),
+            (
+                r#"{"extensions":{"ihe_iua":[]}}"#.into(),
+                ClaimError::Malformed("extensions.ihe_iua is not an object"),
+            ),
+            ("[]".into(), ClaimError::Malformed("not an object")),
+            ("{".into(), ClaimError::Malformed("invalid JSON")),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(
+                parse_iua(payload.as_bytes()).unwrap_err(),
+                want,
+                "{payload}"
+            );
+        }
+        assert_eq!(
+            parse_iua(&vec![b' '; MAX_PAYLOAD + 1]).unwrap_err(),
+            ClaimError::TooLong("payload")
+        );
     }
 
     #[test]

@@ -4,5 +4,5 @@
 pub mod claims;
 pub mod replay;
 
-pub use claims::{ClaimError, Claims, Expectations, Outgoing};
+pub use claims::{ClaimError, Claims, Expectations, IuaClaims, Outgoing};
 pub use replay::{ReplayCache, Seen};

@@ -6,6 +6,7 @@
 //! cannot drift apart. Validation collects every problem instead of stopping at
 //! the first, and each problem names its key.
 
+pub mod allow_from;
 pub mod envfile;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,8 @@ use std::time::Duration;
 use crate::ids::{IdScheme, OrgId, URA_OID_ROOT, is_digits};
 use crate::jose::Alg;
 use crate::util::values::{parse_bool, parse_duration, parse_size};
+
+pub use allow_from::AllowFrom;
 
 /// Exit code for configuration errors (EX_CONFIG); systemd's
 /// `RestartPreventExitStatus=78` stops restarting a broken configuration.
@@ -362,9 +365,15 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
     ),
     pkey(
         "ACCEPT_ALGS",
-        Some("PS256,PS384,PS512,ES256,ES384,ES512"),
+        Some("twiin: PS256,PS384,PS512,ES256,ES384,ES512; zorgviewer: the same and RS384"),
         ASSERTING,
-        "twiin, zorgviewer: JWS algorithms accepted from this partner; add RS256 only if the partner needs it",
+        "twiin, zorgviewer: JWS algorithms accepted from this partner; add RS256 only if the partner needs it; none and HS* never",
+    ),
+    pkey(
+        "ALLOW_FROM",
+        None,
+        ALL_KINDS,
+        "comma-separated CIDR prefixes (or single addresses) the partner connects from; its certificate from any other address is refused (403, invalid_client on /oauth/token); unset: any address",
     ),
 ];
 
@@ -373,6 +382,21 @@ pub const SIGNING_ALGS: &[Alg] = &[Alg::Ps256, Alg::Es256, Alg::Es384, Alg::Es51
 /// Algorithms a partner may be allowed to sign with (`ACCEPT_ALGS`): every
 /// one we verify (`none` and HMAC are not algorithms to us).
 pub const ACCEPTABLE_ALGS: &[Alg] = &Alg::ALL;
+
+/// The algorithms accepted from a partner of `kind` when `ACCEPT_ALGS` is
+/// unset: PSS and ECDSA for everyone ([`crate::jose::DEFAULT_ACCEPTED`]), and
+/// for a Zorgviewer partner also RS384, which SMART backend services require
+/// a server to verify. A Mitz partner signs nothing: none.
+pub fn default_accept_algs(kind: Kind) -> Vec<Alg> {
+    let mut algs = match kind {
+        Kind::Twiin | Kind::Zorgviewer => crate::jose::DEFAULT_ACCEPTED.to_vec(),
+        Kind::Mitz => Vec::new(),
+    };
+    if kind == Kind::Zorgviewer {
+        algs.push(Alg::Rs384);
+    }
+    algs
+}
 
 /// The names of `algs`, comma-separated.
 pub fn alg_names(algs: &[Alg]) -> String {
@@ -442,6 +466,8 @@ pub struct Partner {
     pub name: String,
     /// Which TLS client certificate is theirs.
     pub cert: CertSelector,
+    /// Where that certificate is accepted from (`ALLOW_FROM`; default any).
+    pub allow_from: AllowFrom,
     pub kind: PartnerKind,
 }
 
@@ -543,6 +569,12 @@ impl Partner {
     /// `twiin`, `mitz` or `zorgviewer`.
     pub fn kind_name(&self) -> &'static str {
         self.kind_tag().name()
+    }
+
+    /// True when this partner's certificate is accepted from `peer` (its
+    /// `ALLOW_FROM`).
+    pub fn allows_peer(&self, peer: std::net::IpAddr) -> bool {
+        self.allow_from.allows(peer)
     }
 
     /// The Twiin settings, when this is a Twiin partner.
@@ -1080,6 +1112,9 @@ impl Validator<'_> {
                 }
             }
         };
+        let allow_from = self
+            .optional(&k("ALLOW_FROM"), AllowFrom::parse)
+            .map(Option::unwrap_or_default);
         let kind_text = self.raw(&k("KIND")).unwrap_or("twiin").to_string();
         let Some(tag) = Kind::from_name(&kind_text) else {
             self.error(
@@ -1102,6 +1137,7 @@ impl Validator<'_> {
         Some(Partner {
             name: name.to_string(),
             cert: cert?,
+            allow_from: allow_from?,
             kind: kind?,
         })
     }
@@ -1151,7 +1187,7 @@ impl Validator<'_> {
         let send_bsn = self.flag(&k("SEND_BSN"));
         let address_system = self.flag(&k("ADDRESS_SYSTEM"));
         let jwks_url = self.optional(&k("JWKS_URL"), parse_https_url).flatten();
-        let (audiences, accept_algs) = self.assertion_lists(upper);
+        let (audiences, accept_algs) = self.assertion_lists(upper, Kind::Twiin);
         let fhir_base = fhir_base?;
         Some(Twiin {
             assertions: AssertionPolicy {
@@ -1187,7 +1223,7 @@ impl Validator<'_> {
             .optional(&k("PROVIDER_CATEGORY"), non_empty)
             .flatten()
             .unwrap_or_else(|| "RPZAC104".into());
-        let (audiences, accept_algs) = self.assertion_lists(upper);
+        let (audiences, accept_algs) = self.assertion_lists(upper, Kind::Zorgviewer);
         let client_id = client_id?;
         Some(Zorgviewer {
             assertions: AssertionPolicy {
@@ -1203,15 +1239,16 @@ impl Validator<'_> {
         })
     }
 
-    /// `AUDIENCES` and `ACCEPT_ALGS` of a partner that signs assertions.
-    fn assertion_lists(&mut self, upper: &str) -> (Vec<String>, Vec<Alg>) {
+    /// `AUDIENCES` and `ACCEPT_ALGS` of a partner of `kind` that signs
+    /// assertions; unset `ACCEPT_ALGS` is [`default_accept_algs`] of the kind.
+    fn assertion_lists(&mut self, upper: &str, kind: Kind) -> (Vec<String>, Vec<Alg>) {
         let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
         let audiences = self
             .raw(&k("AUDIENCES"))
             .map(split_list)
             .unwrap_or_default();
         let accept_algs = match self.raw(&k("ACCEPT_ALGS")) {
-            None => crate::jose::DEFAULT_ACCEPTED.to_vec(),
+            None => default_accept_algs(kind),
             Some(list) => {
                 let names = split_list(list);
                 let algs: Vec<Alg> = names

@@ -516,6 +516,91 @@ fn zorgviewer_partner_needs_its_client_id_and_keys() {
     assert_eq!(zv.consent, Consent::None);
     assert_eq!(zv.provider_category, "RPZAC104");
     assert!(c.partners[0].twiin().is_none() && c.partners[0].assertions().is_some());
+    // SMART backend services: RS384 besides the PSS and ECDSA algorithms.
+    let mut algs = crate::jose::DEFAULT_ACCEPTED.to_vec();
+    algs.push(Alg::Rs384);
+    assert_eq!(zv.assertions.accept_algs, algs);
+    assert!(!zv.assertions.accept_algs.contains(&Alg::Rs256));
+    // Set explicitly, the list is exactly what is written.
+    set(&mut v, "NP_PARTNER_ZV_ACCEPT_ALGS", "ES384");
+    let c = from_vars(&v).unwrap();
+    assert_eq!(
+        c.partners[0].assertions().unwrap().accept_algs,
+        [Alg::Es384]
+    );
+}
+
+#[test]
+fn default_accept_algs_depend_on_the_kind() {
+    assert_eq!(
+        default_accept_algs(Kind::Twiin),
+        crate::jose::DEFAULT_ACCEPTED
+    );
+    assert!(
+        !default_accept_algs(Kind::Twiin)
+            .iter()
+            .any(|a| a.is_pkcs1())
+    );
+    let zv = default_accept_algs(Kind::Zorgviewer);
+    for alg in [
+        "RS384", "ES384", "PS256", "PS384", "PS512", "ES256", "ES512",
+    ] {
+        assert!(zv.contains(&Alg::from_name(alg).unwrap()), "{alg}");
+    }
+    assert!(!zv.contains(&Alg::Rs256));
+    assert!(default_accept_algs(Kind::Mitz).is_empty());
+}
+
+#[test]
+fn allow_from_applies_to_every_kind_and_names_its_key() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "mitz,zv,hospb");
+    set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:broker.vzvz.example");
+    set(&mut v, "NP_PARTNER_MITZ_ALLOW_FROM", "192.0.2.0/24");
+    set(&mut v, "NP_PARTNER_ZV_KIND", "zorgviewer");
+    set(&mut v, "NP_PARTNER_ZV_CERT", "dns:zv.example");
+    set(&mut v, "NP_PARTNER_ZV_CLIENT_ID", "zorgviewer");
+    set(
+        &mut v,
+        "NP_PARTNER_ZV_JWKS_URL",
+        "https://auth.zv.example/jwks",
+    );
+    set(
+        &mut v,
+        "NP_PARTNER_ZV_ALLOW_FROM",
+        "20.160.170.124/31, 2001:db8::/32",
+    );
+    set(&mut v, "NP_PARTNER_HOSPB_CERT", "ura:87654321");
+    set(
+        &mut v,
+        "NP_PARTNER_HOSPB_FHIR_BASE",
+        "https://b.example/fhir",
+    );
+    set(&mut v, "NP_PARTNER_HOSPB_ORG", "ura:87654321");
+    let c = from_vars(&v).unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let mitz = c.partner("mitz").unwrap();
+    assert!(mitz.allows_peer(ip("192.0.2.9")) && !mitz.allows_peer(ip("198.51.100.1")));
+    let zv = c.partner("zv").unwrap();
+    assert!(zv.allows_peer(ip("20.160.170.125")) && zv.allows_peer(ip("2001:db8::7")));
+    assert!(!zv.allows_peer(ip("127.0.0.1")));
+    let hospb = c.partner("hospb").unwrap();
+    assert!(hospb.allow_from.is_any() && hospb.allows_peer(ip("203.0.113.1")));
+
+    set(&mut v, "NP_PARTNER_ZV_ALLOW_FROM", "20.160.170.125/31");
+    set(&mut v, "NP_PARTNER_HOSPB_ALLOW_FROM", "10.0.0.0/8,");
+    set(&mut v, "NP_PARTNER_MITZ_ALLOW_FROM", "broker.example");
+    let errs = errors(&v);
+    for needle in [
+        "NP_PARTNER_ZV_ALLOW_FROM: \"20.160.170.125/31\" has address bits set past /31",
+        "NP_PARTNER_HOSPB_ALLOW_FROM: has an empty entry",
+        "NP_PARTNER_MITZ_ALLOW_FROM: \"broker.example\" is not an IPv4 or IPv6 address",
+    ] {
+        assert!(has(&errs, needle), "{needle}: {errs:?}");
+    }
+    assert_eq!(errs.len(), 3, "{errs:?}");
 }
 
 #[test]

@@ -45,8 +45,29 @@ impl Router {
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shared);
     }
 
+    /// Who calls: the configured partner the peer's certificate belongs to
+    /// (exactly one, or none), and whether its `ALLOW_FROM` lists the address
+    /// the connection comes from. A certificate from elsewhere is logged here,
+    /// once per request, at warn.
+    pub fn partner_of<'a>(&self, shared: &'a Shared, req: &Request) -> Caller<'a> {
+        let Some(partner) = self.certified(shared, req) else {
+            return Caller::Unknown;
+        };
+        let peer = req.peer.addr.ip();
+        if partner.allows_peer(peer) {
+            return Caller::Partner(partner);
+        }
+        log::warn!(
+            "event=partner.address_refused rid={} partner={} peer={peer} allow_from={}",
+            Q(&req.request_id),
+            partner.name,
+            partner.allow_from
+        );
+        Caller::Elsewhere(partner)
+    }
+
     /// The configured partner the peer's certificate belongs to: exactly one, or none.
-    pub fn partner_of<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
+    fn certified<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
         let leaf = req.peer.certs.first()?;
         let id = pki::peer_identity(leaf.as_ref()).ok()?;
         let mut matches = shared
@@ -67,15 +88,57 @@ impl Router {
     }
 }
 
+/// Who is calling, by the TLS client certificate and the address it comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// No configured partner holds the certificate (or more than one does).
+    Unknown,
+    /// The partner, from an address its `ALLOW_FROM` lists (or any address).
+    Partner(&'a Partner),
+    /// The partner's certificate from an address its `ALLOW_FROM` does not list.
+    Elsewhere(&'a Partner),
+}
+
+impl<'a> Caller<'a> {
+    /// The partner allowed to call from here, or the 403 refusal for FHIR
+    /// and Mitz paths.
+    pub fn allowed(self) -> Result<&'a Partner, (&'a str, Refusal)> {
+        match self {
+            Caller::Partner(p) => Ok(p),
+            Caller::Unknown => Err((
+                "-",
+                Refusal::forbidden(
+                    "the TLS client certificate does not belong to a configured partner",
+                ),
+            )),
+            Caller::Elsewhere(p) => Err((
+                &p.name,
+                Refusal::forbidden(format!(
+                    "the TLS client certificate of partner {} is not accepted from this address",
+                    p.name
+                )),
+            )),
+        }
+    }
+
+    /// The partner the certificate belongs to, wherever it connects from
+    /// (the token endpoint checks the address itself).
+    pub fn certified(self) -> Option<&'a Partner> {
+        match self {
+            Caller::Unknown => None,
+            Caller::Partner(p) | Caller::Elsewhere(p) => Some(p),
+        }
+    }
+}
+
 impl Router {
     /// FHIR data and Task endpoints: a partner certificate and a bearer token
     /// our token endpoint issued to that partner.
     fn fhir(&self, shared: &Shared, req: &Request) -> Response {
         let now = now_unix();
-        let Some(partner) = self.partner_of(shared, req) else {
-            return json_outcome(&Refusal::forbidden(
-                "the TLS client certificate does not belong to a configured partner",
-            ));
+        let partner = match self.partner_of(shared, req).allowed() {
+            Ok(p) => p,
+            Err((_, refusal)) => return json_outcome(&refusal),
         };
         let Some(twiin) = partner.as_twiin() else {
             return json_outcome(&Refusal::forbidden("this endpoint is for twiin partners"));
@@ -110,6 +173,10 @@ impl Router {
                     )
                     .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
                 ),
+                (crate::oauth::TokenKind::Zorgviewer, _) => json_outcome(
+                    &Refusal::forbidden("a zorgviewer token cannot send notifications")
+                        .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+                ),
             };
         }
         match grant.kind() {
@@ -132,6 +199,10 @@ impl Router {
                     "a notify token does not read data; get a token with the authorization base",
                 )
                 .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+            ),
+            crate::oauth::TokenKind::Zorgviewer => json_outcome(
+                &Refusal::forbidden("a zorgviewer token does not read twiin cases")
+                    .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
             ),
         }
     }
@@ -197,13 +268,9 @@ impl Router {
             );
             json_outcome(&r)
         };
-        let Some(partner) = self.partner_of(shared, req) else {
-            return Err(refused(
-                "-",
-                Refusal::forbidden(
-                    "the TLS client certificate does not belong to a configured partner",
-                ),
-            ));
+        let partner = match self.partner_of(shared, req).allowed() {
+            Ok(p) => p,
+            Err((name, refusal)) => return Err(refused(name, refusal)),
         };
         let Some(mitz) = partner.as_mitz() else {
             return Err(refused(
@@ -287,10 +354,11 @@ impl Handler for Router {
                         .error_response(Some(path), 405, "use POST")
                         .header("Allow", "POST");
                 }
-                let partner = self.partner_of(&shared, req);
+                let partner = self.partner_of(&shared, req).certified();
                 let reply = shared.token_service.handle(
                     &TokenRequest {
                         partner,
+                        peer: req.peer.addr.ip(),
                         content_type: req.header("content-type"),
                         body: &req.body,
                         request_id: &req.request_id,

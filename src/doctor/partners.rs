@@ -347,6 +347,7 @@ mod tests {
         Partner {
             name: "vip".into(),
             cert: CertSelector::Ura("87654321".into()),
+            allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Twiin(Twiin {
                 fhir_base: fhir_base.into(),
                 token_url: None,
@@ -364,6 +365,7 @@ mod tests {
         Partner {
             name: "zv".into(),
             cert: CertSelector::Dns("zv.example".into()),
+            allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Zorgviewer(Zorgviewer {
                 assertions: policy(jwks_url),
                 consent: Consent::Mitz,
@@ -425,6 +427,7 @@ mod tests {
         let mitz = Partner {
             name: "broker".into(),
             cert: CertSelector::Dns("broker.example".into()),
+            allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Mitz(Mitz {}),
         };
         assert_eq!(

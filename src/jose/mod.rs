@@ -56,18 +56,28 @@ pub enum Alg {
     /// RSASSA-PKCS1-v1_5 with SHA-256. Accepted only where a caller adds it to
     /// the allow-list (spec §4: per partner).
     Rs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384: what SMART backend services require
+    /// servers to verify. Accepted only where a caller adds it to the
+    /// allow-list (a Zorgviewer partner's default does).
+    Rs384,
 }
 
+/// How many of [`Alg::ALL`] are RSASSA-PKCS1-v1_5 (`RS*`): they come last.
+const PKCS1_COUNT: usize = 2;
+
 /// Algorithms accepted from partners unless configured otherwise (spec §4):
-/// every one but the last of [`Alg::ALL`], `RS256`, which is left out on purpose.
-pub const DEFAULT_ACCEPTED: &[Alg] = match Alg::ALL.split_last() {
-    Some((_, rest)) => rest,
-    None => &[],
-};
+/// the PSS and ECDSA algorithms, the head of [`Alg::ALL`]. The PKCS#1 v1.5
+/// ones (`RS*`, the tail) are left out on purpose; a test holds the split.
+pub const DEFAULT_ACCEPTED: &[Alg] = Alg::ALL.split_at(Alg::ALL.len() - PKCS1_COUNT).0;
+
+/// The PKCS#1 v1.5 algorithms, the tail of [`Alg::ALL`]: verified only where
+/// a partner's allow-list names them.
+pub const PKCS1_ALGS: &[Alg] = Alg::ALL.split_at(Alg::ALL.len() - PKCS1_COUNT).1;
 
 impl Alg {
-    /// Every algorithm, in a stable order.
-    pub const ALL: [Alg; 7] = [
+    /// Every algorithm, in a stable order: the PSS and ECDSA ones first
+    /// ([`DEFAULT_ACCEPTED`]), then the PKCS#1 v1.5 ones ([`PKCS1_ALGS`]).
+    pub const ALL: [Alg; 8] = [
         Alg::Ps256,
         Alg::Ps384,
         Alg::Ps512,
@@ -75,6 +85,7 @@ impl Alg {
         Alg::Es384,
         Alg::Es512,
         Alg::Rs256,
+        Alg::Rs384,
     ];
 
     /// The JWS `alg` name (`"PS256"`, …).
@@ -87,6 +98,7 @@ impl Alg {
             Alg::Es384 => "ES384",
             Alg::Es512 => "ES512",
             Alg::Rs256 => "RS256",
+            Alg::Rs384 => "RS384",
         }
     }
 
@@ -98,7 +110,15 @@ impl Alg {
 
     /// True for the algorithms that need an RSA key.
     pub fn is_rsa(self) -> bool {
-        matches!(self, Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256)
+        matches!(
+            self,
+            Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 | Alg::Rs384
+        )
+    }
+
+    /// True for RSASSA-PKCS1-v1_5 (`RS*`), never in [`DEFAULT_ACCEPTED`].
+    pub fn is_pkcs1(self) -> bool {
+        matches!(self, Alg::Rs256 | Alg::Rs384)
     }
 
     /// The curve an ECDSA algorithm needs; `None` for RSA algorithms.
@@ -107,7 +127,7 @@ impl Alg {
             Alg::Es256 => Some(jwk::Curve::P256),
             Alg::Es384 => Some(jwk::Curve::P384),
             Alg::Es512 => Some(jwk::Curve::P521),
-            Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 => None,
+            Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 | Alg::Rs384 => None,
         }
     }
 }
@@ -261,7 +281,7 @@ impl fmt::Display for JoseError {
             ),
             JoseError::AlgUnknown { alg } => write!(
                 f,
-                "jws alg {alg} is not supported (expected one of PS256, PS384, PS512, ES256, ES384, ES512, RS256)"
+                "jws alg {alg} is not supported (expected one of PS256, PS384, PS512, ES256, ES384, ES512, RS256, RS384)"
             ),
             JoseError::AlgNotAllowed { alg } => {
                 write!(f, "jws alg {alg} is not in the accepted algorithms")
@@ -333,14 +353,14 @@ pub(crate) mod test_keys {
     use std::sync::OnceLock;
 
     /// PKCS#8 PEM of the shared test key for `alg` (the RSA key is the same
-    /// for PS256, PS384, PS512 and RS256).
+    /// for PS256, PS384, PS512, RS256 and RS384).
     pub(crate) fn pem(alg: Alg) -> &'static str {
         static RSA: OnceLock<String> = OnceLock::new();
         static P256: OnceLock<String> = OnceLock::new();
         static P384: OnceLock<String> = OnceLock::new();
         static P521: OnceLock<String> = OnceLock::new();
         let cell = match alg {
-            Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 => &RSA,
+            Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 | Alg::Rs384 => &RSA,
             Alg::Es256 => &P256,
             Alg::Es384 => &P384,
             Alg::Es512 => &P521,
@@ -372,10 +392,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rs256_is_verifiable_but_not_accepted_by_default() {
-        assert!(Alg::ALL.contains(&Alg::Rs256));
-        assert!(!DEFAULT_ACCEPTED.contains(&Alg::Rs256));
-        assert_eq!(DEFAULT_ACCEPTED.len(), Alg::ALL.len() - 1);
+    fn pkcs1_algs_are_verifiable_but_not_accepted_by_default() {
+        assert_eq!(
+            DEFAULT_ACCEPTED,
+            [
+                Alg::Ps256,
+                Alg::Ps384,
+                Alg::Ps512,
+                Alg::Es256,
+                Alg::Es384,
+                Alg::Es512
+            ]
+        );
+        assert_eq!(PKCS1_ALGS, [Alg::Rs256, Alg::Rs384]);
+        // The split of ALL is exact: every algorithm on exactly one side,
+        // and the side is decided by the kind of algorithm, not by position.
+        for alg in Alg::ALL {
+            assert_ne!(
+                DEFAULT_ACCEPTED.contains(&alg),
+                PKCS1_ALGS.contains(&alg),
+                "{alg}"
+            );
+            assert_eq!(PKCS1_ALGS.contains(&alg), alg.is_pkcs1(), "{alg}");
+        }
+        assert_eq!(DEFAULT_ACCEPTED.len() + PKCS1_ALGS.len(), Alg::ALL.len());
     }
 
     #[test]
@@ -387,7 +427,7 @@ mod tests {
         for name in ["none", "HS256", "EdDSA", "ES256K", "", "PS256 "] {
             assert_eq!(Alg::from_name(name), None, "{name}");
         }
-        assert!(!DEFAULT_ACCEPTED.contains(&Alg::Rs256));
+        assert!(!DEFAULT_ACCEPTED.iter().any(|a| a.is_pkcs1()));
         assert_eq!(DEFAULT_ACCEPTED.len(), 6);
     }
 

@@ -33,7 +33,7 @@ enum Signer {
 
 impl SigningKey {
     /// Loads an unencrypted PKCS#8 PEM key (`-----BEGIN PRIVATE KEY-----`):
-    /// RSA of 2048 to 4096 bits for PS256/PS384/PS512/RS256, EC on P-256,
+    /// RSA of 2048 to 4096 bits for PS256/PS384/PS512/RS256/RS384, EC on P-256,
     /// P-384 or P-521 for ES256, ES384 or ES512. The PEM must hold exactly one
     /// private key (certificates beside it are ignored). With `kid` `None`,
     /// the kid is the RFC 7638 thumbprint of the public key.
@@ -46,6 +46,7 @@ impl SigningKey {
             Alg::Ps384 => load_rsa(der, &ring_sig::RSA_PSS_SHA384),
             Alg::Ps512 => load_rsa(der, &ring_sig::RSA_PSS_SHA512),
             Alg::Rs256 => load_rsa(der, &ring_sig::RSA_PKCS1_SHA256),
+            Alg::Rs384 => load_rsa(der, &ring_sig::RSA_PKCS1_SHA384),
             Alg::Es256 => load_ecdsa(
                 der,
                 &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -197,7 +198,7 @@ fn load_p521(der: &[u8]) -> Result<(Signer, KeyMaterial), String> {
 }
 
 /// A new private key for `alg` as PKCS#8 PEM text (`np-agent keygen`):
-/// RSA 3072 bits for PS256/PS384/PS512/RS256 (generated with the `rsa`
+/// RSA 3072 bits for PS256/PS384/PS512/RS256/RS384 (generated with the `rsa`
 /// crate, as ring cannot generate RSA keys), EC P-256/P-384 through ring,
 /// EC P-521 through `p521`. The result is loaded back with
 /// [`SigningKey::from_pkcs8_pem`] before it is returned, so it is known to
@@ -205,7 +206,7 @@ fn load_p521(der: &[u8]) -> Result<(Signer, KeyMaterial), String> {
 pub fn generate_pkcs8_pem(alg: Alg) -> Result<String, JoseError> {
     let generation_error = |problem: String| JoseError::KeyGen { alg, problem };
     let der: Vec<u8> = match alg {
-        Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 => {
+        Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 | Alg::Rs384 => {
             use rsa::Generate as _;
             use rsa::pkcs8::EncodePrivateKey as _;
             // `try_generate` makes a full-size modulus of DEFAULT_BITS with
@@ -397,6 +398,7 @@ mod tests {
             (Alg::Ps384, 384),
             (Alg::Ps512, 384),
             (Alg::Rs256, 384),
+            (Alg::Rs384, 384),
             (Alg::Es256, 64),
             (Alg::Es384, 96),
             (Alg::Es512, 132),

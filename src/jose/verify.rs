@@ -236,6 +236,13 @@ fn check_signature(
             message,
             signature,
         ),
+        (Alg::Rs384, Rsa { n, e }) => verify_rsa(
+            &ring_sig::RSA_PKCS1_2048_8192_SHA384,
+            n,
+            e,
+            message,
+            signature,
+        ),
         (
             Alg::Es256,
             Ec {
@@ -390,17 +397,30 @@ mod tests {
     }
 
     #[test]
-    fn rs256_is_refused_by_default_and_accepted_when_allowed() {
-        let key = test_keys::key(Alg::Rs256);
-        let token = key.sign_jwt(CLAIMS).unwrap();
-        let keys = set(&[&key]);
-        assert_eq!(
-            verify_compact(&token, &keys, DEFAULT_ACCEPTED).unwrap_err(),
-            JoseError::AlgNotAllowed { alg: Alg::Rs256 }
-        );
-        let mut allowed = DEFAULT_ACCEPTED.to_vec();
-        allowed.push(Alg::Rs256);
-        assert!(verify_compact(&token, &keys, &allowed).is_ok());
+    fn pkcs1_algs_are_refused_by_default_and_accepted_when_allowed() {
+        for alg in [Alg::Rs256, Alg::Rs384] {
+            let key = test_keys::key(alg);
+            let token = key.sign_jwt(CLAIMS).unwrap();
+            let keys = set(&[&key]);
+            assert_eq!(
+                verify_compact(&token, &keys, DEFAULT_ACCEPTED).unwrap_err(),
+                JoseError::AlgNotAllowed { alg }
+            );
+            let mut allowed = DEFAULT_ACCEPTED.to_vec();
+            allowed.push(alg);
+            assert!(verify_compact(&token, &keys, &allowed).is_ok(), "{alg}");
+        }
+        // RS384 is not RS256 with another name: a PKCS#1 SHA-256 signature
+        // under an RS384 header does not verify.
+        let (rs256, rs384) = (test_keys::key(Alg::Rs256), test_keys::key(Alg::Rs384));
+        let forged = forge(&rs256, &header("RS384", &rs384), &b64::encode(CLAIMS));
+        assert!(matches!(
+            verify_compact(&forged, &set(&[&rs384]), &Alg::ALL).unwrap_err(),
+            JoseError::BadSignature {
+                alg: Alg::Rs384,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -1,23 +1,42 @@
 //! The token decision, without I/O: `POST /oauth/token` checked in the
 //! order of spec §6, the first failure ending the request.
 //!
-//! [`admit`] takes the partner the TLS certificate maps to, the
-//! `Content-Type` and the body, and answers steps 1–2 (who asks, and is the
-//! request well-formed) with an [`Admitted`] request. [`decide`] takes that
-//! request, the partner's keys, the authorization-base lookup, the `jti`
-//! lookup and `now`, and answers steps 3–6 with a [`Decision`] or a typed
-//! [`Refusal`]. Neither reads a file, a socket or a clock: the caller
-//! (`endpoint.rs`) fetches keys, records the `jti`s, stores the token and
-//! writes the audit.
+//! [`admit`] takes the partner the TLS certificate maps to, the peer
+//! address, the `Content-Type` and the body, and answers steps 1–2 (who asks,
+//! from where, and is the request well-formed) with an [`Admitted`] request.
+//! [`decide`] takes that request, the partner's keys, the authorization-base
+//! lookup, the `jti` lookup and `now`, and answers steps 3–6 with a
+//! [`Decision`] or a typed [`Refusal`]. Neither reads a file, a socket or a
+//! clock: the caller (`endpoint.rs`) fetches keys, records the `jti`s, stores
+//! the token and writes the audit.
+//!
+//! Two grants, one per partner kind that gets tokens ([`grant_of`]):
+//!
+//! - **jwt-bearer** (Twiin, TA Notified Pull): a client assertion and an
+//!   authorization assertion → a notify or pull grant.
+//! - **client_credentials** (Zorgviewer, SMART backend services): a client
+//!   assertion (`iss` = `sub` = the partner's `CLIENT_ID`, `aud` our token
+//!   endpoint or an `AUDIENCES` value, `jti` never seen, `exp` at most 300 s +
+//!   skew ahead through the lifetime rules of [`assertion::claims::check`])
+//!   carrying the IHE IUA claims, and a `scope` → a Zorgviewer grant.
+//!   Every fault of the client assertion, a missing or malformed
+//!   `subject_organization_id` included, is `invalid_client` (401): RFC 7523
+//!   §3.2 and SMART backend services answer a client JWT that is not valid
+//!   with `invalid_client`. The `scope` is checked after the client is
+//!   authenticated, so an unknown client learns nothing about scopes: missing,
+//!   malformed or unknown, or granting nothing → `invalid_scope` (400, RFC
+//!   6749 §3.3 and §5.2); see [`super::scope`] for what is granted.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use crate::assertion::{self, ClaimError, Claims, Expectations};
-use crate::config::{Partner, PartnerKind, Twiin};
-use crate::ids::{self, Bsn, OrgId};
-use crate::jose::{self, JoseError, Jwks};
+use crate::config::{AssertionPolicy, Partner, PartnerKind, Twiin, Zorgviewer};
+use crate::ids::{self, Bsn, Oid, OrgId};
+use crate::jose::{self, JoseError, Jwks, VerifiedJws};
 use crate::oauth::form::{Form, FormError};
-use crate::oauth::grants::{CaseBinding, Grant};
+use crate::oauth::grants::{CaseBinding, Grant, ZorgviewerAccess};
+use crate::oauth::scope::{ScopeError, Scopes};
 
 /// `grant_type` of the TA Notified Pull token request (RFC 7523).
 pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -47,7 +66,7 @@ impl GrantType {
     }
 
     /// The grants some partner kind uses ([`grant_of`]), for discovery.
-    pub const SERVED: &'static [GrantType] = &[GrantType::JwtBearer];
+    pub const SERVED: &'static [GrantType] = &[GrantType::JwtBearer, GrantType::ClientCredentials];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -61,8 +80,9 @@ impl GrantType {
 pub fn grant_of(kind: &PartnerKind) -> Option<GrantType> {
     match kind {
         PartnerKind::Twiin(_) => Some(GrantType::JwtBearer),
-        // Zorgviewer source access is not served yet; Mitz brokers need no token.
-        PartnerKind::Zorgviewer(_) | PartnerKind::Mitz(_) => None,
+        PartnerKind::Zorgviewer(_) => Some(GrantType::ClientCredentials),
+        // Mitz brokers need no token: their certificate is their identity.
+        PartnerKind::Mitz(_) => None,
     }
 }
 
@@ -185,6 +205,8 @@ impl Fault {
 pub enum Reason {
     /// The TLS certificate maps to no configured partner.
     NoPartner,
+    /// The partner's certificate, from an address its `ALLOW_FROM` does not list.
+    AddressNotAllowed,
     /// The partner's kind uses no grant at our token endpoint.
     WrongKind,
     /// A grant we know, but not the one this partner's kind uses.
@@ -210,6 +232,15 @@ pub enum Reason {
     BaseOrg,
     /// The `patient` claim is not the patient of the authorization base.
     BasePatient,
+    /// The client assertion of `client_credentials` has no usable
+    /// `subject_organization_id` (an OID, bare or `urn:oid:`).
+    SubjectOrganization,
+    /// No `scope` parameter (`client_credentials`).
+    ScopeMissing,
+    /// A scope token that is malformed or unknown, or too many of them.
+    InvalidScope,
+    /// Every scope token was well-formed, but none is one we grant.
+    ScopeNotGranted,
     /// The partner's keys or the replay cache could not be read.
     KeysUnavailable,
     /// The token or the audit record could not be stored.
@@ -231,7 +262,11 @@ impl Reason {
     /// The RFC 6749 `error` code.
     pub fn error(self) -> OAuthError {
         match self {
-            Reason::NoPartner | Reason::ClientId | Reason::Client(_) => OAuthError::InvalidClient,
+            Reason::NoPartner
+            | Reason::AddressNotAllowed
+            | Reason::ClientId
+            | Reason::Client(_)
+            | Reason::SubjectOrganization => OAuthError::InvalidClient,
             Reason::WrongKind | Reason::GrantNotForKind => OAuthError::UnauthorizedClient,
             Reason::TooLarge
             | Reason::ContentType
@@ -247,6 +282,9 @@ impl Reason {
             | Reason::BaseEnded
             | Reason::BaseOrg
             | Reason::BasePatient => OAuthError::InvalidGrant,
+            Reason::ScopeMissing | Reason::InvalidScope | Reason::ScopeNotGranted => {
+                OAuthError::InvalidScope
+            }
             Reason::KeysUnavailable | Reason::ServerError => OAuthError::TemporarilyUnavailable,
         }
     }
@@ -255,6 +293,7 @@ impl Reason {
     pub fn label(self) -> &'static str {
         match self {
             Reason::NoPartner => "no_partner",
+            Reason::AddressNotAllowed => "address_not_allowed",
             Reason::WrongKind => "wrong_kind",
             Reason::GrantNotForKind => "grant_not_for_kind",
             Reason::TooLarge => "too_large",
@@ -297,6 +336,10 @@ impl Reason {
             Reason::BaseEnded => "base_ended",
             Reason::BaseOrg => "base_org",
             Reason::BasePatient => "base_patient",
+            Reason::SubjectOrganization => "subject_organization",
+            Reason::ScopeMissing => "scope_missing",
+            Reason::InvalidScope => "invalid_scope",
+            Reason::ScopeNotGranted => "scope_not_granted",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::ServerError => "server_error",
         }
@@ -320,6 +363,7 @@ pub enum OAuthError {
     InvalidGrant,
     UnauthorizedClient,
     UnsupportedGrantType,
+    InvalidScope,
     /// RFC 6749 §4.1.2.1's code, used here for our own failures (503).
     TemporarilyUnavailable,
 }
@@ -332,6 +376,7 @@ impl OAuthError {
             OAuthError::InvalidGrant => "invalid_grant",
             OAuthError::UnauthorizedClient => "unauthorized_client",
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::InvalidScope => "invalid_scope",
             OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
@@ -401,12 +446,21 @@ pub enum GrantRequest {
         /// The optional `client_id` parameter.
         client_id: Option<String>,
     },
+    ClientCredentials {
+        client_assertion: String,
+        /// The `scope` parameter as sent; checked after the client ([`decide`]).
+        scope: Option<String>,
+        /// The optional `client_id` parameter.
+        client_id: Option<String>,
+    },
 }
 
-/// Steps 1–2: the partner the certificate maps to, its kind, and a
+/// Steps 1–2: the partner the certificate maps to, the address it connects
+/// from (`peer`, checked against the partner's `ALLOW_FROM`), its kind, and a
 /// well-formed form with the parameters of the grant it asks for.
 pub fn admit<'a>(
     partner: Option<&'a Partner>,
+    peer: IpAddr,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Admitted<'a>, Refusal> {
@@ -416,6 +470,15 @@ pub fn admit<'a>(
             "the TLS client certificate does not belong to a configured partner",
         )
     })?;
+    if !partner.allows_peer(peer) {
+        return Err(Refusal::new(
+            Reason::AddressNotAllowed,
+            format!(
+                "the TLS client certificate of partner {} is not accepted from {peer}",
+                partner.name
+            ),
+        ));
+    }
     let Some(allowed) = grant_of(&partner.kind) else {
         return Err(Refusal::new(
             Reason::WrongKind,
@@ -471,13 +534,7 @@ pub fn admit<'a>(
     }
     let request = match asked {
         GrantType::JwtBearer => jwt_bearer_form(&form)?,
-        // `grant_of` hands this grant to no kind yet.
-        GrantType::ClientCredentials => {
-            return Err(Refusal::new(
-                Reason::UnsupportedGrantType,
-                format!("grant_type must be {}", GRANT_JWT_BEARER),
-            ));
-        }
+        GrantType::ClientCredentials => client_credentials_form(&form)?,
     };
     Ok(Admitted { partner, request })
 }
@@ -486,27 +543,44 @@ fn missing(parameter: &str) -> Refusal {
     Refusal::new(Reason::MissingParameter, format!("{parameter} is missing"))
 }
 
+/// A parameter that must be present and not empty.
+fn present(form: &Form, name: &str) -> Result<String, Refusal> {
+    form.get(name)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .ok_or_else(|| missing(name))
+}
+
+/// `client_assertion_type`, exactly RFC 7523's.
+fn client_assertion_type(form: &Form) -> Result<(), Refusal> {
+    match form.get("client_assertion_type") {
+        None => Err(missing("client_assertion_type")),
+        Some(t) if t != CLIENT_ASSERTION_TYPE => Err(Refusal::new(
+            Reason::ClientAssertionType,
+            format!("client_assertion_type must be {CLIENT_ASSERTION_TYPE}"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The parameters of RFC 7523 with a client assertion.
 fn jwt_bearer_form(form: &Form) -> Result<GrantRequest, Refusal> {
-    match form.get("client_assertion_type") {
-        None => return Err(missing("client_assertion_type")),
-        Some(t) if t != CLIENT_ASSERTION_TYPE => {
-            return Err(Refusal::new(
-                Reason::ClientAssertionType,
-                format!("client_assertion_type must be {CLIENT_ASSERTION_TYPE}"),
-            ));
-        }
-        Some(_) => {}
-    }
-    let present = |name: &str| {
-        form.get(name)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .ok_or_else(|| missing(name))
-    };
+    client_assertion_type(form)?;
     Ok(GrantRequest::JwtBearer {
-        client_assertion: present("client_assertion")?,
-        assertion: present("assertion")?,
+        client_assertion: present(form, "client_assertion")?,
+        assertion: present(form, "assertion")?,
+        client_id: form.get("client_id").map(String::from),
+    })
+}
+
+/// The parameters of SMART backend services (`client_credentials` with a
+/// client assertion). The `scope` is kept as sent: its absence is an
+/// `invalid_scope` once the client is known ([`decide`]).
+fn client_credentials_form(form: &Form) -> Result<GrantRequest, Refusal> {
+    client_assertion_type(form)?;
+    Ok(GrantRequest::ClientCredentials {
+        client_assertion: present(form, "client_assertion")?,
+        scope: form.get("scope").map(String::from),
         client_id: form.get("client_id").map(String::from),
     })
 }
@@ -538,7 +612,7 @@ pub struct JtiUse {
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub grant: Grant,
-    /// Client assertion first, then the authorization assertion.
+    /// Client assertion first, then the authorization assertion (jwt-bearer only).
     pub jtis: Vec<JtiUse>,
     /// `user_id` of the authorization assertion, for the audit trail only.
     pub user_id: Option<String>,
@@ -562,16 +636,124 @@ pub fn decide(admitted: &Admitted<'_>, cx: &Context<'_>) -> Result<Decision, Ref
             client_id.as_deref(),
             cx,
         ),
+        (
+            GrantRequest::ClientCredentials {
+                client_assertion,
+                scope,
+                client_id,
+            },
+            PartnerKind::Zorgviewer(zorgviewer),
+        ) => client_credentials(
+            admitted.partner,
+            zorgviewer,
+            client_assertion,
+            scope.as_deref(),
+            client_id.as_deref(),
+            cx,
+        ),
         // `admit` pairs each request with the kind that uses it.
-        (GrantRequest::JwtBearer { .. }, _) => Err(Refusal::new(
-            Reason::GrantNotForKind,
-            format!(
-                "partner {} is a {} partner",
-                admitted.partner.name,
-                admitted.partner.kind_name()
-            ),
-        )),
+        (GrantRequest::JwtBearer { .. } | GrantRequest::ClientCredentials { .. }, _) => {
+            Err(Refusal::new(
+                Reason::GrantNotForKind,
+                format!(
+                    "partner {} is a {} partner",
+                    admitted.partner.name,
+                    admitted.partner.kind_name()
+                ),
+            ))
+        }
     }
+}
+
+/// Our token endpoint and the partner's aliases: the accepted `aud` values.
+fn audiences(policy: &AssertionPolicy, cx: &Context<'_>) -> Vec<String> {
+    let mut audiences = vec![cx.token_endpoint.to_string()];
+    audiences.extend(policy.audiences.iter().cloned());
+    audiences
+}
+
+fn jti_use(which: Assertion, c: &Claims) -> JtiUse {
+    JtiUse {
+        assertion: which,
+        iss: c.iss.clone(),
+        jti: c.jti.clone(),
+        forget_after: assertion::claims::replay_horizon(c),
+    }
+}
+
+/// Steps 3–6 of SMART backend services: the client assertion with its IUA
+/// claims, then the scope.
+fn client_credentials(
+    partner: &Partner,
+    zorgviewer: &Zorgviewer,
+    client_jwt: &str,
+    scope: Option<&str>,
+    client_id: Option<&str>,
+    cx: &Context<'_>,
+) -> Result<Decision, Refusal> {
+    let policy = &zorgviewer.assertions;
+    let audiences = audiences(policy, cx);
+    // 3–4. Client assertion: signature, claims, time, audience, replay.
+    let (client, verified) = verified_claims(
+        Assertion::Client,
+        &partner.name,
+        client_jwt,
+        &policy.accept_algs,
+        &Expectations {
+            issuer: &policy.issuer,
+            subject: Some(&policy.client_id),
+            audiences: &audiences,
+        },
+        cx,
+    )?;
+    if client_id.is_some_and(|id| id != client.sub) {
+        return Err(Refusal::new(
+            Reason::ClientId,
+            "client_id does not match the client assertion sub",
+        ));
+    }
+    // 5. The IUA claims: who the Zorgviewer asks for.
+    let iua = assertion::claims::parse_iua(verified.payload()).map_err(|e| {
+        Refusal::new(
+            Reason::Client(Fault::Claims),
+            format!("client assertion: {e}"),
+        )
+    })?;
+    let organization = match iua.subject_organization_id.as_deref() {
+        None => {
+            return Err(Refusal::new(
+                Reason::SubjectOrganization,
+                "client assertion: subject_organization_id is missing",
+            ));
+        }
+        Some(text) => Oid::parse(text).ok_or_else(|| {
+            Refusal::new(
+                Reason::SubjectOrganization,
+                "client assertion: subject_organization_id is not an OID (urn:oid:<oid> or <oid>)",
+            )
+        })?,
+    };
+    // 6. The scope, once the client is known.
+    let scopes = Scopes::grant(scope).map_err(|e| {
+        let reason = match e {
+            ScopeError::Missing => Reason::ScopeMissing,
+            ScopeError::TooMany(_) | ScopeError::Malformed(..) => Reason::InvalidScope,
+            ScopeError::NothingGranted => Reason::ScopeNotGranted,
+        };
+        Refusal::new(reason, e.to_string())
+    })?;
+    let access = ZorgviewerAccess::new(
+        scopes,
+        organization,
+        iua.subject_organization,
+        iua.subject_name,
+        iua.subject_role,
+    );
+    Ok(Decision {
+        grant: Grant::zorgviewer(&partner.name, &client.sub, access),
+        jtis: vec![jti_use(Assertion::Client, &client)],
+        user_id: None,
+    })
 }
 
 /// Steps 3–6 of the TA Notified Pull grant.
@@ -584,8 +766,7 @@ fn jwt_bearer(
     cx: &Context<'_>,
 ) -> Result<Decision, Refusal> {
     let policy = &twiin.assertions;
-    let mut audiences = vec![cx.token_endpoint.to_string()];
-    audiences.extend(policy.audiences.iter().cloned());
+    let audiences = audiences(policy, cx);
     let check = |which: Assertion, jwt: &str, subject: Option<&str>| {
         verified_claims(
             which,
@@ -599,6 +780,7 @@ fn jwt_bearer(
             },
             cx,
         )
+        .map(|(claims, _)| claims)
     };
 
     // 3–4. Client assertion: signature, claims, time, audience, replay.
@@ -697,12 +879,6 @@ fn jwt_bearer(
             )
         }
     };
-    let jti_use = |which: Assertion, c: &Claims| JtiUse {
-        assertion: which,
-        iss: c.iss.clone(),
-        jti: c.jti.clone(),
-        forget_after: assertion::claims::replay_horizon(c),
-    };
     Ok(Decision {
         grant,
         jtis: vec![
@@ -713,7 +889,8 @@ fn jwt_bearer(
     })
 }
 
-/// Signature, claims, time rules, audience, then the `jti` lookup.
+/// Signature, claims, time rules, audience, then the `jti` lookup; the
+/// claims and the verified JWS (for claims beyond [`Claims`]).
 fn verified_claims(
     which: Assertion,
     partner: &str,
@@ -721,7 +898,7 @@ fn verified_claims(
     algs: &[jose::Alg],
     want: &Expectations<'_>,
     cx: &Context<'_>,
-) -> Result<Claims, Refusal> {
+) -> Result<(Claims, VerifiedJws), Refusal> {
     let refuse = |fault: Fault, detail: &dyn fmt::Display| {
         let reason = match which {
             Assertion::Client => Reason::Client(fault),
@@ -738,7 +915,7 @@ fn verified_claims(
     if cx.jtis.used(partner, &claims.iss, &claims.jti) {
         return Err(refuse(Fault::Replay, &"jti was used before"));
     }
-    Ok(claims)
+    Ok((claims, verified))
 }
 
 #[cfg(test)]

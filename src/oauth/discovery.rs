@@ -41,7 +41,10 @@ mod tests {
         );
         assert_eq!(
             d["grant_types_supported"],
-            serde_json::json!(["urn:ietf:params:oauth:grant-type:jwt-bearer"])
+            serde_json::json!([
+                "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "client_credentials"
+            ])
         );
         assert_eq!(
             d["token_endpoint_auth_signing_alg_values_supported"],

@@ -12,8 +12,9 @@
 //! | audit | [`AuditLog::record`] | append + fsync |
 //!
 //! The router resolves the TLS client certificate to a configured partner
-//! and hands over the body; `now` is passed in.
+//! and hands over the peer address and the body; `now` is passed in.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::assertion::{ReplayCache, Seen};
@@ -32,6 +33,8 @@ use crate::ops::logging::Q;
 /// An incoming token request, with the partner its TLS certificate maps to.
 pub struct TokenRequest<'a> {
     pub partner: Option<&'a Partner>,
+    /// The address the request came from (for the partner's `ALLOW_FROM`).
+    pub peer: IpAddr,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
     pub request_id: &'a str,
@@ -92,10 +95,12 @@ impl TokenService {
                     grant.partner(),
                     grant.kind().name(),
                 );
+                let scope = grant.zorgviewer_access().map(|z| z.scopes().to_string());
                 let body = messages::to_json(&TokenResponseOut {
                     access_token: &issued.access_token,
                     token_type: "Bearer",
                     expires_in: ttl,
+                    scope: scope.as_deref(),
                 });
                 TokenReply {
                     status: 200,
@@ -127,7 +132,7 @@ impl TokenService {
 
     /// The decision, then what makes it durable: `jti`s, token, audit.
     fn issue(&self, req: &TokenRequest<'_>, now: i64) -> Result<Issued, Refusal> {
-        let admitted = decide::admit(req.partner, req.content_type, req.body)?;
+        let admitted = decide::admit(req.partner, req.peer, req.content_type, req.body)?;
         let decision = self.decide(&admitted, now)?;
         for j in &decision.jtis {
             let horizon = j.forget_after;
@@ -163,6 +168,7 @@ impl TokenService {
             object: Some(match g.kind() {
                 TokenKind::Notify => "token:notify",
                 TokenKind::Pull => "token:pull",
+                TokenKind::Zorgviewer => "token:zorgviewer",
             }),
             request_id: Some(req.request_id),
             ..Event::default()

@@ -11,7 +11,8 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{self, Bsn, IdScheme, OrgId};
+use crate::ids::{self, Bsn, IdScheme, Oid, OrgId};
+use crate::oauth::scope::{Interaction, Scopes};
 use crate::util::{b64, durable, random};
 
 /// Lifetime of the access tokens we issue (spec §5).
@@ -25,6 +26,9 @@ pub enum TokenKind {
     Notify,
     /// May read the one case bound to its authorization base.
     Pull,
+    /// A Zorgviewer backend token (`client_credentials`): may read what its
+    /// scopes allow of the records published to that partner.
+    Zorgviewer,
 }
 
 impl TokenKind {
@@ -32,29 +36,41 @@ impl TokenKind {
         match self {
             TokenKind::Notify => "notify",
             TokenKind::Pull => "pull",
+            TokenKind::Zorgviewer => "zorgviewer",
         }
     }
 }
 
 /// The server-side binding of an access token. Built only through
-/// [`Grant::notify`] and [`Grant::pull`], so a pull grant always names its
-/// case and patient, and a notify grant never names a case.
+/// [`Grant::notify`], [`Grant::pull`] and [`Grant::zorgviewer`], so a pull
+/// grant always names its case and patient, a notify grant never names a
+/// case, and a Zorgviewer grant always has its scopes and organisation.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Configured partner name (the TLS identity and the assertions agreed).
     partner: String,
     /// `sub` of the client assertion.
     client_id: String,
-    /// `sub` of the authorization assertion: the requesting organisation.
-    requesting_org: OrgId,
-    /// `authorizer` (absent for partners that address the system).
-    authorizer: Option<OrgId>,
-    /// From the `patient` claim; for a pull grant the case's patient.
-    patient: Option<Bsn>,
-    /// The case a pull grant reads; `None` for a notify grant.
-    pull: Option<CaseBinding>,
+    access: Access,
     issued_at: i64,
     expires_at: i64,
+}
+
+/// What the two families of grant carry.
+#[derive(Clone, PartialEq, Eq)]
+enum Access {
+    /// TA Notified Pull: a notify grant (`pull` `None`) or a pull grant.
+    Twiin {
+        /// `sub` of the authorization assertion: the requesting organisation.
+        requesting_org: OrgId,
+        /// `authorizer` (absent for partners that address the system).
+        authorizer: Option<OrgId>,
+        /// From the `patient` claim; for a pull grant the case's patient.
+        patient: Option<Bsn>,
+        /// The case a pull grant reads; `None` for a notify grant.
+        pull: Option<CaseBinding>,
+    },
+    Zorgviewer(ZorgviewerAccess),
 }
 
 /// What a pull grant is bound to.
@@ -62,6 +78,76 @@ pub struct Grant {
 pub struct CaseBinding {
     pub authorization_base: String,
     pub case_id: String,
+}
+
+/// What a Zorgviewer token may read, and for whom the Zorgviewer asked: the
+/// granted scopes and the IHE IUA claims of its client assertion.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZorgviewerAccess {
+    scopes: Scopes,
+    subject_organization_id: Oid,
+    subject_organization: Option<String>,
+    subject_name: Option<String>,
+    subject_role: Vec<String>,
+}
+
+impl ZorgviewerAccess {
+    /// The access of a checked client assertion: its granted `scopes` and
+    /// IUA claims (`subject_role` as role codes).
+    pub fn new(
+        scopes: Scopes,
+        subject_organization_id: Oid,
+        subject_organization: Option<String>,
+        subject_name: Option<String>,
+        subject_role: Vec<String>,
+    ) -> ZorgviewerAccess {
+        ZorgviewerAccess {
+            scopes,
+            subject_organization_id,
+            subject_organization,
+            subject_name,
+            subject_role,
+        }
+    }
+
+    /// True when the granted scopes allow `interaction` on `resource_type`.
+    pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.scopes.allows(resource_type, interaction)
+    }
+
+    pub fn scopes(&self) -> &Scopes {
+        &self.scopes
+    }
+
+    /// `subject_organization_id`: the organisation the Zorgviewer user works for.
+    pub fn subject_organization_id(&self) -> &Oid {
+        &self.subject_organization_id
+    }
+
+    /// `subject_organization`: that organisation's name, when given.
+    pub fn subject_organization(&self) -> Option<&str> {
+        self.subject_organization.as_deref()
+    }
+
+    /// `subject_name`, when given.
+    pub fn subject_name(&self) -> Option<&str> {
+        self.subject_name.as_deref()
+    }
+
+    /// `subject_role` as role codes (SNOMED CT in practice); empty when not given.
+    pub fn subject_role(&self) -> &[String] {
+        &self.subject_role
+    }
+}
+
+impl std::fmt::Debug for ZorgviewerAccess {
+    /// Names no person: the organisation and scopes only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZorgviewerAccess")
+            .field("scopes", &self.scopes)
+            .field("subject_organization_id", &self.subject_organization_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Grant {
@@ -76,10 +162,12 @@ impl Grant {
         Grant {
             partner: partner.into(),
             client_id: client_id.into(),
-            requesting_org,
-            authorizer,
-            patient,
-            pull: None,
+            access: Access::Twiin {
+                requesting_org,
+                authorizer,
+                patient,
+                pull: None,
+            },
             issued_at: 0,
             expires_at: 0,
         }
@@ -95,9 +183,27 @@ impl Grant {
         patient: Bsn,
     ) -> Grant {
         Grant {
-            pull: Some(binding),
-            patient: Some(patient),
-            ..Grant::notify(partner, client_id, requesting_org, authorizer, None)
+            partner: partner.into(),
+            client_id: client_id.into(),
+            access: Access::Twiin {
+                requesting_org,
+                authorizer,
+                patient: Some(patient),
+                pull: Some(binding),
+            },
+            issued_at: 0,
+            expires_at: 0,
+        }
+    }
+
+    /// A Zorgviewer grant: reads what `access` allows.
+    pub fn zorgviewer(partner: &str, client_id: &str, access: ZorgviewerAccess) -> Grant {
+        Grant {
+            partner: partner.into(),
+            client_id: client_id.into(),
+            access: Access::Zorgviewer(access),
+            issued_at: 0,
+            expires_at: 0,
         }
     }
 
@@ -109,9 +215,10 @@ impl Grant {
     }
 
     pub fn kind(&self) -> TokenKind {
-        match self.pull {
-            Some(_) => TokenKind::Pull,
-            None => TokenKind::Notify,
+        match &self.access {
+            Access::Twiin { pull: Some(_), .. } => TokenKind::Pull,
+            Access::Twiin { pull: None, .. } => TokenKind::Notify,
+            Access::Zorgviewer(_) => TokenKind::Zorgviewer,
         }
     }
 
@@ -123,29 +230,52 @@ impl Grant {
         &self.client_id
     }
 
-    pub fn requesting_org(&self) -> &OrgId {
-        &self.requesting_org
+    /// The requesting organisation of a notify or pull grant (`sub` of the
+    /// authorization assertion); `None` for a Zorgviewer grant, whose
+    /// organisation is an OID ([`ZorgviewerAccess::subject_organization_id`]).
+    pub fn requesting_org(&self) -> Option<&OrgId> {
+        match &self.access {
+            Access::Twiin { requesting_org, .. } => Some(requesting_org),
+            Access::Zorgviewer(_) => None,
+        }
     }
 
     pub fn authorizer(&self) -> Option<&OrgId> {
-        self.authorizer.as_ref()
+        match &self.access {
+            Access::Twiin { authorizer, .. } => authorizer.as_ref(),
+            Access::Zorgviewer(_) => None,
+        }
     }
 
     pub fn patient(&self) -> Option<&Bsn> {
-        self.patient.as_ref()
+        match &self.access {
+            Access::Twiin { patient, .. } => patient.as_ref(),
+            Access::Zorgviewer(_) => None,
+        }
     }
 
     /// The case of a pull grant.
     pub fn case(&self) -> Option<&CaseBinding> {
-        self.pull.as_ref()
+        match &self.access {
+            Access::Twiin { pull, .. } => pull.as_ref(),
+            Access::Zorgviewer(_) => None,
+        }
+    }
+
+    /// What a Zorgviewer grant may read.
+    pub fn zorgviewer_access(&self) -> Option<&ZorgviewerAccess> {
+        match &self.access {
+            Access::Zorgviewer(z) => Some(z),
+            Access::Twiin { .. } => None,
+        }
     }
 
     pub fn authorization_base(&self) -> Option<&str> {
-        self.pull.as_ref().map(|b| b.authorization_base.as_str())
+        self.case().map(|b| b.authorization_base.as_str())
     }
 
     pub fn case_id(&self) -> Option<&str> {
-        self.pull.as_ref().map(|b| b.case_id.as_str())
+        self.case().map(|b| b.case_id.as_str())
     }
 
     pub fn issued_at(&self) -> i64 {
@@ -156,9 +286,13 @@ impl Grant {
         self.expires_at
     }
 
-    /// The requesting organisation as the audit trail and logs write it.
+    /// The requesting organisation as the audit trail and logs write it:
+    /// the claim form of a URA/AGB, or `urn:oid:<subject_organization_id>`.
     pub fn requesting_org_claim(&self) -> String {
-        ids::org_claim(&self.requesting_org)
+        match &self.access {
+            Access::Twiin { requesting_org, .. } => ids::org_claim(requesting_org),
+            Access::Zorgviewer(z) => z.subject_organization_id.urn(),
+        }
     }
 }
 
@@ -174,7 +308,9 @@ impl std::fmt::Debug for Grant {
 }
 
 /// A grant as stored in `<state>/tokens/<hash>.json`: plain strings, so the
-/// file format does not follow our types around.
+/// file format does not follow our types around. A Zorgviewer grant writes
+/// `urn:oid:<subject_organization_id>` as `requesting_org` and its other
+/// fields under `zorgviewer`; files without that member read as before.
 #[derive(Serialize, Deserialize)]
 struct Record {
     kind: TokenKind,
@@ -185,8 +321,21 @@ struct Record {
     patient: Option<String>,
     authorization_base: Option<String>,
     case_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zorgviewer: Option<ZorgviewerRecord>,
     issued_at: i64,
     expires_at: i64,
+}
+
+/// The fields only a Zorgviewer grant has, as stored.
+#[derive(Serialize, Deserialize)]
+struct ZorgviewerRecord {
+    /// Space-separated, as granted.
+    scope: String,
+    subject_organization: Option<String>,
+    subject_name: Option<String>,
+    #[serde(default)]
+    subject_role: Vec<String>,
 }
 
 impl From<&Grant> for Record {
@@ -195,11 +344,17 @@ impl From<&Grant> for Record {
             kind: g.kind(),
             partner: g.partner.clone(),
             client_id: g.client_id.clone(),
-            requesting_org: ids::org_claim(&g.requesting_org),
-            authorizer: g.authorizer.as_ref().map(ids::org_claim),
-            patient: g.patient.as_ref().map(|b| b.as_str().to_string()),
+            requesting_org: g.requesting_org_claim(),
+            authorizer: g.authorizer().map(ids::org_claim),
+            patient: g.patient().map(|b| b.as_str().to_string()),
             authorization_base: g.authorization_base().map(String::from),
             case_id: g.case_id().map(String::from),
+            zorgviewer: g.zorgviewer_access().map(|z| ZorgviewerRecord {
+                scope: z.scopes.to_string(),
+                subject_organization: z.subject_organization.clone(),
+                subject_name: z.subject_name.clone(),
+                subject_role: z.subject_role.clone(),
+            }),
             issued_at: g.issued_at,
             expires_at: g.expires_at,
         }
@@ -210,6 +365,9 @@ impl Record {
     /// The grant back, or `None` when a field does not parse (the file is
     /// then treated as unreadable).
     fn into_grant(self) -> Option<Grant> {
+        if self.kind == TokenKind::Zorgviewer {
+            return self.into_zorgviewer_grant();
+        }
         // Stored in claim form (OIDs), which needs no id scheme to read.
         let org = |s: &str| ids::parse_org(s, IdScheme::Ura);
         let requesting_org = org(&self.requesting_org)?;
@@ -221,15 +379,21 @@ impl Record {
             Some(p) => Some(Bsn::parse(p)?),
             None => None,
         };
-        let grant = match (self.kind, self.authorization_base, self.case_id, patient) {
-            (TokenKind::Notify, None, None, patient) => Grant::notify(
+        let grant = match (
+            self.kind,
+            self.authorization_base,
+            self.case_id,
+            patient,
+            self.zorgviewer,
+        ) {
+            (TokenKind::Notify, None, None, patient, None) => Grant::notify(
                 &self.partner,
                 &self.client_id,
                 requesting_org,
                 authorizer,
                 patient,
             ),
-            (TokenKind::Pull, Some(authorization_base), Some(case_id), Some(patient)) => {
+            (TokenKind::Pull, Some(authorization_base), Some(case_id), Some(patient), None) => {
                 Grant::pull(
                     &self.partner,
                     &self.client_id,
@@ -245,6 +409,28 @@ impl Record {
             _ => return None,
         };
         Some(grant.valid(self.issued_at, self.expires_at))
+    }
+
+    fn into_zorgviewer_grant(self) -> Option<Grant> {
+        let twiin_fields = self.authorizer.is_some()
+            || self.patient.is_some()
+            || self.authorization_base.is_some()
+            || self.case_id.is_some();
+        let z = self.zorgviewer?;
+        if twiin_fields || !self.requesting_org.starts_with("urn:oid:") {
+            return None;
+        }
+        let access = ZorgviewerAccess::new(
+            Scopes::parse_granted(&z.scope)?,
+            Oid::parse(&self.requesting_org)?,
+            z.subject_organization,
+            z.subject_name,
+            z.subject_role,
+        );
+        Some(
+            Grant::zorgviewer(&self.partner, &self.client_id, access)
+                .valid(self.issued_at, self.expires_at),
+        )
     }
 }
 
@@ -502,6 +688,118 @@ mod tests {
         );
         assert_eq!(std::fs::read_dir(dir.join("tokens")).unwrap().count(), 1);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn zorgviewer_grant() -> Grant {
+        let scopes = Scopes::grant(Some(
+            "user/Patient.read user/Observation.search system/Binary.read",
+        ))
+        .unwrap();
+        Grant::zorgviewer(
+            "zv",
+            "zorgviewer-client",
+            ZorgviewerAccess::new(
+                scopes,
+                Oid::parse("urn:oid:2.16.840.1.113883.2.4.3.8").unwrap(),
+                Some("UMCG".into()),
+                Some("dr. J. Jansen".into()),
+                vec!["309343006".into()],
+            ),
+        )
+    }
+
+    #[test]
+    fn a_zorgviewer_grant_reads_what_its_scopes_allow() {
+        let g = zorgviewer_grant();
+        assert_eq!(g.kind(), TokenKind::Zorgviewer);
+        assert_eq!(g.kind().name(), "zorgviewer");
+        let z = g.zorgviewer_access().unwrap();
+        assert!(z.allows("Patient", Interaction::Read));
+        assert!(z.allows("Patient", Interaction::Search));
+        assert!(z.allows("Observation", Interaction::Search));
+        assert!(!z.allows("Observation", Interaction::Read));
+        assert!(z.allows("Binary", Interaction::Read));
+        assert!(!z.allows("Condition", Interaction::Search));
+        assert_eq!(
+            z.subject_organization_id().as_str(),
+            "2.16.840.1.113883.2.4.3.8"
+        );
+        assert_eq!(z.subject_organization(), Some("UMCG"));
+        assert_eq!(z.subject_role(), ["309343006"]);
+        assert_eq!(
+            g.requesting_org_claim(),
+            "urn:oid:2.16.840.1.113883.2.4.3.8"
+        );
+        assert_eq!(
+            (g.requesting_org(), g.authorizer(), g.patient(), g.case_id()),
+            (None, None, None, None)
+        );
+        let debug = format!("{g:?} {z:?}");
+        assert!(!debug.contains("Jansen"), "{debug}");
+        // Twiin grants have no Zorgviewer access.
+        assert!(grant(TokenKind::Notify, None).zorgviewer_access().is_none());
+    }
+
+    #[test]
+    fn a_zorgviewer_grant_survives_a_restart() {
+        let dir = state();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        let zv = store.issue(zorgviewer_grant(), 1_000).unwrap();
+        let notify = store.issue(grant(TokenKind::Notify, None), 1_000).unwrap();
+        drop(store);
+        let reopened = TokenStore::open(&dir, 1_000).unwrap();
+        assert_eq!(reopened.len(), 2);
+        let g = reopened.check(&zv.access_token, "zv", 1_001).unwrap();
+        assert_eq!(g, zv.grant, "every field survives the file");
+        assert_eq!(
+            g.zorgviewer_access().unwrap().scopes().to_string(),
+            "user/Patient.read user/Observation.search system/Binary.read"
+        );
+        let n = reopened
+            .check(&notify.access_token, "hospb", 1_001)
+            .unwrap();
+        assert_eq!(n, notify.grant);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn token_files_of_every_kind_read_back_and_mixed_ones_do_not() {
+        // A notify file as written before Zorgviewer grants existed.
+        let old_notify = r#"{"kind":"notify","partner":"hospb","client_id":"c",
+            "requesting_org":"urn:oid:2.16.528.1.1007.3.3.87654321","authorizer":null,
+            "patient":null,"authorization_base":null,"case_id":null,"issued_at":1,"expires_at":2}"#;
+        let g = serde_json::from_str::<Record>(old_notify)
+            .unwrap()
+            .into_grant()
+            .unwrap();
+        assert_eq!(g.kind(), TokenKind::Notify);
+        let zv = r#"{"kind":"zorgviewer","partner":"zv","client_id":"c",
+            "requesting_org":"urn:oid:2.16.840.1.113883.2.4.3.8","authorizer":null,
+            "patient":null,"authorization_base":null,"case_id":null,
+            "zorgviewer":{"scope":"user/Patient.read","subject_organization":null,"subject_name":null},
+            "issued_at":1,"expires_at":2}"#;
+        let g = serde_json::from_str::<Record>(zv)
+            .unwrap()
+            .into_grant()
+            .unwrap();
+        assert_eq!(g.kind(), TokenKind::Zorgviewer);
+        assert!(g.zorgviewer_access().unwrap().subject_role().is_empty());
+        for bad in [
+            // Zorgviewer without its fields, with a patient, with a bad scope or OID.
+            zv.replace(r#""zorgviewer":{"scope":"user/Patient.read","subject_organization":null,"subject_name":null},"#, ""),
+            zv.replace(r#""patient":null"#, r#""patient":"999999151""#),
+            zv.replace("user/Patient.read", "user/Nope.read"),
+            zv.replace("urn:oid:2.16.840.1.113883.2.4.3.8", "2.16.840.1.113883.2.4.3.8"),
+            zv.replace("urn:oid:2.16.840.1.113883.2.4.3.8", "urn:oid:UMCG"),
+            // A notify grant carrying Zorgviewer fields.
+            old_notify.replace(
+                r#""case_id":null"#,
+                r#""case_id":null,"zorgviewer":{"scope":"user/Patient.read","subject_organization":null,"subject_name":null}"#,
+            ),
+        ] {
+            let record = serde_json::from_str::<Record>(&bad).unwrap();
+            assert!(record.into_grant().is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct TokenResponseOut<'a> {
     pub access_token: &'a str,
     pub token_type: &'a str,
     pub expires_in: i64,
+    /// The granted scope (RFC 6749 §5.1), for grants that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'a str>,
 }
 
 /// The body of our OAuth error responses.
@@ -167,9 +170,13 @@ pub struct ErrorOut<'a> {
     pub error_description: &'a str,
 }
 
+/// Largest message [`to_json`] writes: room for a token response with the
+/// most scope tokens of the longest kind (see the tests).
+pub const MAX_OUT: usize = 4096;
+
 /// Serialises a small fixed-shape message.
 pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut buf = [0u8; 2048];
+    let mut buf = [0u8; MAX_OUT];
     match serde_json_core::to_slice(value, &mut buf) {
         Ok(n) => buf[..n].to_vec(),
         Err(_) => br#"{"error":"server_error"}"#.to_vec(),
@@ -323,6 +330,52 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_grant_fits_a_token_response() {
+        use crate::oauth::scope::{MAX_SCOPE_TOKENS, Scopes};
+        // Distinct tokens of the longest STU3 type names, as many as a request may hold.
+        let types = [
+            "ImmunizationRecommendation",
+            "MedicationAdministration",
+            "DeviceUseStatement",
+            "MedicationStatement",
+            "QuestionnaireResponse",
+            "ExplanationOfBenefit",
+            "CoverageEligibilityResponse",
+            "EligibilityResponse",
+            "ProcessResponse",
+            "EnrollmentResponse",
+            "MedicationRequest",
+        ];
+        let mut tokens = Vec::new();
+        'all: for t in types {
+            for context in ["system", "user"] {
+                for permission in ["search", "read", "*"] {
+                    if tokens.len() == MAX_SCOPE_TOKENS {
+                        break 'all;
+                    }
+                    tokens.push(format!("{context}/{t}.{permission}"));
+                }
+            }
+        }
+        let requested: Vec<String> = tokens
+            .into_iter()
+            .filter(|t| Scopes::grant(Some(t)).is_ok())
+            .collect();
+        let scopes = Scopes::grant(Some(&requested.join(" "))).unwrap();
+        let scope = scopes.to_string();
+        assert!(scope.len() > 1_500, "{}", scope.len());
+        let token = "a".repeat(43);
+        let out = to_json(&TokenResponseOut {
+            access_token: &token,
+            token_type: "Bearer",
+            expires_in: 300,
+            scope: Some(&scope),
+        });
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back["scope"], scope.as_str());
+    }
+
+    #[test]
     fn error_bodies_and_our_output() {
         let e = parse_error_body(br#"{"error":"invalid_grant","error_description":"authorization_base unknown\nor expired"}"#);
         assert_eq!(e.error.as_deref(), Some("invalid_grant"));
@@ -335,10 +388,21 @@ mod tests {
             access_token: "abc",
             token_type: "Bearer",
             expires_in: 300,
+            scope: None,
         });
         assert_eq!(
             out,
             br#"{"access_token":"abc","token_type":"Bearer","expires_in":300}"#
+        );
+        let out = to_json(&TokenResponseOut {
+            access_token: "abc",
+            token_type: "Bearer",
+            expires_in: 300,
+            scope: Some("user/Patient.read user/Binary.read"),
+        });
+        assert_eq!(
+            out,
+            br#"{"access_token":"abc","token_type":"Bearer","expires_in":300,"scope":"user/Patient.read user/Binary.read"}"#
         );
         let err = to_json(&ErrorOut {
             error: "invalid_client",

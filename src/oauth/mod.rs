@@ -9,5 +9,7 @@ pub mod form;
 pub mod grants;
 pub mod keycache;
 pub mod messages;
+pub mod scope;
 
-pub use grants::{CaseBinding, Grant, TokenKind, TokenRejection, TokenStore};
+pub use grants::{CaseBinding, Grant, TokenKind, TokenRejection, TokenStore, ZorgviewerAccess};
+pub use scope::{Interaction, Scopes};

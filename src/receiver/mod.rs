@@ -345,7 +345,9 @@ impl Receiver {
                 "the access token is not a notify token of this partner",
             ));
         }
-        let expect = Expect::from_grant(&self.config, grant, now);
+        let expect = Expect::from_grant(&self.config, grant, now).ok_or_else(|| {
+            Refusal::forbidden("the access token is not a notify token of this partner")
+        })?;
         let body = wire::read_task_body(&req.body, req.header("content-type"))?;
         out.version = body.version;
         out.format = wire::response_format(req, body.format);

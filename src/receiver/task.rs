@@ -121,22 +121,23 @@ pub struct Expect {
 
 impl Expect {
     /// From the configuration and the token's grant (whose organisation the
-    /// token endpoint read in the partner's id scheme).
+    /// token endpoint read in the partner's id scheme); `None` for a grant
+    /// without a requesting organisation (not a notify or pull grant).
     pub fn from_grant(
         config: &crate::config::Config,
         grant: &crate::oauth::grants::Grant,
         now: i64,
-    ) -> Expect {
+    ) -> Option<Expect> {
         let mut ours = vec![OrgId::Ura(config.org_ura.clone())];
         if let Some(agb) = &config.org_agb {
             ours.push(OrgId::Agb(agb.clone()));
         }
-        Expect {
+        Some(Expect {
             ours,
-            requester: grant.requesting_org().clone(),
+            requester: grant.requesting_org()?.clone(),
             patient: grant.patient().cloned(),
             now,
-        }
+        })
     }
 }
 

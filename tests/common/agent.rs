@@ -280,7 +280,7 @@ impl AgentSetup {
     }
 
     /// Adds `name` to `NP_PARTNERS`.
-    fn push_partner(&mut self, name: &str) {
+    fn list_partner(&mut self, name: &str) {
         let mut names: Vec<String> = self
             .env
             .vars
@@ -291,10 +291,38 @@ impl AgentSetup {
         self.env.set("NP_PARTNERS", names.join(","));
     }
 
+    /// Adds a zorgviewer partner whose JWKS is served by `jwks`: its
+    /// certificate (`ura:` of the party), client id `<name>-client` (the
+    /// `iss` and `sub` of its client assertions) and JWKS URL. Consent and
+    /// the other zorgviewer keys keep their defaults.
+    pub fn add_zorgviewer(&mut self, party: &Party, jwks: &JwksServer) {
+        self.add_zorgviewer_at(party, &format!("{}/jwks", jwks.base()));
+    }
+
+    /// [`Self::add_zorgviewer`] with the JWKS at any URL.
+    pub fn add_zorgviewer_at(&mut self, party: &Party, jwks_url: &str) {
+        self.list_partner(&party.name);
+        let k = |f: &str| format!("NP_PARTNER_{}_{f}", party.name.to_ascii_uppercase());
+        self.env
+            .set(&k("KIND"), "zorgviewer")
+            .set(&k("CERT"), format!("ura:{}", party.ura))
+            .set(&k("CLIENT_ID"), format!("{}-client", party.name))
+            .set(&k("JWKS_URL"), jwks_url);
+    }
+
+    /// Adds a mitz partner (a notification broker): its certificate only.
+    pub fn add_mitz(&mut self, party: &Party) {
+        self.list_partner(&party.name);
+        let k = |f: &str| format!("NP_PARTNER_{}_{f}", party.name.to_ascii_uppercase());
+        self.env
+            .set(&k("KIND"), "mitz")
+            .set(&k("CERT"), format!("ura:{}", party.ura));
+    }
+
     /// Adds a twiin partner whose JWKS is served by `jwks`.
     pub fn add_partner(&mut self, party: &Party, jwks: &JwksServer) {
         let upper = party.name.to_ascii_uppercase();
-        self.push_partner(&party.name);
+        self.list_partner(&party.name);
         let k = |f: &str| format!("NP_PARTNER_{upper}_{f}");
         self.env
             .set(&k("FHIR_BASE"), format!("{}/fhir", jwks.base()))
@@ -310,7 +338,7 @@ impl AgentSetup {
     /// JWKS come from defaults and discovery, as between two np-agents.
     pub fn add_agent(&mut self, other: &AgentSetup) {
         let upper = other.name.to_ascii_uppercase();
-        self.push_partner(&other.name);
+        self.list_partner(&other.name);
         self.env
             .set(&format!("NP_PARTNER_{upper}_FHIR_BASE"), other.url("/fhir"))
             .set(
@@ -321,19 +349,6 @@ impl AgentSetup {
                 &format!("NP_PARTNER_{upper}_CERT"),
                 format!("ura:{}", other.ura),
             );
-    }
-
-    /// Adds a zorgviewer partner: its certificate, client id
-    /// `<name>-client`, and the JWKS at `jwks_url`.
-    pub fn add_zorgviewer(&mut self, party: &Party, jwks_url: &str) {
-        let upper = party.name.to_ascii_uppercase();
-        self.push_partner(&party.name);
-        let k = |f: &str| format!("NP_PARTNER_{upper}_{f}");
-        self.env
-            .set(&k("KIND"), "zorgviewer")
-            .set(&k("CERT"), format!("ura:{}", party.ura))
-            .set(&k("CLIENT_ID"), format!("{}-client", party.name))
-            .set(&k("JWKS_URL"), jwks_url);
     }
 
     pub fn outbox(&self, partner: &str) -> PathBuf {

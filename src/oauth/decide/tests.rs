@@ -3,15 +3,16 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
 use super::*;
-use crate::config::{AssertionPolicy, CertSelector, Consent, Mitz, Zorgviewer};
+use crate::config::{AllowFrom, AssertionPolicy, CertSelector, Consent, Kind, Mitz, Zorgviewer};
 use crate::ids::IdScheme;
 use crate::jose::test_keys::{self, dangerous_sign_with_header};
 use crate::jose::{Alg, SigningKey, generate_pkcs8_pem};
-use crate::oauth::TokenKind;
+use crate::oauth::{Interaction, TokenKind};
 use crate::util::b64;
 use crate::util::percent::encode_form as encode;
 
@@ -35,11 +36,22 @@ const ENDED_BASE: &str = "0b3c1c9e-ended";
 const OTHER_ORG_BASE: &str = "0b3c1c9e-other-org";
 /// A jti the replay cache already holds.
 const USED_JTI: &str = "jti-used-before";
+/// The Zorgviewer's client id (its `iss` and `sub`).
+const ZV_CLIENT: &str = "zorgviewer-client";
+/// An extra `aud` the Zorgviewer partner may use.
+const ZV_ALIAS: &str = "https://zv-alias.example/token";
+/// The requesting organisation of the Zorgviewer user (UMCG).
+const ZV_ORG: &str = "urn:oid:2.16.840.1.113883.2.4.3.8";
+/// What the Zorgviewer asks by default.
+const ZV_SCOPE: &str = "user/Patient.read user/Binary.read user/Observation.search";
+/// The Zorgviewer's published egress addresses, and loopback for the tests.
+const ZV_ALLOW_FROM: &str = "20.160.170.124/31, 127.0.0.0/8";
 
 fn twiin(name: &str, org: &str, address_system: bool) -> Partner {
     Partner {
         name: name.into(),
         cert: CertSelector::Dns(format!("{name}.example")),
+        allow_from: AllowFrom::any(),
         kind: PartnerKind::Twiin(Twiin {
             fhir_base: format!("https://{name}.example/fhir"),
             token_url: None,
@@ -66,18 +78,20 @@ fn partners() -> Vec<Partner> {
         Partner {
             name: "broker".into(),
             cert: CertSelector::Dns("broker.example".into()),
+            allow_from: AllowFrom::any(),
             kind: PartnerKind::Mitz(Mitz {}),
         },
         Partner {
             name: "zv".into(),
             cert: CertSelector::Dns("zv.example".into()),
+            allow_from: AllowFrom::parse(ZV_ALLOW_FROM).unwrap(),
             kind: PartnerKind::Zorgviewer(Zorgviewer {
                 assertions: AssertionPolicy {
-                    issuer: "zv".into(),
-                    client_id: "zv".into(),
+                    issuer: ZV_CLIENT.into(),
+                    client_id: ZV_CLIENT.into(),
                     jwks_url: Some("https://zv.example/jwks".into()),
-                    audiences: Vec::new(),
-                    accept_algs: crate::jose::DEFAULT_ACCEPTED.to_vec(),
+                    audiences: vec![ZV_ALIAS.into()],
+                    accept_algs: crate::config::default_accept_algs(Kind::Zorgviewer),
                 },
                 consent: Consent::Mitz,
                 provider_category: "RPZAC104".into(),
@@ -105,14 +119,19 @@ impl JtiLookup for Used {
     }
 }
 
-/// Partner B's keys (ES256 and PS256, both published), a key of another
-/// party (never published), and the lookups.
+/// Partner B's keys (ES256 and PS256, both published), the Zorgviewer's
+/// (ES384 and RS384, both published; RS256 over the same RSA key, not
+/// published), a key of another party (never published), and the lookups.
 struct Fx {
     partners: Vec<Partner>,
     es: SigningKey,
     ps: SigningKey,
     stranger: SigningKey,
     jwks: Jwks,
+    zv_es: SigningKey,
+    zv_rs: SigningKey,
+    zv_rs256: SigningKey,
+    zv_jwks: Jwks,
     bases: Bases,
     used: Used,
     serial: Cell<u32>,
@@ -124,6 +143,10 @@ fn fx() -> Fx {
     let stranger_pem = generate_pkcs8_pem(Alg::Es256).unwrap();
     let stranger = SigningKey::from_pkcs8_pem(&stranger_pem, Alg::Es256, None).unwrap();
     let jwks = Jwks::new(vec![es.public_jwk(), ps.public_jwk()]).unwrap();
+    let zv_es = test_keys::key(Alg::Es384);
+    let zv_rs = test_keys::key(Alg::Rs384);
+    let zv_rs256 = test_keys::key(Alg::Rs256);
+    let zv_jwks = Jwks::new(vec![zv_es.public_jwk(), zv_rs.public_jwk()]).unwrap();
     let bsn = Bsn::parse(BSN).unwrap();
     let live = |owner: &str| {
         BaseLookup::Live(BaseBinding {
@@ -143,6 +166,10 @@ fn fx() -> Fx {
         ps,
         stranger,
         jwks,
+        zv_es,
+        zv_rs,
+        zv_rs256,
+        zv_jwks,
         bases,
         used: Used(HashSet::from([USED_JTI.to_string()])),
         serial: Cell::new(0),
@@ -153,6 +180,8 @@ fn fx() -> Fx {
 #[derive(Clone)]
 struct Req {
     partner: Option<&'static str>,
+    /// The address the connection comes from.
+    peer: &'static str,
     content_type: Option<String>,
     body: Vec<u8>,
 }
@@ -209,9 +238,67 @@ impl Fx {
             .join("&");
         Req {
             partner: Some("hospb"),
+            peer: "127.0.0.1",
             content_type: Some(FORM.into()),
             body: body.into_bytes(),
         }
+    }
+
+    fn zv_claims(&self) -> Value {
+        json!({
+            "iss": ZV_CLIENT, "sub": ZV_CLIENT, "aud": ENDPOINT,
+            "iat": NOW, "exp": NOW + 60, "jti": self.jti(),
+            "subject_organization_id": ZV_ORG,
+            "subject_organization": "UMCG",
+            "subject_name": "J. Jansen",
+            "subject_role": [{"system": "http://snomed.info/sct", "code": "309343006", "display": "Arts"}],
+        })
+    }
+
+    /// A client_credentials request from the Zorgviewer with these pairs.
+    fn zv_raw(&self, pairs: &[(&str, &str)]) -> Req {
+        Req {
+            partner: Some("zv"),
+            ..self.raw(pairs)
+        }
+    }
+
+    /// A client_credentials request with this assertion and scope.
+    fn zv_request(&self, client: &str, scope: Option<&str>) -> Req {
+        let mut pairs = vec![
+            ("grant_type", GRANT_CLIENT_CREDENTIALS),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_assertion", client),
+        ];
+        if let Some(scope) = scope {
+            pairs.push(("scope", scope));
+        }
+        self.zv_raw(&pairs)
+    }
+
+    fn zv_sign(&self, claims: &Value) -> String {
+        self.zv_es.sign_jwt(claims.to_string().as_bytes()).unwrap()
+    }
+
+    fn zv_good(&self) -> Req {
+        self.zv_request(&self.zv_sign(&self.zv_claims()), Some(ZV_SCOPE))
+    }
+
+    /// Good scope, assertion claims changed by `f`.
+    fn zv(&self, f: impl Fn(&mut Value)) -> Req {
+        let mut c = self.zv_claims();
+        f(&mut c);
+        self.zv_request(&self.zv_sign(&c), Some(ZV_SCOPE))
+    }
+
+    /// Good scope, the assertion as given.
+    fn zv_jwt(&self, jwt: &str) -> Req {
+        self.zv_request(jwt, Some(ZV_SCOPE))
+    }
+
+    /// Good assertion, this scope.
+    fn zv_scope(&self, scope: &str) -> Req {
+        self.zv_request(&self.zv_sign(&self.zv_claims()), Some(scope))
     }
 
     fn good(&self) -> Req {
@@ -249,14 +336,19 @@ impl Fx {
         let partner = req
             .partner
             .map(|n| self.partners.iter().find(|p| p.name == n).unwrap());
-        let admitted = admit(partner, req.content_type.as_deref(), &req.body)?;
+        let peer: IpAddr = req.peer.parse().unwrap();
+        let admitted = admit(partner, peer, req.content_type.as_deref(), &req.body)?;
         let our_orgs = [OrgId::Ura("12345678".into()), OrgId::Agb("01234567".into())];
+        let keys = match req.partner {
+            Some("zv") => &self.zv_jwks,
+            _ => &self.jwks,
+        };
         decide(
             &admitted,
             &Context {
                 token_endpoint: ENDPOINT,
                 our_orgs: &our_orgs,
-                keys: &self.jwks,
+                keys,
                 bases: &self.bases,
                 jtis: &self.used,
                 now: NOW,
@@ -418,12 +510,12 @@ fn rows() -> Vec<Row> {
             Refused(403, "unauthorized_client", Reason::WrongKind),
         ),
         (
-            "zorgviewer partner",
+            "jwt-bearer from the zorgviewer partner",
             |f| Req {
                 partner: Some("zv"),
                 ..f.good()
             },
-            Refused(403, "unauthorized_client", Reason::WrongKind),
+            Refused(403, "unauthorized_client", Reason::GrantNotForKind),
         ),
         (
             "body over 64 KiB",
@@ -973,6 +1065,559 @@ fn rows() -> Vec<Row> {
     ]
 }
 
+/// `client_credentials` (Zorgviewer, SMART backend services).
+fn zorgviewer_rows() -> Vec<Row> {
+    let zv = Issued(TokenKind::Zorgviewer);
+    let ic = |f: Fault| Refused(401, "invalid_client", C(f));
+    let scope = |r: Reason| Refused(400, "invalid_scope", r);
+    let org = Refused(401, "invalid_client", Reason::SubjectOrganization);
+    vec![
+        // Issued.
+        ("zv good request (ES384)", |f| f.zv_good(), zv),
+        (
+            "zv RS384 assertion",
+            |f| {
+                let c = f
+                    .zv_rs
+                    .sign_jwt(f.zv_claims().to_string().as_bytes())
+                    .unwrap();
+                f.zv_jwt(&c)
+            },
+            zv,
+        ),
+        (
+            "zv aud the partner's alias",
+            |f| f.zv(|c| c["aud"] = json!(ZV_ALIAS)),
+            zv,
+        ),
+        (
+            "zv aud as array",
+            |f| f.zv(|c| c["aud"] = json!(["https://other.example", ENDPOINT])),
+            zv,
+        ),
+        (
+            "zv subject_organization_id as bare OID",
+            |f| f.zv(|c| c["subject_organization_id"] = json!("2.16.840.1.113883.2.4.3.8")),
+            zv,
+        ),
+        (
+            "zv only subject_organization_id",
+            |f| {
+                f.zv(|c| {
+                    remove(c, "subject_organization");
+                    remove(c, "subject_name");
+                    remove(c, "subject_role");
+                })
+            },
+            zv,
+        ),
+        (
+            "zv IUA claims under extensions.ihe_iua",
+            |f| {
+                f.zv(|c| {
+                    let org = c["subject_organization_id"].take();
+                    remove(c, "subject_organization_id");
+                    c["extensions"] = json!({"ihe_iua": {"subject_organization_id": org}});
+                })
+            },
+            zv,
+        ),
+        (
+            "zv subject_role as codes",
+            |f| f.zv(|c| c["subject_role"] = json!(["309343006", "62247001"])),
+            zv,
+        ),
+        (
+            "zv client_id equal to sub",
+            |f| {
+                let mut r = f.zv_good();
+                r.body
+                    .extend_from_slice(format!("&client_id={ZV_CLIENT}").as_bytes());
+                r
+            },
+            zv,
+        ),
+        (
+            "zv scope with patient/ and write tokens left out",
+            |f| f.zv_scope("patient/Observation.read user/Patient.read user/Patient.write"),
+            zv,
+        ),
+        ("zv scope system/*.*", |f| f.zv_scope("system/*.*"), zv),
+        ("zv scope user/*.read", |f| f.zv_scope("user/*.read"), zv),
+        ("zv scope user/*.*", |f| f.zv_scope("user/*.*"), zv),
+        (
+            "zv scope user/Condition.*",
+            |f| f.zv_scope("user/Condition.*"),
+            zv,
+        ),
+        (
+            "zv from its published egress address",
+            |f| Req {
+                peer: "20.160.170.125",
+                ..f.zv_good()
+            },
+            zv,
+        ),
+        (
+            "zv from its egress address, IPv4-mapped",
+            |f| Req {
+                peer: "::ffff:20.160.170.124",
+                ..f.zv_good()
+            },
+            zv,
+        ),
+        (
+            "zv exp 359 s ahead, iat inside the skew",
+            |f| {
+                f.zv(|c| {
+                    c["iat"] = json!(NOW + 59);
+                    c["exp"] = json!(NOW + 359);
+                })
+            },
+            zv,
+        ),
+        // Who asks, from where, with which grant.
+        (
+            "zv from another address",
+            |f| Req {
+                peer: "10.0.0.1",
+                ..f.zv_good()
+            },
+            Refused(401, "invalid_client", Reason::AddressNotAllowed),
+        ),
+        (
+            "zv from the address next to its egress pair",
+            |f| Req {
+                peer: "20.160.170.126",
+                ..f.zv_good()
+            },
+            Refused(401, "invalid_client", Reason::AddressNotAllowed),
+        ),
+        (
+            "zv from IPv6",
+            |f| Req {
+                peer: "2001:db8::1",
+                ..f.zv_good()
+            },
+            Refused(401, "invalid_client", Reason::AddressNotAllowed),
+        ),
+        (
+            "client_credentials from a twiin partner with a good assertion",
+            |f| Req {
+                partner: Some("hospb"),
+                ..f.zv_good()
+            },
+            Refused(403, "unauthorized_client", Reason::GrantNotForKind),
+        ),
+        (
+            "client_credentials from a mitz partner",
+            |f| Req {
+                partner: Some("broker"),
+                ..f.zv_good()
+            },
+            Refused(403, "unauthorized_client", Reason::WrongKind),
+        ),
+        (
+            "jwt-bearer from zv with its own assertion",
+            |f| {
+                let c = f.zv_sign(&f.zv_claims());
+                Req {
+                    partner: Some("zv"),
+                    ..f.request(&c, &c)
+                }
+            },
+            Refused(403, "unauthorized_client", Reason::GrantNotForKind),
+        ),
+        // The form.
+        (
+            "zv no client_assertion_type",
+            |f| {
+                f.zv_raw(&[
+                    ("grant_type", GRANT_CLIENT_CREDENTIALS),
+                    ("scope", ZV_SCOPE),
+                    ("client_assertion", "c"),
+                ])
+            },
+            Refused(400, "invalid_request", Reason::MissingParameter),
+        ),
+        (
+            "zv saml2 client_assertion_type",
+            |f| {
+                f.zv_raw(&[
+                    ("grant_type", GRANT_CLIENT_CREDENTIALS),
+                    ("scope", ZV_SCOPE),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:saml2-bearer",
+                    ),
+                    ("client_assertion", "c"),
+                ])
+            },
+            Refused(400, "invalid_request", Reason::ClientAssertionType),
+        ),
+        (
+            "zv no client_assertion",
+            |f| {
+                f.zv_raw(&[
+                    ("grant_type", GRANT_CLIENT_CREDENTIALS),
+                    ("scope", ZV_SCOPE),
+                    ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                ])
+            },
+            Refused(400, "invalid_request", Reason::MissingParameter),
+        ),
+        (
+            "zv duplicate scope",
+            |f| {
+                let mut r = f.zv_good();
+                r.body.extend_from_slice(b"&scope=user%2FPatient.read");
+                r
+            },
+            Refused(400, "invalid_request", Reason::DuplicateParameter),
+        ),
+        // The client assertion.
+        (
+            "zv HS256 assertion",
+            |f| {
+                let h = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+                let p = b64::encode(f.zv_claims().to_string().as_bytes());
+                let tag = ring::hmac::sign(
+                    &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"shared-secret"),
+                    format!("{h}.{p}").as_bytes(),
+                );
+                f.zv_jwt(&format!("{h}.{p}.{}", b64::encode(tag.as_ref())))
+            },
+            ic(Fault::AlgNotAllowed),
+        ),
+        (
+            "zv alg none",
+            |f| f.zv_jwt(&unsigned(r#"{"alg":"none","typ":"JWT"}"#, &f.zv_claims())),
+            ic(Fault::AlgNotAllowed),
+        ),
+        (
+            "zv RS256 not in the allow-list",
+            |f| {
+                f.zv_jwt(&f.with_header(
+                    &f.zv_rs256,
+                    json!({"alg":"RS256","kid":f.zv_rs.kid()}),
+                    &f.zv_claims(),
+                ))
+            },
+            ic(Fault::AlgNotAllowed),
+        ),
+        (
+            "zv signature bit flipped",
+            |f| f.zv_jwt(&flip_last_bit(&f.zv_sign(&f.zv_claims()))),
+            ic(Fault::BadSignature),
+        ),
+        (
+            "zv unknown kid",
+            |f| {
+                f.zv_jwt(&f.with_header(
+                    &f.zv_es,
+                    json!({"alg":"ES384","kid":"no-such-kid"}),
+                    &f.zv_claims(),
+                ))
+            },
+            ic(Fault::UnknownKid),
+        ),
+        (
+            "zv signed with hospb's key",
+            |f| f.zv_jwt(&f.sign(&f.zv_claims())),
+            ic(Fault::UnknownKid),
+        ),
+        (
+            "zv aud wrong",
+            |f| f.zv(|c| c["aud"] = json!("https://np.hospital-a.example/fhir")),
+            ic(Fault::Audience),
+        ),
+        (
+            "zv aud missing",
+            |f| f.zv(|c| remove(c, "aud")),
+            ic(Fault::Claims),
+        ),
+        (
+            "zv jti used before",
+            |f| f.zv(|c| c["jti"] = json!(USED_JTI)),
+            ic(Fault::Replay),
+        ),
+        (
+            "zv jti missing",
+            |f| f.zv(|c| remove(c, "jti")),
+            ic(Fault::Claims),
+        ),
+        (
+            "zv expired",
+            |f| {
+                f.zv(|c| {
+                    c["iat"] = json!(NOW - 200);
+                    c["exp"] = json!(NOW - 61);
+                })
+            },
+            ic(Fault::Expired),
+        ),
+        (
+            "zv exp more than 5 minutes ahead",
+            |f| f.zv(|c| c["exp"] = json!(NOW + 301)),
+            ic(Fault::Lifetime),
+        ),
+        (
+            "zv exp 6 minutes ahead, iat inside the skew",
+            |f| {
+                f.zv(|c| {
+                    c["iat"] = json!(NOW + 59);
+                    c["exp"] = json!(NOW + 360);
+                })
+            },
+            ic(Fault::Lifetime),
+        ),
+        (
+            "zv exp 6 minutes ahead, iat past the skew",
+            |f| {
+                f.zv(|c| {
+                    c["iat"] = json!(NOW + 61);
+                    c["exp"] = json!(NOW + 361);
+                })
+            },
+            ic(Fault::NotYetValid),
+        ),
+        (
+            "zv exp missing",
+            |f| f.zv(|c| remove(c, "exp")),
+            ic(Fault::Claims),
+        ),
+        (
+            "zv iss not the client id (iss != sub)",
+            |f| f.zv(|c| c["iss"] = json!("https://auth.zorgviewer.nl")),
+            ic(Fault::Issuer),
+        ),
+        (
+            "zv sub not the client id (iss != sub)",
+            |f| f.zv(|c| c["sub"] = json!("another-client")),
+            ic(Fault::Issuer),
+        ),
+        (
+            "zv client_id not the sub",
+            |f| {
+                let mut r = f.zv_good();
+                r.body.extend_from_slice(b"&client_id=someone-else");
+                r
+            },
+            Refused(401, "invalid_client", Reason::ClientId),
+        ),
+        // The IUA claims.
+        (
+            "zv no subject_organization_id",
+            |f| f.zv(|c| remove(c, "subject_organization_id")),
+            org,
+        ),
+        (
+            "zv subject_organization_id null",
+            |f| f.zv(|c| c["subject_organization_id"] = Value::Null),
+            org,
+        ),
+        (
+            "zv subject_organization_id a name",
+            |f| f.zv(|c| c["subject_organization_id"] = json!("UMCG")),
+            org,
+        ),
+        (
+            "zv subject_organization_id a URA number",
+            |f| f.zv(|c| c["subject_organization_id"] = json!("87654321")),
+            org,
+        ),
+        (
+            "zv subject_organization_id empty",
+            |f| f.zv(|c| c["subject_organization_id"] = json!("")),
+            org,
+        ),
+        (
+            "zv subject_organization_id a number",
+            |f| f.zv(|c| c["subject_organization_id"] = json!(2.16)),
+            ic(Fault::Claims),
+        ),
+        (
+            "zv subject_role a number",
+            |f| f.zv(|c| c["subject_role"] = json!(309343006)),
+            ic(Fault::Claims),
+        ),
+        (
+            "zv subject_role of nine codes",
+            |f| f.zv(|c| c["subject_role"] = json!(vec!["1"; 9])),
+            ic(Fault::Claims),
+        ),
+        // The scope.
+        (
+            "zv no scope",
+            |f| f.zv_request(&f.zv_sign(&f.zv_claims()), None),
+            scope(Reason::ScopeMissing),
+        ),
+        (
+            "zv empty scope",
+            |f| f.zv_scope(""),
+            scope(Reason::ScopeMissing),
+        ),
+        (
+            "zv scope openid",
+            |f| f.zv_scope("openid user/Patient.read"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope launch/patient",
+            |f| f.zv_scope("launch/patient"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope of an unknown type",
+            |f| f.zv_scope("user/Foo.read"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope of an R4-only type",
+            |f| f.zv_scope("user/ServiceRequest.read"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope of a lower-case type",
+            |f| f.zv_scope("user/patient.read"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope SMART v2 permission",
+            |f| f.zv_scope("user/Patient.rs"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope without permission",
+            |f| f.zv_scope("user/Patient"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope of another context",
+            |f| f.zv_scope("admin/Patient.read"),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope of 65 tokens",
+            |f| f.zv_scope(&vec!["user/Patient.read"; 65].join(" ")),
+            scope(Reason::InvalidScope),
+        ),
+        (
+            "zv scope only patient/",
+            |f| f.zv_scope("patient/*.read"),
+            scope(Reason::ScopeNotGranted),
+        ),
+        (
+            "zv scope only write",
+            |f| f.zv_scope("user/Patient.write system/*.write"),
+            scope(Reason::ScopeNotGranted),
+        ),
+    ]
+}
+
+#[test]
+fn every_client_credentials_row_gets_its_answer() {
+    let f = fx();
+    let rows = zorgviewer_rows();
+    assert!(rows.len() >= 30, "{} rows", rows.len());
+    let refusals = rows.iter().filter(|r| matches!(r.2, Refused(..))).count();
+    assert!(refusals >= 30, "{refusals} refusal rows");
+    let mut wrong = Vec::new();
+    for (name, build, want) in &rows {
+        let got = match f.run(&build(&f)) {
+            Ok(d) => Issued(d.grant.kind()),
+            Err(r) => Refused(r.status(), r.error(), r.reason),
+        };
+        if got != *want {
+            wrong.push(format!("{name}: want {want:?}, got {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} rows wrong:\n{}",
+        wrong.len(),
+        rows.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn a_zorgviewer_decision_carries_scopes_and_iua_claims() {
+    let f = fx();
+    let mut c = f.zv_claims();
+    c["jti"] = json!("zv-jti");
+    let d = f
+        .run(&f.zv_request(
+            &f.zv_sign(&c),
+            Some("user/Patient.read patient/Observation.read user/Observation.search user/Patient.read"),
+        ))
+        .unwrap();
+    let jtis: Vec<_> = d
+        .jtis
+        .iter()
+        .map(|j| (j.assertion, j.iss.as_str(), j.jti.as_str(), j.forget_after))
+        .collect();
+    assert_eq!(
+        jtis,
+        [(Assertion::Client, ZV_CLIENT, "zv-jti", NOW + 60 + 60)]
+    );
+    assert_eq!(d.user_id, None);
+    let g = &d.grant;
+    assert_eq!(g.kind(), TokenKind::Zorgviewer);
+    assert_eq!((g.partner(), g.client_id()), ("zv", ZV_CLIENT));
+    assert_eq!(g.requesting_org_claim(), ZV_ORG);
+    assert_eq!(g.patient(), None);
+    let z = g.zorgviewer_access().unwrap();
+    assert_eq!(
+        z.scopes().to_string(),
+        "user/Patient.read user/Observation.search",
+        "granted: what we support, once each, in the order asked"
+    );
+    assert!(z.allows("Patient", Interaction::Search));
+    assert!(z.allows("Observation", Interaction::Search));
+    assert!(!z.allows("Observation", Interaction::Read));
+    assert!(!z.allows("Binary", Interaction::Read));
+    assert_eq!(
+        z.subject_organization_id().as_str(),
+        "2.16.840.1.113883.2.4.3.8"
+    );
+    assert_eq!(z.subject_organization(), Some("UMCG"));
+    assert_eq!(z.subject_name(), Some("J. Jansen"));
+    assert_eq!(z.subject_role(), ["309343006"]);
+}
+
+#[test]
+fn zorgviewer_refusals_say_what_is_wrong_and_nothing_secret() {
+    let f = fx();
+    let r = f
+        .run(&f.zv(|c| remove(c, "subject_organization_id")))
+        .unwrap_err();
+    assert_eq!(
+        r.to_string(),
+        "401 invalid_client (subject_organization): client assertion: subject_organization_id is missing"
+    );
+    let r = f.run(&f.zv_scope("user/Foo.read")).unwrap_err();
+    assert_eq!(
+        r.to_string(),
+        "400 invalid_scope (invalid_scope): scope \"user/Foo.read\" names no FHIR STU3 resource type"
+    );
+    let r = f
+        .run(&Req {
+            peer: "10.0.0.1",
+            ..f.zv_good()
+        })
+        .unwrap_err();
+    assert_eq!(
+        r.description,
+        "the TLS client certificate of partner zv is not accepted from 10.0.0.1"
+    );
+    let jwt = f.zv_sign(&f.zv_claims());
+    let r = f
+        .run(&f.zv_request(&flip_last_bit(&jwt), Some(ZV_SCOPE)))
+        .unwrap_err();
+    assert!(!r.description.contains(&jwt[..20]), "{}", r.description);
+}
+
 #[test]
 fn every_row_gets_its_answer() {
     let f = fx();
@@ -1028,7 +1673,7 @@ fn a_decision_names_what_the_caller_records() {
     assert_eq!(g.kind(), TokenKind::Pull);
     assert_eq!(g.partner(), "hospb");
     assert_eq!(g.client_id(), B_CLIENT);
-    assert_eq!(g.requesting_org(), &OrgId::Ura("87654321".into()));
+    assert_eq!(g.requesting_org(), Some(&OrgId::Ura("87654321".into())));
     assert_eq!(g.authorizer(), Some(&OrgId::Ura("12345678".into())));
     assert_eq!(g.patient().map(Bsn::as_str), Some(BSN));
     assert_eq!(
@@ -1052,6 +1697,7 @@ fn the_first_failure_ends_the_request() {
             content_type: Some("text/plain".into()),
             body: b"%zz".to_vec(),
             partner: Some("hospb"),
+            peer: "127.0.0.1",
         })
         .unwrap_err();
     assert_eq!(r.reason, Reason::ContentType);
@@ -1061,9 +1707,41 @@ fn the_first_failure_ends_the_request() {
             content_type: None,
             body: b"%zz".to_vec(),
             partner: Some("broker"),
+            peer: "127.0.0.1",
         })
         .unwrap_err();
     assert_eq!(r.reason, Reason::WrongKind);
+    // A certificate from an address its partner does not list learns
+    // nothing else either.
+    let r = f
+        .run(&Req {
+            content_type: None,
+            body: b"%zz".to_vec(),
+            partner: Some("zv"),
+            peer: "10.0.0.1",
+        })
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::AddressNotAllowed);
+    // The client is authenticated before the scope is looked at: a bad
+    // assertion with a bad scope is an invalid_client.
+    let mut c = f.zv_claims();
+    c["aud"] = json!("https://elsewhere.example/token");
+    let r = f
+        .run(&f.zv_request(&f.zv_sign(&c), Some("openid")))
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::Client(Fault::Audience));
+    let r = f
+        .run(&f.zv(|c| remove(c, "subject_organization_id")))
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::SubjectOrganization);
+    let mut c = f.zv_claims();
+    remove(&mut c, "subject_organization_id");
+    let r = f.run(&f.zv_request(&f.zv_sign(&c), None)).unwrap_err();
+    assert_eq!(
+        r.reason,
+        Reason::SubjectOrganization,
+        "organisation before scope"
+    );
 }
 
 #[test]
@@ -1109,6 +1787,11 @@ fn every_reason_has_a_status_code_and_label() {
     ];
     let mut reasons = vec![
         (Reason::NoPartner, 401, "invalid_client"),
+        (Reason::AddressNotAllowed, 401, "invalid_client"),
+        (Reason::SubjectOrganization, 401, "invalid_client"),
+        (Reason::ScopeMissing, 400, "invalid_scope"),
+        (Reason::InvalidScope, 400, "invalid_scope"),
+        (Reason::ScopeNotGranted, 400, "invalid_scope"),
         (Reason::WrongKind, 403, "unauthorized_client"),
         (Reason::GrantNotForKind, 403, "unauthorized_client"),
         (Reason::TooLarge, 413, "invalid_request"),
