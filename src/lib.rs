@@ -28,6 +28,7 @@ pub mod cases; // exported cases and the authorization bases we issued
 pub mod records; // records published to Zorgviewer partners, indexed by patient
 pub mod sender; // outbox → notification Task → delivery
 pub mod serve; // scoped FHIR reads and searches for a pull token
+pub mod zorgviewer; // Zorgviewer request context (X-ZV headers, X-ZV-Context, Epic AORTA-ID)
 pub mod receiver; // notification Task intake, cancellation, pull into the inbox
 pub mod mitz; // Mitz consent notification intake and consent view
 pub mod certwatch; // certificate expiry warnings
