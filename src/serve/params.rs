@@ -1,15 +1,21 @@
 //! The search parameters we serve, per resource type, with FHIR STU3 names and
 //! element paths.
 //!
-//! The table covers the BgZ query set (spec §8.5) and the resources those
-//! queries `_include`. Names and paths follow the STU3 SearchParameter
-//! definitions; a few token parameters that BgZ queries use but core STU3 does
-//! not define on that type (`MedicationDispense.category`,
-//! `ProcedureRequest.category`, `Flag.category`/`status`/`code`) are added with
-//! the obvious path. A parameter that is not in this table is refused (400):
-//! an unknown parameter silently ignored would widen a search.
+//! The table covers the BgZ query set (notified-pull spec §8.5), the
+//! Zorgviewer queries (zorgviewer spec §7) and the resources those queries
+//! `_include`. Names and paths follow the STU3 SearchParameter definitions; a
+//! few parameters that these queries use but core STU3 does not define on that
+//! type (`MedicationDispense.category`, `ProcedureRequest.category`,
+//! `Flag.category`/`status`/`code`, `Coverage.patient` as R4 defines it: the
+//! beneficiary) are added with the obvious path. A parameter that is not in
+//! this table is refused (400): an unknown parameter silently ignored would
+//! widen a search.
 //!
-//! `_id` applies to every type and is handled by the caller, not listed here.
+//! Date parameters are listed apart ([`date_param`]): they serve as `_sort`
+//! keys, not as filters.
+//!
+//! `_id` and `_profile` apply to every type and are handled by the caller, not
+//! listed here.
 
 /// How a parameter is matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,54 @@ pub(crate) fn params_of(resource_type: &str) -> &'static [ParamDef] {
 /// The parameter `name` of `resource_type`.
 pub(crate) fn param(resource_type: &str, name: &str) -> Option<&'static ParamDef> {
     params_of(resource_type).iter().find(|p| p.name == name)
+}
+
+/// A date search parameter of one resource type, served as a `_sort` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DateDef {
+    pub name: &'static str,
+    /// Element paths tried in order; the first that holds a date gives the
+    /// resource's value (a Period by its `start`).
+    pub paths: &'static [&'static str],
+}
+
+/// The date parameter `name` of `resource_type`.
+pub(crate) fn date_param(resource_type: &str, name: &str) -> Option<&'static DateDef> {
+    DATES
+        .iter()
+        .find(|(t, _)| *t == resource_type)
+        .and_then(|(_, d)| d.iter().find(|d| d.name == name))
+}
+
+/// The parameter an `_include` value that names another type stands for, in
+/// the one form an implementation guide prints.
+///
+/// Zorgviewer's episode query is `EpisodeOfCare?patient=…&_include=Condition:diagnosis`.
+/// STU3 defines no `diagnosis` parameter and an `_include` must start with the
+/// searched type, so a strict server would refuse it; what the guide means is
+/// the Conditions an episode names in `EpisodeOfCare.diagnosis.condition`, which
+/// is the STU3 include `EpisodeOfCare:condition`. That form is served as an
+/// alias of it: the result is the same, and the Conditions stay inside the
+/// patient's data like every include.
+pub(crate) fn include_alias(resource_type: &str, value: &str) -> Option<&'static ParamDef> {
+    INCLUDE_ALIASES
+        .iter()
+        .find(|(t, v, _)| *t == resource_type && *v == value)
+        .and_then(|(t, _, name)| param(t, name))
+}
+
+static INCLUDE_ALIASES: &[(&str, &str, &str)] =
+    &[("EpisodeOfCare", "Condition:diagnosis", "condition")];
+
+/// When an Observation applies: its `date` (`effective[x]`), and `issued`
+/// when it has no effective time. `$lastn` orders by the same value.
+pub(crate) const OBSERVATION_DATE: DateDef = date(
+    "date",
+    &["effectiveDateTime", "effectivePeriod.start", "issued"],
+);
+
+const fn date(name: &'static str, paths: &'static [&'static str]) -> DateDef {
+    DateDef { name, paths }
 }
 
 const fn tok(name: &'static str, paths: &'static [&'static str]) -> ParamDef {
@@ -343,6 +397,22 @@ static TYPES: &[(&str, &[ParamDef])] = &[
             tok("status", &["status"]),
             rf("patient", &["patient"], PATIENT),
             rf("organization", &["managingOrganization"], &["Organization"]),
+            rf("condition", &["diagnosis.condition"], &["Condition"]),
+            rf("care-manager", &["careManager"], &["Practitioner"]),
+        ],
+    ),
+    (
+        "Composition",
+        &[
+            ID,
+            tok("type", &["type"]),
+            tok("class", &["class"]),
+            tok("status", &["status"]),
+            rf("patient", &["subject"], PATIENT),
+            rf("subject", &["subject"], ANY),
+            rf("encounter", &["encounter"], &["Encounter"]),
+            rf("author", &["author"], ANY),
+            rf("entry", &["section.entry"], ANY),
         ],
     ),
     (
@@ -384,6 +454,7 @@ static TYPES: &[(&str, &[ParamDef])] = &[
             ID,
             tok("type", &["type"]),
             rf("beneficiary", &["beneficiary"], PATIENT),
+            rf("patient", &["beneficiary"], PATIENT),
             rf("subscriber", &["subscriber"], &["Patient", "RelatedPerson"]),
             rf(
                 "policy-holder",
@@ -521,6 +592,130 @@ static TYPES: &[(&str, &[ParamDef])] = &[
     ),
 ];
 
+/// The STU3 date parameters of the types in [`TYPES`] (Coverage,
+/// DeviceUseStatement, Medication and the directory types have none).
+static DATES: &[(&str, &[DateDef])] = &[
+    ("Patient", &[date("birthdate", &["birthDate"])]),
+    ("RelatedPerson", &[date("birthdate", &["birthDate"])]),
+    ("PractitionerRole", &[date("date", &["period.start"])]),
+    (
+        "Condition",
+        &[
+            date("onset-date", &["onsetDateTime", "onsetPeriod.start"]),
+            date("asserted-date", &["assertedDate"]),
+            date(
+                "abatement-date",
+                &["abatementDateTime", "abatementPeriod.start"],
+            ),
+        ],
+    ),
+    (
+        "AllergyIntolerance",
+        &[
+            date("date", &["assertedDate"]),
+            date("onset", &["reaction.onset"]),
+            date("last-date", &["lastOccurrence"]),
+        ],
+    ),
+    (
+        "MedicationStatement",
+        &[date(
+            "effective",
+            &["effectiveDateTime", "effectivePeriod.start"],
+        )],
+    ),
+    (
+        "MedicationRequest",
+        &[
+            date("authoredon", &["authoredOn"]),
+            date("date", &["dosageInstruction.timing.event"]),
+        ],
+    ),
+    (
+        "MedicationDispense",
+        &[
+            date("whenprepared", &["whenPrepared"]),
+            date("whenhandedover", &["whenHandedOver"]),
+        ],
+    ),
+    ("Observation", &[OBSERVATION_DATE]),
+    (
+        "DiagnosticReport",
+        &[
+            date("date", &["effectiveDateTime", "effectivePeriod.start"]),
+            date("issued", &["issued"]),
+        ],
+    ),
+    (
+        "Specimen",
+        &[date(
+            "collected",
+            &[
+                "collection.collectedDateTime",
+                "collection.collectedPeriod.start",
+            ],
+        )],
+    ),
+    (
+        "DocumentReference",
+        &[
+            date("created", &["created"]),
+            date("indexed", &["indexed"]),
+            date("period", &["context.period.start"]),
+        ],
+    ),
+    ("Encounter", &[date("date", &["period.start"])]),
+    ("EpisodeOfCare", &[date("date", &["period.start"])]),
+    ("Composition", &[date("date", &["date"])]),
+    (
+        "Procedure",
+        &[date(
+            "date",
+            &["performedDateTime", "performedPeriod.start"],
+        )],
+    ),
+    (
+        "ProcedureRequest",
+        &[
+            date("authored", &["authoredOn"]),
+            date(
+                "occurrence",
+                &[
+                    "occurrenceDateTime",
+                    "occurrencePeriod.start",
+                    "occurrenceTiming.event",
+                ],
+            ),
+        ],
+    ),
+    (
+        "Consent",
+        &[
+            date("date", &["dateTime"]),
+            date("period", &["period.start"]),
+        ],
+    ),
+    ("Flag", &[date("date", &["period.start"])]),
+    ("NutritionOrder", &[date("datetime", &["dateTime"])]),
+    ("Immunization", &[date("date", &["date"])]),
+    (
+        "ImmunizationRecommendation",
+        &[date("date", &["recommendation.date"])],
+    ),
+    (
+        "DeviceRequest",
+        &[
+            date("authored-on", &["authoredOn"]),
+            date(
+                "event-date",
+                &["occurrenceDateTime", "occurrencePeriod.start"],
+            ),
+        ],
+    ),
+    ("Appointment", &[date("date", &["start"])]),
+    ("CarePlan", &[date("date", &["period.start"])]),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,10 +760,80 @@ mod tests {
             ("ProcedureRequest", "status"),
             ("Procedure", "category"),
             ("DocumentReference", "status"),
+            ("Composition", "type"),
+            ("EpisodeOfCare", "condition"),
+            ("Condition", "clinical-status"),
         ] {
             assert!(param(t, p).is_some(), "{t}:{p}");
         }
         assert!(params_of("Binary").is_empty());
+        // Zorgviewer adds `patient=<id>` to every query but the Patient's.
+        for t in [
+            "Coverage",
+            "Consent",
+            "Observation",
+            "Condition",
+            "NutritionOrder",
+            "Flag",
+            "AllergyIntolerance",
+            "MedicationStatement",
+            "MedicationRequest",
+            "MedicationDispense",
+            "DeviceUseStatement",
+            "Immunization",
+            "Procedure",
+            "Encounter",
+            "ProcedureRequest",
+            "ImmunizationRecommendation",
+            "DeviceRequest",
+            "Appointment",
+            "DocumentReference",
+            "EpisodeOfCare",
+            "Composition",
+        ] {
+            let p = param(t, "patient").unwrap_or_else(|| panic!("{t}:patient"));
+            assert!(p.bare_id_is_patient(), "{t}:patient");
+        }
+    }
+
+    #[test]
+    fn date_parameters_are_of_served_types_and_never_also_filters() {
+        for (i, (t, dates)) in DATES.iter().enumerate() {
+            assert!(
+                TYPES.iter().any(|(u, _)| u == t),
+                "{t} has dates but no parameters"
+            );
+            assert!(
+                DATES[i + 1..].iter().all(|(u, _)| u != t),
+                "{t} listed twice"
+            );
+            for (j, d) in dates.iter().enumerate() {
+                assert!(param(t, d.name).is_none(), "{t}.{} is both", d.name);
+                assert!(!d.paths.is_empty(), "{t}.{} has no path", d.name);
+                assert!(
+                    dates[j + 1..].iter().all(|e| e.name != d.name),
+                    "{t}.{} listed twice",
+                    d.name
+                );
+            }
+        }
+        assert_eq!(date_param("Observation", "date"), Some(&OBSERVATION_DATE));
+        assert_eq!(
+            date_param("Encounter", "date").map(|d| d.paths),
+            Some(&["period.start"][..])
+        );
+        assert!(date_param("Condition", "date").is_none(), "not in STU3");
+        assert!(date_param("Coverage", "date").is_none());
+    }
+
+    #[test]
+    fn the_episode_include_of_the_zorgviewer_guide_is_the_condition_include() {
+        assert_eq!(
+            include_alias("EpisodeOfCare", "Condition:diagnosis"),
+            param("EpisodeOfCare", "condition")
+        );
+        assert!(include_alias("Condition", "Condition:diagnosis").is_none());
+        assert!(include_alias("EpisodeOfCare", "Condition:subject").is_none());
     }
 
     #[test]

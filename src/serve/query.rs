@@ -1,12 +1,14 @@
 //! Query strings: percent-decoding, and the validated search a request asks for.
 //!
 //! Everything here is strict: an unknown parameter, a modifier, a chain, a
-//! malformed value or an `_include` we do not serve is refused with 400, and a
-//! parameter that names a patient other than the case's with 403. A search is
-//! parsed the same way whether it comes from the partner's query or back out
-//! of one of our page links, so a page link can never widen what it reads.
+//! malformed value, a `_sort` key that is not a date parameter of the type or
+//! an `_include` we do not serve is refused with 400, and a parameter that
+//! names a patient other than the case's with 403. A search is parsed the same
+//! way whether it comes from the partner's query or back out of one of our
+//! page links, so a page link can never widen what it reads, and its pages
+//! keep the order of the first one.
 
-use super::params::{self, ParamDef, ParamKind};
+use super::params::{self, DateDef, ParamDef, ParamKind};
 use super::wire::IssueType;
 use crate::fhir::Refusal;
 use crate::ids::BSN_SYSTEM;
@@ -101,12 +103,23 @@ pub(crate) struct Search {
     pub count: usize,
     /// `$lastn` `max`: results per code.
     pub max: usize,
+    /// `_sort` keys, most significant first (empty: Bundle order).
+    pub sort: Vec<SortKey>,
+}
+
+/// One `_sort` key: a date parameter, ascending or (`-name`) descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SortKey {
+    pub def: &'static DateDef,
+    pub descending: bool,
 }
 
 /// One search parameter with its values.
 #[derive(Debug, Clone)]
 pub(crate) enum Filter {
     Id(Vec<String>),
+    /// `_profile`: `meta.profile` is one of these.
+    Profile(Vec<Canonical>),
     Token(&'static ParamDef, Vec<TokenValue>),
     Reference(&'static ParamDef, Vec<RefValue>),
 }
@@ -128,6 +141,39 @@ pub(crate) struct TokenValue {
     pub system: SystemSel,
     /// `None` for `system|` (any code in the system).
     pub code: Option<String>,
+}
+
+/// A `_profile` value: a canonical URL, with `|version` or without (then
+/// any version of it matches, as FHIR compares canonicals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Canonical {
+    pub url: String,
+    pub version: Option<String>,
+}
+
+impl Canonical {
+    /// A canonical as written in a resource (`url` or `url|version`).
+    pub fn parse(text: &str) -> Canonical {
+        match text.split_once('|') {
+            Some((url, version)) => Canonical {
+                url: url.to_string(),
+                version: Some(version.to_string()),
+            },
+            None => Canonical {
+                url: text.to_string(),
+                version: None,
+            },
+        }
+    }
+
+    /// True when this search value matches the canonical `declared`.
+    pub fn matches(&self, declared: &Canonical) -> bool {
+        self.url == declared.url
+            && self
+                .version
+                .as_ref()
+                .is_none_or(|v| declared.version.as_ref() == Some(v))
+    }
 }
 
 /// A reference search value: `Type/id` or a bare `id`.
@@ -170,10 +216,12 @@ pub(crate) fn parse_search(
         includes: Vec::new(),
         count: DEFAULT_COUNT,
         max: 1,
+        sort: Vec::new(),
     };
     let mut total_values = 0usize;
     let mut seen_count = false;
     let mut seen_max = false;
+    let mut seen_sort = false;
     for (name, value) in params {
         match name.as_str() {
             "_count" => {
@@ -201,6 +249,35 @@ pub(crate) fn parse_search(
             "_revinclude" => {
                 return Err(unsupported("_revinclude is not supported"));
             }
+            "_sort" => {
+                if std::mem::replace(&mut seen_sort, true) {
+                    return Err(bad("given more than once").about(name));
+                }
+                if op == Op::LastN {
+                    return Err(
+                        unsupported("$lastn has its own order and takes no _sort").about(name)
+                    );
+                }
+                search.sort = split_values(name, value)?
+                    .iter()
+                    .map(|key| parse_sort_key(resource_type, key))
+                    .collect::<Result<_, _>>()?;
+            }
+            "_profile" => {
+                let values = split_values(name, value)?;
+                total_values += values.len();
+                if total_values > MAX_TOTAL_VALUES {
+                    return Err(bad("too many search values in one request"));
+                }
+                let profiles = values
+                    .iter()
+                    .map(|v| parse_canonical(name, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if search.filters.len() == MAX_PARAMS {
+                    return Err(bad("too many search parameters"));
+                }
+                search.filters.push(Filter::Profile(profiles));
+            }
             "_id" => {
                 let ids = split_values(name, value)?
                     .into_iter()
@@ -219,6 +296,12 @@ pub(crate) fn parse_search(
             }
             _ if name.contains('.') => {
                 return Err(unsupported("chained parameters are not supported").about(name));
+            }
+            _ if params::date_param(resource_type, name).is_some() => {
+                return Err(unsupported(
+                    "date parameters are served as _sort keys only, not as filters",
+                )
+                .about(name));
             }
             _ => {
                 let def = params::param(resource_type, name).ok_or_else(|| {
@@ -267,7 +350,47 @@ fn parse_number(name: &str, value: &str) -> Result<usize, Refusal> {
         .map_err(|_| bad("must be a whole number").about(name))
 }
 
+/// `name` or `-name`, a date parameter of `resource_type`. The key is not
+/// echoed: it is a value, and values may hold a BSN.
+fn parse_sort_key(resource_type: &str, key: &str) -> Result<SortKey, Refusal> {
+    let (name, descending) = match key.strip_prefix('-') {
+        Some(name) => (name, true),
+        None => (key, false),
+    };
+    let def = params::date_param(resource_type, name).ok_or_else(|| {
+        bad("a sort key is not a date parameter served for this resource type").about("_sort")
+    })?;
+    Ok(SortKey { def, descending })
+}
+
+/// A `_profile` value: an absolute URL (no spaces), then `|version` or nothing.
+fn parse_canonical(name: &str, value: &str) -> Result<Canonical, Refusal> {
+    let (url, version) = match split_unescaped(value, '|').as_slice() {
+        [url] => (unescape(url), None),
+        [url, version] if !version.is_empty() => (unescape(url), Some(unescape(version))),
+        _ => return Err(bad("a value is not a canonical URL[|version]").about(name)),
+    };
+    let absolute = url
+        .split_once(':')
+        .is_some_and(|(scheme, rest)| is_scheme(scheme) && !rest.is_empty());
+    let clean = |t: &str| !t.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !absolute || !clean(&url) || version.as_deref().is_some_and(|v| !clean(v)) {
+        return Err(bad("a value is not a canonical URL[|version]").about(name));
+    }
+    Ok(Canonical { url, version })
+}
+
+/// A URI scheme (RFC 3986): a letter, then letters, digits, `+ - .`.
+fn is_scheme(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
 fn parse_include(resource_type: &str, value: &str) -> Result<Include, Refusal> {
+    if let Some(def) = params::include_alias(resource_type, value) {
+        return Ok(Include { def, target: None });
+    }
     let mut parts = value.split(':');
     let (source, name, target) = (parts.next(), parts.next(), parts.next());
     let (Some(source), Some(name)) = (source, name) else {
@@ -654,7 +777,7 @@ mod tests {
     fn strictness() {
         for (t, q) in [
             ("Observation", "foo=1"),
-            ("Observation", "_sort=date"),
+            ("Observation", "_sort=code"),
             ("Observation", "_summary=count"),
             ("Observation", "code:text=x"),
             ("Observation", "subject.identifier=x"),
@@ -685,6 +808,92 @@ mod tests {
     }
 
     #[test]
+    fn sort_keys_are_the_date_parameters_of_the_type() {
+        let s = search("Observation", "_sort=-date&_count=5").unwrap();
+        assert_eq!(s.sort.len(), 1);
+        assert_eq!(s.sort[0].def, &params::OBSERVATION_DATE);
+        assert!(s.sort[0].descending);
+        assert!(s.filters.is_empty(), "a sort filters nothing");
+        let s = search("DocumentReference", "_sort=indexed,-created").unwrap();
+        let keys: Vec<_> = s.sort.iter().map(|k| (k.def.name, k.descending)).collect();
+        assert_eq!(keys, [("indexed", false), ("created", true)]);
+        assert_eq!(
+            search("Condition", "_sort=-onset-date").unwrap().sort[0]
+                .def
+                .name,
+            "onset-date"
+        );
+        for (t, q) in [
+            ("Observation", "_sort=code"),
+            ("Observation", "_sort=-"),
+            ("Observation", "_sort=--date"),
+            ("Observation", "_sort=date,"),
+            ("Observation", "_sort=date&_sort=-date"),
+            ("Observation", "_sort=_lastUpdated"),
+            ("Observation", "_sort=999999151"),
+            ("Condition", "_sort=date"),
+            ("Coverage", "_sort=date"),
+            ("Binary", "_sort=date"),
+        ] {
+            let r = search(t, q).unwrap_err();
+            assert_eq!(r.status, 400, "{t}?{q}");
+            assert!(!r.diagnostics().contains("999999151"));
+        }
+        let r = search("Observation", "_sort:desc=date").unwrap_err();
+        assert_eq!((r.status, r.code), (400, IssueType::NotSupported));
+        let r =
+            parse_search("Observation", Op::LastN, &params("_sort=-date"), &BINDING).unwrap_err();
+        assert_eq!((r.status, r.code), (400, IssueType::NotSupported));
+        let r = search("Observation", "date=ge2024").unwrap_err();
+        assert_eq!((r.status, r.code), (400, IssueType::NotSupported));
+        assert!(r.diagnostics().contains("_sort"), "{}", r.diagnostics());
+    }
+
+    #[test]
+    fn profiles_are_canonical_urls_with_an_optional_version() {
+        let s = search(
+            "Observation",
+            "_profile=http://nictiz.nl/fhir/StructureDefinition/zib-BloodPressure,urn:oid:1.2.3|2.0",
+        )
+        .unwrap();
+        let Filter::Profile(values) = &s.filters[0] else {
+            panic!()
+        };
+        assert_eq!(
+            values,
+            &vec![
+                Canonical {
+                    url: "http://nictiz.nl/fhir/StructureDefinition/zib-BloodPressure".into(),
+                    version: None
+                },
+                Canonical {
+                    url: "urn:oid:1.2.3".into(),
+                    version: Some("2.0".into())
+                },
+            ]
+        );
+        for q in [
+            "_profile=zib-BloodPressure",
+            "_profile=http://x.example/a|",
+            "_profile=http://x.example/a|1|2",
+            "_profile=|1.0",
+            "_profile=http://x.example/a%20b",
+            "_profile=1http://x.example/a",
+            "_profile=http:",
+            "_profile=http://x.example/a,,http://x.example/b",
+            "_profile:below=http://x.example/",
+        ] {
+            assert_eq!(search("Observation", q).unwrap_err().status, 400, "{q}");
+        }
+        let versioned = Canonical::parse("http://x.example/p|3");
+        let bare = Canonical::parse("http://x.example/p");
+        assert!(bare.matches(&versioned) && bare.matches(&bare));
+        assert!(versioned.matches(&versioned) && !versioned.matches(&bare));
+        assert!(!Canonical::parse("http://x.example/p|4").matches(&versioned));
+        assert!(!Canonical::parse("http://x.example/q").matches(&bare));
+    }
+
+    #[test]
     fn includes() {
         let s = search(
             "MedicationStatement",
@@ -703,12 +912,28 @@ mod tests {
             "_include=MedicationStatement:*",
             "_include=MedicationStatement",
             "_include=MedicationStatement:medication:Medication:x",
+            "_include=Condition:diagnosis",
         ] {
             assert_eq!(
                 search("MedicationStatement", q).unwrap_err().status,
                 400,
                 "{q}"
             );
+        }
+        for q in [
+            "_include=EpisodeOfCare:condition",
+            "_include=Condition:diagnosis",
+        ] {
+            let s = search("EpisodeOfCare", q).unwrap();
+            assert_eq!(s.includes[0].def.name, "condition", "{q}");
+            assert_eq!(s.includes[0].def.paths, ["diagnosis.condition"]);
+        }
+        for q in [
+            "_include=Condition:diagnosis:Condition",
+            "_include=Condition:subject",
+            "_include=EpisodeOfCare:diagnosis",
+        ] {
+            assert_eq!(search("EpisodeOfCare", q).unwrap_err().status, 400, "{q}");
         }
     }
 

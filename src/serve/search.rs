@@ -1,14 +1,19 @@
 //! Running a validated search over a case: matching, `$lastn`, `_include`.
 //!
 //! Results are positions in the [`CaseView`], so nothing outside the view can
-//! ever be returned. Matches come in Bundle order (`$lastn`: per code, newest
-//! first), which keeps paging stable for one data version.
+//! ever be returned. Matches come in Bundle order, or by their `_sort` keys
+//! with ties in Bundle order (`$lastn`: per code, newest first), which keeps
+//! paging stable for one data version.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::query::{Filter, Include, Op, RefValue, Search, SystemSel, TokenValue};
+use super::params::{DateDef, OBSERVATION_DATE};
+use super::query::{
+    Canonical, Filter, Include, Op, RefValue, Search, SortKey, SystemSel, TokenValue,
+};
 use super::view::{CaseView, Entry, type_and_id, values_at};
 use crate::util::time::parse_rfc3339;
 
@@ -23,9 +28,39 @@ pub(crate) fn run(view: &CaseView<'_>, search: &Search) -> Vec<usize> {
         .map(|(i, _)| i)
         .collect();
     match search.op {
-        Op::Search => matches,
+        Op::Search => sorted(view, matches, &search.sort),
         Op::LastN => last_n(view, &matches, search.max),
     }
+}
+
+/// `matches` ordered by `keys`: each key's date ascending or descending,
+/// resources without that date after every dated one (in both directions),
+/// ties in Bundle order (the sort is stable).
+fn sorted(view: &CaseView<'_>, matches: Vec<usize>, keys: &[SortKey]) -> Vec<usize> {
+    if keys.is_empty() {
+        return matches;
+    }
+    let mut keyed: Vec<(Vec<Option<i64>>, usize)> = matches
+        .into_iter()
+        .map(|i| {
+            let resource = view.entries()[i].resource;
+            (keys.iter().map(|k| date_of(resource, k.def)).collect(), i)
+        })
+        .collect();
+    keyed.sort_by(|(a, _), (b, _)| {
+        keys.iter()
+            .zip(a.iter().zip(b))
+            .map(|(k, (a, b))| match (a, b) {
+                (Some(a), Some(b)) if k.descending => b.cmp(a),
+                (Some(a), Some(b)) => a.cmp(b),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    });
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The resources `includes` add to a page of matches: inside the case only,
@@ -65,6 +100,11 @@ pub(crate) fn included(view: &CaseView<'_>, page: &[usize], includes: &[Include]
 fn filter_matches(view: &CaseView<'_>, e: &Entry<'_>, filter: &Filter) -> bool {
     match filter {
         Filter::Id(ids) => ids.iter().any(|id| id == e.id),
+        Filter::Profile(profiles) => values_at(e.resource, "meta.profile")
+            .into_iter()
+            .filter_map(Value::as_str)
+            .map(Canonical::parse)
+            .any(|declared| profiles.iter().any(|p| p.matches(&declared))),
         Filter::Token(def, values) => def
             .paths
             .iter()
@@ -145,8 +185,8 @@ fn last_n(view: &CaseView<'_>, matches: &[usize], max: usize) -> Vec<usize> {
         group.sort_by(|a, b| {
             let (ea, eb) = (view.entries()[*a], view.entries()[*b]);
             // Newest first; `None` (undated) sorts after every date.
-            when(eb.resource)
-                .cmp(&when(ea.resource))
+            date_of(eb.resource, &OBSERVATION_DATE)
+                .cmp(&date_of(ea.resource, &OBSERVATION_DATE))
                 .then_with(|| ea.id.cmp(eb.id))
         });
         out.extend(group.into_iter().take(max));
@@ -174,16 +214,15 @@ fn code_key(e: Entry<'_>) -> String {
     }
 }
 
-/// When an Observation applies, as Unix seconds.
-fn when(resource: &Value) -> Option<i64> {
-    ["effectiveDateTime", "effectivePeriod.start", "issued"]
-        .iter()
-        .find_map(|p| {
-            values_at(resource, p)
-                .first()
-                .and_then(|v| v.as_str())
-                .and_then(fhir_instant)
-        })
+/// The value of the date parameter `def` of a resource, as Unix seconds: the
+/// first date found along its paths.
+fn date_of(resource: &Value, def: &DateDef) -> Option<i64> {
+    def.paths.iter().find_map(|p| {
+        values_at(resource, p)
+            .first()
+            .and_then(|v| v.as_str())
+            .and_then(fhir_instant)
+    })
 }
 
 /// A FHIR `dateTime` (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`, or with time and
@@ -233,8 +272,11 @@ mod tests {
     }
 
     fn ids(t: &str, op: Op, q: &str) -> Vec<String> {
-        let d = data();
-        let view = CaseView::build(&d, BSN).unwrap();
+        ids_in(&data(), t, op, q)
+    }
+
+    fn ids_in(d: &Value, t: &str, op: Op, q: &str) -> Vec<String> {
+        let view = CaseView::build(d, BSN).unwrap();
         let binding = Binding {
             patient_id: "p1",
             bsn: BSN,
@@ -318,6 +360,126 @@ mod tests {
                 "code=8302-2&_include=Observation:subject"
             ),
             ["h1", "p1"]
+        );
+    }
+
+    /// Observations whose dates tie, lack, or only have `issued`, and three
+    /// profile declarations.
+    fn dated() -> Value {
+        let obs = |id: &str, extra: Value| {
+            let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
+                               "code": {"text": id}, "subject": {"reference": "Patient/p1"}});
+            if let (Some(o), Some(extra)) = (o.as_object_mut(), extra.as_object()) {
+                o.extend(extra.clone());
+            }
+            o
+        };
+        let r = vec![
+            json!({"resourceType": "Patient", "id": "p1",
+                   "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": BSN}]}),
+            obs("undated-1", json!({})),
+            obs(
+                "y2024",
+                json!({"effectiveDateTime": "2024",
+                                "meta": {"profile": ["http://x.example/bp|1", "http://x.example/other"]}}),
+            ),
+            obs(
+                "issued",
+                json!({"issued": "2025-03-01T08:30:00Z",
+                                 "meta": {"profile": ["http://x.example/bp"]}}),
+            ),
+            obs(
+                "period",
+                json!({"effectivePeriod": {"start": "2025-03-01T10:00:00+01:00"},
+                                 "issued": "2020-01-01T00:00:00Z",
+                                 "meta": {"profile": ["http://x.example/bp|2"]}}),
+            ),
+            obs(
+                "y2024-tie",
+                json!({"effectiveDateTime": "2024-01-01T00:00:00Z"}),
+            ),
+            obs("undated-2", json!({"effectiveDateTime": "not a date"})),
+        ];
+        json!({"resourceType": "Bundle", "entry": r.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn sort_by_date_keeps_ties_in_bundle_order_and_undated_last() {
+        let d = dated();
+        let s = |q| ids_in(&d, "Observation", Op::Search, q);
+        assert_eq!(
+            s(""),
+            [
+                "undated-1",
+                "y2024",
+                "issued",
+                "period",
+                "y2024-tie",
+                "undated-2"
+            ]
+        );
+        assert_eq!(
+            s("_sort=-date"),
+            [
+                "period",
+                "issued",
+                "y2024",
+                "y2024-tie",
+                "undated-1",
+                "undated-2"
+            ],
+            "09:00Z after 08:30Z; effective before issued; 2024 is its first instant"
+        );
+        assert_eq!(
+            s("_sort=date"),
+            [
+                "y2024",
+                "y2024-tie",
+                "issued",
+                "period",
+                "undated-1",
+                "undated-2"
+            ]
+        );
+        assert_eq!(
+            s("_sort=-date&status=final&_count=2").len(),
+            6,
+            "paging is the caller's"
+        );
+        assert_eq!(
+            ids_in(
+                &d,
+                "Observation",
+                Op::Search,
+                "_sort=-date&_id=undated-2,y2024,period"
+            ),
+            ["period", "y2024", "undated-2"]
+        );
+    }
+
+    #[test]
+    fn profiles_match_meta_profile_with_or_without_version() {
+        let d = dated();
+        let s = |q| ids_in(&d, "Observation", Op::Search, q);
+        assert_eq!(
+            s("_profile=http://x.example/bp"),
+            ["y2024", "issued", "period"]
+        );
+        assert_eq!(s("_profile=http://x.example/bp|2"), ["period"]);
+        assert_eq!(s("_profile=http://x.example/bp|3"), Vec::<String>::new());
+        assert_eq!(
+            s("_profile=http://x.example/bp|1,http://x.example/bp|2&_sort=-date"),
+            ["period", "y2024"]
+        );
+        assert_eq!(
+            s("_profile=http://x.example/other&_profile=http://x.example/bp"),
+            ["y2024"],
+            "two _profile parameters: both must hold"
+        );
+        assert_eq!(
+            s("_profile=http://x.example/b"),
+            Vec::<String>::new(),
+            "exact, no prefix"
         );
     }
 

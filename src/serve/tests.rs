@@ -1071,7 +1071,11 @@ fn unknown_parameter_is_400() {
     let f = fixture();
     for q in [
         "/Observation?foo=bar",
-        "/Observation?_sort=-date",
+        "/Observation?_sort=code",
+        "/Observation?_sort=-date&_sort=date",
+        "/Condition?_sort=-date",
+        "/Observation?date=ge2026-01-01",
+        "/Observation?_profile=zib-BloodPressure",
         "/Observation?_summary=count",
         "/Observation?code:text=weight",
         "/Observation?subject.identifier=999999151",
@@ -1315,4 +1319,733 @@ fn data_that_cannot_be_written_as_xml_is_406_in_xml_and_served_in_json() {
         call(&f, &g, "GET", "/Condition/cond-2?_format=xml", None).status,
         200
     );
+}
+
+// ---- the BgZ and Zorgviewer queries over a published record ----
+
+const ZIB_BP: &str = "http://nictiz.nl/fhir/StructureDefinition/zib-BloodPressure";
+const ZIB_LAB: &str = "http://nictiz.nl/fhir/StructureDefinition/zib-LaboratoryTestResult";
+const ACT: &str = "http://hl7.org/fhir/v3/ActCode";
+const PDF: &[u8] = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj <</Type /Catalog>> endobj\n%%EOF\n";
+
+fn profiled(mut resource: Value, profile: &str) -> Value {
+    resource["meta"] = json!({"profile": [profile]});
+    resource
+}
+
+fn lab(id: &str, category: (&str, &str), code: &str, when: Value) -> Value {
+    let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": category.0, "code": category.1}]}],
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": "Patient/pat-zv"}});
+    if let (Some(o), Some(w)) = (o.as_object_mut(), when.as_object()) {
+        o.extend(w.clone());
+    }
+    o
+}
+
+fn on(resource_type: &str, id: &str, link: &str, extra: Value) -> Value {
+    let mut r =
+        json!({"resourceType": resource_type, "id": id, link: {"reference": "Patient/pat-zv"}});
+    if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
+        r.extend(extra.clone());
+    }
+    r
+}
+
+fn coding(system: &str, code: &str) -> Value {
+    json!({"coding": [{"system": system, "code": code}]})
+}
+
+fn encounter(id: &str, class: &str, start: &str) -> Value {
+    on(
+        "Encounter",
+        id,
+        "subject",
+        json!({"status": "finished", "class": {"system": ACT, "code": class},
+               "period": {"start": start}}),
+    )
+}
+
+/// A patient record as an EHR publishes it for Zorgviewer: the BgZ sections,
+/// dates out of Bundle order, zib profiles (one with a version), categories
+/// with and without the system a query names, documents with their PDFs.
+fn published_record() -> Value {
+    let pdf = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PDF);
+    let blood_pressures = [
+        (
+            "bp-a",
+            json!({"effectiveDateTime": "2026-03-01"}),
+            ZIB_BP.to_string(),
+        ),
+        (
+            "bp-b",
+            json!({"effectiveDateTime": "2026-11-02T08:00:00+01:00"}),
+            ZIB_BP.into(),
+        ),
+        (
+            "bp-c",
+            json!({"effectiveDateTime": "2025-12-31"}),
+            ZIB_BP.into(),
+        ),
+        ("bp-e", json!({}), ZIB_BP.into()),
+        (
+            "bp-d",
+            json!({"effectivePeriod": {"start": "2026-11-02T07:30:00Z"}}),
+            ZIB_BP.into(),
+        ),
+        (
+            "bp-f",
+            json!({"effectiveDateTime": "2026-06"}),
+            format!("{ZIB_BP}|3.2.0"),
+        ),
+        ("bp-g", json!({"effectiveDateTime": "2024"}), ZIB_BP.into()),
+    ];
+    let mut resources = vec![
+        json!({"resourceType": "Patient", "id": "pat-zv",
+               "identifier": [{"system": BSN_SYSTEM, "value": BSN_A},
+                              {"system": "urn:oid:2.16.840.1.113883.2.4.6.3.99", "value": "MRN-77"}],
+               "name": [{"family": "Publicatie", "given": ["Pieter"]}], "birthDate": "1961-07-02",
+               "generalPractitioner": [{"reference": "Practitioner/gp-zv"}]}),
+        json!({"resourceType": "Practitioner", "id": "gp-zv", "name": [{"family": "Huisarts"}]}),
+        json!({"resourceType": "Organization", "id": "org-insurer", "name": "Zorgverzekeraar"}),
+        on(
+            "Coverage",
+            "cov-1",
+            "beneficiary",
+            json!({"status": "active", "payor": [{"reference": "Organization/org-insurer"}]}),
+        ),
+        on(
+            "Consent",
+            "consent-tr",
+            "patient",
+            json!({"status": "active", "category": [coding(SCT, "11291000146105")]}),
+        ),
+        on(
+            "Consent",
+            "consent-will",
+            "patient",
+            json!({"status": "active", "category": [coding(SCT, "11341000146107")]}),
+        ),
+        on(
+            "Condition",
+            "cond-active",
+            "subject",
+            json!({"clinicalStatus": "active", "code": coding(SCT, "38341003"),
+                  "onsetDateTime": "2018-05-01"}),
+        ),
+        on(
+            "Condition",
+            "cond-resolved",
+            "subject",
+            json!({"clinicalStatus": "resolved", "code": coding(SCT, "195967001")}),
+        ),
+        on(
+            "Condition",
+            "cond-inactive",
+            "subject",
+            json!({"clinicalStatus": "inactive", "code": coding(SCT, "44054006")}),
+        ),
+        on(
+            "EpisodeOfCare",
+            "eoc-1",
+            "patient",
+            json!({"status": "active", "period": {"start": "2018-05-01"},
+                  "diagnosis": [{"condition": {"reference": "Condition/cond-active"}},
+                                {"condition": {"reference": "Condition/cond-elsewhere"}}]}),
+        ),
+        on(
+            "EpisodeOfCare",
+            "eoc-2",
+            "patient",
+            json!({"status": "finished",
+                  "diagnosis": [{"condition": {"reference": "Condition/cond-resolved"}, "rank": 1}]}),
+        ),
+        lab(
+            "lab-hb",
+            (OBS_CAT, "laboratory"),
+            "718-7",
+            json!({"issued": "2026-11-19T12:00:00Z"}),
+        ),
+        lab(
+            "lab-crp",
+            (OBS_CAT, "laboratory"),
+            "1988-5",
+            json!({"effectiveDateTime": "2026-10-01"}),
+        ),
+        lab(
+            "lab-sct",
+            (SCT, "275711006"),
+            "2345-7",
+            json!({"issued": "2026-11-18T09:00:00Z",
+            "specimen": {"reference": "Specimen/spec-zv"}}),
+        ),
+        on("Specimen", "spec-zv", "subject", json!({})),
+        lab(
+            "weight-zv",
+            (OBS_CAT, "vital-signs"),
+            "29463-7",
+            json!({"effectiveDateTime": "2026-11-20T09:00:00+01:00"}),
+        ),
+        lab(
+            "bp-unprofiled",
+            (OBS_CAT, "vital-signs"),
+            "85354-9",
+            json!({"effectiveDateTime": "2026-12-01"}),
+        ),
+        lab(
+            "function-zv",
+            (SCT, "118228005"),
+            "75246-9",
+            json!({"effectiveDateTime": "2026-01-05"}),
+        ),
+        on(
+            "Observation",
+            "living-zv",
+            "subject",
+            json!({"status": "final", "code": coding(SCT, "365508006"), "effectiveDateTime": "2025-02-01"}),
+        ),
+        on(
+            "Observation",
+            "tobacco-zv",
+            "subject",
+            json!({"status": "final", "code": coding(SCT, "365980008")}),
+        ),
+        on(
+            "NutritionOrder",
+            "diet-zv",
+            "patient",
+            json!({"status": "active", "dateTime": "2026-01-01"}),
+        ),
+        on(
+            "Flag",
+            "flag-zv",
+            "subject",
+            json!({"status": "active", "code": coding(SCT, "15188001")}),
+        ),
+        on(
+            "AllergyIntolerance",
+            "allergy-zv",
+            "patient",
+            json!({"clinicalStatus": "active", "verificationStatus": "confirmed", "code": coding(SCT, "91936005")}),
+        ),
+        json!({"resourceType": "Medication", "id": "med-zv", "code": coding("urn:oid:2.16.840.1.113883.2.4.4.10", "2134")}),
+        on(
+            "MedicationStatement",
+            "medstat-zv",
+            "subject",
+            json!({"status": "active", "taken": "y", "category": coding(MED_CAT, "6"),
+                  "medicationReference": {"reference": "Medication/med-zv"}}),
+        ),
+        on(
+            "MedicationRequest",
+            "medreq-zv",
+            "subject",
+            json!({"status": "active", "intent": "order", "category": coding(SCT, "16076005"),
+                  "medicationReference": {"reference": "Medication/med-zv"}}),
+        ),
+        on(
+            "MedicationDispense",
+            "disp-done",
+            "subject",
+            json!({"status": "completed", "category": coding(SCT, "422037009"),
+                  "medicationReference": {"reference": "Medication/med-zv"}}),
+        ),
+        on(
+            "MedicationDispense",
+            "disp-prep",
+            "subject",
+            json!({"status": "preparation", "category": coding(SCT, "422037009"),
+                  "medicationReference": {"reference": "Medication/med-zv"}}),
+        ),
+        on("Device", "dev-zv", "patient", json!({"status": "active"})),
+        on(
+            "DeviceUseStatement",
+            "dus-zv",
+            "subject",
+            json!({"status": "active", "device": {"reference": "Device/dev-zv"}}),
+        ),
+        on(
+            "DeviceRequest",
+            "devreq-zv",
+            "subject",
+            json!({"status": "active", "intent": "order", "codeReference": {"reference": "Device/dev-zv"}}),
+        ),
+        on(
+            "Immunization",
+            "imm-done",
+            "patient",
+            json!({"status": "completed", "notGiven": false, "date": "2020-10-01"}),
+        ),
+        on(
+            "Immunization",
+            "imm-error",
+            "patient",
+            json!({"status": "entered-in-error", "notGiven": false}),
+        ),
+        on(
+            "ImmunizationRecommendation",
+            "immrec-zv",
+            "patient",
+            json!({}),
+        ),
+        on(
+            "Procedure",
+            "proc-zv",
+            "subject",
+            json!({"status": "completed", "category": coding(SCT, "387713003"),
+                  "performedDateTime": "2019-02-02"}),
+        ),
+        on(
+            "ProcedureRequest",
+            "procreq-zv",
+            "subject",
+            json!({"status": "active", "intent": "order"}),
+        ),
+        json!({"resourceType": "Appointment", "id": "appt-booked", "status": "booked",
+               "participant": [{"actor": {"reference": "Patient/pat-zv"}, "status": "accepted"}]}),
+        json!({"resourceType": "Appointment", "id": "appt-cancelled", "status": "cancelled",
+               "participant": [{"actor": {"reference": "Patient/pat-zv"}, "status": "declined"}]}),
+        encounter("enc-amb", "AMB", "2026-09-01T10:00:00+02:00"),
+        encounter("enc-imp", "IMP", "2025-01-10T08:00:00+01:00"),
+        encounter("enc-emer", "EMER", "2026-10-12T23:10:00+02:00"),
+        encounter("enc-acute", "ACUTE", "2026-10-13T01:00:00+02:00"),
+        encounter("enc-nonac", "NONAC", "2024-04-04"),
+        on(
+            "Composition",
+            "comp-his",
+            "subject",
+            json!({"status": "final", "type": coding(LOINC, "67781-5"), "date": "2026-11-01",
+                  "title": "Huisartswaarneemsamenvatting"}),
+        ),
+        on(
+            "Composition",
+            "comp-consult",
+            "subject",
+            json!({"status": "final", "type": coding(LOINC, "11488-4"), "date": "2026-11-02",
+                  "title": "Consult"}),
+        ),
+        on(
+            "DocumentReference",
+            "doc-letter",
+            "subject",
+            json!({"status": "current", "type": coding(LOINC, "56444-3"), "indexed": "2026-11-21T14:00:00+01:00",
+                  "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/bin-letter"}}]}),
+        ),
+        on(
+            "DocumentReference",
+            "doc-old",
+            "subject",
+            json!({"status": "superseded", "type": coding(LOINC, "56444-3"), "indexed": "2025-01-01T00:00:00Z",
+                  "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/bin-old"}}]}),
+        ),
+        on(
+            "DocumentReference",
+            "doc-imaging",
+            "subject",
+            json!({"status": "current", "type": coding(LOINC, "28570-0"), "indexed": "2026-11-22T09:00:00+01:00",
+                  "content": [{"attachment": {"contentType": "application/pdf",
+                                              "url": "https://ehr.example/fhir/Binary/bin-imaging"}}]}),
+        ),
+        json!({"resourceType": "Binary", "id": "bin-letter", "contentType": "application/pdf", "content": pdf}),
+        json!({"resourceType": "Binary", "id": "bin-old", "contentType": "application/pdf", "content": pdf}),
+        json!({"resourceType": "Binary", "id": "bin-imaging", "contentType": "application/pdf", "content": pdf}),
+        json!({"resourceType": "Binary", "id": "bin-unlisted", "contentType": "application/pdf", "content": pdf}),
+    ];
+    for (id, when, profile) in blood_pressures {
+        resources.push(profiled(
+            lab(id, (OBS_CAT, "vital-signs"), "85354-9", when),
+            &profile,
+        ));
+    }
+    resources.push(profiled(
+        lab(
+            "lab-k",
+            (OBS_CAT, "laboratory"),
+            "2823-3",
+            json!({"issued": "2026-11-19T12:00:00Z"}),
+        ),
+        ZIB_LAB,
+    ));
+    bundle(resources)
+}
+
+/// Serves [`published_record`] as a case of hospb's, and answers `target`.
+struct Record {
+    f: Fixture,
+    case: Case,
+}
+
+impl Record {
+    fn new() -> Record {
+        let f = fixture();
+        let case = add_case(
+            &f.cases,
+            "hospb",
+            "rec-zv",
+            BSN_A,
+            &published_record(),
+            |_| {},
+        );
+        Record { f, case }
+    }
+
+    fn get(&self, target: &str) -> Answer {
+        call(&self.f, &pull_grant(&self.case), "GET", target, None)
+    }
+
+    fn ids(&self, target: &str) -> Vec<String> {
+        let a = self.get(target);
+        assert_eq!(
+            a.status,
+            200,
+            "{target}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        a.ids()
+    }
+}
+
+/// Every query of zorgviewer spec §7 as Zorgviewer sends it, with the exact
+/// result in order.
+#[test]
+fn zorgviewer_queries_over_a_published_record() {
+    let r = Record::new();
+    let zv = |q: &str| r.ids(q);
+    assert_eq!(
+        zv("/Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|999999151"),
+        ["Patient/pat-zv"]
+    );
+    assert_eq!(zv("/Patient?identifier=999999151"), ["Patient/pat-zv"]);
+    assert_eq!(
+        zv("/Patient?identifier=urn:oid:2.16.840.1.113883.2.4.6.3.99|MRN-77"),
+        ["Patient/pat-zv"]
+    );
+    assert_eq!(zv("/Patient?_id=pat-zv"), ["Patient/pat-zv"]);
+    assert_eq!(
+        zv("/Condition?patient=pat-zv"),
+        [
+            "Condition/cond-active",
+            "Condition/cond-resolved",
+            "Condition/cond-inactive"
+        ]
+    );
+    assert_eq!(
+        zv("/Condition?patient=pat-zv&clinical-status=active,resolved"),
+        ["Condition/cond-active", "Condition/cond-resolved"]
+    );
+    let labs = [
+        "Observation/lab-hb",
+        "Observation/lab-crp",
+        "Observation/lab-k",
+    ];
+    assert_eq!(zv("/Observation?patient=pat-zv&category=laboratory"), labs);
+    assert_eq!(
+        zv(
+            "/Observation?patient=pat-zv&category=http://hl7.org/fhir/observation-category|laboratory"
+        ),
+        labs
+    );
+    assert_eq!(
+        zv("/Observation?patient=pat-zv&category=http://snomed.info/sct|laboratory"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        zv("/Observation?patient=pat-zv&category=vital-signs"),
+        [
+            "Observation/weight-zv",
+            "Observation/bp-unprofiled",
+            "Observation/bp-a",
+            "Observation/bp-b",
+            "Observation/bp-c",
+            "Observation/bp-e",
+            "Observation/bp-d",
+            "Observation/bp-f",
+            "Observation/bp-g"
+        ]
+    );
+    assert_eq!(
+        zv(&format!("/Observation?patient=pat-zv&_profile={ZIB_LAB}")),
+        ["Observation/lab-k"]
+    );
+    assert_eq!(
+        zv(
+            "/Encounter?patient=pat-zv&class=http://hl7.org/fhir/v3/ActCode|IMP,http://hl7.org/fhir/v3/ActCode|ACUTE,http://hl7.org/fhir/v3/ActCode|NONAC"
+        ),
+        [
+            "Encounter/enc-imp",
+            "Encounter/enc-acute",
+            "Encounter/enc-nonac"
+        ]
+    );
+    assert_eq!(
+        zv("/Encounter?patient=pat-zv&class=http://hl7.org/fhir/v3/ActCode|AMB"),
+        ["Encounter/enc-amb"]
+    );
+    assert_eq!(
+        zv(
+            "/Encounter?patient=pat-zv&class=http://hl7.org/fhir/v3/ActCode|IMP,http://hl7.org/fhir/v3/ActCode|ACUTE,http://hl7.org/fhir/v3/ActCode|NONAC,http://hl7.org/fhir/v3/ActCode|AMB&_sort=-date"
+        ),
+        [
+            "Encounter/enc-acute",
+            "Encounter/enc-amb",
+            "Encounter/enc-imp",
+            "Encounter/enc-nonac"
+        ],
+        "EMER is not asked for"
+    );
+    let episodes = [
+        "EpisodeOfCare/eoc-1",
+        "EpisodeOfCare/eoc-2",
+        "+Condition/cond-active",
+        "+Condition/cond-resolved",
+    ];
+    assert_eq!(
+        zv("/EpisodeOfCare?patient=pat-zv&_include=Condition:diagnosis"),
+        episodes,
+        "the guide's form: Condition/cond-elsewhere is not in the record"
+    );
+    assert_eq!(
+        zv("/EpisodeOfCare?patient=pat-zv&_include=EpisodeOfCare:condition"),
+        episodes
+    );
+    assert_eq!(
+        zv("/Composition?patient=pat-zv&type=http://loinc.org|67781-5"),
+        ["Composition/comp-his"]
+    );
+    assert_eq!(
+        zv("/Composition?patient=pat-zv&type=http%3A%2F%2Floinc.org%7C67781-5"),
+        ["Composition/comp-his"]
+    );
+    assert_eq!(
+        zv("/DocumentReference?patient=pat-zv&status=current"),
+        [
+            "DocumentReference/doc-letter",
+            "DocumentReference/doc-imaging"
+        ]
+    );
+    assert_eq!(
+        zv("/DocumentReference?patient=pat-zv&status=current&_sort=-indexed"),
+        [
+            "DocumentReference/doc-imaging",
+            "DocumentReference/doc-letter"
+        ]
+    );
+    assert_eq!(
+        zv("/Observation/$lastn?patient=pat-zv&code=http://loinc.org|85354-9&max=2"),
+        ["Observation/bp-unprofiled", "Observation/bp-d"]
+    );
+
+    // The documents' PDFs, and only those a DocumentReference names.
+    for bin in ["bin-letter", "bin-imaging", "bin-old"] {
+        let a = r.get(&format!("/Binary/{bin}"));
+        assert_eq!(a.status, 200, "{bin}");
+        let content = a.json()["content"].as_str().unwrap().to_string();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &content).unwrap();
+        assert_eq!(bytes, PDF);
+    }
+    refused(&r.get("/Binary/bin-unlisted"), 404, "not-found");
+}
+
+/// The blood-pressure query: the profile (with or without a version), the
+/// newest first, five per page, and the second page in the same order.
+#[test]
+fn blood_pressures_by_profile_newest_first_in_pages_of_five() {
+    let r = Record::new();
+    let first = format!("/Observation?patient=pat-zv&_profile={ZIB_BP}&_sort=-date&_count=5");
+    let a = r.get(&first);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["total"], 7, "bp-unprofiled has no profile");
+    assert_eq!(
+        a.ids(),
+        [
+            "Observation/bp-d",
+            "Observation/bp-b",
+            "Observation/bp-f",
+            "Observation/bp-a",
+            "Observation/bp-c"
+        ],
+        "07:30Z after 08:00+01:00; a month is its first day; the version does not matter"
+    );
+    let next = a.link("next").expect("a second page");
+    assert!(
+        target_of(&next).starts_with("/Observation?_page=p1.") && !next.contains('&'),
+        "the sort travels sealed in the page link: {next}"
+    );
+    let p2 = r.get(target_of(&next));
+    assert_eq!(
+        p2.ids(),
+        ["Observation/bp-g", "Observation/bp-e"],
+        "undated last"
+    );
+    assert_eq!(p2.json()["total"], 7);
+    assert!(p2.link("next").is_none());
+
+    assert_eq!(
+        r.ids(&format!(
+            "/Observation?patient=pat-zv&_profile={ZIB_BP}&_sort=date&_count=3"
+        )),
+        ["Observation/bp-g", "Observation/bp-c", "Observation/bp-a"]
+    );
+    assert_eq!(
+        r.ids(&format!("/Observation?_profile={ZIB_BP}|3.2.0&_sort=-date")),
+        ["Observation/bp-f"]
+    );
+    assert_eq!(
+        r.ids(&format!("/Observation?_profile={ZIB_BP}|3.1.0")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        r.ids(&format!(
+            "/Observation?_profile={ZIB_BP}-old,{ZIB_LAB}&_sort=-date"
+        )),
+        ["Observation/lab-k"]
+    );
+    let ev = last_event(&r.f);
+    assert_eq!(ev["action"], "fhir.search");
+    assert!(
+        ev["object"].as_str().unwrap().contains("_sort=-date"),
+        "{ev}"
+    );
+}
+
+/// Every query of notified-pull spec §8.5, as a Twiin receiver sends it and
+/// with `patient=<id>` added as Zorgviewer does, with the exact result.
+#[test]
+fn bgz_queries_over_a_published_record() {
+    let r = Record::new();
+    let none = Vec::<&str>::new();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "/Coverage?_include=Coverage:payor:Organization&_include=Coverage:payor:Patient",
+            vec!["Coverage/cov-1", "+Organization/org-insurer"],
+        ),
+        (
+            "/Consent?category=http://snomed.info/sct|11291000146105",
+            vec!["Consent/consent-tr"],
+        ),
+        (
+            "/Consent?category=http://snomed.info/sct|11341000146107",
+            vec!["Consent/consent-will"],
+        ),
+        (
+            "/Observation/$lastn?category=http://snomed.info/sct|118228005,http://snomed.info/sct|384821006",
+            vec!["Observation/function-zv"],
+        ),
+        (
+            "/Condition",
+            vec![
+                "Condition/cond-active",
+                "Condition/cond-resolved",
+                "Condition/cond-inactive",
+            ],
+        ),
+        (
+            "/Observation/$lastn?code=http://snomed.info/sct|365508006",
+            vec!["Observation/living-zv"],
+        ),
+        (
+            "/Observation?code=http://snomed.info/sct|365980008",
+            vec!["Observation/tobacco-zv"],
+        ),
+        (
+            "/Observation?code=http://snomed.info/sct|228366006",
+            none.clone(),
+        ),
+        ("/NutritionOrder", vec!["NutritionOrder/diet-zv"]),
+        ("/Flag", vec!["Flag/flag-zv"]),
+        ("/AllergyIntolerance", vec!["AllergyIntolerance/allergy-zv"]),
+        (
+            "/MedicationStatement?category=urn:oid:2.16.840.1.113883.2.4.3.11.60.20.77.5.3|6&_include=MedicationStatement:medication",
+            vec!["MedicationStatement/medstat-zv", "+Medication/med-zv"],
+        ),
+        (
+            "/MedicationRequest?category=http://snomed.info/sct|16076005&_include=MedicationRequest:medication",
+            vec!["MedicationRequest/medreq-zv", "+Medication/med-zv"],
+        ),
+        (
+            "/MedicationDispense?category=http://snomed.info/sct|422037009&_include=MedicationDispense:medication",
+            vec![
+                "MedicationDispense/disp-done",
+                "MedicationDispense/disp-prep",
+                "+Medication/med-zv",
+            ],
+        ),
+        (
+            "/DeviceUseStatement?_include=DeviceUseStatement:device",
+            vec!["DeviceUseStatement/dus-zv", "+Device/dev-zv"],
+        ),
+        (
+            "/Immunization?status=completed",
+            vec!["Immunization/imm-done"],
+        ),
+        (
+            "/Observation/$lastn?code=http://loinc.org|85354-9",
+            vec!["Observation/bp-unprofiled"],
+        ),
+        (
+            "/Observation/$lastn?code=http://loinc.org|29463-7",
+            vec!["Observation/weight-zv"],
+        ),
+        (
+            "/Observation/$lastn?code=http://loinc.org|8302-2,http://loinc.org|8306-3,http://loinc.org|8308-9",
+            none.clone(),
+        ),
+        (
+            "/Observation/$lastn?category=http://snomed.info/sct|275711006&_include=Observation:related-target&_include=Observation:specimen",
+            vec!["Observation/lab-sct", "+Specimen/spec-zv"],
+        ),
+        (
+            "/Procedure?category=http://snomed.info/sct|387713003",
+            vec!["Procedure/proc-zv"],
+        ),
+        (
+            "/Encounter?class=http://hl7.org/fhir/v3/ActCode|IMP,http://hl7.org/fhir/v3/ActCode|ACUTE,http://hl7.org/fhir/v3/ActCode|NONAC",
+            vec![
+                "Encounter/enc-imp",
+                "Encounter/enc-acute",
+                "Encounter/enc-nonac",
+            ],
+        ),
+        (
+            "/ProcedureRequest?status=active",
+            vec!["ProcedureRequest/procreq-zv"],
+        ),
+        (
+            "/ImmunizationRecommendation",
+            vec!["ImmunizationRecommendation/immrec-zv"],
+        ),
+        (
+            "/DeviceRequest?status=active&_include=DeviceRequest:device",
+            vec!["DeviceRequest/devreq-zv", "+Device/dev-zv"],
+        ),
+        (
+            "/Appointment?status=booked,pending,proposed",
+            vec!["Appointment/appt-booked"],
+        ),
+        (
+            "/MedicationDispense?category=http://snomed.info/sct|422037009&status=in-progress,preparation&_include=MedicationDispense:medication",
+            vec!["MedicationDispense/disp-prep", "+Medication/med-zv"],
+        ),
+        (
+            "/DocumentReference?status=current",
+            vec![
+                "DocumentReference/doc-letter",
+                "DocumentReference/doc-imaging",
+            ],
+        ),
+    ];
+    assert_eq!(
+        r.ids("/Patient?_include=Patient:general-practitioner"),
+        ["Patient/pat-zv", "+Practitioner/gp-zv"]
+    );
+    for (query, expected) in cases {
+        assert_eq!(r.ids(query), expected, "{query}");
+        let sep = if query.contains('?') { '&' } else { '?' };
+        for patient in ["pat-zv", "Patient/pat-zv"] {
+            let with_patient = format!("{query}{sep}patient={patient}");
+            assert_eq!(r.ids(&with_patient), expected, "{with_patient}");
+        }
+    }
 }
