@@ -1333,17 +1333,22 @@ fn profiled(mut resource: Value, profile: &str) -> Value {
     resource
 }
 
+/// An Observation of the published record's patient with a LOINC code.
 fn lab(id: &str, category: (&str, &str), code: &str, when: Value) -> Value {
-    let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
-        "category": [{"coding": [{"system": category.0, "code": category.1}]}],
-        "code": {"coding": [{"system": LOINC, "code": code}]},
-        "subject": {"reference": "Patient/pat-zv"}});
+    let mut o = on(
+        "Observation",
+        id,
+        "subject",
+        json!({"status": "final", "category": [coding(category.0, category.1)],
+               "code": coding(LOINC, code)}),
+    );
     if let (Some(o), Some(w)) = (o.as_object_mut(), when.as_object()) {
         o.extend(w.clone());
     }
     o
 }
 
+/// A `resource_type` whose `link` is the published record's patient, with `extra` elements.
 fn on(resource_type: &str, id: &str, link: &str, extra: Value) -> Value {
     let mut r =
         json!({"resourceType": resource_type, "id": id, link: {"reference": "Patient/pat-zv"}});
