@@ -1,6 +1,6 @@
 //! Records published to Zorgviewer partners: one per `(partner, record-id)`
-//! with its current data version, and an index by patient that the serving
-//! side asks without touching the disk.
+//! with its current data version, and an index by patient and by resource
+//! that the serving side asks without touching the disk.
 //!
 //! ```text
 //! <state>/records/<partner>/<record-id>/record.json   the record ([`Record`])
@@ -20,8 +20,19 @@
 //! [`RecordStore::save`] refuses a record that would make a lookup
 //! ambiguous ([`Conflict`]): a record id keeps its patient, and within one
 //! partner a `Patient.id` of a live record belongs to one BSN.
+//!
+//! A record keeps the `Type/id` of every resource of its current version
+//! ([`ResourceKeys`]), so that [`RecordStore::patients_holding`] answers a
+//! read by type and id without a patient, and the open indexes it without
+//! loading any Bundle. A live record written before it kept them has them
+//! computed from its data version at open, once: the record is rewritten
+//! with them (durably, as every save), so later opens read them. Their size
+//! follows the Bundle's: a key is the type and id of one entry, which is
+//! no longer than the entry itself, so a record's keys take less room than
+//! its data version (at most `NP_MAX_BODY`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -60,12 +71,84 @@ pub struct Record {
     /// The outbox file the current version was accepted from: a file a crash
     /// left behind after it was stored is recognised and not published twice.
     pub source: Option<ExportSource>,
+    /// `Type/id` of every resource of the current version; none once
+    /// withdrawn (the data is gone). Empty in a live record only when it
+    /// was written before they were kept, as a published Bundle always
+    /// holds its Patient: [`RecordStore::open`] then fills them in.
+    #[serde(default)]
+    pub resources: ResourceKeys,
 }
 
 impl Record {
     /// True while the record is served.
     pub fn is_live(&self) -> bool {
         self.status == RecordStatus::Published
+    }
+}
+
+/// The `Type/id` of every entry of a Bundle whose resource has both a
+/// `resourceType` and an `id`, in entry order, each once. Shared, not
+/// copied, when a record is cloned; its `Debug` shows only how many.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ResourceKeys(Arc<[String]>);
+
+impl ResourceKeys {
+    /// The keys of a Bundle (JSON). A type or id holding a `/` is left out:
+    /// its key would not split back into the two.
+    pub fn of_bundle(bundle: &serde_json::Value) -> ResourceKeys {
+        let entries = bundle
+            .get("entry")
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        let mut seen = HashSet::new();
+        let mut keys = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let resource = entry.get("resource");
+            let field = |name| {
+                resource
+                    .and_then(|r| r.get(name))
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|s: &&str| !s.is_empty() && !s.contains('/'))
+            };
+            if let (Some(resource_type), Some(id)) = (field("resourceType"), field("id")) {
+                let key = format!("{resource_type}/{id}");
+                if seen.insert(key.clone()) {
+                    keys.push(key);
+                }
+            }
+        }
+        ResourceKeys(keys.into())
+    }
+
+    /// The keys, `Type/id`, in entry order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ResourceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResourceKeys({} resources)", self.0.len())
+    }
+}
+
+impl Serialize for ResourceKeys {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(deserializer).map(|keys| ResourceKeys(keys.into()))
     }
 }
 
@@ -168,6 +251,8 @@ impl RecordStore {
     /// Opens `<state_dir>/records`: loads every record, indexes the live
     /// ones, and removes the data versions no live record points at (a
     /// crash between two steps of a publication or withdrawal leaves those).
+    /// A live record without its resource keys gets them from its data
+    /// version and is saved with them.
     pub fn open(state_dir: &Path) -> Result<RecordStore, RecordError> {
         let store = RecordStore {
             folders: ExportFolders::open(state_dir.join("records"))?,
@@ -189,7 +274,10 @@ impl RecordStore {
                     store.folders.remove_data(&partner, &record_id, version)?;
                 }
             }
-            if let Some(r) = record {
+            if let Some(mut r) = record {
+                if r.is_live() && r.resources.is_empty() {
+                    store.fill_in_resources(&mut r)?;
+                }
                 index.insert(r);
             }
         }
@@ -300,6 +388,48 @@ impl RecordStore {
         })
     }
 
+    /// The patients whose live records at `partner` hold the resource
+    /// `resource_type/id` in their current version: `(BSN, Patient.id of
+    /// that record)`, each pair once, that of the most recently published
+    /// record first. Empty when no live record holds it.
+    pub fn patients_holding(
+        &self,
+        partner: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Vec<(Bsn, String)> {
+        if resource_type.contains('/') || id.contains('/') {
+            return Vec::new();
+        }
+        let key = format!("{resource_type}/{id}");
+        let index = self.read_index();
+        let records = index.live(&index.by_resource, partner, &key);
+        let mut seen = HashSet::new();
+        records
+            .into_iter()
+            .filter(|r| seen.insert((r.patient.as_str(), r.patient_id.as_str())))
+            .map(|r| (r.patient.clone(), r.patient_id.clone()))
+            .collect()
+    }
+
+    /// Computes the resource keys of a live record written before records
+    /// kept them, from its data version, and saves the record with them.
+    /// Data that is not there leaves the record without keys (its lookups
+    /// by patient report the missing version).
+    fn fill_in_resources(&self, record: &mut Record) -> Result<(), RecordError> {
+        let (partner, id) = (&record.partner, &record.record_id);
+        let bundle = match self.folders.data(partner, id, record.version) {
+            Ok(bundle) => bundle,
+            Err(CaseError::Missing { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        record.resources = ResourceKeys::of_bundle(&bundle);
+        if !record.resources.is_empty() {
+            self.folders.save(partner, id, RECORD_FILE, &*record)?;
+        }
+        Ok(())
+    }
+
     /// A record of the index with its Bundle. A newer version or a
     /// withdrawal may prune the data between the lookup and the read: then
     /// the record is looked up again, and left out once withdrawn.
@@ -357,47 +487,47 @@ fn missing(record: Record) -> CaseError {
     }
 }
 
-/// Every record, and the live ones by patient and by `Patient.id`.
+/// Every record, and the live ones by patient, by `Patient.id` and by resource.
 #[derive(Default)]
 struct Index {
     records: HashMap<Key, Record>,
     /// `(partner, BSN)` → record ids.
-    by_patient: HashMap<Key, BTreeSet<String>>,
+    by_patient: Lookup,
     /// `(partner, Patient.id)` → record ids.
-    by_patient_id: HashMap<Key, BTreeSet<String>>,
+    by_patient_id: Lookup,
+    /// `(partner, Type/id)` → record ids.
+    by_resource: Lookup,
 }
 
+/// `(partner, value)` → the ids of the live records with that value.
+type Lookup = HashMap<Key, BTreeSet<String>>;
+
 impl Index {
-    /// Adds or replaces a record, moving it in or out of the lookups.
+    /// Adds or replaces a record, moving it in or out of the lookups: the
+    /// keys of a replaced live version leave them, those of a live one
+    /// enter them.
     fn insert(&mut self, record: Record) {
         let key = (record.partner.clone(), record.record_id.clone());
         if let Some(old) = self.records.remove(&key) {
             if old.is_live() {
-                unlink(
-                    &mut self.by_patient,
-                    &old.partner,
-                    old.patient.as_str(),
-                    &old.record_id,
-                );
-                unlink(
-                    &mut self.by_patient_id,
-                    &old.partner,
-                    &old.patient_id,
-                    &old.record_id,
-                );
+                self.update(&old, unlink);
             }
         }
         if record.is_live() {
-            for (map, value) in [
-                (&mut self.by_patient, record.patient.as_str()),
-                (&mut self.by_patient_id, record.patient_id.as_str()),
-            ] {
-                map.entry((record.partner.clone(), value.to_string()))
-                    .or_default()
-                    .insert(record.record_id.clone());
-            }
+            self.update(&record, link);
         }
         self.records.insert(key, record);
+    }
+
+    /// Applies `change` to every lookup entry of a record.
+    fn update(&mut self, record: &Record, change: fn(&mut Lookup, Key, &str)) {
+        let key = |value: &str| (record.partner.clone(), value.to_string());
+        let id = record.record_id.as_str();
+        change(&mut self.by_patient, key(record.patient.as_str()), id);
+        change(&mut self.by_patient_id, key(&record.patient_id), id);
+        for resource in record.resources.iter() {
+            change(&mut self.by_resource, key(resource), id);
+        }
     }
 
     /// What storing `record` would make ambiguous.
@@ -430,13 +560,20 @@ impl Index {
 
     /// The live records of `(partner, bsn)`, most recently published first.
     fn of_patient(&self, partner: &str, bsn: &str) -> Vec<Record> {
-        let mut out: Vec<Record> = self
-            .by_patient
-            .get(&(partner.to_string(), bsn.to_string()))
+        self.live(&self.by_patient, partner, bsn)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The live records at `(partner, value)` of a lookup, most recently
+    /// published first.
+    fn live(&self, lookup: &Lookup, partner: &str, value: &str) -> Vec<&Record> {
+        let mut out: Vec<&Record> = lookup
+            .get(&(partner.to_string(), value.to_string()))
             .into_iter()
             .flatten()
             .filter_map(|id| self.records.get(&(partner.to_string(), id.clone())))
-            .cloned()
             .collect();
         out.sort_by(|a, b| {
             b.published_at
@@ -447,13 +584,17 @@ impl Index {
     }
 }
 
-/// Removes `record_id` from the set at `(partner, value)`, and the set once empty.
-fn unlink(map: &mut HashMap<Key, BTreeSet<String>>, partner: &str, value: &str, record_id: &str) {
-    let key = (partner.to_string(), value.to_string());
-    if let Some(set) = map.get_mut(&key) {
-        set.remove(record_id);
-        if set.is_empty() {
-            map.remove(&key);
+/// Adds `record_id` to the set at `key`.
+fn link(lookup: &mut Lookup, key: Key, record_id: &str) {
+    lookup.entry(key).or_default().insert(record_id.to_string());
+}
+
+/// Removes `record_id` from the set at `key`, and the set once empty.
+fn unlink(lookup: &mut Lookup, key: Key, record_id: &str) {
+    if let Entry::Occupied(mut set) = lookup.entry(key) {
+        set.get_mut().remove(record_id);
+        if set.get().is_empty() {
+            set.remove();
         }
     }
 }

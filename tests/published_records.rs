@@ -136,6 +136,14 @@ fn published_records_are_taken_in_withdrawn_and_never_sent() {
     assert_eq!(*served[0].bundle, record("p1", &["c2", "c3"]));
     assert_eq!(store.patient_by_id("zv", "p1"), Some(bsn.clone()));
     assert_eq!(
+        store.patients_holding("zv", "Condition", "c3"),
+        vec![(bsn.clone(), "p1".to_string())]
+    );
+    assert!(
+        store.patients_holding("zv", "Condition", "c4").is_empty(),
+        "only in the withdrawn record"
+    );
+    assert_eq!(
         store.get("zv", "r1").unwrap().status,
         RecordStatus::Withdrawn
     );

@@ -4,7 +4,7 @@
 //! Zorgviewer reads the record when it asks.
 //!
 //! Publishing: data version `v<N>` written → record saved with the file's
-//! identity and indexed (from here on it is served) → audit → the version
+//! identity and its resource keys, and indexed (from here on it is served) → audit → the version
 //! it replaced removed → (the scanner) claimed file removed. A crash before
 //! the record is saved leaves the claimed file, which the next pass
 //! publishes again (the same `v<N>` is overwritten); after it, the next pass
@@ -19,7 +19,7 @@ use super::{Done, Fail, Scanner, Step};
 use crate::cases::ExportSource;
 use crate::config::{Config, Of, PartnerKind, Zorgviewer};
 use crate::ids::IdScheme;
-use crate::records::{Record, RecordError, RecordStatus};
+use crate::records::{Record, RecordError, RecordStatus, ResourceKeys};
 use crate::sender::export::{Accepted, CaseId, Data, Kind, Problem};
 
 /// A Zorgviewer partner with its settings: the records path takes this, so
@@ -87,6 +87,7 @@ impl Scanner<'_> {
             created_at: existing.as_ref().map_or(now, |r| r.created_at),
             updated_at: now,
             source: Some(source),
+            resources: ResourceKeys::of_bundle(data.bundle()),
         };
         if let Err(conflict) = self.records.check(&record) {
             return Some(Err(Fail::Reject(Problem::Record(conflict))));
@@ -164,6 +165,7 @@ impl Scanner<'_> {
             self.audit_record(partner, "record.withdrawn", &record, "");
             record.status = RecordStatus::Withdrawn;
             record.updated_at = now;
+            record.resources = ResourceKeys::default();
             if let Err(e) = self.records.save(&record) {
                 return Some(Err(transient("save record", &e)));
             }

@@ -25,6 +25,13 @@ impl Fixture {
             .collect()
     }
 
+    /// Whether a live record of `zv` holds `Condition/<id>` for BSN as `p1`.
+    fn holds_condition(&self, id: &str) -> bool {
+        let holders = self.records.patients_holding("zv", "Condition", id);
+        assert!(holders.len() <= 1, "{holders:?}");
+        holders == vec![(self.bsn(), "p1".to_string())]
+    }
+
     fn spool_is_empty(&self) -> bool {
         State::ALL
             .iter()
@@ -96,6 +103,17 @@ fn a_published_record_is_stored_indexed_and_removed_without_a_notification() {
             .resource_ids,
         vec!["p1"]
     );
+    assert!(f.holds_condition("c1"));
+    assert_eq!(
+        f.records
+            .get("zv", "r1")
+            .unwrap()
+            .resources
+            .iter()
+            .collect::<Vec<_>>(),
+        vec!["Patient/p1", "Condition/c1"],
+        "the record keeps the Bundle's resource keys"
+    );
 
     assert!(f.spool_is_empty(), "no notification, no work of any kind");
     assert!(f.cases.all().is_empty(), "not a Twiin case");
@@ -104,6 +122,32 @@ fn a_published_record_is_stored_indexed_and_removed_without_a_notification() {
     assert!(audit.contains("\"partner\":\"zv\""));
     assert!(audit.contains(&format!("\"patient\":\"{BSN}\"")));
     assert!(audit.contains("record r1 version 1 Patient/p1"));
+}
+
+#[test]
+fn a_resource_in_two_patients_records_is_found_for_both() {
+    let mut f = fixture();
+    let doctor = json!({"resource": {"resourceType": "Practitioner", "id": "dr"}});
+    f.export("zv", "r1", &bundle(BSN, &[doctor.clone(), condition("a")]));
+    assert_eq!(f.scan(NOW).published, 1);
+    f.export("zv", "r2", &bundle_with_patient(OTHER, "p7", &[doctor]));
+    assert_eq!(f.scan(NOW + 1).published, 1);
+    let other = Bsn::parse(OTHER).unwrap();
+    assert_eq!(
+        f.records.patients_holding("zv", "Practitioner", "dr"),
+        vec![
+            (other.clone(), "p7".to_string()),
+            (f.bsn(), "p1".to_string())
+        ]
+    );
+    assert!(f.holds_condition("a"));
+
+    f.put("zv", "r2.cancel", b"");
+    assert_eq!(f.scan(NOW + 2).withdrawn, 1);
+    assert_eq!(
+        f.records.patients_holding("zv", "Practitioner", "dr"),
+        vec![(f.bsn(), "p1".to_string())]
+    );
 }
 
 #[test]
@@ -134,6 +178,15 @@ fn a_newer_file_replaces_the_record() {
     assert_eq!(f.served()[0].published_at, NOW + 1);
     assert_eq!(f.records.patient_by_id("zv", "p2"), Some(f.bsn()));
     assert_eq!(f.records.patient_by_id("zv", "p1"), None);
+    assert!(
+        f.records
+            .patients_holding("zv", "Condition", "a")
+            .is_empty()
+    );
+    assert_eq!(
+        f.records.patients_holding("zv", "Condition", "b"),
+        vec![(f.bsn(), "p2".to_string())]
+    );
     assert_eq!(f.record_files("r1"), vec!["record.json", "v2.json"]);
     assert_eq!(f.records.get("zv", "r1").unwrap().created_at, NOW);
     assert!(f.spool_is_empty());
@@ -162,6 +215,10 @@ fn a_cancel_withdraws_the_record_at_once() {
         f.record_files("r1"),
         vec!["record.json"],
         "its data is removed"
+    );
+    assert!(
+        f.records.get("zv", "r1").unwrap().resources.is_empty(),
+        "and with it its resource keys"
     );
     assert!(f.names(&f.outbox("zv").join(CLAIMED_DIR)).is_empty());
 
@@ -253,6 +310,13 @@ fn a_crash_between_steps_publishes_each_file_once() {
                 vec![]
             };
             assert_eq!(f.served_ids(), served, "{label}");
+            // The lookup by resource follows the same version.
+            let held = (
+                update && step != Step::RecordSaved,
+                step == Step::RecordSaved,
+            );
+            let holds = |f: &Fixture| (f.holds_condition("a"), f.holds_condition("b"));
+            assert_eq!(holds(&f), held, "{label}");
 
             f.restart();
             assert_eq!(
@@ -260,6 +324,7 @@ fn a_crash_between_steps_publishes_each_file_once() {
                 served,
                 "{label}: the same after the restart"
             );
+            assert_eq!(holds(&f), held, "{label}: after the restart");
             let r = f.scan(NOW + 2);
             let finished_before = step == Step::RecordSaved;
             assert_eq!(
@@ -278,6 +343,7 @@ fn a_crash_between_steps_publishes_each_file_once() {
                 vec!["record.json".to_string(), format!("v{}.json", before + 1)],
                 "{label}: only the current version is kept"
             );
+            assert_eq!(holds(&f), (false, true), "{label}");
             assert!(
                 f.audit_text()
                     .matches("\"action\":\"record.published\"")
@@ -308,6 +374,7 @@ fn a_crash_while_withdrawing_is_finished_on_the_next_pass() {
         let withdrawn = step == Step::RecordWithdrawn;
         assert_eq!(f.served().is_empty(), withdrawn, "{label}");
         assert_eq!(f.records.patient_by_id("zv", "p1").is_none(), withdrawn);
+        assert_eq!(f.holds_condition("a"), !withdrawn, "{label}");
 
         f.restart();
         assert_eq!(
@@ -315,9 +382,16 @@ fn a_crash_while_withdrawing_is_finished_on_the_next_pass() {
             withdrawn,
             "{label}: after the restart"
         );
+        assert_eq!(
+            f.holds_condition("a"),
+            !withdrawn,
+            "{label}: after the restart"
+        );
         assert_eq!(f.scan(NOW + 2).withdrawn, 1, "{label}");
         assert!(!claimed.exists(), "{label}");
         assert!(f.served().is_empty(), "{label}");
+        assert!(!f.holds_condition("a"), "{label}");
+        assert!(f.records.patients_holding("zv", "Patient", "p1").is_empty());
         assert_eq!(f.record_files("r1"), vec!["record.json"], "{label}");
         assert_eq!(
             f.audit_text()
