@@ -27,6 +27,7 @@ pub mod oauth; // token decision (pure), token endpoint, token store, token clie
 pub mod cases; // exported cases and the authorization bases we issued
 pub mod records; // records published to Zorgviewer partners, indexed by patient
 pub mod sender; // outbox → notification Task → delivery
+pub mod consent; // the release decision: may this partner see this patient's data
 pub mod serve; // scoped FHIR reads and searches for a pull token
 pub mod zorgviewer; // Zorgviewer request context (X-ZV headers, X-ZV-Context, Epic AORTA-ID)
 pub mod receiver; // notification Task intake, cancellation, pull into the inbox

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::config::{MitzPartner, Partner};
+use crate::config::{MitzPartner, Partner, PartnerKind};
 use crate::fhir::{FhirVersion, Format, IssueType, Refusal};
 use crate::http::{Handler, Request, Response};
 use crate::oauth::endpoint::{Outcome, TokenRequest};
@@ -133,13 +133,26 @@ impl<'a> Caller<'a> {
 
 impl Router {
     /// FHIR data and Task endpoints: a partner certificate and a bearer token
-    /// our token endpoint issued to that partner.
+    /// our token endpoint issued to that partner; its kind decides what it
+    /// may do here.
     fn fhir(&self, shared: &Shared, req: &Request) -> Response {
-        let now = now_unix();
         let partner = match self.partner_of(shared, req).allowed() {
             Ok(p) => p,
             Err((_, refusal)) => return json_outcome(&refusal),
         };
+        match &partner.kind {
+            PartnerKind::Twiin(_) => self.twiin_fhir(shared, req, partner),
+            PartnerKind::Zorgviewer(zv) => self.zorgviewer_fhir(shared, req, partner, zv),
+            PartnerKind::Mitz(_) => json_outcome(&Refusal::forbidden(
+                "this endpoint is for twiin and zorgviewer partners",
+            )),
+        }
+    }
+
+    /// A Twiin partner: notification Tasks with a notify token, the case's
+    /// data with a pull token.
+    fn twiin_fhir(&self, shared: &Shared, req: &Request, partner: &Partner) -> Response {
+        let now = now_unix();
         let Some(twiin) = partner.as_twiin() else {
             return json_outcome(&Refusal::forbidden("this endpoint is for twiin partners"));
         };
@@ -204,6 +217,140 @@ impl Router {
                 &Refusal::forbidden("a zorgviewer token does not read twiin cases")
                     .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
             ),
+        }
+    }
+
+    /// A Zorgviewer partner: reads and searches of the published records,
+    /// with the request context checked first; never Tasks.
+    fn zorgviewer_fhir(
+        &self,
+        shared: &Shared,
+        req: &Request,
+        partner: &Partner,
+        settings: &crate::config::Zorgviewer,
+    ) -> Response {
+        let now = now_unix();
+        let grant = match self.bearer(req, partner, now) {
+            Ok(g) => g,
+            Err(resp) => return resp,
+        };
+        let rest = &req.path["/fhir".len()..];
+        if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
+            return json_outcome(
+                &Refusal::forbidden("a zorgviewer partner does not send notifications")
+                    .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+            );
+        }
+        let token_org = grant
+            .zorgviewer_access()
+            .map(|a| a.subject_organization_id().as_str().to_string())
+            .unwrap_or_default();
+        let context = self.zorgviewer_context(shared, req, partner, settings, &token_org, now);
+        let cert_sha256 = req
+            .peer
+            .certs
+            .first()
+            .and_then(|leaf| pki::peer_identity(leaf.as_ref()).ok())
+            .map(|id| id.fingerprint());
+        let query = match &req.query {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        let facts = context.as_ref().ok().map(|ctx| crate::serve::RequestFacts {
+            correlation_id: ctx.correlation_id(),
+            aorta_id: ctx.aorta_id().map(|a| a.audit_form()),
+            cert_sha256: cert_sha256.clone(),
+            organization_ura: ctx.organization_ura(),
+            user: ctx.subject_id(),
+            role: ctx.subject_role(),
+            verified: ctx.verified(),
+            query: query.clone(),
+        });
+        let verdict = match (&context, &facts) {
+            (Ok(_), Some(f)) => Ok(f),
+            (Err(r), _) => {
+                log::info!(
+                    "event=zorgviewer.context_refused rid={} partner={} status={} reason={}",
+                    Q(&req.request_id),
+                    partner.name,
+                    r.status(),
+                    r.label()
+                );
+                Err(r.refusal())
+            }
+            (Ok(_), None) => Err(Refusal::exception("the request context was lost")),
+        };
+        let zv = crate::serve::zorgviewer::ZorgviewerServe {
+            records: &self.stores.records,
+            consent: shared.mitz.consent_view(),
+            audit: &self.stores.audit,
+            partner: &partner.name,
+            consent_mode: settings.consent,
+            provider_category: &settings.provider_category,
+            holder_ura: &shared.config.org_ura,
+            meta_source: &format!("urn:oid:{}", shared.config.org_oid),
+            base_url: &format!("{}/fhir", shared.config.public_url),
+        };
+        let response = crate::serve::zorgviewer::handle(
+            &zv,
+            &grant,
+            verdict,
+            &crate::serve::ServeRequest {
+                method: &req.method,
+                path: rest,
+                query: req.query.as_deref(),
+                accept: req.header("accept"),
+                request_id: &req.request_id,
+            },
+            now,
+            crate::serve::page_key(),
+        );
+        match &context {
+            Ok(ctx) => crate::zorgviewer::context::echo_headers(ctx)
+                .into_iter()
+                .fold(response, |r, (k, v)| r.header(k, v)),
+            Err(_) => response,
+        }
+    }
+
+    /// The request context of a Zorgviewer request, checked against the
+    /// partner's keys (refetched once for an unknown `kid`) and the token.
+    fn zorgviewer_context(
+        &self,
+        shared: &Shared,
+        req: &Request,
+        partner: &Partner,
+        settings: &crate::config::Zorgviewer,
+        token_org: &str,
+        now: i64,
+    ) -> Result<
+        crate::zorgviewer::context::RequestContext,
+        crate::zorgviewer::context::ContextRefusal,
+    > {
+        use crate::zorgviewer::context::{Expect, RequestContext};
+        let keys = shared.token_service.keys.as_ref();
+        let none = crate::jose::Jwks::default();
+        let check = |set: &crate::jose::Jwks| {
+            RequestContext::from_headers(
+                &req.headers,
+                &Expect {
+                    request_id: &req.request_id,
+                    keys: set,
+                    algs: &settings.assertions.accept_algs,
+                    token_org,
+                    now,
+                },
+            )
+        };
+        let current = keys.keys(&partner.name, now).ok();
+        match check(current.as_deref().unwrap_or(&none)) {
+            Err(r) if r.is_unknown_key() => {
+                match keys.refresh_for_unknown_kid(&partner.name, now) {
+                    Ok(Some(fresh)) => check(&fresh),
+                    _ => Err(r),
+                }
+            }
+            other => other,
         }
     }
 

@@ -147,6 +147,22 @@ pub fn negotiate(
     }
 }
 
+/// Whether `accept` names a FHIR format itself (a JSON or XML FHIR media
+/// type with a q above 0), not only through `*/*` or `application/*`: a
+/// `Binary` is then answered as a resource, otherwise as its own content.
+pub fn accept_names_fhir(accept: Option<&str>) -> bool {
+    let Some(accept) = accept.filter(|a| a.len() <= MAX_HEADER) else {
+        return false;
+    };
+    accept.split(',').filter_map(Range::parse).any(|r| {
+        r.q > 0
+            && JSON_TYPES
+                .iter()
+                .chain(XML_TYPES)
+                .any(|t| r.specificity(t) == 3)
+    })
+}
+
 /// `_format`: `json`, `xml`, or one of the media types (a `+` may have been
 /// decoded to a space by form decoding).
 pub fn parse_format_param(value: &str) -> Option<Format> {
@@ -263,6 +279,23 @@ fn best_q(ranges: &[Range], types: &[&str]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_naming_a_fhir_format() {
+        for (accept, names) in [
+            (Some("application/fhir+json"), true),
+            (Some("application/pdf, application/fhir+xml;q=0.5"), true),
+            (Some("application/json"), true),
+            (Some("application/fhir+json;q=0"), false),
+            (Some("*/*"), false),
+            (Some("application/*"), false),
+            (Some("application/pdf"), false),
+            (Some(""), false),
+            (None, false),
+        ] {
+            assert_eq!(accept_names_fhir(accept), names, "{accept:?}");
+        }
+    }
 
     #[test]
     fn content_types() {

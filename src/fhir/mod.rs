@@ -24,6 +24,7 @@
 //! XML only exists at the edges. The element tables are generated from the
 //! FHIR StructureDefinitions (see [`table`]).
 
+pub mod binary;
 pub mod convert;
 pub mod error;
 pub mod json;
@@ -41,10 +42,11 @@ pub mod xml;
 
 use serde_json::Value;
 
+pub use binary::binary_content;
 pub use convert::{json_to_xml, xml_to_json};
 pub use error::{FhirError, Location, Syntax};
 pub use json::{parse_json, to_json_string};
-pub use media::{ContentType, Format, negotiate, parse_content_type};
+pub use media::{ContentType, Format, accept_names_fhir, negotiate, parse_content_type};
 pub use narrative::check_narrative;
 pub use outcome::{IssueType, Rendered, Severity, operation_outcome, outcome_for, render};
 pub use refusal::Refusal;

@@ -113,6 +113,24 @@ impl ConsentView {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// The release decision from the view: a stored permit for the pair
+    /// permits, a stored refusal denies, nothing stored is not applicable.
+    pub fn decide(&self, q: &crate::consent::Question<'_>) -> crate::consent::Answer {
+        use crate::consent::Answer;
+        match self.load(q.holder_ura, q.patient) {
+            Ok(stored) => match stored
+                .categories
+                .get(q.data_category)
+                .and_then(|m| m.get(q.provider_category))
+            {
+                Some(state) if state.permit => Answer::Permit,
+                Some(_) => Answer::Deny,
+                None => Answer::NotApplicable,
+            },
+            Err(e) => Answer::Unavailable(e.to_string()),
+        }
+    }
+
     /// What is stored for the patient at `holder` (empty when nothing).
     pub fn load(&self, holder: &str, bsn: &Bsn) -> Result<PatientConsent, ConsentError> {
         let path = self.path(holder, bsn);
@@ -177,6 +195,16 @@ impl ConsentView {
             durable::write_atomic(&self.path(holder, bsn), &bytes).map_err(ConsentError::Io)?;
         }
         Ok(applied)
+    }
+}
+
+impl crate::consent::ConsentCheck for ConsentView {
+    fn ask(
+        &self,
+        question: &crate::consent::Question<'_>,
+        _now: i64,
+    ) -> (crate::consent::Answer, crate::consent::Source) {
+        (self.decide(question), crate::consent::Source::View)
     }
 }
 

@@ -45,6 +45,7 @@
 
 pub mod capability;
 mod page;
+pub mod zorgviewer;
 mod params;
 pub(crate) mod query;
 mod search;
@@ -61,7 +62,7 @@ use self::page::{Bound, PAGE_LINK_LIFETIME, PageError, PageState};
 use self::query::{Binding, Op, Param, encode_query};
 use self::view::CaseView;
 use self::wire::{Format, IssueType};
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, ConsentDecision, ConsentSource, Event, ResourceList};
 use crate::cases::{Case, CaseStatus, CaseStore};
 use crate::fhir::{FhirVersion, Refusal};
 use crate::http::Response;
@@ -84,6 +85,16 @@ pub struct ServeRequest<'a> {
     pub request_id: &'a str,
 }
 
+/// The key page links are sealed with: made once per process (`None` when
+/// the system has no randomness to make it).
+pub fn page_key() -> Option<&'static PageKey> {
+    static KEY: OnceLock<PageKey> = OnceLock::new();
+    match KEY.get() {
+        Some(k) => Some(k),
+        None => PageKey::generate().ok().map(|k| KEY.get_or_init(|| k)),
+    }
+}
+
 /// Answers one FHIR data request for `grant`. `base_url` is our public FHIR
 /// base (e.g. `https://np.hospital-a.example:8443/fhir`), used for
 /// `fullUrl` and the `self`/`next` links. Page links are sealed with a key
@@ -96,12 +107,7 @@ pub fn handle(
     base_url: &str,
     now: i64,
 ) -> Response {
-    static KEY: OnceLock<PageKey> = OnceLock::new();
-    let key = match KEY.get() {
-        Some(k) => Some(k),
-        None => PageKey::generate().ok().map(|k| KEY.get_or_init(|| k)),
-    };
-    serve(cases, grant, req, audit, base_url, now, key)
+    serve(cases, grant, req, audit, base_url, now, page_key())
 }
 
 /// [`handle`] with a caller-held page key (tests; a key that outlives the process).
@@ -136,68 +142,19 @@ fn serve(
     key: Option<&PageKey>,
 ) -> Response {
     let base_url = base_url.trim_end_matches('/');
-    let route = parse_route(req.path);
-    let params = query::decode_query(req.query);
-    // `_format` decides when given once; given twice it is refused below,
-    // in the format `Accept` asks for.
-    let format_param = params.as_ref().ok().and_then(|p| {
-        let mut formats = p.iter().filter(|(n, _)| n == "_format");
-        match (formats.next(), formats.next()) {
-            (Some((_, v)), None) => Some(v.clone()),
-            _ => None,
-        }
-    });
-    let negotiated = wire::negotiate(format_param.as_deref(), req.accept);
-    let mut cx = Cx {
-        grant,
-        req,
-        audit,
-        action: match &route {
-            Ok(Route::Read { .. }) => "fhir.read",
-            Ok(Route::Search { .. }) => "fhir.search",
-            Err(_) => "fhir.request",
-        },
-        object: match &route {
-            Ok(Route::Read { resource_type, id }) => format!("{resource_type}/{id}"),
-            _ => truncate(req.path, MAX_AUDIT_OBJECT),
-        },
-        format: negotiated.unwrap_or(Format::Json),
-    };
-
-    if req.method != "GET" && req.method != "HEAD" {
-        return cx.refuse(Refusal::method_not_allowed(
-            "GET, HEAD",
-            "only GET and HEAD are served here",
-        ));
+    let pre = Prepared::new(req);
+    let mut cx = Cx::new(Who::of_grant(grant), req, audit, pre.action(), &pre);
+    if let Err(r) = method_allowed(req) {
+        return cx.refuse(r);
     }
     let case = match check_grant(cases, grant, now) {
         Ok(c) => c,
         Err(r) => return cx.refuse(r),
     };
-    let mut params = match params {
-        Ok(p) => p,
+    let checked = match pre.check() {
+        Ok(c) => c,
         Err(r) => return cx.refuse(r),
     };
-    if params.iter().filter(|(n, _)| n == "_format").count() > 1 {
-        return cx.refuse(Refusal::new(
-            400,
-            IssueType::Invalid,
-            "_format is given more than once",
-        ));
-    }
-    params.retain(|(n, _)| n != "_format");
-    if negotiated.is_none() {
-        return cx.refuse(Refusal::new(
-            406,
-            IssueType::NotSupported,
-            "no acceptable format: this server writes application/fhir+json and application/fhir+xml",
-        ));
-    }
-    let route = match route {
-        Ok(r) => r,
-        Err(r) => return cx.refuse(r),
-    };
-
     let data = match cases.data(&case.partner, &case.case_id, case.version) {
         Ok(d) => d,
         Err(e) => {
@@ -226,40 +183,205 @@ fn serve(
             view.hidden
         );
     }
+    let scope = Scope {
+        bound: Bound {
+            partner: &case.partner,
+            case_id: &case.case_id,
+            authorization_base: &case.authorization_base,
+        },
+        bsn: &case.patient,
+        version: case.version,
+    };
+    let served = Served {
+        view: &view,
+        scope: &scope,
+        key,
+        base_url,
+        now,
+        format_param: pre.format_param.as_deref(),
+        decorate: None,
+        outside: "not in the case this authorization covers",
+    };
+    served.answer(&mut cx, checked)
+}
 
-    match route {
-        Route::Read { resource_type, id } => {
-            if !params.is_empty() {
-                return cx.refuse(Refusal::new(
-                    400,
+/// What every request is parsed into before any check answers it.
+struct Prepared {
+    route: Result<Route, Refusal>,
+    params: Result<Vec<Param>, Refusal>,
+    /// `_format` when given once.
+    format_param: Option<String>,
+    negotiated: Option<Format>,
+    /// Whether the client asks for FHIR: `_format`, no `Accept`, or an
+    /// `Accept` that names a FHIR format. A `Binary` read answers its raw
+    /// content otherwise (`Accept: application/pdf`, `*/*`).
+    names_fhir: bool,
+}
+
+/// A request that passed the query checks: what to answer, and how.
+pub(crate) struct Checked {
+    route: Route,
+    params: Vec<Param>,
+    delivery: Delivery,
+}
+
+/// How an answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Fhir(Format),
+    /// A `Binary` read for a client that asked for no FHIR format: its
+    /// content as the bytes of its `contentType`.
+    RawBinary,
+}
+
+impl Prepared {
+    fn new(req: &ServeRequest<'_>) -> Prepared {
+        let route = parse_route(req.path);
+        let params = query::decode_query(req.query);
+        // `_format` decides when given once; given twice it is refused in
+        // `check`, in the format `Accept` asks for.
+        let format_param = params.as_ref().ok().and_then(|p| {
+            let mut formats = p.iter().filter(|(n, _)| n == "_format");
+            match (formats.next(), formats.next()) {
+                (Some((_, v)), None) => Some(v.clone()),
+                _ => None,
+            }
+        });
+        let negotiated = wire::negotiate(format_param.as_deref(), req.accept);
+        let names_fhir = format_param.is_some()
+            || req.accept.is_none_or(|a| a.trim().is_empty())
+            || crate::fhir::accept_names_fhir(req.accept);
+        Prepared {
+            route,
+            params,
+            format_param,
+            negotiated,
+            names_fhir,
+        }
+    }
+
+    fn action(&self) -> Action {
+        match &self.route {
+            Ok(Route::Read { .. }) => Action::Read,
+            Ok(Route::Search { .. }) => Action::Search,
+            Err(_) => Action::Request,
+        }
+    }
+
+    /// The format refusals are written in.
+    fn format(&self) -> Format {
+        self.negotiated.unwrap_or(Format::Json)
+    }
+
+    /// Query, `_format`, acceptable format, path (the first failure answers).
+    fn check(&self) -> Result<Checked, Refusal> {
+        let mut params = self.params.clone()?;
+        if params.iter().filter(|(n, _)| n == "_format").count() > 1 {
+            return Err(Refusal::new(
+                400,
+                IssueType::Invalid,
+                "_format is given more than once",
+            ));
+        }
+        params.retain(|(n, _)| n != "_format");
+        let raw_binary = matches!(&self.route, Ok(Route::Read { resource_type, .. }) if resource_type == "Binary")
+            && !self.names_fhir;
+        let delivery = match (self.negotiated, raw_binary) {
+            (_, true) => Delivery::RawBinary,
+            (Some(f), false) => Delivery::Fhir(f),
+            (None, false) => {
+                return Err(Refusal::new(
+                    406,
                     IssueType::NotSupported,
-                    "a read takes no parameters besides _format",
+                    "no acceptable format: this server writes application/fhir+json and application/fhir+xml",
                 ));
             }
-            match view.get(&resource_type, &id) {
-                Some(e) => cx.success(e.resource, 1),
-                None => cx.refuse(
-                    Refusal::new(
-                        404,
-                        IssueType::NotFound,
-                        "not in the case this authorization covers",
-                    )
-                    .about(format!("{resource_type}/{id}")),
-                ),
+        };
+        Ok(Checked {
+            route: self.route.clone()?,
+            params,
+            delivery,
+        })
+    }
+}
+
+/// `GET` and `HEAD` only.
+fn method_allowed(req: &ServeRequest<'_>) -> Result<(), Refusal> {
+    if req.method == "GET" || req.method == "HEAD" {
+        Ok(())
+    } else {
+        Err(Refusal::method_not_allowed(
+            "GET, HEAD",
+            "only GET and HEAD are served here",
+        ))
+    }
+}
+
+/// The data one request sees: one patient's, and what page links are sealed to.
+pub(crate) struct Scope<'a> {
+    pub bound: Bound<'a>,
+    pub bsn: &'a str,
+    /// The data version page links are cut from.
+    pub version: u32,
+}
+
+/// Everything a read or a search is answered from.
+pub(crate) struct Served<'a> {
+    pub view: &'a CaseView<'a>,
+    pub scope: &'a Scope<'a>,
+    pub key: Option<&'a PageKey>,
+    pub base_url: &'a str,
+    pub now: i64,
+    pub format_param: Option<&'a str>,
+    /// Applied to every resource served (Zorgviewer: `Meta.source`).
+    pub decorate: Option<&'a dyn Fn(&mut Value)>,
+    /// The diagnostics of a read outside the scope (404).
+    pub outside: &'static str,
+}
+
+impl Served<'_> {
+    /// The read or search of a checked request.
+    fn answer(&self, cx: &mut Cx<'_>, checked: Checked) -> Response {
+        let Checked {
+            route,
+            params,
+            delivery,
+        } = checked;
+        match route {
+            Route::Read { resource_type, id } => {
+                if !params.is_empty() {
+                    return cx.refuse(Refusal::new(
+                        400,
+                        IssueType::NotSupported,
+                        "a read takes no parameters besides _format",
+                    ));
+                }
+                let Some(e) = self.view.get(&resource_type, &id) else {
+                    return cx.refuse(
+                        Refusal::new(404, IssueType::NotFound, self.outside)
+                            .about(format!("{resource_type}/{id}")),
+                    );
+                };
+                cx.returned(&[(e.resource_type, e.id)]);
+                match delivery {
+                    Delivery::RawBinary => cx.raw_binary(e.resource),
+                    Delivery::Fhir(_) => {
+                        let mut resource = e.resource.clone();
+                        if let Some(d) = self.decorate {
+                            d(&mut resource);
+                        }
+                        cx.success(&resource, 1)
+                    }
+                }
             }
-        }
-        Route::Search { resource_type, op } => {
-            let s = SearchCall {
-                view: &view,
-                case: &case,
-                key,
-                base_url,
-                now,
-                resource_type: &resource_type,
-                op,
-                format_param: format_param.as_deref(),
-            };
-            s.run(&mut cx, params)
+            Route::Search { resource_type, op } => {
+                let s = SearchCall {
+                    served: self,
+                    resource_type: &resource_type,
+                    op,
+                };
+                s.run(cx, params)
+            }
         }
     }
 }
@@ -374,14 +496,9 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// One search request over a built view.
 struct SearchCall<'a> {
-    view: &'a CaseView<'a>,
-    case: &'a Case,
-    key: Option<&'a PageKey>,
-    base_url: &'a str,
-    now: i64,
+    served: &'a Served<'a>,
     resource_type: &'a str,
     op: Op,
-    format_param: Option<&'a str>,
 }
 
 impl SearchCall<'_> {
@@ -393,19 +510,15 @@ impl SearchCall<'_> {
     }
 
     fn bound(&self) -> Bound<'_> {
-        Bound {
-            partner: &self.case.partner,
-            case_id: &self.case.case_id,
-            authorization_base: &self.case.authorization_base,
-        }
+        self.served.scope.bound
     }
 
     /// A link to this search's path with `query` (and the request's `_format`).
     fn link(&self, mut query: Vec<Param>) -> String {
-        if let Some(f) = self.format_param {
+        if let Some(f) = self.served.format_param {
             query.push(("_format".into(), f.into()));
         }
-        let mut url = format!("{}{}", self.base_url, self.path());
+        let mut url = format!("{}{}", self.served.base_url, self.path());
         if !query.is_empty() {
             url.push('?');
             url.push_str(&encode_query(&query));
@@ -426,8 +539,8 @@ impl SearchCall<'_> {
                     ));
                 }
             };
-            let opened = match self.key {
-                Some(key) => page::open(key, &self.bound(), token, self.now),
+            let opened = match self.served.key {
+                Some(key) => page::open(key, &self.bound(), token, self.served.now),
                 None => Err(PageError::Unavailable),
             };
             let state = match opened {
@@ -441,7 +554,7 @@ impl SearchCall<'_> {
                     "the page link belongs to another search",
                 ));
             }
-            if state.v != self.case.version {
+            if state.v != self.served.scope.version {
                 return cx.refuse(Refusal::new(
                     410,
                     IssueType::Processing,
@@ -463,21 +576,22 @@ impl SearchCall<'_> {
             MAX_AUDIT_OBJECT,
         );
 
+        let view = self.served.view;
         let binding = Binding {
-            patient_id: self.view.patient().id,
-            bsn: &self.case.patient,
-            base_url: self.base_url,
+            patient_id: view.patient().id,
+            bsn: self.served.scope.bsn,
+            base_url: self.served.base_url,
         };
         let search = match query::parse_search(self.resource_type, self.op, &q, &binding) {
             Ok(s) => s,
             Err(r) => return cx.refuse(r),
         };
-        let matches = search::run(self.view, &search);
+        let matches = search::run(view, &search);
         let total = matches.len();
         let start = offset.min(total);
         let end = start.saturating_add(search.count).min(total);
         let page = &matches[start..end];
-        let included = search::included(self.view, page, &search.includes);
+        let included = search::included(view, page, &search.includes);
 
         let mut links = vec![json!({"relation": "self", "url": self_url})];
         if end < total && search.count > 0 {
@@ -486,10 +600,10 @@ impl SearchCall<'_> {
                 op: self.op.name().to_string(),
                 q,
                 o: end,
-                v: self.case.version,
-                e: self.now.saturating_add(PAGE_LINK_LIFETIME),
+                v: self.served.scope.version,
+                e: self.served.now.saturating_add(PAGE_LINK_LIFETIME),
             };
-            let sealed = match self.key {
+            let sealed = match self.served.key {
                 Some(key) => page::seal(key, &self.bound(), &state),
                 None => Err(PageError::Unavailable),
             };
@@ -512,10 +626,14 @@ impl SearchCall<'_> {
         }
 
         let entry_of = |i: usize, mode: &str| {
-            let e = self.view.entries()[i];
+            let e = view.entries()[i];
+            let mut resource = e.resource.clone();
+            if let Some(d) = self.served.decorate {
+                d(&mut resource);
+            }
             json!({
-                "fullUrl": format!("{}/{}/{}", self.base_url, e.resource_type, e.id),
-                "resource": e.resource,
+                "fullUrl": format!("{}/{}/{}", self.served.base_url, e.resource_type, e.id),
+                "resource": resource,
                 "search": {"mode": mode},
             })
         };
@@ -530,6 +648,12 @@ impl SearchCall<'_> {
         bundle.insert("total".into(), total.into());
         bundle.insert("link".into(), Value::Array(links));
         let disclosed = entries.len();
+        let returned: Vec<(&str, &str)> = page
+            .iter()
+            .chain(included.iter())
+            .map(|i| (view.entries()[*i].resource_type, view.entries()[*i].id))
+            .collect();
+        cx.returned(&returned);
         if !entries.is_empty() {
             bundle.insert("entry".into(), Value::Array(entries));
         }
@@ -557,49 +681,173 @@ fn page_refusal(e: PageError) -> Refusal {
     }
 }
 
-/// The request being answered: what the audit trail and the log need.
-struct Cx<'a> {
-    grant: &'a Grant,
-    req: &'a ServeRequest<'a>,
-    audit: &'a AuditLog,
-    action: &'static str,
-    object: String,
-    format: Format,
+/// Which exchange a request belongs to: decides its audit actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    Twiin,
+    Zorgviewer,
 }
 
-impl Cx<'_> {
+/// What a request is, as far as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Read,
+    Search,
+    /// Refused before it was known as a read or a search.
+    Request,
+}
+
+impl Action {
+    fn name(self, family: Family) -> &'static str {
+        match (family, self) {
+            (Family::Twiin, Action::Read) => "fhir.read",
+            (Family::Twiin, Action::Search) => "fhir.search",
+            (Family::Twiin, Action::Request) => "fhir.request",
+            (Family::Zorgviewer, Action::Read) => crate::audit::ZORGVIEWER_READ,
+            (Family::Zorgviewer, Action::Search) => crate::audit::ZORGVIEWER_SEARCH,
+            (Family::Zorgviewer, Action::Request) => crate::audit::ZORGVIEWER_REQUEST,
+        }
+    }
+}
+
+/// Who asks, as the audit trail and the log name them.
+pub(crate) struct Who<'a> {
+    pub family: Family,
+    pub partner: &'a str,
+    /// The requesting organisation in claim form.
+    pub org: String,
+    pub system: &'a str,
+    /// The patient's BSN, once known.
+    pub patient: Option<String>,
+    /// The case for the log (`-` when there is none).
+    pub label: String,
+    /// What a Zorgviewer request adds (request context, certificate).
+    pub context: Option<&'a RequestFacts<'a>>,
+}
+
+impl Who<'_> {
+    fn of_grant(grant: &Grant) -> Who<'_> {
+        Who {
+            family: Family::Twiin,
+            partner: grant.partner(),
+            org: grant.requesting_org_claim(),
+            system: grant.client_id(),
+            patient: grant.patient().map(|b| b.as_str().to_string()),
+            label: grant.case_id().unwrap_or("-").to_string(),
+            context: None,
+        }
+    }
+}
+
+/// The request context of a Zorgviewer request, for its audit record.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts<'a> {
+    pub correlation_id: Option<&'a str>,
+    pub aorta_id: Option<String>,
+    /// SHA-256 of the partner's TLS certificate.
+    pub cert_sha256: Option<String>,
+    pub organization_ura: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub verified: bool,
+    /// The path and query as sent (the audit trail may hold a BSN; the log never).
+    pub query: String,
+}
+
+/// The request being answered: what the audit trail and the log need.
+pub(crate) struct Cx<'a> {
+    who: Who<'a>,
+    req: &'a ServeRequest<'a>,
+    audit: &'a AuditLog,
+    action: Action,
+    object: String,
+    format: Format,
+    consent: Option<(ConsentDecision, ConsentSource)>,
+    returned: ResourceList,
+}
+
+impl<'a> Cx<'a> {
+    fn new(
+        who: Who<'a>,
+        req: &'a ServeRequest<'a>,
+        audit: &'a AuditLog,
+        action: Action,
+        pre: &Prepared,
+    ) -> Cx<'a> {
+        Cx {
+            who,
+            req,
+            audit,
+            action,
+            object: match &pre.route {
+                Ok(Route::Read { resource_type, id }) => format!("{resource_type}/{id}"),
+                _ => truncate(req.path, MAX_AUDIT_OBJECT),
+            },
+            format: pre.format(),
+            consent: None,
+            returned: ResourceList::new(),
+        }
+    }
+
+    /// The patient the request turned out to be about.
+    fn who_patient(&mut self, bsn: &crate::ids::Bsn) {
+        self.who.patient = Some(bsn.as_str().to_string());
+    }
+
+    /// The `Type/id` of every resource an answer discloses.
+    fn returned(&mut self, resources: &[(&str, &str)]) {
+        for (t, id) in resources {
+            self.returned.push(t, id);
+        }
+    }
+
     /// Writes the audit event; false (and an error line) when it could not be written.
-    fn record(&self, outcome: &str, reason: Option<&str>, results: Option<usize>) -> bool {
-        let event = Event {
-            action: self.action,
+    fn record(&self, outcome: &str, reason: Option<&str>, status: u16) -> bool {
+        let action = self.action.name(self.who.family);
+        let disclosed = outcome == "success";
+        let mut event = Event {
+            action,
             outcome,
-            partner: Some(self.grant.partner()),
-            who_org: Some(&self.grant.requesting_org_claim()),
-            who_system: Some(self.grant.client_id()),
-            patient: self.grant.patient().map(crate::ids::Bsn::as_str),
+            partner: Some(self.who.partner),
+            who_org: Some(&self.who.org),
+            who_system: Some(self.who.system),
+            patient: self.who.patient.as_deref(),
             object: Some(&self.object),
             reason,
             request_id: Some(self.req.request_id),
-            results,
+            results: disclosed.then(|| self.returned.total()),
             ..Event::default()
         };
+        if let Some(c) = self.who.context {
+            event.correlation_id = c.correlation_id;
+            event.aorta_id = c.aorta_id.as_deref();
+            event.cert_sha256 = c.cert_sha256.as_deref();
+            event.who_ura = c.organization_ura;
+            event.who_user = c.user;
+            event.who_role = c.role;
+            event.context_verified = Some(c.verified);
+            event.query = Some(&c.query);
+            event.status = Some(status);
+            event.consent = Some(self.consent.map_or(ConsentDecision::NotChecked, |c| c.0));
+            event.consent_source = self.consent.map(|c| c.1);
+            event.results = Some(if disclosed { self.returned.total() } else { 0 });
+            if disclosed {
+                event.resources = Some(&self.returned);
+            }
+        }
         self.audit.record_or_log(event)
-    }
-
-    fn case_label(&self) -> &str {
-        self.grant.case_id().unwrap_or("-")
     }
 
     /// A refusal: audited, logged (the fixed reason only), answered with an OperationOutcome.
     fn refuse(&self, r: Refusal) -> Response {
         let diagnostics = r.diagnostics();
-        self.record("refused", Some(&diagnostics), None);
+        self.record("refused", Some(&diagnostics), r.status);
         log::info!(
             "event=fhir.refused rid={} partner={} case={} action={} status={} reason={}",
             Q(self.req.request_id),
-            Q(self.grant.partner()),
-            Q(self.case_label()),
-            self.action,
+            Q(self.who.partner),
+            Q(&self.who.label),
+            self.action.name(self.who.family),
             r.status,
             Q(r.reason())
         );
@@ -611,12 +859,12 @@ impl Cx<'_> {
         log::error!(
             "event=fhir.failed rid={} partner={} case={} status={} error={}",
             Q(self.req.request_id),
-            Q(self.grant.partner()),
-            Q(self.case_label()),
+            Q(self.who.partner),
+            Q(&self.who.label),
             r.status,
             Q(detail)
         );
-        self.record("error", Some(&r.diagnostics()), None);
+        self.record("error", Some(&r.diagnostics()), r.status);
         outcome(&r, self.format)
     }
 
@@ -628,30 +876,83 @@ impl Cx<'_> {
                 log::warn!(
                     "event=fhir.render_failed rid={} case={} error={}",
                     Q(self.req.request_id),
-                    Q(self.case_label()),
+                    Q(&self.who.label),
                     Q(&e)
                 );
                 let r = Refusal::not_acceptable(
                     "this content cannot be written in the requested format; ask for application/fhir+json",
                 );
-                self.record("refused", Some(&r.diagnostics()), None);
+                self.record("refused", Some(&r.diagnostics()), r.status);
                 return outcome(&r, Format::Json);
             }
         };
-        if !self.record("success", None, Some(results)) {
+        self.disclose(content_type, bytes, results)
+    }
+
+    /// A `Binary`'s content as its own media type.
+    fn raw_binary(&self, binary: &Value) -> Response {
+        match crate::fhir::binary_content(binary) {
+            Ok((content_type, bytes)) => self
+                .disclose(&content_type, bytes, 1)
+                .header("X-Content-Type-Options", "nosniff"),
+            Err(e) => self.fail(
+                Refusal::exception("the document content cannot be served"),
+                &e,
+            ),
+        }
+    }
+
+    /// The answer, once its audit record is written.
+    fn disclose(&self, content_type: &str, bytes: Vec<u8>, results: usize) -> Response {
+        if !self.record("success", None, 200) {
             let r = Refusal::exception("the audit trail cannot be written; nothing is served");
             return outcome(&r, self.format);
         }
         log::debug!(
             "event=fhir.served rid={} partner={} case={} action={} results={results}",
             Q(self.req.request_id),
-            Q(self.grant.partner()),
-            Q(self.case_label()),
-            self.action
+            Q(self.who.partner),
+            Q(&self.who.label),
+            self.action.name(self.who.family)
         );
         Response::new(200)
             .header("Cache-Control", "no-store")
             .body(content_type, bytes)
+    }
+
+    /// 200 with an empty answer for a patient whose data is withheld or
+    /// absent (a read: 404), indistinguishable from a patient with nothing.
+    fn nothing(&self, search_self_url: Option<String>, reason: &str, route: &Route) -> Response {
+        match route {
+            Route::Read { resource_type, id } => {
+                let r = Refusal::new(404, IssueType::NotFound, "not found")
+                    .about(format!("{resource_type}/{id}"));
+                self.record("refused", Some(reason), 404);
+                outcome(&r, self.format)
+            }
+            Route::Search { .. } => {
+                let mut bundle = Map::new();
+                bundle.insert("resourceType".into(), "Bundle".into());
+                bundle.insert("type".into(), "searchset".into());
+                bundle.insert("total".into(), 0.into());
+                if let Some(url) = search_self_url {
+                    bundle.insert("link".into(), json!([{"relation": "self", "url": url}]));
+                }
+                let (content_type, bytes) = match wire::render(&Value::Object(bundle), self.format)
+                {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(Refusal::exception("cannot answer"), &e),
+                };
+                if !self.record("refused", Some(reason), 200) {
+                    let r =
+                        Refusal::exception("the audit trail cannot be written; nothing is served");
+                    return outcome(&r, self.format);
+                }
+                Response::new(200)
+                    .header("Cache-Control", "no-store")
+                    .body(content_type, bytes)
+            }
+        }
     }
 }
 

@@ -64,11 +64,22 @@ const PATIENT_LINKS: &[&str] = &["subject", "patient", "beneficiary"];
 impl<'a> CaseView<'a> {
     /// The view of `bundle` for the patient with `bsn`.
     pub fn build(bundle: &'a Value, bsn: &str) -> Result<CaseView<'a>, ViewError> {
-        let raw = bundle
-            .get("entry")
-            .and_then(Value::as_array)
-            .filter(|_| bundle.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
-            .ok_or(ViewError::NotABundle)?;
+        CaseView::build_all(&[bundle], bsn)
+    }
+
+    /// One view over several Bundles of the same patient (a patient's
+    /// published records), in the order given: for a `Type/id` held by
+    /// more than one, the first Bundle's resource is served.
+    pub fn build_all(bundles: &[&'a Value], bsn: &str) -> Result<CaseView<'a>, ViewError> {
+        let mut raw: Vec<&'a Value> = Vec::new();
+        for bundle in bundles {
+            let entries = bundle
+                .get("entry")
+                .and_then(Value::as_array)
+                .filter(|_| bundle.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
+                .ok_or(ViewError::NotABundle)?;
+            raw.extend(entries);
+        }
         let mut all = Index::default();
         let mut hidden = 0;
         for e in raw {

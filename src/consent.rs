@@ -1,0 +1,80 @@
+//! The release decision: may this partner see this patient's data?
+//! (DESIGN.md "Consent at release").
+//!
+//! One interface, [`ConsentCheck`], asked before anything of a patient is
+//! served to a partner whose consent is `mitz`. Today the answer comes from
+//! the Mitz consent view (`mitz::consent`, fed by consent notifications); the
+//! Mitz closed question becomes another implementation behind the same call.
+//! Only [`Answer::Permit`] releases data: deny, not applicable, and a check
+//! that could not be made all withhold it.
+
+use crate::ids::Bsn;
+
+/// Mitz data category of everything we serve until a finer mapping is
+/// configured (DESIGN.md: `GGC002`, Behandelgegevens).
+pub const DATA_CATEGORY: &str = "GGC002";
+
+/// What is asked: may organisations of `provider_category` see
+/// `data_category` data of `patient` held by `holder_ura` (us)?
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    pub patient: &'a Bsn,
+    /// Our URA: the organisation holding the data.
+    pub holder_ura: &'a str,
+    pub data_category: &'a str,
+    /// Mitz provider category of the requesting organisation (`RPZAC…`).
+    pub provider_category: &'a str,
+    /// The requesting organisation (bare OID), for a question that names it.
+    pub requester: &'a str,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Permit,
+    Deny,
+    /// Nothing known for this patient and category: no consent (opt-in).
+    NotApplicable,
+    /// The check could not be made (a file, a service): fail closed. The
+    /// text names what failed, never the patient.
+    Unavailable(String),
+}
+
+impl Answer {
+    pub fn permits(&self) -> bool {
+        *self == Answer::Permit
+    }
+
+    /// The audit trail's name of the decision.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Answer::Permit => "permit",
+            Answer::Deny => "deny",
+            Answer::NotApplicable => "not-applicable",
+            Answer::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The local consent view kept by Mitz notifications.
+    View,
+    /// Mitz's closed question (XACML).
+    ClosedQuestion,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::View => "view",
+            Source::ClosedQuestion => "closed-question",
+        }
+    }
+}
+
+/// The release decision, asked once per request that would disclose data.
+pub trait ConsentCheck: Send + Sync {
+    fn ask(&self, question: &Question<'_>, now: i64) -> (Answer, Source);
+}
