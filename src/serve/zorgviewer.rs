@@ -12,8 +12,10 @@
 //! 3. query, `_format`, acceptable format, path → 400/406;
 //! 4. the token's scope covers the type and interaction → 403;
 //! 5. the patient: a search names it (`patient`, `subject`, or for `Patient`
-//!    `identifier`/`_id`), a read is of a resource some patient's record holds
-//!    → else 400 (a search that names no patient);
+//!    `identifier`/`_id`; a page request: the search its sealed link
+//!    continues), a read is of a resource some patient's record holds
+//!    → else 400 (a search that names no patient; a page link that does
+//!    not open, 410 when it expired);
 //! 6. consent (`CONSENT=mitz`): only a permit releases. A patient without a
 //!    published record, without consent, or whose check could not be made
 //!    gets the same answer: a search 200 with an empty `searchset`, a read
@@ -126,7 +128,8 @@ pub fn handle(
                 .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
         );
     }
-    let candidates = match patients(zv, &checked) {
+    let bound = page_bound(zv, grant);
+    let candidates = match patients(zv, &checked, &bound, key, now) {
         Ok(c) => c,
         Err(r) => return cx.refuse(r),
     };
@@ -192,17 +195,12 @@ pub fn handle(
             );
         }
     };
-    let scope_id = format!("Patient/{patient_id}");
     let versions: Vec<(String, u32)> = records
         .iter()
         .map(|r| (r.record_id.clone(), r.version))
         .collect();
     let scope = Scope {
-        bound: Bound {
-            partner: zv.partner,
-            case_id: &scope_id,
-            authorization_base: grant.client_id(),
-        },
+        bound,
         bsn: bsn.as_str(),
         version: version_of(&versions),
     };
@@ -255,10 +253,33 @@ fn source(source: Source) -> ConsentSource {
     }
 }
 
+/// What the page links of a Zorgviewer partner are sealed to: the partner
+/// and its client. Not the patient: a page request names none, so the
+/// patient comes out of the sealed search, and its record and consent are
+/// looked up again for every page.
+fn page_bound<'a>(zv: &ZorgviewerServe<'a>, grant: &'a Grant) -> Bound<'a> {
+    Bound {
+        partner: zv.partner,
+        case_id: PAGE_SCOPE,
+        authorization_base: grant.client_id(),
+    }
+}
+
+/// The `case_id` of [`page_bound`].
+const PAGE_SCOPE: &str = "zorgviewer";
+
 /// The patients a request is about, as (BSN, `Patient.id`): at most one for
-/// a search; for a read, every patient whose record holds the resource.
-/// None found: empty. A search that names no patient: 400.
-fn patients(zv: &ZorgviewerServe<'_>, checked: &Checked) -> Result<Vec<(Bsn, String)>, Refusal> {
+/// a search (a page request: the one of the search it continues); for a
+/// read, every patient whose record holds the resource. None found: empty.
+/// A search that names no patient: 400; a page link that does not open:
+/// its 400/410.
+fn patients(
+    zv: &ZorgviewerServe<'_>,
+    checked: &Checked,
+    bound: &Bound<'_>,
+    key: Option<&PageKey>,
+    now: i64,
+) -> Result<Vec<(Bsn, String)>, Refusal> {
     let by_id = |id: &str| {
         zv.records
             .patient_by_id(zv.partner, id)
@@ -271,7 +292,18 @@ fn patients(zv: &ZorgviewerServe<'_>, checked: &Checked) -> Result<Vec<(Bsn, Str
             Ok(zv.records.patients_holding(zv.partner, resource_type, id))
         }
         Route::Search { resource_type, op } => {
-            match named_patient(resource_type, *op, &checked.params)? {
+            let continued = match checked.params.as_slice() {
+                [(name, token)] if name == "_page" => {
+                    let opened = match key {
+                        Some(key) => super::page::open(key, bound, token, now),
+                        None => Err(super::page::PageError::Unavailable),
+                    };
+                    Some(opened.map_err(super::page_refusal)?.q)
+                }
+                _ => None,
+            };
+            let params = continued.as_deref().unwrap_or(&checked.params);
+            match named_patient(resource_type, *op, params)? {
                 Named::Id(id) => Ok(by_id(&id)),
                 Named::Bsn(bsn) => Ok(zv
                     .records
