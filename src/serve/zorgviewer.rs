@@ -7,7 +7,8 @@
 //! request names, found in the published records ([`RecordStore`]).
 //!
 //! # Order of checks (the first failure answers)
-//! 1. the request context (`X-ZV-*`, checked by the router) → 400/403;
+//! 1. the request context (`X-ZV-*`, checked by the router) → 400/403; a
+//!    Task write (refused by the router) → 403;
 //! 2. method `GET`/`HEAD` → 405; a Zorgviewer token, not expired → 403/401;
 //! 3. query, `_format`, acceptable format, path → 400/406;
 //! 4. the token's scope covers the type and interaction → 403;
@@ -33,7 +34,7 @@ use super::query::{Op, Param};
 use super::view::CaseView;
 use super::wire::IssueType;
 use super::{
-    Checked, Cx, Family, PageKey, Prepared, RequestFacts, Route, Scope, ServeRequest, Served, Who,
+    Action, Checked, Cx, Family, PageKey, Prepared, RequestFacts, Route, Scope, ServeRequest, Served, Who,
     method_allowed,
 };
 use crate::audit::{AuditLog, ConsentDecision, ConsentSource};
@@ -68,24 +69,25 @@ pub struct ZorgviewerServe<'a> {
     pub base_url: &'a str,
 }
 
-/// Answers one FHIR request of a Zorgviewer partner. `context` is the
-/// router's verdict on the request context: its facts, or its refusal.
+/// Answers one FHIR request of a Zorgviewer partner. `facts` is what the
+/// router knows of the request for its audit record (of a refused request
+/// context: the certificate, the query and a valid correlation id);
+/// `verdict` its refusal of the request before serving (the request
+/// context, a Task), audited and answered here like every other refusal.
 pub fn handle(
     zv: &ZorgviewerServe<'_>,
     grant: &Grant,
-    context: Result<&RequestFacts<'_>, Refusal>,
+    facts: &RequestFacts<'_>,
+    verdict: Result<(), Refusal>,
     req: &ServeRequest<'_>,
     now: i64,
     key: Option<&PageKey>,
 ) -> Response {
     let pre = Prepared::new(req);
-    let unverified = RequestFacts {
-        query: req_target(req),
-        ..RequestFacts::default()
-    };
-    let facts = match &context {
-        Ok(f) => *f,
-        Err(_) => &unverified,
+    // Not a read or a search whatever the path says (a POSTed Task).
+    let action = match method_allowed(req) {
+        Ok(()) => pre.action(),
+        Err(_) => Action::Request,
     };
     let who = Who {
         family: Family::Zorgviewer,
@@ -96,8 +98,8 @@ pub fn handle(
         label: "-".into(),
         context: Some(facts),
     };
-    let mut cx = Cx::new(who, req, zv.audit, pre.action(), &pre);
-    if let Err(r) = context {
+    let mut cx = Cx::new(who, req, zv.audit, action, &pre);
+    if let Err(r) = verdict {
         return cx.refuse(r);
     }
     if let Err(r) = method_allowed(req) {
@@ -431,16 +433,8 @@ fn search_self_url(base_url: &str, checked: &Checked, format: Option<&str>) -> O
     Some(url)
 }
 
-fn req_target(req: &ServeRequest<'_>) -> String {
-    match req.query {
-        Some(q) => format!("{}?{q}", req.path),
-        None => req.path.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::Action;
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<Param> {

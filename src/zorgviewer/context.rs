@@ -383,6 +383,12 @@ impl ContextRefusal {
         }
     }
 
+    /// The partner's `X-Correlation-Id`, when it sent a single valid one
+    /// (the refusal echoes it; the audit record names it).
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
     /// True for a `kid` the partner's key set does not hold: the caller
     /// refetches the JWKS once and checks again.
     pub fn is_unknown_key(&self) -> bool {
