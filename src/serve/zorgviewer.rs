@@ -22,6 +22,10 @@
 //!    gets the same answer: a search 200 with an empty `searchset`, a read
 //!    404. Never a 5xx for a consent outcome.
 //!
+//! An `_include` adds only resources of types the token's scope lets the
+//! partner search or read: a token without `Condition` gets the episodes of
+//! `EpisodeOfCare?…&_include=Condition:diagnosis`, not their Conditions.
+//!
 //! Every served resource carries `Meta.source` = `urn:oid:<NP_ORG_OID>`.
 //! Every request is one audit record (`zorgviewer.read`, `.search`,
 //! `.request`) with the request context, the consent decision and the
@@ -208,6 +212,7 @@ pub fn handle(
     };
     let source = zv.meta_source;
     let decorate = move |resource: &mut Value| add_meta_source(resource, source);
+    let may_include = |resource_type: &str| access.allows(resource_type, Interaction::Search);
     let served = Served {
         view: &view,
         scope: &scope,
@@ -216,6 +221,7 @@ pub fn handle(
         now,
         format_param: pre.format_param.as_deref(),
         decorate: Some(&decorate),
+        may_include: Some(&may_include),
         outside: "not found",
     };
     served.answer(&mut cx, checked)
