@@ -252,6 +252,13 @@ impl Router {
             Some(q) => format!("{}?{q}", req.path),
             None => req.path.clone(),
         };
+        if context.as_ref().is_ok_and(|ctx| !ctx.request_id_sent()) {
+            log::info!(
+                "event=zorgviewer.request_id_generated rid={} partner={}",
+                Q(&req.request_id),
+                partner.name
+            );
+        }
         let (facts, verdict) = match &context {
             Ok(ctx) => (
                 crate::serve::RequestFacts {
