@@ -234,7 +234,12 @@ impl Router {
         let now = now_unix();
         let grant = match self.bearer(req, partner, now) {
             Ok(g) => g,
-            Err(resp) => return resp,
+            Err(resp) => {
+                return match crate::zorgviewer::context::echoable_correlation_id(&req.headers) {
+                    Some(id) => resp.header("X-Correlation-Id", id),
+                    None => resp,
+                };
+            }
         };
         let rest = &req.path["/fhir".len()..];
         let token_org = grant

@@ -625,8 +625,9 @@ fn single(headers: &[(String, Vec<u8>)], header: Header) -> Result<Option<&str>,
     Ok((!text.is_empty()).then_some(text))
 }
 
-/// The `X-Correlation-Id` a refusal may echo: the single one, when valid.
-fn echoable_correlation_id(headers: &[(String, Vec<u8>)]) -> Option<String> {
+/// The `X-Correlation-Id` a refusal may echo: the single one, when valid
+/// (also for a refusal made before the context is checked, such as a 401).
+pub fn echoable_correlation_id(headers: &[(String, Vec<u8>)]) -> Option<String> {
     single(headers, Header::CorrelationId)
         .ok()
         .flatten()
