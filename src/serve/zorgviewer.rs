@@ -38,8 +38,8 @@ use super::query::{Op, Param};
 use super::view::CaseView;
 use super::wire::IssueType;
 use super::{
-    Action, Checked, Cx, Family, PageKey, Prepared, RequestFacts, Route, Scope, ServeRequest, Served, Who,
-    method_allowed,
+    Action, Checked, Cx, Family, PageKey, Prepared, RequestFacts, Route, Scope, ServeRequest,
+    Served, Who, method_allowed,
 };
 use crate::audit::{AuditLog, ConsentDecision, ConsentSource};
 use crate::config::Consent;
