@@ -221,7 +221,9 @@ impl Router {
     }
 
     /// A Zorgviewer partner: reads and searches of the published records,
-    /// with the request context checked first; never Tasks.
+    /// with the request context checked first; never Tasks. Every request
+    /// that carries a valid token is answered (and audited) by
+    /// `serve::zorgviewer`, a refused one too.
     fn zorgviewer_fhir(
         &self,
         shared: &Shared,
@@ -232,15 +234,14 @@ impl Router {
         let now = now_unix();
         let grant = match self.bearer(req, partner, now) {
             Ok(g) => g,
-            Err(resp) => return resp,
+            Err(resp) => {
+                return match crate::zorgviewer::context::echoable_correlation_id(&req.headers) {
+                    Some(id) => resp.header("X-Correlation-Id", id),
+                    None => resp,
+                };
+            }
         };
         let rest = &req.path["/fhir".len()..];
-        if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
-            return json_outcome(
-                &Refusal::forbidden("a zorgviewer partner does not send notifications")
-                    .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
-            );
-        }
         let token_org = grant
             .zorgviewer_access()
             .map(|a| a.subject_organization_id().as_str().to_string())
@@ -253,22 +254,31 @@ impl Router {
             .and_then(|leaf| pki::peer_identity(leaf.as_ref()).ok())
             .map(|id| id.fingerprint());
         let query = match &req.query {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
+            Some(q) => format!("{}?{q}", req.path),
+            None => req.path.clone(),
         };
-        let facts = context.as_ref().ok().map(|ctx| crate::serve::RequestFacts {
-            correlation_id: ctx.correlation_id(),
-            aorta_id: ctx.aorta_id().map(|a| a.audit_form()),
-            cert_sha256: cert_sha256.clone(),
-            organization_ura: ctx.organization_ura(),
-            user: ctx.subject_id(),
-            role: ctx.subject_role(),
-            verified: ctx.verified(),
-            query: query.clone(),
-        });
-        let verdict = match (&context, &facts) {
-            (Ok(_), Some(f)) => Ok(f),
-            (Err(r), _) => {
+        if context.as_ref().is_ok_and(|ctx| !ctx.request_id_sent()) {
+            log::info!(
+                "event=zorgviewer.request_id_generated rid={} partner={}",
+                Q(&req.request_id),
+                partner.name
+            );
+        }
+        let (facts, verdict) = match &context {
+            Ok(ctx) => (
+                crate::serve::RequestFacts {
+                    correlation_id: ctx.correlation_id(),
+                    aorta_id: ctx.aorta_id().map(|a| a.audit_form()),
+                    cert_sha256,
+                    organization_ura: ctx.organization_ura(),
+                    user: ctx.subject_id(),
+                    role: ctx.subject_role(),
+                    verified: ctx.verified(),
+                    query,
+                },
+                Ok(()),
+            ),
+            Err(r) => {
                 log::info!(
                     "event=zorgviewer.context_refused rid={} partner={} status={} reason={}",
                     Q(&req.request_id),
@@ -276,10 +286,27 @@ impl Router {
                     r.status(),
                     r.label()
                 );
-                Err(r.refusal())
+                (
+                    crate::serve::RequestFacts {
+                        correlation_id: r.correlation_id(),
+                        cert_sha256,
+                        query,
+                        ..crate::serve::RequestFacts::default()
+                    },
+                    Err(r.refusal()),
+                )
             }
-            (Ok(_), None) => Err(Refusal::exception("the request context was lost")),
         };
+        let verdict = verdict.and_then(|()| {
+            if rest == "/Task" || rest.starts_with("/Task/") && req.method != "GET" {
+                Err(
+                    Refusal::forbidden("a zorgviewer partner does not send notifications")
+                        .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
+                )
+            } else {
+                Ok(())
+            }
+        });
         let zv = crate::serve::zorgviewer::ZorgviewerServe {
             records: &self.stores.records,
             consent: shared.mitz.consent_view(),
@@ -294,6 +321,7 @@ impl Router {
         let response = crate::serve::zorgviewer::handle(
             &zv,
             &grant,
+            &facts,
             verdict,
             &crate::serve::ServeRequest {
                 method: &req.method,

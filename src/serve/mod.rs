@@ -200,6 +200,7 @@ fn serve(
         now,
         format_param: pre.format_param.as_deref(),
         decorate: None,
+        may_include: None,
         outside: "not in the case this authorization covers",
     };
     served.answer(&mut cx, checked)
@@ -335,6 +336,9 @@ pub(crate) struct Served<'a> {
     pub format_param: Option<&'a str>,
     /// Applied to every resource served (Zorgviewer: `Meta.source`).
     pub decorate: Option<&'a dyn Fn(&mut Value)>,
+    /// The resource types an `_include` may add (Zorgviewer: those the
+    /// token's scope covers); `None`: any.
+    pub may_include: Option<&'a dyn Fn(&str) -> bool>,
     /// The diagnostics of a read outside the scope (404).
     pub outside: &'static str,
 }
@@ -591,7 +595,10 @@ impl SearchCall<'_> {
         let start = offset.min(total);
         let end = start.saturating_add(search.count).min(total);
         let page = &matches[start..end];
-        let included = search::included(view, page, &search.includes);
+        let mut included = search::included(view, page, &search.includes);
+        if let Some(may) = self.served.may_include {
+            included.retain(|i| may(view.entries()[*i].resource_type));
+        }
 
         let mut links = vec![json!({"relation": "self", "url": self_url})];
         if end < total && search.count > 0 {

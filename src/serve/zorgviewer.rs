@@ -7,17 +7,24 @@
 //! request names, found in the published records ([`RecordStore`]).
 //!
 //! # Order of checks (the first failure answers)
-//! 1. the request context (`X-ZV-*`, checked by the router) → 400/403;
+//! 1. the request context (`X-ZV-*`, checked by the router) → 400/403; a
+//!    Task write (refused by the router) → 403;
 //! 2. method `GET`/`HEAD` → 405; a Zorgviewer token, not expired → 403/401;
 //! 3. query, `_format`, acceptable format, path → 400/406;
 //! 4. the token's scope covers the type and interaction → 403;
 //! 5. the patient: a search names it (`patient`, `subject`, or for `Patient`
-//!    `identifier`/`_id`), a read is of a resource some patient's record holds
-//!    → else 400 (a search that names no patient);
+//!    `identifier`/`_id`; a page request: the search its sealed link
+//!    continues), a read is of a resource some patient's record holds
+//!    → else 400 (a search that names no patient; a page link that does
+//!    not open, 410 when it expired);
 //! 6. consent (`CONSENT=mitz`): only a permit releases. A patient without a
 //!    published record, without consent, or whose check could not be made
 //!    gets the same answer: a search 200 with an empty `searchset`, a read
 //!    404. Never a 5xx for a consent outcome.
+//!
+//! An `_include` adds only resources of types the token's scope lets the
+//! partner search or read: a token without `Condition` gets the episodes of
+//! `EpisodeOfCare?…&_include=Condition:diagnosis`, not their Conditions.
 //!
 //! Every served resource carries `Meta.source` = `urn:oid:<NP_ORG_OID>`.
 //! Every request is one audit record (`zorgviewer.read`, `.search`,
@@ -31,8 +38,8 @@ use super::query::{Op, Param};
 use super::view::CaseView;
 use super::wire::IssueType;
 use super::{
-    Checked, Cx, Family, PageKey, Prepared, RequestFacts, Route, Scope, ServeRequest, Served, Who,
-    method_allowed,
+    Action, Checked, Cx, Family, PageKey, Prepared, RequestFacts, Route, Scope, ServeRequest,
+    Served, Who, method_allowed,
 };
 use crate::audit::{AuditLog, ConsentDecision, ConsentSource};
 use crate::config::Consent;
@@ -66,24 +73,25 @@ pub struct ZorgviewerServe<'a> {
     pub base_url: &'a str,
 }
 
-/// Answers one FHIR request of a Zorgviewer partner. `context` is the
-/// router's verdict on the request context: its facts, or its refusal.
+/// Answers one FHIR request of a Zorgviewer partner. `facts` is what the
+/// router knows of the request for its audit record (of a refused request
+/// context: the certificate, the query and a valid correlation id);
+/// `verdict` its refusal of the request before serving (the request
+/// context, a Task), audited and answered here like every other refusal.
 pub fn handle(
     zv: &ZorgviewerServe<'_>,
     grant: &Grant,
-    context: Result<&RequestFacts<'_>, Refusal>,
+    facts: &RequestFacts<'_>,
+    verdict: Result<(), Refusal>,
     req: &ServeRequest<'_>,
     now: i64,
     key: Option<&PageKey>,
 ) -> Response {
     let pre = Prepared::new(req);
-    let unverified = RequestFacts {
-        query: req_target(req),
-        ..RequestFacts::default()
-    };
-    let facts = match &context {
-        Ok(f) => *f,
-        Err(_) => &unverified,
+    // Not a read or a search whatever the path says (a POSTed Task).
+    let action = match method_allowed(req) {
+        Ok(()) => pre.action(),
+        Err(_) => Action::Request,
     };
     let who = Who {
         family: Family::Zorgviewer,
@@ -94,8 +102,8 @@ pub fn handle(
         label: "-".into(),
         context: Some(facts),
     };
-    let mut cx = Cx::new(who, req, zv.audit, pre.action(), &pre);
-    if let Err(r) = context {
+    let mut cx = Cx::new(who, req, zv.audit, action, &pre);
+    if let Err(r) = verdict {
         return cx.refuse(r);
     }
     if let Err(r) = method_allowed(req) {
@@ -126,7 +134,8 @@ pub fn handle(
                 .header("WWW-Authenticate", "Bearer error=\"insufficient_scope\""),
         );
     }
-    let candidates = match patients(zv, &checked) {
+    let bound = page_bound(zv, grant);
+    let candidates = match patients(zv, &checked, &bound, key, now) {
         Ok(c) => c,
         Err(r) => return cx.refuse(r),
     };
@@ -192,22 +201,18 @@ pub fn handle(
             );
         }
     };
-    let scope_id = format!("Patient/{patient_id}");
     let versions: Vec<(String, u32)> = records
         .iter()
         .map(|r| (r.record_id.clone(), r.version))
         .collect();
     let scope = Scope {
-        bound: Bound {
-            partner: zv.partner,
-            case_id: &scope_id,
-            authorization_base: grant.client_id(),
-        },
+        bound,
         bsn: bsn.as_str(),
         version: version_of(&versions),
     };
     let source = zv.meta_source;
     let decorate = move |resource: &mut Value| add_meta_source(resource, source);
+    let may_include = |resource_type: &str| access.allows(resource_type, Interaction::Search);
     let served = Served {
         view: &view,
         scope: &scope,
@@ -216,6 +221,7 @@ pub fn handle(
         now,
         format_param: pre.format_param.as_deref(),
         decorate: Some(&decorate),
+        may_include: Some(&may_include),
         outside: "not found",
     };
     served.answer(&mut cx, checked)
@@ -255,10 +261,33 @@ fn source(source: Source) -> ConsentSource {
     }
 }
 
+/// What the page links of a Zorgviewer partner are sealed to: the partner
+/// and its client. Not the patient: a page request names none, so the
+/// patient comes out of the sealed search, and its record and consent are
+/// looked up again for every page.
+fn page_bound<'a>(zv: &ZorgviewerServe<'a>, grant: &'a Grant) -> Bound<'a> {
+    Bound {
+        partner: zv.partner,
+        case_id: PAGE_SCOPE,
+        authorization_base: grant.client_id(),
+    }
+}
+
+/// The `case_id` of [`page_bound`].
+const PAGE_SCOPE: &str = "zorgviewer";
+
 /// The patients a request is about, as (BSN, `Patient.id`): at most one for
-/// a search; for a read, every patient whose record holds the resource.
-/// None found: empty. A search that names no patient: 400.
-fn patients(zv: &ZorgviewerServe<'_>, checked: &Checked) -> Result<Vec<(Bsn, String)>, Refusal> {
+/// a search (a page request: the one of the search it continues); for a
+/// read, every patient whose record holds the resource. None found: empty.
+/// A search that names no patient: 400; a page link that does not open:
+/// its 400/410.
+fn patients(
+    zv: &ZorgviewerServe<'_>,
+    checked: &Checked,
+    bound: &Bound<'_>,
+    key: Option<&PageKey>,
+    now: i64,
+) -> Result<Vec<(Bsn, String)>, Refusal> {
     let by_id = |id: &str| {
         zv.records
             .patient_by_id(zv.partner, id)
@@ -271,7 +300,18 @@ fn patients(zv: &ZorgviewerServe<'_>, checked: &Checked) -> Result<Vec<(Bsn, Str
             Ok(zv.records.patients_holding(zv.partner, resource_type, id))
         }
         Route::Search { resource_type, op } => {
-            match named_patient(resource_type, *op, &checked.params)? {
+            let continued = match checked.params.as_slice() {
+                [(name, token)] if name == "_page" => {
+                    let opened = match key {
+                        Some(key) => super::page::open(key, bound, token, now),
+                        None => Err(super::page::PageError::Unavailable),
+                    };
+                    Some(opened.map_err(super::page_refusal)?.q)
+                }
+                _ => None,
+            };
+            let params = continued.as_deref().unwrap_or(&checked.params);
+            match named_patient(resource_type, *op, params)? {
                 Named::Id(id) => Ok(by_id(&id)),
                 Named::Bsn(bsn) => Ok(zv
                     .records
@@ -399,16 +439,8 @@ fn search_self_url(base_url: &str, checked: &Checked, format: Option<&str>) -> O
     Some(url)
 }
 
-fn req_target(req: &ServeRequest<'_>) -> String {
-    match req.query {
-        Some(q) => format!("{}?{q}", req.path),
-        None => req.path.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::Action;
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<Param> {

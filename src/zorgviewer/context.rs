@@ -383,6 +383,12 @@ impl ContextRefusal {
         }
     }
 
+    /// The partner's `X-Correlation-Id`, when it sent a single valid one
+    /// (the refusal echoes it; the audit record names it).
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
     /// True for a `kid` the partner's key set does not hold: the caller
     /// refetches the JWKS once and checks again.
     pub fn is_unknown_key(&self) -> bool {
@@ -619,8 +625,9 @@ fn single(headers: &[(String, Vec<u8>)], header: Header) -> Result<Option<&str>,
     Ok((!text.is_empty()).then_some(text))
 }
 
-/// The `X-Correlation-Id` a refusal may echo: the single one, when valid.
-fn echoable_correlation_id(headers: &[(String, Vec<u8>)]) -> Option<String> {
+/// The `X-Correlation-Id` a refusal may echo: the single one, when valid
+/// (also for a refusal made before the context is checked, such as a 401).
+pub fn echoable_correlation_id(headers: &[(String, Vec<u8>)]) -> Option<String> {
     single(headers, Header::CorrelationId)
         .ok()
         .flatten()
