@@ -349,7 +349,7 @@ fn named_patient(resource_type: &str, op: Op, params: &[Param]) -> Result<Named,
         Refusal::new(
             400,
             IssueType::Required,
-            "a search must name its patient: patient= or subject= (Patient: identifier= or _id=)",
+            "a search must name its patient: patient=, subject= or beneficiary= (Patient: identifier= or _id=)",
         )
     };
     if resource_type == "Patient" && op == Op::Search {
@@ -369,6 +369,7 @@ fn named_patient(resource_type: &str, op: Op, params: &[Param]) -> Result<Named,
     }
     let reference = first("patient")
         .or_else(|| first("subject"))
+        .or_else(|| first("beneficiary"))
         .ok_or_else(missing)?;
     let Some(reference) = single(reference) else {
         return Ok(Named::Unknown);
@@ -497,6 +498,11 @@ mod tests {
                 Named::Unknown,
             ),
             ("Condition", p(&[("patient", "Group/g1")]), Named::Unknown),
+            (
+                "Coverage",
+                p(&[("beneficiary", "Patient/pat-1")]),
+                Named::Id("pat-1".into()),
+            ),
         ] {
             assert_eq!(
                 named_patient(t, Op::Search, &params).unwrap(),
