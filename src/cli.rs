@@ -55,9 +55,12 @@ Run it as root or as the service user. Exit 0 when nothing failed, 1 otherwise."
         summary: "run the whole exchange on loopback with a throwaway PKI",
         details: "Starts two agents (this binary, np-agent run, twice: hospital A sends, hospital B \
 receives) with a throwaway PKI on 127.0.0.1, drops a sample BgZ export into A's outbox, checks that \
-B's inbox holds every exported resource unchanged, then sends an update and a cancellation, and has a \
-stand-in for the Mitz broker post a consent notification to B (stored once, byte for byte), printing \
-each step as it happens. --dir D works in D (kept afterwards); --keep keeps the temporary directory. \
+B's inbox holds every exported resource unchanged, then sends an update and a cancellation, has a \
+stand-in for the Mitz broker post a consent notification to B (stored once, byte for byte), and last \
+has B publish the patient's record to a stand-in Zorgviewer (its own certificate and JWKS), which gets \
+a client_credentials token and is served nothing before consent and the whole record, with \
+Meta.source, after the broker's permit, both rounds in B's audit trail; each step is printed as it \
+happens. --dir D works in D (kept afterwards); --keep keeps the temporary directory. \
 Exit 0 only if everything arrived intact.",
     },
     Command {

@@ -185,5 +185,9 @@ fn np_agent_demo_runs_and_succeeds() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("identical to the export"), "{stdout}");
+    // The Zorgviewer step ran to its end: refused, then served, then audited.
+    assert!(stdout.contains("an empty searchset"), "{stdout}");
+    assert!(stdout.contains("now return the record"), "{stdout}");
+    assert!(stdout.contains("as refused (consent=deny"), "{stdout}");
     assert!(stdout.contains("Done:"), "{stdout}");
 }

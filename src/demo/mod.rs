@@ -2,10 +2,14 @@
 //! throwaway PKI. Two real agents (this binary, `np-agent run`, twice: hospital
 //! A sends, hospital B receives), a sample BgZ export dropped into A's outbox,
 //! B's inbox checked resource for resource against it, then an update and a
-//! cancellation, and last a Mitz consent notification (XML, as Mitz sends
+//! cancellation, then a Mitz consent notification (XML, as Mitz sends
 //! it) posted to B by a stand-in for the VZVZ broker, stored byte for byte
-//! and stored once when the broker resends it. Every step is printed as it happens; the exit code is 0 only
-//! if everything arrived intact.
+//! and stored once when the broker resends it, and last a stand-in Zorgviewer
+//! reading the record B publishes to it, refused before consent and served
+//! after (`demo/zorgviewer.rs`). Every step is printed as it happens; the
+//! exit code is 0 only if everything arrived intact.
+
+mod zorgviewer;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -29,6 +33,8 @@ pub const MITZ_SAMPLE: &str = include_str!("../mitz/sample-notification.json");
 const A_URA: &str = "12345678";
 const B_URA: &str = "87654321";
 const CASE: &str = "demo-case-1";
+/// The patient of [`MITZ_SAMPLE`] (and of [`SAMPLE`]).
+const MITZ_BSN: &str = "999999151";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A demo failure: which step, and why.
@@ -73,7 +79,7 @@ pub fn run(dir: Option<PathBuf>, keep: bool) -> i32 {
     });
     let code = match result {
         Ok(()) => {
-            report.step("Done: every exported resource arrived unchanged, the update arrived, the cancellation stopped the pull, and the consent notification was stored once, byte for byte.");
+            report.step("Done: every exported resource arrived unchanged, the update arrived, the cancellation stopped the pull, the consent notification was stored once, byte for byte, and the Zorgviewer saw the published record only with consent, every read in the audit trail.");
             0
         }
         Err(e) => {
@@ -137,6 +143,8 @@ struct Demo<'r> {
     b: Agent,
     /// An HTTPS client with the broker's certificate.
     broker: ureq::Agent,
+    /// The stand-in Zorgviewer, a partner of B.
+    zv: zorgviewer::StandIn,
 }
 
 fn free_port() -> Result<u16, DemoError> {
@@ -172,6 +180,7 @@ impl<'r> Demo<'r> {
                 .ctx("broker certificate")?
                 .fingerprint()
         );
+        let zv = zorgviewer::StandIn::new(&ca, &root.join("zorgviewer"))?;
         let ports = [free_port()?, free_port()?];
         let admin = [free_port()?, free_port()?];
         for (i, (name, ura, partner, partner_ura)) in [
@@ -236,9 +245,13 @@ impl<'r> Demo<'r> {
             .collect();
             let mut env = env;
             if name == "hospb" {
-                env.insert("NP_PARTNERS".into(), format!("{partner},mitz"));
+                env.insert(
+                    "NP_PARTNERS".into(),
+                    format!("{partner},mitz,{}", zorgviewer::PARTNER),
+                );
                 env.insert("NP_PARTNER_MITZ_KIND".into(), "mitz".into());
                 env.insert("NP_PARTNER_MITZ_CERT".into(), broker_selector.clone());
+                env.extend(zv.partner_env());
             }
             let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
             durable::write_atomic(&dir.join("np-agent.env"), text.as_bytes())
@@ -251,7 +264,7 @@ impl<'r> Demo<'r> {
                 log: root.join(format!("{name}.log")),
             });
         }
-        report.step("Created a throwaway PKI: one demo CA, a UZI-style certificate for each hospital (URA in the SAN), an ES256 signing key each");
+        report.step("Created a throwaway PKI: one demo CA, a UZI-style certificate for each hospital (URA in the SAN), an ES256 signing key each, and certificates for the stand-ins of the Mitz broker and the Zorgviewer");
         let b = agents.pop().ok_or_else(|| DemoError("internal".into()))?;
         let a = agents.pop().ok_or_else(|| DemoError("internal".into()))?;
         let mut demo = Demo {
@@ -259,6 +272,7 @@ impl<'r> Demo<'r> {
             a,
             b,
             broker: broker_client,
+            zv,
         };
         for which in [0, 1] {
             let agent = if which == 0 { &mut demo.a } else { &mut demo.b };
@@ -353,7 +367,8 @@ impl<'r> Demo<'r> {
             "the cancellation in B's inbox",
         )?;
         self.report.step("A revoked the authorization base at once and sent the cancellation; B wrote the cancellation Task to its inbox");
-        self.mitz()
+        self.mitz()?;
+        self.zorgviewer()
     }
 
     /// A consent notification from the broker to B, sent twice.
@@ -361,33 +376,9 @@ impl<'r> Demo<'r> {
         let value: Value = serde_json::from_str(MITZ_SAMPLE).ctx("sample notification")?;
         let xml = crate::fhir::json_to_xml(&value, crate::fhir::FhirVersion::R4)
             .ctx("sample notification as XML")?;
-        let url = format!("https://localhost:{}/fhir/R4", self.b.port);
         let inbox = self.b.dir.join("inbox/mitz");
         for attempt in ["sent", "resent"] {
-            let request_id = random::uuid_v4().ctx("random")?;
-            let mut resp = self
-                .broker
-                .post(&url)
-                .header("Content-Type", "application/fhir+xml")
-                .header("Accept", "application/fhir+xml")
-                .header(
-                    "AORTA-ID",
-                    format!("initialRequestID={request_id}; requestID={request_id}"),
-                )
-                .send(xml.as_bytes())
-                .ctx("POST the consent notification to B")?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 20)
-                .read_to_string()
-                .unwrap_or_default();
-            if status != 200 || !body.contains("transaction-response") {
-                return fail(format!(
-                    "B answered the consent notification with {status}: {body}"
-                ));
-            }
+            self.post_notification(&xml)?;
             if attempt == "sent" {
                 self.report.step("The Mitz broker (a stand-in with its own certificate) POSTed a consent notification for the demo patient to B's /fhir/R4, in XML; B checked it, stored it durably and answered 200 with a transaction-response");
                 let files = wait_for_files(
@@ -402,7 +393,7 @@ impl<'r> Demo<'r> {
                     return fail("the stored consent notification differs from what was sent");
                 }
                 let view = crate::mitz::consent::ConsentView::reader(&self.b.dir.join("state"));
-                let bsn = crate::ids::Bsn::parse("999999151")
+                let bsn = crate::ids::Bsn::parse(MITZ_BSN)
                     .ok_or_else(|| DemoError("the sample BSN".into()))?;
                 wait_until(
                     STEP_TIMEOUT,
@@ -428,6 +419,36 @@ impl<'r> Demo<'r> {
             ));
         }
         self.report.step("The broker resent the same notification (guaranteed delivery does): B answered 200 again and kept the single file");
+        Ok(())
+    }
+
+    /// The broker stand-in POSTs a consent notification (XML) to B.
+    fn post_notification(&self, xml: &str) -> Result<(), DemoError> {
+        let url = format!("https://localhost:{}/fhir/R4", self.b.port);
+        let request_id = random::uuid_v4().ctx("random")?;
+        let mut resp = self
+            .broker
+            .post(&url)
+            .header("Content-Type", "application/fhir+xml")
+            .header("Accept", "application/fhir+xml")
+            .header(
+                "AORTA-ID",
+                format!("initialRequestID={request_id}; requestID={request_id}"),
+            )
+            .send(xml.as_bytes())
+            .ctx("POST the consent notification to B")?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        if status != 200 || !body.contains("transaction-response") {
+            return fail(format!(
+                "B answered the consent notification with {status}: {body}"
+            ));
+        }
         Ok(())
     }
 
