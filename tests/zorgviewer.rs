@@ -1215,6 +1215,14 @@ fn a_zorgviewer_reads_the_published_record_only_with_consent() {
             r.text(),
             "{query}: told apart from an unknown patient"
         );
+        // The unknown patient's request was never put to the consent check:
+        // its record says so by having no decision, not "not-checked"; a
+        // lookup by BSN names the patient all the same.
+        let au = site.audit_of(u.header("x-request-id").unwrap());
+        assert!(au.get("consent").is_none(), "{query}: {au}");
+        if query.contains("identifier=") {
+            assert_eq!(au["patient"], BSN_UNKNOWN, "{query}: {au}");
+        }
         withheld.push((r.header("x-request-id").unwrap().to_string(), r.status));
     }
     for accept in ["application/pdf", FHIR_JSON] {

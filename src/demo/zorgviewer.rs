@@ -54,8 +54,10 @@ const ROLE: &str = "62247001";
 const MAX_ANSWER: u64 = 4 << 20;
 
 /// What the Zorgviewer asks of a source (spec §2): searches of the BgZ
-/// types, reads of Patient, Binary, Practitioner and Specimen.
-const SCOPE: &str = "user/Patient.read user/Binary.read user/Practitioner.read \
+/// types, reads of Patient, Binary, Practitioner and Specimen, and of
+/// Medication, which `MedicationStatement:medication` includes (an include
+/// discloses only types the scope covers).
+const SCOPE: &str = "user/Patient.read user/Binary.read user/Practitioner.read user/Medication.read \
     user/Specimen.read user/AllergyIntolerance.search user/Condition.search \
     user/Composition.search user/Coverage.search user/DeviceUseStatement.search \
     user/DocumentReference.search user/Encounter.search user/EpisodeOfCare.search \

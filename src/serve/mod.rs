@@ -770,6 +770,8 @@ pub(crate) struct Cx<'a> {
     object: String,
     format: Format,
     consent: Option<(ConsentDecision, ConsentSource)>,
+    /// The partner's consent is `mitz`: a request that never asked records no decision.
+    consent_expected: bool,
     returned: ResourceList,
 }
 
@@ -786,12 +788,21 @@ impl<'a> Cx<'a> {
             req,
             audit,
             action,
-            object: match &pre.route {
-                Ok(Route::Read { resource_type, id }) => format!("{resource_type}/{id}"),
+            object: match (&pre.route, &pre.params) {
+                (Ok(Route::Read { resource_type, id }), _) => format!("{resource_type}/{id}"),
+                (Ok(Route::Search { .. }), Ok(params)) => truncate(
+                    &format!(
+                        "{}?{}",
+                        req.path.trim_start_matches('/'),
+                        encode_query(params)
+                    ),
+                    MAX_AUDIT_OBJECT,
+                ),
                 _ => truncate(req.path, MAX_AUDIT_OBJECT),
             },
             format: pre.format(),
             consent: None,
+            consent_expected: false,
             returned: ResourceList::new(),
         }
     }
@@ -835,7 +846,13 @@ impl<'a> Cx<'a> {
             event.context_verified = Some(c.verified);
             event.query = Some(&c.query);
             event.status = Some(status);
-            event.consent = Some(self.consent.map_or(ConsentDecision::NotChecked, |c| c.0));
+            // Not asked although the partner's consent is `mitz` (no record of
+            // the patient, a refusal before): no decision to record.
+            event.consent = match self.consent {
+                Some((decision, _)) => Some(decision),
+                None if self.consent_expected => None,
+                None => Some(ConsentDecision::NotChecked),
+            };
             event.consent_source = self.consent.map(|c| c.1);
             event.results = Some(if disclosed { self.returned.total() } else { 0 });
             if disclosed {
@@ -932,9 +949,13 @@ impl<'a> Cx<'a> {
     fn nothing(&self, search_self_url: Option<String>, reason: &str, route: &Route) -> Response {
         match route {
             Route::Read { resource_type, id } => {
+                if !self.record("refused", Some(reason), 404) {
+                    let r =
+                        Refusal::exception("the audit trail cannot be written; nothing is served");
+                    return outcome(&r, self.format);
+                }
                 let r = Refusal::new(404, IssueType::NotFound, "not found")
                     .about(format!("{resource_type}/{id}"));
-                self.record("refused", Some(reason), 404);
                 outcome(&r, self.format)
             }
             Route::Search { .. } => {

@@ -103,6 +103,7 @@ pub fn handle(
         context: Some(facts),
     };
     let mut cx = Cx::new(who, req, zv.audit, action, &pre);
+    cx.consent_expected = zv.consent_mode == Consent::Mitz;
     if let Err(r) = verdict {
         return cx.refuse(r);
     }
@@ -135,10 +136,14 @@ pub fn handle(
         );
     }
     let bound = page_bound(zv, grant);
-    let candidates = match patients(zv, &checked, &bound, key, now) {
+    let (candidates, named_bsn) = match patients(zv, &checked, &bound, key, now) {
         Ok(c) => c,
         Err(r) => return cx.refuse(r),
     };
+    // A lookup by BSN is about that patient, found or not: the audit says so.
+    if let Some(bsn) = &named_bsn {
+        cx.who_patient(bsn);
+    }
     let self_url = search_self_url(zv.base_url, &checked, pre.format_param.as_deref());
     if candidates.is_empty() {
         return cx.nothing(
@@ -287,7 +292,7 @@ fn patients(
     bound: &Bound<'_>,
     key: Option<&PageKey>,
     now: i64,
-) -> Result<Vec<(Bsn, String)>, Refusal> {
+) -> Result<Candidates, Refusal> {
     let by_id = |id: &str| {
         zv.records
             .patient_by_id(zv.partner, id)
@@ -295,10 +300,11 @@ fn patients(
             .unwrap_or_default()
     };
     match &checked.route {
-        Route::Read { resource_type, id } if resource_type == "Patient" => Ok(by_id(id)),
-        Route::Read { resource_type, id } => {
-            Ok(zv.records.patients_holding(zv.partner, resource_type, id))
-        }
+        Route::Read { resource_type, id } if resource_type == "Patient" => Ok((by_id(id), None)),
+        Route::Read { resource_type, id } => Ok((
+            zv.records.patients_holding(zv.partner, resource_type, id),
+            None,
+        )),
         Route::Search { resource_type, op } => {
             let continued = match checked.params.as_slice() {
                 [(name, token)] if name == "_page" => {
@@ -312,18 +318,24 @@ fn patients(
             };
             let params = continued.as_deref().unwrap_or(&checked.params);
             match named_patient(resource_type, *op, params)? {
-                Named::Id(id) => Ok(by_id(&id)),
-                Named::Bsn(bsn) => Ok(zv
-                    .records
-                    .patient_by_bsn(zv.partner, &bsn)
-                    .and_then(|p| p.resource_ids.into_iter().next().map(|id| (p.bsn, id)))
-                    .into_iter()
-                    .collect()),
-                Named::Unknown => Ok(Vec::new()),
+                Named::Id(id) => Ok((by_id(&id), None)),
+                Named::Bsn(bsn) => Ok((
+                    zv.records
+                        .patient_by_bsn(zv.partner, &bsn)
+                        .and_then(|p| p.resource_ids.into_iter().next().map(|id| (p.bsn, id)))
+                        .into_iter()
+                        .collect(),
+                    Some(bsn),
+                )),
+                Named::Unknown => Ok((Vec::new(), None)),
             }
         }
     }
 }
+
+/// The patients a request may be about, as (BSN, `Patient.id`), and the
+/// BSN it named when it looked a patient up by BSN.
+type Candidates = (Vec<(Bsn, String)>, Option<Bsn>);
 
 /// How a search names its patient.
 #[derive(Debug, PartialEq, Eq)]
