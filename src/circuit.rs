@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::http::partners::{HttpReply, PartnerHttp};
+use crate::http::partners::{HttpReply, Outgoing, PartnerHttp};
 use crate::ops::metrics::{self, Metrics};
 use crate::util::time::now_unix;
 
@@ -362,6 +362,16 @@ impl PartnerHttp for CircuitHttp {
         let result = self
             .inner
             .send(partner, method, url, content_type, body, headers);
+        self.observe(partner, result)
+    }
+
+    fn send_within(
+        &self,
+        partner: &str,
+        request: &Outgoing<'_>,
+        timeout: std::time::Duration,
+    ) -> Result<HttpReply, String> {
+        let result = self.inner.send_within(partner, request, timeout);
         self.observe(partner, result)
     }
 }

@@ -2,9 +2,10 @@
 //! (DESIGN.md "Consent at release").
 //!
 //! One interface, [`ConsentCheck`], asked before anything of a patient is
-//! served to a partner whose consent is `mitz`. Today the answer comes from
-//! the Mitz consent view (`mitz::consent`, fed by consent notifications); the
-//! Mitz closed question becomes another implementation behind the same call.
+//! served to a partner whose consent is `mitz`. Two implementations: the
+//! Mitz consent view (`mitz::consent`, fed by consent notifications), and
+//! the Mitz closed question (`mitz::closed`), the authority when a Mitz
+//! partner has a `URL`.
 //! Only [`Answer::Permit`] releases data: deny, not applicable, and a check
 //! that could not be made all withhold it.
 
@@ -26,6 +27,14 @@ pub struct Question<'a> {
     pub provider_category: &'a str,
     /// The requesting organisation (bare OID), for a question that names it.
     pub requester: &'a str,
+    /// The requesting organisation's URA (8 digits) when the request context
+    /// names one (`X-ZV-Subject-Organization-Ura`); the closed question also
+    /// reads it from a URA OID in `requester`.
+    pub requester_ura: Option<&'a str>,
+    /// The user's role as the request context gives it (`X-ZV-Subject-Role`).
+    pub requester_role: Option<&'a str>,
+    /// The user's id as the request context gives it (`X-ZV-Subject-Id`).
+    pub requester_user: Option<&'a str>,
 }
 
 /// The answer.

@@ -7,8 +7,12 @@
 //! entity references other than the five predefined ones, character
 //! references to characters XML does not allow, encodings other than UTF-8,
 //! and control characters. Namespaces are resolved here too, so that FHIR and
-//! XHTML elements are recognised by namespace and not by prefix. Depth and
-//! size are capped before anything is allocated per element.
+//! XHTML elements are recognised by namespace and not by prefix (other
+//! vocabularies, SOAP and XACML for the Mitz closed question, by
+//! [`Element::uri`]). Depth and size are capped before anything is allocated
+//! per element.
+
+use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
@@ -76,6 +80,8 @@ pub enum Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     pub ns: Ns,
+    /// The namespace URI, empty for none.
+    pub uri: Arc<str>,
     /// Local name (without prefix).
     pub name: String,
     /// Attributes other than namespace declarations, in document order.
@@ -86,6 +92,11 @@ pub struct Element {
 }
 
 impl Element {
+    /// Whether this is element `name` of namespace `uri`.
+    pub fn is(&self, uri: &str, name: &str) -> bool {
+        self.name == name && &*self.uri == uri
+    }
+
     /// The value of the unnamespaced attribute `name`.
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
@@ -159,7 +170,9 @@ struct Builder<'a> {
     text: &'a str,
     max_depth: usize,
     /// In-scope namespace bindings, innermost last: (prefix, uri); prefix "" is the default.
-    scopes: Vec<(String, String)>,
+    scopes: Vec<(String, Arc<str>)>,
+    /// The empty URI, shared by every element in no namespace.
+    no_uri: Arc<str>,
     stack: Vec<Open>,
     root: Option<Element>,
 }
@@ -170,6 +183,7 @@ impl<'a> Builder<'a> {
             text,
             max_depth,
             scopes: Vec::new(),
+            no_uri: Arc::from(""),
             stack: Vec::new(),
             root: None,
         }
@@ -319,12 +333,12 @@ impl<'a> Builder<'a> {
                 AttrValueError::Syntax(r) => syntax(self.text, pos, r),
             })?;
             if key == "xmlns" {
-                self.scopes.push((String::new(), value));
+                self.scopes.push((String::new(), Arc::from(value)));
             } else if let Some(prefix) = key.strip_prefix("xmlns:") {
                 if value.is_empty() {
                     return Err(syntax(self.text, pos, "empty namespace for a prefix"));
                 }
-                self.scopes.push((prefix.to_owned(), value));
+                self.scopes.push((prefix.to_owned(), Arc::from(value)));
             } else {
                 raw_attrs.push((key.to_owned(), value));
             }
@@ -334,9 +348,10 @@ impl<'a> Builder<'a> {
             .to_owned();
         check_qname(&qname).map_err(|r| syntax(self.text, pos, r))?;
         let (prefix, local) = split_qname(&qname);
-        let ns = self
-            .resolve(prefix.unwrap_or(""))
+        let uri = self
+            .resolve_uri(prefix.unwrap_or(""))
             .ok_or_else(|| syntax(self.text, pos, "undeclared namespace prefix"))?;
+        let ns = Ns::of(&uri);
         let mut attrs = Vec::with_capacity(raw_attrs.len());
         for (key, value) in raw_attrs {
             let (prefix, local) = split_qname(&key);
@@ -359,6 +374,7 @@ impl<'a> Builder<'a> {
         Ok(Open {
             element: Element {
                 ns,
+                uri,
                 name: local.to_owned(),
                 attrs,
                 children: Vec::new(),
@@ -372,9 +388,17 @@ impl<'a> Builder<'a> {
         if prefix == "xml" {
             return Some(Ns::Xml);
         }
+        self.resolve_uri(prefix).map(|uri| Ns::of(&uri))
+    }
+
+    /// The namespace URI bound to `prefix` ("" for the default namespace).
+    fn resolve_uri(&self, prefix: &str) -> Option<Arc<str>> {
+        if prefix == "xml" {
+            return Some(Arc::from(XML_NS));
+        }
         match self.scopes.iter().rev().find(|(p, _)| p == prefix) {
-            Some((_, uri)) => Some(Ns::of(uri)),
-            None if prefix.is_empty() => Some(Ns::None),
+            Some((_, uri)) => Some(uri.clone()),
+            None if prefix.is_empty() => Some(self.no_uri.clone()),
             None => None,
         }
     }
@@ -624,6 +648,24 @@ mod tests {
             root.attrs.is_empty(),
             "namespace declarations are not attributes"
         );
+    }
+
+    #[test]
+    fn other_namespaces_keep_their_uri() {
+        let root = parse_ok(
+            r#"<s:Envelope xmlns:s="urn:example:soap"><Body xmlns="urn:example:body"><x xmlns=""/></Body></s:Envelope>"#,
+        );
+        assert_eq!(root.ns, Ns::Other);
+        assert!(root.is("urn:example:soap", "Envelope"));
+        assert!(!root.is("urn:example:body", "Envelope"));
+        let Node::Element(body) = &root.children[0] else {
+            panic!()
+        };
+        assert!(body.is("urn:example:body", "Body"));
+        let Node::Element(x) = &body.children[0] else {
+            panic!()
+        };
+        assert_eq!((x.ns, &*x.uri), (Ns::None, ""), "xmlns=\"\" undeclares");
     }
 
     #[test]

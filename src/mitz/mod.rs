@@ -23,6 +23,7 @@
 //! `mitz.duplicate` and `mitz.refused`, with the patient when known.
 
 pub mod aorta;
+pub mod closed;
 pub mod consent;
 pub mod notification;
 

@@ -44,6 +44,10 @@ pub const CIRCUIT_OPENED: &str = "np_circuit_opened_total";
 pub const BACKPRESSURE: &str = "np_backpressure";
 /// Requests answered 503 because of backpressure, by endpoint.
 pub const BACKPRESSURE_REFUSED: &str = "np_backpressure_refused_total";
+/// Mitz closed questions answered, by decision (`permit`, `deny`, …, or why none came).
+pub const MITZ_DECISIONS: &str = "np_mitz_decisions_total";
+/// Consent questions answered from the closed-question cache without asking Mitz.
+pub const MITZ_DECISION_CACHE_HITS: &str = "np_mitz_decision_cache_hits_total";
 
 /// Refreshes gauges right before the registry is rendered (e.g. counts spool folders).
 pub type Collector = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -177,6 +181,14 @@ impl Metrics {
         m.describe(
             BACKPRESSURE_REFUSED,
             "Requests answered 503 because new work is refused (backpressure), by endpoint.",
+        );
+        m.describe(
+            MITZ_DECISIONS,
+            "Mitz closed questions, by decision or by why none came (fault, timeout, ...).",
+        );
+        m.describe(
+            MITZ_DECISION_CACHE_HITS,
+            "Consent questions answered from the closed-question cache.",
         );
         m.describe_gauge(
             SPOOL_ITEMS,
