@@ -301,11 +301,62 @@ impl CaseStore {
 /// published to Zorgviewer partners in another.
 pub struct ExportFolders {
     root: PathBuf,
-    data: Mutex<HashMap<(String, String, u32), Arc<serde_json::Value>>>,
+    data: Mutex<DataCache>,
 }
 
-/// Parsed data versions kept in memory.
-const DATA_CACHE: usize = 64;
+/// Parsed data versions kept in memory: at most this many…
+const DATA_CACHE_ENTRIES: usize = 4096;
+/// …and at most this many bytes of the files they were parsed from.
+const DATA_CACHE_BYTES: usize = 64 << 20;
+
+type DataKey = (String, String, u32);
+
+/// The parsed data versions read most recently, within a count and a byte
+/// budget; the least recently used goes first.
+#[derive(Default)]
+struct DataCache {
+    entries: HashMap<DataKey, (Arc<serde_json::Value>, usize, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl DataCache {
+    fn get(&mut self, key: &DataKey) -> Option<Arc<serde_json::Value>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(key).map(|(v, _, used)| {
+            *used = clock;
+            v.clone()
+        })
+    }
+
+    fn insert(&mut self, key: DataKey, value: Arc<serde_json::Value>, size: usize) {
+        if size > DATA_CACHE_BYTES {
+            return;
+        }
+        self.remove(&key);
+        while self.entries.len() >= DATA_CACHE_ENTRIES || self.bytes + size > DATA_CACHE_BYTES {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        self.clock += 1;
+        self.bytes += size;
+        self.entries.insert(key, (value, size, self.clock));
+    }
+
+    fn remove(&mut self, key: &DataKey) {
+        if let Some((_, size, _)) = self.entries.remove(key) {
+            self.bytes -= size;
+        }
+    }
+}
 
 impl ExportFolders {
     /// Creates `root` when missing.
@@ -313,7 +364,7 @@ impl ExportFolders {
         durable::create_dir_all(&root)?;
         Ok(ExportFolders {
             root,
-            data: Mutex::new(HashMap::new()),
+            data: Mutex::new(DataCache::default()),
         })
     }
 
@@ -430,7 +481,7 @@ impl ExportFolders {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return Ok(v.clone());
+            return Ok(v);
         }
         let path = self.data_path(partner, id, version);
         let Some(bytes) = read_optional(&path)? else {
@@ -446,11 +497,10 @@ impl ExportFolders {
                 reason: e.to_string(),
             })?;
         let value = Arc::new(value);
-        let mut cache = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= DATA_CACHE {
-            cache.clear();
-        }
-        cache.insert(key, value.clone());
+        self.data
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, value.clone(), bytes.len());
         Ok(value)
     }
 }
@@ -518,6 +568,34 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>, CaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_cache_drops_the_least_recently_used_within_its_budget() {
+        let key = |i: u32| ("p".to_string(), format!("c{i}"), 1);
+        let v = || Arc::new(serde_json::json!({}));
+        let mut cache = DataCache::default();
+        for i in 0..DATA_CACHE_ENTRIES as u32 {
+            cache.insert(key(i), v(), 1);
+        }
+        assert!(cache.get(&key(0)).is_some(), "touch the first one");
+        cache.insert(key(99_999), v(), 1);
+        assert_eq!(cache.entries.len(), DATA_CACHE_ENTRIES);
+        assert!(cache.get(&key(0)).is_some(), "recently used: kept");
+        assert!(cache.get(&key(1)).is_none(), "least recently used: dropped");
+        // The byte budget: a big entry pushes out as many as it needs.
+        cache.insert(key(100_000), v(), DATA_CACHE_BYTES - 10);
+        assert!(cache.bytes <= DATA_CACHE_BYTES);
+        assert!(cache.get(&key(100_000)).is_some());
+        assert!(cache.entries.len() <= 11);
+        // Larger than the whole budget: not kept at all.
+        cache.insert(key(100_001), v(), DATA_CACHE_BYTES + 1);
+        assert!(cache.get(&key(100_001)).is_none());
+        // Replacing and removing keep the byte count right.
+        cache.insert(key(100_000), v(), 5);
+        cache.remove(&key(100_000));
+        let sum: usize = cache.entries.values().map(|(_, s, _)| s).sum();
+        assert_eq!(cache.bytes, sum);
+    }
 
     fn dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!("np-cases-{}", random::uuid_v4().unwrap()));
