@@ -428,7 +428,7 @@ mod tests {
             name: "broker".into(),
             cert: CertSelector::Dns("broker.example".into()),
             allow_from: crate::config::AllowFrom::any(),
-            kind: PartnerKind::Mitz(Mitz {}),
+            kind: PartnerKind::Mitz(Mitz::default()),
         };
         assert_eq!(
             probe_target(&mitz).unwrap_err().to_string(),
