@@ -3,7 +3,9 @@
 //! - [`TempDir`]: a fresh directory per test, removed on drop;
 //! - [`pki`]: a throwaway PKI written to disk, CRLs, and an RSA-PSS
 //!   (PKIoverheid G4 style) chain made with the `openssl` CLI;
-//! - [`tls`]: one real TLS exchange over 127.0.0.1 with given configs.
+//! - [`tls`]: one real TLS exchange over 127.0.0.1 with given configs;
+//! - [`mitz`]: a stand-in Mitz (Subscription endpoint, faults, routes for
+//!   more endpoints) that also pushes consent notifications as the broker.
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 // Test helpers panic on setup failure; [lints.clippy] denies this in product code only.
@@ -11,6 +13,7 @@
 
 pub mod agent;
 pub mod folders;
+pub mod mitz;
 pub mod observe;
 pub mod partner;
 pub mod pki;
