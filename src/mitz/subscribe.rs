@@ -237,10 +237,7 @@ pub fn queue(
         not_before: now,
         give_up_at: None,
         last_error: None,
-        body: serde_json::to_value(&body).map_err(|e| SubscribeError::Corrupt {
-            path: PathBuf::from(&item_name(api.name)),
-            reason: e.to_string(),
-        })?,
+        body: body.to_value(),
     };
     if spool.enqueue(&item)? {
         log::info!(
@@ -253,10 +250,6 @@ pub fn queue(
     } else {
         Ok(Queued::Pending)
     }
-}
-
-fn item_name(partner: &str) -> String {
-    format!("{KIND_SUBSCRIBE} item for partner {partner}")
 }
 
 /// Subscriptions with the configuration of the moment: the sender's

@@ -71,6 +71,13 @@ pub struct SubscribeBody {
     pub origin: Origin,
 }
 
+impl SubscribeBody {
+    /// The item body: `{"patient": "<BSN>", "origin": "published"|"backfill"}`.
+    pub fn to_value(&self) -> Value {
+        json!({"patient": self.patient, "origin": self.origin.label()})
+    }
+}
+
 /// The spool item id of subscribing `patient` at Mitz partner `partner`:
 /// `mitz-sub-<32 hex>`, the same for the same pair whoever queues it (the
 /// outbox, again after a crash, or `np-agent mitz subscribe`), so the work
@@ -628,8 +635,21 @@ mod tests {
             patient: BSN.into(),
             origin: Origin::Backfill,
         };
-        let v = serde_json::to_value(&body).unwrap();
+        let v = body.to_value();
         assert_eq!(v, json!({"patient": BSN, "origin": "backfill"}));
+        assert_eq!(
+            v,
+            serde_json::to_value(&body).unwrap(),
+            "as serde writes it"
+        );
         assert_eq!(serde_json::from_value::<SubscribeBody>(v).unwrap(), body);
+        let published = SubscribeBody {
+            origin: Origin::Published,
+            ..body
+        };
+        assert_eq!(
+            serde_json::from_value::<SubscribeBody>(published.to_value()).unwrap(),
+            published
+        );
     }
 }

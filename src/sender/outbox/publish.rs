@@ -146,7 +146,7 @@ impl Scanner<'_> {
         match self.after_publish {
             Some(hook) if partner.consent == Consent::Mitz => hook
                 .published(&record.patient, now)
-                .map_err(|e| Fail::Transient(e)),
+                .map_err(Fail::Transient),
             _ => Ok(0),
         }
     }
