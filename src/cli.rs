@@ -103,6 +103,32 @@ record matched), 64 on a bad BSN or date, 78 on a configuration error, 1 when th
 cannot be read.",
     },
     Command {
+        name: "mitz subscribe",
+        usage: "np-agent mitz subscribe --bsn <BSN>|--from-file F [--env-file F]",
+        summary: "subscribe patients at Mitz (back-fill)",
+        details: "Queues the Mitz subscription of one patient (--bsn) or of every BSN in F (one a \
+line, blank lines skipped) at each mitz partner with a URL, in the spool under NP_STATE_DIR; the \
+running daemon makes them within seconds and retries while Mitz is unreachable. A patient whose \
+record is published to a Zorgviewer partner with consent mitz is subscribed without this; it is \
+for patients published before a Mitz partner had a URL. A patient recorded as subscribed, or whose \
+subscription is queued already, is not queued again. Every BSN must pass the 11-test: a bad line \
+is reported with its line number (never its content) and skipped. Prints how many were queued, \
+already recorded and already queued. Run it as the service user (sudo -u np-agent) so the daemon \
+can read what it writes. Exit 0, 1 when a line was bad or nothing could be queued (no spool yet, \
+disk nearly full), 64 on a bad --bsn, 78 on a configuration error or when no mitz partner has a URL.",
+    },
+    Command {
+        name: "mitz subscriptions",
+        usage: "np-agent mitz subscriptions [--env-file F] [--json]",
+        summary: "list the Mitz subscriptions made",
+        details: "Prints one line per subscription Mitz confirmed: partner, BSN, Mitz's \
+subscription id, when (UTC) and Mitz's answer (201 new, 202 it existed already), from \
+NP_STATE_DIR/mitz/subscriptions. --json prints an array of objects with the keys partner, \
+patient, subscription, subscribed_at and status. The BSN appears on standard output only. \
+Queued and given-up subscriptions are spool work (np-agent status). Safe to run while the daemon \
+runs. Exit 0, 1 when a record cannot be read, 78 on a configuration error.",
+    },
+    Command {
         name: "keygen",
         usage: "np-agent keygen --alg PS256|ES256|ES384|ES512 --out F",
         summary: "create a new signing key (PKCS#8 PEM, mode 0600)",
@@ -139,11 +165,24 @@ pub fn main(args: Vec<OsString>) -> i32 {
         // Hidden: generated man pages and default env file, for packaging.
         return crate::manpage::main(&args[1..]);
     }
-    let Some(cmd) = COMMANDS.iter().find(|c| c.name == first) else {
-        eprintln!("np-agent: unknown command {first:?}; see np-agent --help");
+    // Commands of two words (`mitz subscribe`) are found by both.
+    let (name, rest) = match (GROUPS.contains(&first.as_str()), args.get(1)) {
+        (true, Some(sub)) if !sub.starts_with('-') => (format!("{first} {sub}"), &args[2..]),
+        (true, sub) => {
+            let help = group_help(first);
+            if sub.is_some_and(|a| a == "-h" || a == "--help") {
+                print!("{help}");
+                return 0;
+            }
+            eprint!("{help}");
+            return EXIT_USAGE;
+        }
+        (false, _) => (first.clone(), &args[1..]),
+    };
+    let Some(cmd) = COMMANDS.iter().find(|c| c.name == name) else {
+        eprintln!("np-agent: unknown command {name:?}; see np-agent --help");
         return EXIT_USAGE;
     };
-    let rest = &args[1..];
     if rest.iter().any(|a| a == "-h" || a == "--help") {
         print!("{}", command_help(cmd));
         return 0;
@@ -169,8 +208,28 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "retry-dead" => retry_dead(&opts),
         "doctor" => crate::doctor::run(opts.env_file.clone()),
         "audit" => audit(&opts, cmd.usage),
+        "mitz subscribe" => mitz_subscribe(&opts, cmd.usage),
+        "mitz subscriptions" => mitz_subscriptions(&opts),
         _ => EXIT_USAGE,
     }
+}
+
+/// First words of the commands that have two.
+const GROUPS: &[&str] = &["mitz"];
+
+/// `np-agent mitz` without a subcommand: the usage of each.
+fn group_help(group: &str) -> String {
+    let mut s = String::from("usage:\n");
+    for c in COMMANDS
+        .iter()
+        .filter(|c| c.name.split(' ').next() == Some(group))
+    {
+        s.push_str(&format!("  {}\n", c.usage));
+    }
+    s.push_str(&format!(
+        "\nRun 'np-agent {group} <command> --help' for more.\n"
+    ));
+    s
 }
 
 /// `np-agent --help`.
@@ -181,7 +240,7 @@ pub fn overview() -> String {
         env!("CARGO_PKG_VERSION")
     );
     for c in COMMANDS {
-        s.push_str(&format!("  {:<14} {}\n", c.name, c.summary));
+        s.push_str(&format!("  {:<19} {}\n", c.name, c.summary));
     }
     s.push_str(&format!(
         "\noptions:\n  --env-file F   read configuration from F (systemd EnvironmentFile syntax; \
@@ -232,6 +291,8 @@ struct Options {
     patient: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    bsn: Option<String>,
+    from_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -256,7 +317,13 @@ impl Options {
                 }
                 ("keygen", "--alg") => o.alg = Some(value("--alg")?),
                 ("keygen", "--out") => o.out = Some(value("--out")?.into()),
-                ("status" | "audit", "--json") if inline.is_none() => o.json = true,
+                ("status" | "audit" | "mitz subscriptions", "--json") if inline.is_none() => {
+                    o.json = true
+                }
+                ("mitz subscribe", "--bsn") => o.bsn = Some(value("--bsn")?),
+                ("mitz subscribe", "--from-file") => {
+                    o.from_file = Some(value("--from-file")?.into())
+                }
                 ("audit", "--patient") => o.patient = Some(value("--patient")?),
                 ("audit", "--from") => o.from = Some(value("--from")?),
                 ("audit", "--to") => o.to = Some(value("--to")?),
@@ -271,6 +338,9 @@ impl Options {
         }
         if cmd.name == "audit" && o.patient.is_none() {
             return Err("--patient is required".into());
+        }
+        if cmd.name == "mitz subscribe" && o.bsn.is_some() == o.from_file.is_some() {
+            return Err("give either --bsn or --from-file".into());
         }
         Ok(o)
     }
@@ -519,6 +589,180 @@ fn audit(opts: &Options, usage: &str) -> i32 {
     }
 }
 
+/// `np-agent mitz subscribe`: queue the subscriptions of the given patients
+/// in the spool of the (running) daemon.
+fn mitz_subscribe(opts: &Options, usage: &str) -> i32 {
+    use crate::mitz::subscribe::{Queued, SubscriptionStore, queue};
+    use crate::mitz::subscription::Origin;
+    const CMD: &str = "np-agent mitz subscribe";
+    // The patients, and whether an input line was bad.
+    let (patients, bad_lines) = match (&opts.bsn, &opts.from_file) {
+        (Some(bsn), _) => match crate::ids::Bsn::parse(bsn) {
+            Some(b) => (vec![b], false),
+            None => {
+                eprintln!(
+                    "{CMD}: --bsn is not a valid BSN (9 digits passing the 11-test)\nusage: {usage}"
+                );
+                return EXIT_USAGE;
+            }
+        },
+        (None, Some(file)) => match read_bsn_file(file) {
+            Ok(read) => read,
+            Err(e) => {
+                eprintln!("{CMD}: {}: {e}", file.display());
+                return EXIT_FAILURE;
+            }
+        },
+        (None, None) => return EXIT_USAGE,
+    };
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let apis: Vec<config::MitzApi<'_>> = cfg.mitz_apis().collect();
+    if apis.is_empty() {
+        eprintln!(
+            "config error: no mitz partner has a URL (NP_PARTNER_<NAME>_URL): there is no Mitz to subscribe at"
+        );
+        return EXIT_CONFIG;
+    }
+    match crate::backpressure::free_bytes(&cfg.state_dir) {
+        Ok(free) if crate::backpressure::decide(free, cfg.min_free_disk, false) => {
+            eprintln!(
+                "{CMD}: NP_STATE_DIR has {free} bytes free, below NP_MIN_FREE_DISK ({}): nothing queued; try again when space returns",
+                cfg.min_free_disk
+            );
+            return EXIT_FAILURE;
+        }
+        _ => {}
+    }
+    let spool = match open_spool(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let store = SubscriptionStore::reader(&cfg.state_dir);
+    let now = crate::util::time::now_unix();
+    let (mut queued, mut recorded, mut pending) = (0usize, 0usize, 0usize);
+    for patient in &patients {
+        for api in &apis {
+            match queue(&spool, &store, *api, patient, Origin::Backfill, now) {
+                Ok(Queued::New) => queued += 1,
+                Ok(Queued::Recorded) => recorded += 1,
+                Ok(Queued::Pending) => pending += 1,
+                Err(e) => {
+                    eprintln!(
+                        "{CMD}: {e}\nqueued {queued} before the failure; run the command again to queue the rest"
+                    );
+                    return EXIT_FAILURE;
+                }
+            }
+        }
+    }
+    let names: Vec<&str> = apis.iter().map(|a| a.name).collect();
+    println!(
+        "queued {queued} subscription(s), {recorded} already recorded, {pending} already queued (Mitz partner(s): {}; {} patient(s))",
+        names.join(", "),
+        patients.len()
+    );
+    if bad_lines { EXIT_FAILURE } else { 0 }
+}
+
+/// The BSNs of a file, one a line (blank lines skipped). A bad line is
+/// reported on standard error with its number, not its content, and
+/// skipped; the flag says whether there was one.
+fn read_bsn_file(path: &std::path::Path) -> std::io::Result<(Vec<crate::ids::Bsn>, bool)> {
+    let text = std::fs::read_to_string(path)?;
+    let (mut patients, mut bad) = (Vec::new(), false);
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match crate::ids::Bsn::parse(line) {
+            Some(b) => patients.push(b),
+            None => {
+                eprintln!(
+                    "np-agent mitz subscribe: {} line {}: not a valid BSN (9 digits passing the 11-test); skipped",
+                    path.display(),
+                    i + 1
+                );
+                bad = true;
+            }
+        }
+    }
+    Ok((patients, bad))
+}
+
+/// `np-agent mitz subscriptions`: what Mitz confirmed, to stdout only.
+fn mitz_subscriptions(opts: &Options) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = crate::mitz::subscribe::SubscriptionStore::reader(&cfg.state_dir);
+    let (found, failed) = match store.list() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("np-agent mitz subscriptions: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    for e in &failed {
+        eprintln!("np-agent mitz subscriptions: skipped {e}");
+    }
+    let when = |r: &crate::mitz::subscribe::Recorded| crate::util::time::rfc3339(r.subscribed_at);
+    let out = if opts.json {
+        let rows: Vec<serde_json::Value> = found
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "partner": r.partner,
+                    "patient": r.patient,
+                    "subscription": r.subscription,
+                    "subscribed_at": when(r),
+                    "status": r.status,
+                })
+            })
+            .collect();
+        format!("{}\n", serde_json::Value::Array(rows))
+    } else {
+        let mut rows = vec![[
+            "partner".to_string(),
+            "patient".to_string(),
+            "subscription".to_string(),
+            "subscribed_at".to_string(),
+            "status".to_string(),
+        ]];
+        rows.extend(found.iter().map(|r| {
+            [
+                r.partner.clone(),
+                r.patient.clone(),
+                r.subscription.clone().unwrap_or_else(|| "-".into()),
+                when(r),
+                r.status.to_string(),
+            ]
+        }));
+        let widths: Vec<usize> = (0..5)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        rows.iter()
+            .map(|r| {
+                let cells: Vec<String> = r
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                format!("{}\n", cells.join("  ").trim_end())
+            })
+            .collect()
+    };
+    if let Err(e) = write_stdout(out.as_bytes()) {
+        eprintln!("np-agent mitz subscriptions: standard output: {e}");
+        return EXIT_FAILURE;
+    }
+    if failed.is_empty() { 0 } else { EXIT_FAILURE }
+}
+
 /// Writes all of `bytes` to stdout; a reader that went away (`| head`) is
 /// not an error.
 fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
@@ -612,6 +856,15 @@ mod tests {
         assert!(opts("audit", &["--json"]).is_err());
         assert!(opts("audit", &["--patient"]).is_err());
         assert!(opts("status", &["--patient", "999999151"]).is_err());
+        let m = opts("mitz subscribe", &["--bsn", "999999151"]).unwrap();
+        assert_eq!((m.bsn.as_deref(), m.from_file), (Some("999999151"), None));
+        let m = opts("mitz subscribe", &["--from-file=/x.txt"]).unwrap();
+        assert_eq!(m.from_file, Some("/x.txt".into()));
+        assert!(opts("mitz subscribe", &[]).is_err(), "one of the two");
+        assert!(opts("mitz subscribe", &["--bsn", "1", "--from-file", "f"]).is_err());
+        assert!(opts("mitz subscribe", &["--json"]).is_err());
+        assert!(opts("mitz subscriptions", &["--json"]).unwrap().json);
+        assert!(opts("mitz subscriptions", &["--bsn", "999999151"]).is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ids::{IdScheme, OrgId, URA_OID_ROOT, is_digits};
+use crate::ids::{IdScheme, Oid, OrgId, URA_OID_ROOT, is_digits};
 use crate::jose::Alg;
 use crate::util::values::{parse_bool, parse_duration, parse_size};
 
@@ -27,6 +27,10 @@ pub const EXIT_CONFIG: i32 = 78;
 
 /// Default path of the env file.
 pub const DEFAULT_ENV_FILE: &str = "/etc/np-agent/np-agent.env";
+
+/// Our Mitz notification intake path; `NP_MITZ_NOTIFY_URL` defaults to
+/// `NP_PUBLIC_URL` with it.
+pub const MITZ_NOTIFY_PATH: &str = "/mitz/fhir";
 
 /// One documented configuration key.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +78,7 @@ const fn pkey(
 
 const ALL_KINDS: &[Kind] = &[Kind::Twiin, Kind::Mitz, Kind::Zorgviewer];
 const TWIIN: &[Kind] = &[Kind::Twiin];
+const MITZ: &[Kind] = &[Kind::Mitz];
 const ZORGVIEWER: &[Kind] = &[Kind::Zorgviewer];
 const ASSERTING: &[Kind] = &[Kind::Twiin, Kind::Zorgviewer];
 
@@ -220,6 +225,36 @@ pub const KEYS: &[KeySpec] = &[
         "open connections; above it new ones are refused at once",
     ),
     key(
+        "NP_ORG_CATEGORY",
+        None,
+        false,
+        "our Mitz zorgaanbiedercategorie (e.g. Z3); required when a mitz partner has a URL",
+    ),
+    key(
+        "NP_HOME_COMMUNITY_ID",
+        None,
+        false,
+        "bare OID of our gateway (home community): the GatewaySystem extension of our Mitz subscriptions, as urn:oid:<OID>; unset: left out",
+    ),
+    key(
+        "NP_SOURCE_ID",
+        None,
+        false,
+        "bare OID of our source system: the SourceSystem extension of our Mitz subscriptions, as urn:oid:<OID>; unset: left out",
+    ),
+    key(
+        "NP_MITZ_NOTIFY_URL",
+        Some("NP_PUBLIC_URL + /mitz/fhir"),
+        false,
+        "the channel endpoint our Mitz subscriptions name: where consent notifications are posted to us",
+    ),
+    key(
+        "NP_MITZ_DECISION_TTL",
+        Some("60s"),
+        false,
+        "how long a Mitz closed-question answer is reused for (patient, requester, category)",
+    ),
+    key(
         "NP_PARTNERS",
         Some(""),
         false,
@@ -284,6 +319,12 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         None,
         ALL_KINDS,
         "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required",
+    ),
+    pkey(
+        "URL",
+        None,
+        MITZ,
+        "mitz: the Mitz API base, e.g. https://tst-api.mijn-mitz.nl/tst-us/mitz (subscriptions go to <URL>/abonnementen/fhir/Subscription); unset: the partner only delivers consent notifications",
     ),
     pkey(
         "FHIR_BASE",
@@ -499,9 +540,15 @@ pub struct Twiin {
     pub address_system: bool,
 }
 
-/// A Mitz notification broker: its certificate is its whole identity.
+/// Mitz, or its notification broker: its certificate is its identity when
+/// it posts consent notifications to us; with a `URL` we also call its API
+/// (subscriptions, the closed question).
 #[derive(Debug, Clone, Default)]
-pub struct Mitz {}
+pub struct Mitz {
+    /// The Mitz API base (`NP_PARTNER_<NAME>_URL`), `https://`, without a
+    /// trailing slash; `None`: the partner only delivers notifications.
+    pub url: Option<String>,
+}
 
 /// A regional Zorgviewer reading published records.
 #[derive(Debug, Clone)]
@@ -540,6 +587,33 @@ impl<K> std::ops::Deref for Of<'_, K> {
 pub type TwiinPartner<'a> = Of<'a, Twiin>;
 /// A Mitz partner with its settings.
 pub type MitzPartner<'a> = Of<'a, Mitz>;
+
+/// A Mitz partner whose API we call: one with a `URL`. Code that talks to
+/// Mitz takes this, so it cannot be handed a partner without a base.
+#[derive(Debug, Clone, Copy)]
+pub struct MitzApi<'a> {
+    pub name: &'a str,
+    pub partner: &'a Partner,
+    /// The API base, without a trailing slash.
+    pub url: &'a str,
+}
+
+impl<'a> MitzApi<'a> {
+    /// The API view of a Mitz partner, when it has a `URL`.
+    pub fn of(partner: MitzPartner<'a>) -> Option<MitzApi<'a>> {
+        let url = partner.kind.url.as_deref()?;
+        Some(MitzApi {
+            name: partner.name,
+            partner: partner.partner,
+            url,
+        })
+    }
+
+    /// `<URL><path>`; `path` starts with `/`.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+}
 
 /// What our token endpoint expects of a partner's assertions.
 #[derive(Debug, Clone)]
@@ -656,6 +730,17 @@ pub struct Config {
     pub circuit_failures: u32,
     /// Wait before the first probe of an open circuit.
     pub circuit_cooldown: Duration,
+    /// Our Mitz zorgaanbiedercategorie (`NP_ORG_CATEGORY`, e.g. `Z3`); set
+    /// whenever a Mitz partner has a `URL`.
+    pub org_category: Option<String>,
+    /// Our gateway's OID (`NP_HOME_COMMUNITY_ID`), bare.
+    pub home_community_id: Option<Oid>,
+    /// Our source system's OID (`NP_SOURCE_ID`), bare.
+    pub source_id: Option<Oid>,
+    /// The channel endpoint our Mitz subscriptions name.
+    pub mitz_notify_url: String,
+    /// How long a Mitz closed-question answer is reused.
+    pub mitz_decision_ttl: Duration,
     pub partners: Vec<Partner>,
 }
 
@@ -678,6 +763,18 @@ impl Config {
     /// The Twiin partner with this name.
     pub fn twiin_partner(&self, name: &str) -> Option<TwiinPartner<'_>> {
         self.partner(name)?.as_twiin()
+    }
+
+    /// The Mitz partner with this name, when it has a `URL`.
+    pub fn mitz_api(&self, name: &str) -> Option<MitzApi<'_>> {
+        MitzApi::of(self.partner(name)?.as_mitz()?)
+    }
+
+    /// Every Mitz partner with a `URL`, in `NP_PARTNERS` order.
+    pub fn mitz_apis(&self) -> impl Iterator<Item = MitzApi<'_>> {
+        self.partners
+            .iter()
+            .filter_map(|p| MitzApi::of(p.as_mitz()?))
     }
 
     /// Our organisation in the given id scheme, or `None` for AGB when we have no AGB.
@@ -820,14 +917,6 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     let idle_timeout = v.parsed("NP_IDLE_TIMEOUT", positive_duration);
     let retry_max_age = v.parsed("NP_RETRY_MAX_AGE", positive_duration);
     let min_free_disk = v.parsed("NP_MIN_FREE_DISK", parse_size);
-    let whole_seconds = |s: &str| {
-        let d = positive_duration(s)?;
-        if d.as_secs() >= 1 && d <= Duration::from_secs(86_400) {
-            Ok(d)
-        } else {
-            Err(format!("{s:?} must be from 1s to 1d"))
-        }
-    };
     let retry_first = v.parsed("NP_RETRY_FIRST", whole_seconds);
     let retry_cap = v.parsed("NP_RETRY_CAP", whole_seconds);
     let circuit_failures = v.parsed("NP_CIRCUIT_FAILURES", |s| match s.parse::<u32>() {
@@ -842,6 +931,11 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             Err(format!("{s:?} must be at most 15m"))
         }
     });
+    let org_category = v.optional("NP_ORG_CATEGORY", parse_category);
+    let home_community_id = v.optional("NP_HOME_COMMUNITY_ID", bare_oid);
+    let source_id = v.optional("NP_SOURCE_ID", bare_oid);
+    let mitz_notify_url = v.optional("NP_MITZ_NOTIFY_URL", parse_https_url);
+    let mitz_decision_ttl = v.parsed("NP_MITZ_DECISION_TTL", whole_seconds);
     let partner_names = v.parsed("NP_PARTNERS", parse_partner_names);
 
     let client_id = client_id.or_else(|| public_url.as_deref().map(host_of));
@@ -856,6 +950,9 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
         .unwrap_or_default();
     v.check_partner_keys(partner_names.as_deref().unwrap_or_default());
     v.check_unique_certs(&partners);
+    if matches!(org_category, Some(None)) {
+        v.check_category_needed(&partners);
+    }
 
     if !v.errors.is_empty() {
         return Err(v.errors);
@@ -869,7 +966,6 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             admin_listen: admin_listen?,
             system_id: system_id.unwrap_or_else(|| public_url.clone()),
             org_oid: org_oid.unwrap_or_else(|| format!("{URA_OID_ROOT}.{org_ura}")),
-            public_url,
             tls_cert: tls_cert?,
             tls_key: tls_key?,
             tls_trust: tls_trust?,
@@ -897,6 +993,13 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             retry_cap: retry_cap?,
             circuit_failures: circuit_failures?,
             circuit_cooldown: circuit_cooldown?,
+            org_category: org_category?,
+            home_community_id: home_community_id?,
+            source_id: source_id?,
+            mitz_notify_url: mitz_notify_url?
+                .unwrap_or_else(|| format!("{public_url}{MITZ_NOTIFY_PATH}")),
+            mitz_decision_ttl: mitz_decision_ttl?,
+            public_url,
             partners,
         })
     })();
@@ -1128,7 +1231,7 @@ impl Validator<'_> {
             Kind::Twiin => self
                 .twiin(&upper, default_client_id)
                 .map(PartnerKind::Twiin),
-            Kind::Mitz => Some(PartnerKind::Mitz(Mitz {})),
+            Kind::Mitz => self.mitz(&upper).map(PartnerKind::Mitz),
             Kind::Zorgviewer => self.zorgviewer(&upper).map(PartnerKind::Zorgviewer),
         };
         if self.errors.len() > before {
@@ -1205,6 +1308,31 @@ impl Validator<'_> {
             send_bsn,
             address_system,
         })
+    }
+
+    fn mitz(&mut self, upper: &str) -> Option<Mitz> {
+        let url = self.optional(&format!("NP_PARTNER_{upper}_URL"), parse_https_url)?;
+        Some(Mitz { url })
+    }
+
+    /// `NP_ORG_CATEGORY` is unset: an error when a Mitz partner has a
+    /// `URL` (the Subscription's `providertype` and the closed question's
+    /// holder category need it).
+    fn check_category_needed(&mut self, partners: &[Partner]) {
+        let with_url: Vec<String> = partners
+            .iter()
+            .filter(|p| p.as_mitz().is_some_and(|m| m.url.is_some()))
+            .map(|p| format!("NP_PARTNER_{}_URL", p.name.to_ascii_uppercase()))
+            .collect();
+        if !with_url.is_empty() {
+            self.error(
+                "NP_ORG_CATEGORY",
+                format!(
+                    "required when a mitz partner has a URL ({}): our zorgaanbiedercategorie, e.g. Z3",
+                    with_url.join(", ")
+                ),
+            );
+        }
     }
 
     fn zorgviewer(&mut self, upper: &str) -> Option<Zorgviewer> {
@@ -1329,6 +1457,41 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     } else {
         Ok(d)
     }
+}
+
+/// A duration of whole seconds from 1 s to 1 d.
+fn whole_seconds(s: &str) -> Result<Duration, String> {
+    let d = positive_duration(s)?;
+    if d.as_secs() >= 1 && d <= Duration::from_secs(86_400) {
+        Ok(d)
+    } else {
+        Err(format!("{s:?} must be from 1s to 1d"))
+    }
+}
+
+/// A zorgaanbiedercategorie code (`Z3`): 1 to 16 letters and digits. It is
+/// written into the Subscription's criteria, a URL query, so nothing else
+/// is let through.
+fn parse_category(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if (1..=16).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a zorgaanbiedercategorie code (1 to 16 letters and digits, e.g. Z3)"
+        ))
+    }
+}
+
+/// A bare OID (`2.16.840.1.113883.2.4.6.6.1`); FHIR gets `urn:oid:` added.
+fn bare_oid(s: &str) -> Result<Oid, String> {
+    let t = s.trim();
+    if let Some(bare) = t.strip_prefix("urn:oid:") {
+        return Err(format!(
+            "{s:?}: configure the bare OID ({bare}); urn:oid: is added where FHIR needs it"
+        ));
+    }
+    Oid::parse(t).ok_or_else(|| format!("{s:?} is not a dotted OID"))
 }
 
 fn digits8(s: &str, what: &str) -> Result<String, String> {

@@ -59,6 +59,16 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.retry_cap, Duration::from_secs(900));
     assert_eq!(c.circuit_failures, 5);
     assert_eq!(c.circuit_cooldown, Duration::from_secs(30));
+    assert_eq!(c.org_category, None);
+    assert_eq!(
+        (c.home_community_id.clone(), c.source_id.clone()),
+        (None, None)
+    );
+    assert_eq!(
+        c.mitz_notify_url,
+        "https://np.hospital-a.example:8443/mitz/fhir"
+    );
+    assert_eq!(c.mitz_decision_ttl, Duration::from_secs(60));
     assert!(c.partners.is_empty());
     assert_eq!(
         c.token_endpoint(),
@@ -616,6 +626,150 @@ fn mitz_partner_needs_only_a_certificate() {
     assert_eq!(
         c.partners[0].cert,
         CertSelector::Dns("broker.vzvz.example".into())
+    );
+}
+
+#[test]
+fn a_mitz_partner_with_a_url_and_our_mitz_identity() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "mitz,broker");
+    set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:api.mitz.example");
+    set(
+        &mut v,
+        "NP_PARTNER_MITZ_URL",
+        "https://TST-API.mijn-mitz.nl/tst-us/mitz/",
+    );
+    set(&mut v, "NP_PARTNER_BROKER_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_BROKER_CERT", "dns:broker.vzvz.example");
+    set(&mut v, "NP_ORG_CATEGORY", "Z3");
+    set(
+        &mut v,
+        "NP_HOME_COMMUNITY_ID",
+        "2.16.840.1.113883.2.4.6.6.1",
+    );
+    set(&mut v, "NP_SOURCE_ID", "2.16.528.1.1007.3.3.12345678.1");
+    let c = from_vars(&v).unwrap();
+    assert_eq!(
+        c.partners[0].as_mitz().unwrap().url.as_deref(),
+        Some("https://tst-api.mijn-mitz.nl/tst-us/mitz")
+    );
+    assert_eq!(c.partners[1].as_mitz().unwrap().url, None);
+    let apis: Vec<&str> = c.mitz_apis().map(|a| a.name).collect();
+    assert_eq!(apis, ["mitz"], "only a partner with a URL is an API");
+    let api = c.mitz_api("mitz").unwrap();
+    assert_eq!(
+        api.endpoint("/abonnementen/fhir/Subscription"),
+        "https://tst-api.mijn-mitz.nl/tst-us/mitz/abonnementen/fhir/Subscription"
+    );
+    assert!(c.mitz_api("broker").is_none() && c.mitz_api("nobody").is_none());
+    assert_eq!(c.org_category.as_deref(), Some("Z3"));
+    assert_eq!(
+        c.home_community_id.as_ref().map(|o| o.urn()),
+        Some("urn:oid:2.16.840.1.113883.2.4.6.6.1".to_string())
+    );
+    assert_eq!(
+        c.source_id.as_ref().map(|o| o.as_str()),
+        Some("2.16.528.1.1007.3.3.12345678.1")
+    );
+    // Defaults: the notification intake on our public URL, a minute of reuse.
+    assert_eq!(
+        c.mitz_notify_url,
+        "https://np.hospital-a.example:8443/mitz/fhir"
+    );
+    assert_eq!(c.mitz_decision_ttl, Duration::from_secs(60));
+
+    set(
+        &mut v,
+        "NP_MITZ_NOTIFY_URL",
+        "https://broker.example/fhir/R4/",
+    );
+    set(&mut v, "NP_MITZ_DECISION_TTL", "5m");
+    let c = from_vars(&v).unwrap();
+    assert_eq!(c.mitz_notify_url, "https://broker.example/fhir/R4");
+    assert_eq!(c.mitz_decision_ttl, Duration::from_secs(300));
+}
+
+#[test]
+fn mitz_settings_are_checked_naming_the_key() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:api.mitz.example");
+    set(
+        &mut v,
+        "NP_PARTNER_MITZ_URL",
+        "https://api.mitz.example/mitz",
+    );
+    // A URL without our category: the Subscription cannot be written.
+    let errs = errors(&v);
+    assert_eq!(
+        errs,
+        [
+            "NP_ORG_CATEGORY: required when a mitz partner has a URL (NP_PARTNER_MITZ_URL): our zorgaanbiedercategorie, e.g. Z3"
+        ]
+    );
+    for (key, value, why) in [
+        (
+            "NP_PARTNER_MITZ_URL",
+            "http://api.mitz.example",
+            "must start with https://",
+        ),
+        (
+            "NP_PARTNER_MITZ_URL",
+            "https://api.mitz.example/?x=1",
+            "must not have a query",
+        ),
+        (
+            "NP_ORG_CATEGORY",
+            "Z3&providerid=1",
+            "is not a zorgaanbiedercategorie code",
+        ),
+        (
+            "NP_ORG_CATEGORY",
+            "Z 3",
+            "is not a zorgaanbiedercategorie code",
+        ),
+        (
+            "NP_HOME_COMMUNITY_ID",
+            "urn:oid:2.16.840.1.113883.2.4.6.6.1",
+            "configure the bare OID (2.16.840.1.113883.2.4.6.6.1)",
+        ),
+        ("NP_SOURCE_ID", "2.16.abc", "is not a dotted OID"),
+        (
+            "NP_MITZ_NOTIFY_URL",
+            "http://np.example/mitz/fhir",
+            "must start with https://",
+        ),
+        ("NP_MITZ_DECISION_TTL", "0s", "must be longer than zero"),
+        ("NP_MITZ_DECISION_TTL", "2d", "must be from 1s to 1d"),
+    ] {
+        let mut bad = v.clone();
+        set(&mut bad, "NP_ORG_CATEGORY", "Z3");
+        set(&mut bad, key, value);
+        let errs = errors(&bad);
+        assert_eq!(errs.len(), 1, "{key}={value}: {errs:?}");
+        assert!(
+            errs[0].starts_with(&format!("{key}: ")) && errs[0].contains(why),
+            "{key}={value}: {errs:?}"
+        );
+    }
+    // URL is a mitz key only.
+    set(&mut v, "NP_ORG_CATEGORY", "Z3");
+    set(&mut v, "NP_PARTNERS", "mitz,hospb");
+    set(
+        &mut v,
+        "NP_PARTNER_HOSPB_FHIR_BASE",
+        "https://hospb.example/fhir",
+    );
+    set(&mut v, "NP_PARTNER_HOSPB_ORG", "ura:22222222");
+    set(&mut v, "NP_PARTNER_HOSPB_CERT", "ura:22222222");
+    set(&mut v, "NP_PARTNER_HOSPB_URL", "https://hospb.example/mitz");
+    assert_eq!(
+        errors(&v),
+        ["NP_PARTNER_HOSPB_URL: not used by a twiin partner (only by mitz)"]
     );
 }
 

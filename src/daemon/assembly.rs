@@ -88,6 +88,8 @@ pub struct Shared {
     pub sender: Arc<crate::sender::Sender>,
     pub receiver: Arc<crate::receiver::Receiver>,
     pub mitz: Arc<crate::mitz::Mitz>,
+    /// Mitz subscriptions: the sender's after-publish step and the worker.
+    pub subscriptions: Arc<crate::mitz::subscribe::Subscriptions>,
 }
 
 /// State that lives across reloads.
@@ -111,6 +113,8 @@ pub struct Stores {
     pub receiver: crate::receiver::Receiver,
     /// The Mitz intake's consent view and lock; reconfigured like the receiver.
     pub mitz: crate::mitz::Mitz,
+    /// The Mitz subscriptions made (`NP_STATE_DIR/mitz/subscriptions`).
+    pub subscriptions: Arc<crate::mitz::subscribe::SubscriptionStore>,
 }
 
 impl Stores {
@@ -138,6 +142,8 @@ impl Stores {
             crate::receiver::Receiver::new(Arc::new(cfg.clone()), spool.clone(), audit.clone())
                 .map_err(|e| io(format!("NP_INBOX / NP_STATE_DIR: {e}")))?;
         let mitz = crate::mitz::Mitz::new(Arc::new(cfg.clone()), spool.clone(), audit.clone())
+            .map_err(|e| io(format!("NP_STATE_DIR: {e}")))?;
+        let subscriptions = crate::mitz::subscribe::SubscriptionStore::open(state)
             .map_err(|e| io(format!("NP_STATE_DIR: {e}")))?;
         let circuits = Arc::new(crate::circuit::Circuits::new(
             circuit_policy(cfg),
@@ -167,6 +173,7 @@ impl Stores {
             retry: Arc::new(RwLock::new(retry_policy(cfg))),
             receiver,
             mitz,
+            subscriptions: Arc::new(subscriptions),
             spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
             records: Arc::new(RecordStore::open(state).map_err(|e| io(e.to_string()))?),
@@ -226,14 +233,23 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
     })));
     let receiver = Arc::new(stores.receiver.reconfigured(config.clone()));
     let mitz = Arc::new(stores.mitz.reconfigured(config.clone()));
-    let sender = Arc::new(crate::sender::Sender::new(
+    let subscriptions = Arc::new(crate::mitz::subscribe::Subscriptions::new(
         config.clone(),
-        stores.cases.clone(),
-        stores.records.clone(),
         stores.spool.clone(),
-        stores.tokens.clone(),
         stores.audit.clone(),
+        stores.subscriptions.clone(),
     ));
+    let sender = Arc::new(
+        crate::sender::Sender::new(
+            config.clone(),
+            stores.cases.clone(),
+            stores.records.clone(),
+            stores.spool.clone(),
+            stores.tokens.clone(),
+            stores.audit.clone(),
+        )
+        .with_after_publish(subscriptions.clone()),
+    );
     let token_service = TokenService {
         config: config.clone(),
         replay: stores.replay.clone(),
@@ -259,6 +275,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         sender,
         receiver,
         mitz,
+        subscriptions,
     })
 }
 
@@ -279,7 +296,20 @@ pub(super) fn handlers(router: &Arc<Router>) -> HashMap<String, Arc<dyn crate::w
         crate::mitz::KIND_MITZ.to_string(),
         Arc::new(MitzWork(router.clone())),
     );
+    map.insert(
+        crate::mitz::subscription::KIND_SUBSCRIBE.to_string(),
+        Arc::new(SubscribeWork(router.clone())),
+    );
     map
+}
+
+struct SubscribeWork(Arc<Router>);
+
+impl crate::worker::Handler for SubscribeWork {
+    fn run(&self, item: &crate::spool::Item, now: i64) -> crate::spool::Outcome {
+        let shared = self.0.current();
+        shared.subscriptions.run(item, shared.http.as_ref(), now)
+    }
 }
 
 struct MitzWork(Arc<Router>);

@@ -193,7 +193,9 @@ fn spawn_outbox_thread(
                 // which is safe; the guard logged why, once.
                 if router.stores.disk.check().is_none() {
                     let report = shared.sender.scan(now_unix());
-                    if report.accepted + report.updated + report.cancelled > 0 {
+                    if report.accepted + report.updated + report.cancelled + report.subscriptions
+                        > 0
+                    {
                         wake.wake();
                     }
                 }

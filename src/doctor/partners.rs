@@ -45,6 +45,10 @@ pub(super) fn partner_checks(
             return;
         }
     }
+    if p.as_mitz().is_some() {
+        // The Mitz API signs nothing for us: the handshake is the check.
+        return;
+    }
 
     let mut discovered_jwks = None;
     let discover = p
@@ -87,9 +91,9 @@ struct Target {
 }
 
 /// Where we reach a partner first: the FHIR base of a Twiin partner, the
-/// published keys of a Zorgviewer. `Err` is the partner's only line when
-/// there is nothing to reach (a Mitz broker only connects to us) or
-/// nothing usable to reach.
+/// published keys of a Zorgviewer, the API base of a Mitz partner with a
+/// `URL`. `Err` is the partner's only line when there is nothing to reach (a
+/// Mitz broker without `URL` only connects to us) or nothing usable to reach.
 fn probe_target(p: &Partner) -> Result<Target, Check> {
     let base = partner_name(p);
     let (url, key) = match &p.kind {
@@ -107,24 +111,31 @@ fn probe_target(p: &Partner) -> Result<Target, Check> {
                 ));
             }
         },
-        PartnerKind::Mitz(_) => {
-            return Err(ok(
-                base,
-                "kind mitz: nothing to reach (the broker connects to us)",
-            ));
-        }
+        PartnerKind::Mitz(m) => match &m.url {
+            Some(url) => (url, setting(p, "URL")),
+            None => {
+                return Err(ok(
+                    base,
+                    "kind mitz: nothing to reach (the broker connects to us)",
+                ));
+            }
+        },
     };
     match Url::parse(url) {
         Ok(url) => Ok(Target { url, key }),
         Err(e) => Err(fail(
             check_name(p, "tls"),
             format!("{url:?} {e}"),
-            format!(
-                "correct {}, {} or {}",
-                setting(p, "FHIR_BASE"),
-                setting(p, "TOKEN_URL"),
-                setting(p, "JWKS_URL")
-            ),
+            if p.as_mitz().is_some() {
+                format!("correct {key}")
+            } else {
+                format!(
+                    "correct {}, {} or {}",
+                    setting(p, "FHIR_BASE"),
+                    setting(p, "TOKEN_URL"),
+                    setting(p, "JWKS_URL")
+                )
+            },
         )),
     }
 }
@@ -428,11 +439,31 @@ mod tests {
             name: "broker".into(),
             cert: CertSelector::Dns("broker.example".into()),
             allow_from: crate::config::AllowFrom::any(),
-            kind: PartnerKind::Mitz(Mitz {}),
+            kind: PartnerKind::Mitz(Mitz::default()),
         };
         assert_eq!(
             probe_target(&mitz).unwrap_err().to_string(),
             "OK   partner.broker: kind mitz: nothing to reach (the broker connects to us)"
+        );
+        // With a URL, the Mitz API base is reached.
+        let api = |url: &str| Partner {
+            kind: PartnerKind::Mitz(Mitz {
+                url: Some(url.into()),
+            }),
+            ..mitz.clone()
+        };
+        assert_eq!(
+            target(&api("https://tst-api.mijn-mitz.nl/tst-us/mitz")),
+            (
+                "tst-api.mijn-mitz.nl".into(),
+                443,
+                "NP_PARTNER_BROKER_URL".into()
+            )
+        );
+        let c = probe_target(&api("https://h:99999/mitz")).unwrap_err();
+        assert_eq!(
+            (c.status, c.fix.as_deref()),
+            (Status::Fail, Some("correct NP_PARTNER_BROKER_URL"))
         );
     }
 

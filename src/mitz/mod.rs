@@ -6,6 +6,8 @@
 //! - [`notification`] (sans-IO): transaction control, bronhouder check and
 //!   the Consent content (spec §3 steps 5–6, §4).
 //! - [`consent`]: the per-patient consent view.
+//! - [`subscription`] (sans-IO) and [`subscribe`] (its I/O): subscribing a
+//!   patient at Mitz so that its consent notifications reach us (spec §8).
 //! - this file: the [`Mitz`] façade: intake (checks in DESIGN.md order,
 //!   then a spool item of kind `mitz`, then 200) and the spool worker that
 //!   writes the inbox file and updates the consent view. A body over the
@@ -26,6 +28,8 @@ pub mod aorta;
 pub mod closed;
 pub mod consent;
 pub mod notification;
+pub mod subscribe;
+pub mod subscription;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -34,6 +34,18 @@ use crate::spool::{self, Spool};
 
 pub use outbox::ScanReport;
 
+/// What publishing a record of a patient sets off besides the record
+/// itself: the patient's Mitz subscriptions (`mitz::subscribe`, which
+/// lib.rs lists below the sender, so the sender knows it only as this).
+pub trait AfterPublish: Send + Sync {
+    /// A record of `patient` was saved for a Zorgviewer partner whose
+    /// consent is `mitz`. Called again for every later record of the
+    /// patient and again after a crash, so it must be idempotent. Returns
+    /// how many spool items it queued; an `Err` leaves the file for the
+    /// next pass, which calls it again.
+    fn published(&self, patient: &crate::ids::Bsn, now: i64) -> Result<usize, String>;
+}
+
 /// The sender: outbox scanning and delivery of notifications and cancellations.
 pub struct Sender {
     config: Arc<Config>,
@@ -46,6 +58,7 @@ pub struct Sender {
     /// Deferred files and one-time warnings; the lock also keeps passes
     /// from overlapping (the case store has one writer: the scan).
     state: Mutex<outbox::ScanState>,
+    after_publish: Option<Arc<dyn AfterPublish>>,
 }
 
 impl Sender {
@@ -72,7 +85,15 @@ impl Sender {
             audit,
             rules,
             state: Mutex::new(outbox::ScanState::default()),
+            after_publish: None,
         }
+    }
+
+    /// The same sender, calling `hook` after each record it publishes to a
+    /// Zorgviewer partner whose consent is `mitz`.
+    pub fn with_after_publish(mut self, hook: Arc<dyn AfterPublish>) -> Sender {
+        self.after_publish = Some(hook);
+        self
     }
 
     /// One outbox pass; returns counts (accepted, updated, cancelled,
@@ -111,6 +132,7 @@ impl Sender {
             spool: &self.spool,
             tokens: &self.tokens,
             audit: &self.audit,
+            after_publish: self.after_publish.as_deref(),
         }
     }
 }

@@ -105,6 +105,8 @@ pub struct ScanReport {
     pub published: usize,
     /// Records withdrawn (`.cancel` in a `zorgviewer` partner's folder).
     pub withdrawn: usize,
+    /// Mitz subscriptions queued for patients of published records.
+    pub subscriptions: usize,
 }
 
 /// The body of a `notify` spool item.
@@ -189,6 +191,8 @@ pub struct Scanner<'a> {
     pub spool: &'a Spool,
     pub tokens: &'a TokenStore,
     pub audit: &'a AuditLog,
+    /// Called after a record is published (the patient's Mitz subscriptions).
+    pub after_publish: Option<&'a dyn super::AfterPublish>,
 }
 
 /// Why a file was not finished this pass.
@@ -206,8 +210,16 @@ enum Done {
     Cancelled,
     /// Accepted before (a crash came before the removal): only removed.
     AlreadyAccepted,
-    /// A record published (a new one or a new version).
-    Published,
+    /// A record published (a new one or a new version), and the Mitz
+    /// subscriptions that queued.
+    Published {
+        subscriptions: usize,
+    },
+    /// A record published before (a crash came before the removal), and
+    /// the Mitz subscriptions queued now.
+    AlreadyPublished {
+        subscriptions: usize,
+    },
     /// A record withdrawn.
     Withdrawn,
 }
@@ -444,7 +456,14 @@ impl Scanner<'_> {
                         Done::Updated => pass.report.updated += 1,
                         Done::Cancelled => pass.report.cancelled += 1,
                         Done::AlreadyAccepted => pass.report.already_accepted += 1,
-                        Done::Published => pass.report.published += 1,
+                        Done::Published { subscriptions } => {
+                            pass.report.published += 1;
+                            pass.report.subscriptions += subscriptions;
+                        }
+                        Done::AlreadyPublished { subscriptions } => {
+                            pass.report.already_accepted += 1;
+                            pass.report.subscriptions += subscriptions;
+                        }
                         Done::Withdrawn => pass.report.withdrawn += 1,
                     }
                     true

@@ -79,7 +79,7 @@ fn partners() -> Vec<Partner> {
             name: "broker".into(),
             cert: CertSelector::Dns("broker.example".into()),
             allow_from: AllowFrom::any(),
-            kind: PartnerKind::Mitz(Mitz {}),
+            kind: PartnerKind::Mitz(Mitz::default()),
         },
         Partner {
             name: "zv".into(),

@@ -1,14 +1,18 @@
 //! Published records (I/O): a claimed, validated file in the folder of a
 //! `zorgviewer` partner becomes a record in the [`RecordStore`], or a
-//! `.cancel` withdraws one. Nothing is queued and nothing is sent: the
-//! Zorgviewer reads the record when it asks.
+//! `.cancel` withdraws one. Nothing is sent to the Zorgviewer: it reads the
+//! record when it asks. The one thing queued is the patient's Mitz
+//! subscription, the first time a record of that patient is published.
 //!
 //! Publishing: data version `v<N>` written → record saved with the file's
-//! identity and its resource keys, and indexed (from here on it is served) → audit → the version
-//! it replaced removed → (the scanner) claimed file removed. A crash before
-//! the record is saved leaves the claimed file, which the next pass
-//! publishes again (the same `v<N>` is overwritten); after it, the next pass
-//! finds the file's identity in the record and only finishes the job.
+//! identity and its resource keys, and indexed (from here on it is served) →
+//! for a partner whose consent is `mitz`, the patient's Mitz subscriptions
+//! queued ([`super::super::AfterPublish`]) → audit → the version it replaced
+//! removed → (the scanner) claimed file removed. A crash before the record is
+//! saved leaves the claimed file, which the next pass publishes again (the
+//! same `v<N>` is overwritten); after it, the next pass finds the file's
+//! identity in the record and only finishes the job, the subscriptions
+//! included (queueing them twice is a no-op).
 //!
 //! Withdrawing: audit → record saved as withdrawn (from here on it is not
 //! served) → its data removed → claimed `.cancel` removed. A crash anywhere
@@ -17,7 +21,7 @@
 
 use super::{Done, Fail, Scanner, Step};
 use crate::cases::ExportSource;
-use crate::config::{Config, Of, PartnerKind, Zorgviewer};
+use crate::config::{Config, Consent, Of, PartnerKind, Zorgviewer};
 use crate::ids::IdScheme;
 use crate::records::{Record, RecordError, RecordStatus, ResourceKeys};
 use crate::sender::export::{Accepted, CaseId, Data, Kind, Problem};
@@ -74,7 +78,7 @@ impl Scanner<'_> {
             .as_ref()
             .filter(|r| r.source.as_ref() == Some(&source))
         {
-            return Some(self.already_published(partner, record));
+            return Some(self.already_published(partner, record, now));
         }
         let record = Record {
             partner: partner.name.to_string(),
@@ -112,6 +116,10 @@ impl Scanner<'_> {
         if stop == Some(Step::RecordSaved) {
             return None;
         }
+        let subscriptions = match self.subscribe(partner, &record, now) {
+            Ok(n) => n,
+            Err(fail) => return Some(Err(fail)),
+        };
         log::info!(
             "event=record.published partner={} record={record_id} version={} resources={}",
             partner.name,
@@ -122,7 +130,25 @@ impl Scanner<'_> {
         if let Err(e) = self.records.prune(&record) {
             return Some(Err(transient("remove the replaced version", &e)));
         }
-        Some(Ok(Done::Published))
+        Some(Ok(Done::Published { subscriptions }))
+    }
+
+    /// The patient of a record saved for a partner whose consent is `mitz`
+    /// is subscribed at Mitz ([`super::super::AfterPublish`], idempotent);
+    /// returns how many subscriptions were queued. A failure leaves the
+    /// file, and the next pass (finding the record saved) asks again.
+    fn subscribe(
+        &self,
+        partner: ZorgviewerPartner<'_>,
+        record: &Record,
+        now: i64,
+    ) -> Result<usize, Fail> {
+        match self.after_publish {
+            Some(hook) if partner.consent == Consent::Mitz => hook
+                .published(&record.patient, now)
+                .map_err(Fail::Transient),
+            _ => Ok(0),
+        }
     }
 
     /// A file whose publication a crash interrupted after the record was
@@ -131,6 +157,7 @@ impl Scanner<'_> {
         &self,
         partner: ZorgviewerPartner<'_>,
         record: &Record,
+        now: i64,
     ) -> Result<Done, Fail> {
         log::info!(
             "event=outbox.already_accepted partner={} record={} version={}",
@@ -138,12 +165,13 @@ impl Scanner<'_> {
             record.record_id,
             record.version
         );
+        let subscriptions = self.subscribe(partner, record, now)?;
         let note = " (completed after a restart)";
         self.audit_record(partner, "record.published", record, note);
         self.records
             .prune(record)
             .map_err(|e| transient("remove the replaced version", &e))?;
-        Ok(Done::AlreadyAccepted)
+        Ok(Done::AlreadyPublished { subscriptions })
     }
 
     /// Withdraws a record: saved as withdrawn (from then on no lookup finds

@@ -20,6 +20,7 @@ struct Fixture {
     tokens: TokenStore,
     audit: AuditLog,
     state: ScanState,
+    after_publish: Option<std::sync::Arc<dyn super::super::AfterPublish>>,
 }
 
 fn fixture() -> Fixture {
@@ -75,6 +76,7 @@ fn fixture() -> Fixture {
         tokens: TokenStore::open(&state, NOW).unwrap(),
         audit: AuditLog::open(&state).unwrap(),
         state: ScanState::default(),
+        after_publish: None,
         config,
         site,
     }
@@ -90,6 +92,7 @@ impl Fixture {
             spool: &self.spool,
             tokens: &self.tokens,
             audit: &self.audit,
+            after_publish: self.after_publish.as_deref(),
         }
     }
 

@@ -434,3 +434,130 @@ fn a_mitz_folder_is_still_refused_and_twiin_folders_are_untouched() {
         "the Twiin export is notified"
     );
 }
+
+/// The after-publish step in place of the Mitz subscriptions: every call,
+/// and a failure on demand.
+#[derive(Default)]
+struct Hook {
+    calls: std::sync::Mutex<Vec<(String, i64)>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl crate::sender::AfterPublish for Hook {
+    fn published(&self, patient: &Bsn, now: i64) -> Result<usize, String> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("queue the Mitz subscription at mitz: disk full".into());
+        }
+        self.calls
+            .lock()
+            .unwrap()
+            .push((patient.as_str().to_string(), now));
+        Ok(1)
+    }
+}
+
+impl Hook {
+    fn calls(&self) -> Vec<(String, i64)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+fn with_hook(f: &mut Fixture) -> std::sync::Arc<Hook> {
+    let hook = std::sync::Arc::new(Hook::default());
+    f.after_publish = Some(hook.clone());
+    hook
+}
+
+/// Every publication of a record for a partner whose consent is `mitz`
+/// (the default) asks for the patient's subscriptions once the record is
+/// saved; a withdrawal does not.
+#[test]
+fn each_publication_asks_for_the_patients_subscriptions() {
+    let mut f = fixture();
+    let hook = with_hook(&mut f);
+    f.export("zv", "r1", &bundle(BSN, &[condition("a")]));
+    assert_eq!(
+        f.scan(NOW),
+        ScanReport {
+            published: 1,
+            subscriptions: 1,
+            ..ScanReport::default()
+        }
+    );
+    assert_eq!(hook.calls(), vec![(BSN.to_string(), NOW)]);
+    // A new version and another record: asked again (it is idempotent).
+    f.export("zv", "r1", &bundle(BSN, &[condition("b")]));
+    f.export("zv", "r2", &bundle_with_patient(OTHER, "p7", &[]));
+    assert_eq!(f.scan(NOW + 1).published, 2);
+    let patients: Vec<String> = hook.calls().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(patients, [BSN, BSN, OTHER]);
+    f.put("zv", "r1.cancel", b"");
+    assert_eq!(f.scan(NOW + 2).withdrawn, 1);
+    assert_eq!(hook.calls().len(), 3, "a withdrawal subscribes nobody");
+}
+
+/// A crash after the record is saved and before the subscriptions are
+/// queued: the next pass finds the record saved and asks for them then.
+#[test]
+fn a_crash_before_the_subscriptions_asks_for_them_on_the_next_pass() {
+    let mut f = fixture();
+    let hook = with_hook(&mut f);
+    f.export("zv", "r1", &bundle(BSN, &[condition("a")]));
+    assert_eq!(f.scan_until(NOW, Step::RecordSaved).published, 0);
+    assert!(hook.calls().is_empty(), "stopped before the subscriptions");
+    f.restart();
+    let r = f.scan(NOW + 1);
+    assert_eq!((r.already_accepted, r.subscriptions), (1, 1), "{r:?}");
+    assert_eq!(hook.calls(), vec![(BSN.to_string(), NOW + 1)]);
+}
+
+/// Subscriptions that cannot be queued leave the file for a later pass (the
+/// record is served meanwhile); that pass asks again.
+#[test]
+fn a_failed_subscription_step_leaves_the_file_for_the_next_pass() {
+    let mut f = fixture();
+    let hook = with_hook(&mut f);
+    hook.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    f.export("zv", "r1", &bundle(BSN, &[condition("a")]));
+    let r = f.scan(NOW);
+    assert_eq!((r.published, r.deferred), (0, 1), "{r:?}");
+    let claimed = f.outbox("zv").join(CLAIMED_DIR).join("r1.json");
+    assert!(claimed.exists());
+    assert_eq!(f.served_ids(), vec![("r1".into(), 1, "a".into())]);
+    hook.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = f.scan(NOW + DEFER_FIRST_SECS);
+    assert_eq!((r.already_accepted, r.subscriptions), (1, 1), "{r:?}");
+    assert!(!claimed.exists());
+    assert_eq!(
+        hook.calls(),
+        vec![(BSN.to_string(), NOW + DEFER_FIRST_SECS)]
+    );
+}
+
+/// A partner that serves without Mitz consent subscribes nobody.
+#[test]
+fn a_partner_without_mitz_consent_subscribes_nobody() {
+    let mut f = fixture();
+    let mut v = f.site.vars("https://np.a.example", "12345678");
+    for (k, val) in [
+        ("NP_OUTBOX", f.config.outbox.display().to_string()),
+        ("NP_STATE_DIR", f.config.state_dir.display().to_string()),
+        ("NP_PARTNERS", "zv".into()),
+        ("NP_PARTNER_ZV_KIND", "zorgviewer".into()),
+        ("NP_PARTNER_ZV_CERT", "dns:zv.example".into()),
+        ("NP_PARTNER_ZV_CLIENT_ID", "zorgviewer".into()),
+        (
+            "NP_PARTNER_ZV_JWKS_URL",
+            "https://auth.zv.example/jwks".into(),
+        ),
+        ("NP_PARTNER_ZV_CONSENT", "none".into()),
+    ] {
+        v.insert(k.to_string(), (val, None));
+    }
+    f.config = crate::config::from_vars(&v).unwrap();
+    let hook = with_hook(&mut f);
+    f.export("zv", "r1", &bundle(BSN, &[condition("a")]));
+    let r = f.scan(NOW);
+    assert_eq!((r.published, r.subscriptions), (1, 0), "{r:?}");
+    assert!(hook.calls().is_empty());
+}
