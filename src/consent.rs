@@ -86,4 +86,8 @@ impl Source {
 /// The release decision, asked once per request that would disclose data.
 pub trait ConsentCheck: Send + Sync {
     fn ask(&self, question: &Question<'_>, now: i64) -> (Answer, Source);
+
+    /// A newer consent notification changed what is known of `patient`:
+    /// forget any answer kept for it.
+    fn forget_patient(&self, _patient: &Bsn) {}
 }

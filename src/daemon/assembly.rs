@@ -88,6 +88,8 @@ pub struct Shared {
     pub sender: Arc<crate::sender::Sender>,
     pub receiver: Arc<crate::receiver::Receiver>,
     pub mitz: Arc<crate::mitz::Mitz>,
+    /// The release decision for partners whose consent is `mitz`.
+    pub consent: Arc<dyn crate::consent::ConsentCheck>,
     /// Mitz subscriptions: the sender's after-publish step and the worker.
     pub subscriptions: Arc<crate::mitz::subscribe::Subscriptions>,
 }
@@ -232,7 +234,27 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         tokens: token_client.clone(),
     })));
     let receiver = Arc::new(stores.receiver.reconfigured(config.clone()));
-    let mitz = Arc::new(stores.mitz.reconfigured(config.clone()));
+    // The release decision: Mitz's closed question when a Mitz partner has
+    // a URL (the first one), else the consent view notifications keep.
+    let consent: Arc<dyn crate::consent::ConsentCheck> = match config.mitz_apis().next() {
+        Some(api) => Arc::new(crate::mitz::closed::ClosedQuestion::new(
+            crate::mitz::closed::Settings::new(
+                api.name,
+                api.url,
+                config.org_category.as_deref().unwrap_or_default(),
+                config.mitz_decision_ttl,
+            ),
+            http_client.clone(),
+            stores.metrics.clone(),
+        )),
+        None => stores.mitz.consent_view_shared(),
+    };
+    let mitz = Arc::new(
+        stores
+            .mitz
+            .reconfigured(config.clone())
+            .with_listener(consent.clone()),
+    );
     let subscriptions = Arc::new(crate::mitz::subscribe::Subscriptions::new(
         config.clone(),
         stores.spool.clone(),
@@ -276,6 +298,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         receiver,
         mitz,
         subscriptions,
+        consent,
     })
 }
 

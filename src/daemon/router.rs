@@ -309,7 +309,7 @@ impl Router {
         });
         let zv = crate::serve::zorgviewer::ZorgviewerServe {
             records: &self.stores.records,
-            consent: shared.mitz.consent_view(),
+            consent: shared.consent.as_ref(),
             audit: &self.stores.audit,
             partner: &partner.name,
             consent_mode: settings.consent,

@@ -129,6 +129,9 @@ pub struct Mitz {
     view: Arc<ConsentView>,
     /// "Is this item known? If not, enqueue it."
     intake_lock: Arc<Mutex<()>>,
+    /// Told when a notification changes a patient's consent (the closed
+    /// question's cache forgets the patient).
+    listener: Option<Arc<dyn crate::consent::ConsentCheck>>,
 }
 
 impl Mitz {
@@ -147,6 +150,7 @@ impl Mitz {
             audit,
             view: Arc::new(view),
             intake_lock: Arc::new(Mutex::new(())),
+            listener: None,
         })
     }
 
@@ -159,12 +163,24 @@ impl Mitz {
             inbox: self.inbox.clone(),
             view: self.view.clone(),
             intake_lock: self.intake_lock.clone(),
+            listener: self.listener.clone(),
         }
+    }
+
+    /// The same intake telling `listener` of every consent change.
+    pub fn with_listener(mut self, listener: Arc<dyn crate::consent::ConsentCheck>) -> Mitz {
+        self.listener = Some(listener);
+        self
     }
 
     /// The consent view.
     pub fn consent_view(&self) -> &ConsentView {
         &self.view
+    }
+
+    /// The consent view, shared (the release decision when no Mitz partner has a `URL`).
+    pub fn consent_view_shared(&self) -> Arc<ConsentView> {
+        self.view.clone()
     }
 
     /// `POST` of a consent notification by `partner` (identified by its
@@ -378,7 +394,14 @@ impl Mitz {
                     .view
                     .apply(&stored.holder, &bsn, &stored.consents, &item.id)
                 {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        if a.changed > 0 {
+                            if let Some(l) = &self.listener {
+                                l.forget_patient(&bsn);
+                            }
+                        }
+                        a
+                    }
                     Err(e) => return retry_later("mitz.consent_failed", item, e.to_string()),
                 }
             }

@@ -160,7 +160,7 @@ pub fn handle(
         cx.who_patient(&bsn);
         let answer = match zv.consent_mode {
             Consent::None => None,
-            Consent::Mitz => Some(ask(zv, grant, &bsn, now)),
+            Consent::Mitz => Some(ask(zv, grant, facts, &bsn, now)),
         };
         cx.consent = answer.as_ref().map(|(a, s)| (decision(a), source(*s)));
         if let Some((Answer::Unavailable(why), _)) = &answer {
@@ -232,8 +232,15 @@ pub fn handle(
     served.answer(&mut cx, checked)
 }
 
-/// The consent question for this request.
-fn ask(zv: &ZorgviewerServe<'_>, grant: &Grant, bsn: &Bsn, now: i64) -> (Answer, Source) {
+/// The consent question for this request: the requesting organisation from
+/// the token, its URA, the user and role from the request context.
+fn ask(
+    zv: &ZorgviewerServe<'_>,
+    grant: &Grant,
+    facts: &RequestFacts<'_>,
+    bsn: &Bsn,
+    now: i64,
+) -> (Answer, Source) {
     let requester = grant
         .zorgviewer_access()
         .map(|a| a.subject_organization_id().as_str().to_string())
@@ -245,9 +252,9 @@ fn ask(zv: &ZorgviewerServe<'_>, grant: &Grant, bsn: &Bsn, now: i64) -> (Answer,
             data_category: DATA_CATEGORY,
             provider_category: zv.provider_category,
             requester: &requester,
-            requester_ura: None,
-            requester_role: None,
-            requester_user: None,
+            requester_ura: facts.organization_ura,
+            requester_role: facts.role,
+            requester_user: facts.user,
         },
         now,
     )

@@ -305,6 +305,10 @@ impl ConsentCheck for ClosedQuestion {
     fn ask(&self, question: &Question<'_>, now: i64) -> (Answer, Source) {
         (self.decide(question, now), Source::ClosedQuestion)
     }
+
+    fn forget_patient(&self, patient: &Bsn) {
+        self.invalidate_patient(patient);
+    }
 }
 
 /// Why no decision came.
