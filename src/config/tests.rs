@@ -304,7 +304,7 @@ fn partners_with_defaults_and_overrides() {
     assert_eq!(b.our_client_id, "np.hospital-a.example");
     assert_eq!(b.org, OrgId::Ura("87654321".into()));
     assert_eq!(b.id_scheme, IdScheme::Ura);
-    assert_eq!(b.partner.cert, CertSelector::Ura("87654321".into()));
+    assert_eq!(b.partner.cert, Some(CertSelector::Ura("87654321".into())));
     assert!(!b.send_bsn && !b.address_system);
     assert_eq!(b.assertions.accept_algs, crate::jose::DEFAULT_ACCEPTED);
     let vip = c.twiin_partner("vip").unwrap();
@@ -625,7 +625,7 @@ fn mitz_partner_needs_only_a_certificate() {
     assert!(c.partners[0].as_mitz().is_some() && c.partners[0].twiin().is_none());
     assert_eq!(
         c.partners[0].cert,
-        CertSelector::Dns("broker.vzvz.example".into())
+        Some(CertSelector::Dns("broker.vzvz.example".into()))
     );
 }
 

@@ -111,6 +111,8 @@ fn probe_target(p: &Partner) -> Result<Target, Check> {
                 ));
             }
         },
+        PartnerKind::Prs(l) => (&l.url, setting(p, "URL")),
+        PartnerKind::Nvi(n) => (&n.service.url, setting(p, "URL")),
         PartnerKind::Mitz(m) => match &m.url {
             Some(url) => (url, setting(p, "URL")),
             None => {
@@ -126,7 +128,7 @@ fn probe_target(p: &Partner) -> Result<Target, Check> {
         Err(e) => Err(fail(
             check_name(p, "tls"),
             format!("{url:?} {e}"),
-            if p.as_mitz().is_some() {
+            if p.as_twiin().is_none() {
                 format!("correct {key}")
             } else {
                 format!(
@@ -357,7 +359,7 @@ mod tests {
     fn twiin(fhir_base: &str) -> Partner {
         Partner {
             name: "vip".into(),
-            cert: CertSelector::Ura("87654321".into()),
+            cert: Some(CertSelector::Ura("87654321".into())),
             allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Twiin(Twiin {
                 fhir_base: fhir_base.into(),
@@ -375,7 +377,7 @@ mod tests {
     fn zorgviewer(jwks_url: Option<&str>) -> Partner {
         Partner {
             name: "zv".into(),
-            cert: CertSelector::Dns("zv.example".into()),
+            cert: Some(CertSelector::Dns("zv.example".into())),
             allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Zorgviewer(Zorgviewer {
                 assertions: policy(jwks_url),
@@ -437,7 +439,7 @@ mod tests {
         );
         let mitz = Partner {
             name: "broker".into(),
-            cert: CertSelector::Dns("broker.example".into()),
+            cert: Some(CertSelector::Dns("broker.example".into())),
             allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Mitz(Mitz::default()),
         };
