@@ -81,7 +81,7 @@ fn check_config_names_every_problem_and_exits_78() {
         "NP_TLS_KEY: private key",
         "chmod 600",
         "NP_MAX_BODY: \"lots\" does not start with a number (line 5)",
-        "NP_PARTNER_B_KIND: \"nuts\" must be twiin, mitz or zorgviewer (line 7)",
+        "NP_PARTNER_B_KIND: \"nuts\" must be twiin, mitz, zorgviewer, prs or nvi (line 7)",
         "NP_PARTNER_B_CERT: required but not set",
         "NP_TLS_CERT: required but not set",
         "NP_TLS_TRUST: required but not set",

@@ -1118,7 +1118,7 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
         v.check_category_needed(&partners);
     }
     v.check_localisation(
-        &partners,
+        partner_names.as_deref().unwrap_or_default(),
         matches!(org_oin, Some(None)),
         matches!(source_id, Some(None)),
     );
@@ -1563,13 +1563,17 @@ impl Validator<'_> {
     }
 
     /// What localisation needs besides its partners: a PRS for every NVI,
-    /// our OIN towards a PRS, our source id at an NVI.
-    fn check_localisation(&mut self, partners: &[Partner], no_oin: bool, no_source_id: bool) {
+    /// our OIN towards a PRS, our source id at an NVI. Judged by the kinds
+    /// configured, so a partner with a bad key is not also called missing.
+    fn check_localisation(&mut self, partners: &[String], no_oin: bool, no_source_id: bool) {
         let names = |kind: Kind| -> Vec<String> {
             partners
                 .iter()
-                .filter(|p| p.kind_tag() == kind)
-                .map(|p| p.name.clone())
+                .filter(|p| {
+                    self.raw(&format!("NP_PARTNER_{}_KIND", p.to_ascii_uppercase()))
+                        == Some(kind.name())
+                })
+                .cloned()
                 .collect()
         };
         let (prs, nvi) = (names(Kind::Prs), names(Kind::Nvi));

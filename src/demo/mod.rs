@@ -9,6 +9,7 @@
 //! after (`demo/zorgviewer.rs`). Every step is printed as it happens; the
 //! exit code is 0 only if everything arrived intact.
 
+pub mod localisation;
 mod zorgviewer;
 
 use std::collections::BTreeMap;
