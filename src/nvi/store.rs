@@ -84,11 +84,14 @@ pub fn pair_hash(partner: &str, patient: &Bsn) -> String {
 }
 
 impl RegistrationStore {
-    /// Opens (creating) the folder, removing temp files a crash left.
+    /// Opens the folder, removing temp files a crash left. It is created
+    /// with the first record, so an agent without `nvi` partners leaves no
+    /// trace of localisation.
     pub fn open(state_dir: &Path) -> Result<RegistrationStore, DurableError> {
         let store = RegistrationStore::reader(state_dir);
-        durable::create_dir_all(&store.dir)?;
-        durable::remove_temp_files(&store.dir)?;
+        if store.dir.is_dir() {
+            durable::remove_temp_files(&store.dir)?;
+        }
         Ok(store)
     }
 
@@ -129,6 +132,7 @@ impl RegistrationStore {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        durable::create_dir_all(&self.dir).map_err(StoreError::Io)?;
         durable::write_atomic(&path, &bytes).map_err(StoreError::Io)
     }
 }

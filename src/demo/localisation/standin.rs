@@ -126,6 +126,9 @@ pub struct Held {
 #[derive(Default)]
 struct State {
     faults: HashMap<Service, VecDeque<Fault>>,
+    /// Requests that reached each service, counted before any fault or
+    /// delay (a request answered late is counted at once).
+    arrived: HashMap<Service, usize>,
     seen: Vec<Seen>,
     tokens: HashMap<String, Issued>,
     held: Vec<Held>,
@@ -252,7 +255,13 @@ impl StandIns {
         Ok(())
     }
 
-    /// Every request so far.
+    /// How many requests reached `service` (also those still being
+    /// answered).
+    pub fn arrived(&self, service: Service) -> usize {
+        self.state().arrived.get(&service).copied().unwrap_or(0)
+    }
+
+    /// Every request so far, once answered.
     pub fn requests(&self) -> Vec<Seen> {
         self.state().seen.clone()
     }
@@ -307,11 +316,13 @@ struct Api {
 
 impl Handler for Api {
     fn handle(&self, req: &Request) -> Response {
-        let fault = self
-            .state()
-            .faults
-            .get_mut(&self.service)
-            .and_then(VecDeque::pop_front);
+        let fault = {
+            let mut s = self.state();
+            *s.arrived.entry(self.service).or_default() += 1;
+            s.faults
+                .get_mut(&self.service)
+                .and_then(VecDeque::pop_front)
+        };
         let resp = match fault {
             Some(Fault::Status(status)) => self.error(req, status, "stand-in fault"),
             Some(Fault::RetryAfter(secs)) => self
