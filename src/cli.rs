@@ -51,7 +51,7 @@ Run it as root or as the service user. Exit 0 when nothing failed, 1 otherwise."
     },
     Command {
         name: "demo",
-        usage: "np-agent demo [--dir D] [--keep]",
+        usage: "np-agent demo [--dir D] [--keep] [--with-localisation]",
         summary: "run the whole exchange on loopback with a throwaway PKI",
         details: "Starts two agents (this binary, np-agent run, twice: hospital A sends, hospital B \
 receives) with a throwaway PKI on 127.0.0.1, drops a sample BgZ export into A's outbox, checks that \
@@ -60,8 +60,10 @@ stand-in for the Mitz broker post a consent notification to B (stored once, byte
 has B publish the patient's record to a stand-in Zorgviewer (its own certificate and JWKS), which gets \
 a client_credentials token and is served nothing before consent and the whole record, with \
 Meta.source, after the broker's permit, both rounds in B's audit trail; each step is printed as it \
-happens. --dir D works in D (kept afterwards); --keep keeps the temporary directory. \
-Exit 0 only if everything arrived intact.",
+happens. --with-localisation adds stand-ins for the Ministry's OAuth server, PRS and NVI: B \
+gets prs and nvi partners, registers the demo patient in the referral index under an OPRF \
+pseudonym, and np-agent nvi localize finds B for the patient. --dir D works in D (kept \
+afterwards); --keep keeps the temporary directory. Exit 0 only if everything arrived intact.",
     },
     Command {
         name: "jwks",
@@ -241,7 +243,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "jwks" => jwks(&opts),
         "keygen" => keygen(&opts),
         "status" => status(&opts),
-        "demo" => crate::demo::run(opts.dir.clone(), opts.keep),
+        "demo" => crate::demo::run(opts.dir.clone(), opts.keep, opts.with_localisation),
         "retry-dead" => retry_dead(&opts),
         "doctor" => crate::doctor::run(opts.env_file.clone()),
         "audit" => audit(&opts, cmd.usage),
@@ -327,6 +329,7 @@ struct Options {
     partner: Option<String>,
     dir: Option<PathBuf>,
     keep: bool,
+    with_localisation: bool,
     patient: Option<String>,
     from: Option<String>,
     to: Option<String>,
@@ -373,6 +376,7 @@ impl Options {
                 ("audit", "--to") => o.to = Some(value("--to")?),
                 ("demo", "--dir") => o.dir = Some(value("--dir")?.into()),
                 ("demo", "--keep") if inline.is_none() => o.keep = true,
+                ("demo", "--with-localisation") if inline.is_none() => o.with_localisation = true,
                 ("retry-dead", "--partner") => o.partner = Some(value("--partner")?),
                 _ => return Err(format!("unexpected argument {a:?}")),
             }

@@ -626,3 +626,22 @@ fn doctor_reaches_both_services_and_gets_tokens() {
     let tokens = site.services.tokens();
     assert_eq!(tokens.len(), 2, "one token per service");
 }
+
+#[test]
+fn np_agent_demo_with_localisation_registers_and_localises() {
+    let tmp = TempDir::new("nvi-demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_np-agent"))
+        .args(["demo", "--with-localisation", "--dir"])
+        .arg(tmp.join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("one referral, URA 87654321"), "{stdout}");
+    assert!(stdout.contains("answered B's URA 87654321"), "{stdout}");
+    assert!(stdout.contains("Done:"), "{stdout}");
+}
