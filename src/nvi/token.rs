@@ -136,8 +136,9 @@ pub fn read_answer(
     })
 }
 
-/// The tokens of our `prs` and `nvi` partners, one per partner, shared by
-/// the workers and kept across attempts.
+/// The tokens of our `prs` and `nvi` partners, one per partner and request
+/// (a reload that changes `TOKEN_URL`, `SCOPE` or `AUDIENCE` asks anew),
+/// shared by the workers and kept across attempts and reloads.
 #[derive(Default)]
 pub struct ServiceTokens {
     cache: Mutex<HashMap<String, AccessToken>>,
@@ -156,11 +157,12 @@ impl ServiceTokens {
         http: &dyn PartnerHttp,
         now: i64,
     ) -> Result<AccessToken, TokenClientError> {
+        let key = cache_key(partner);
         if let Some(t) = self
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&partner.name)
+            .get(&key)
         {
             if now < t.use_until {
                 return Ok(t.clone());
@@ -170,7 +172,7 @@ impl ServiceTokens {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(partner.name.clone(), fresh.clone());
+            .insert(key, fresh.clone());
         log::debug!(
             "event=nvi.token_issued partner={} use_for_s={}",
             partner.name,
@@ -179,12 +181,24 @@ impl ServiceTokens {
         Ok(fresh)
     }
 
-    /// Forgets `partner`'s token (it answered 401 with it).
+    /// Forgets `partner`'s tokens (it answered 401 with one).
     pub fn invalidate(&self, partner: &str) {
+        let prefix = format!("{partner}|");
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(partner);
+            .retain(|k, _| !k.starts_with(&prefix));
+    }
+}
+
+/// `<name>|<token url>|<scope>|<audience>`.
+fn cache_key(partner: &Partner) -> String {
+    match partner.localisation() {
+        Some(s) => format!(
+            "{}|{}|{}|{}",
+            partner.name, s.token_url, s.scope, s.audience
+        ),
+        None => format!("{}|", partner.name),
     }
 }
 

@@ -182,9 +182,13 @@ impl Attempt<'_> {
             let reply = self
                 .send(&partner.name, call, &token.token, rid)
                 .map_err(|detail| Failure::Retry {
+                    // The URL's query holds the pseudonym: never in a reason.
                     reason: format!(
-                        "partner {}: {} {} failed: {detail}",
-                        partner.name, call.method, call.endpoint
+                        "partner {}: {} {} failed: {}",
+                        partner.name,
+                        call.method,
+                        call.endpoint,
+                        detail.replace(&call.url, &call.endpoint)
                     ),
                     retry_after: None,
                     rid: rid.to_string(),
