@@ -7,6 +7,8 @@
 //! - [`mitz`]: a stand-in Mitz (Subscription endpoint, closed question,
 //!   faults, routes for more endpoints) that also pushes consent
 //!   notifications as the broker.
+//! - [`zorgviewer`]: a Zorgviewer-like client (token, X-ZV headers, signed
+//!   context) and the agent's audit trail read back.
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 // Test helpers panic on setup failure; [lints.clippy] denies this in product code only.
@@ -20,6 +22,7 @@ pub mod partner;
 pub mod pki;
 pub mod proxy;
 pub mod tls;
+pub mod zorgviewer;
 
 use std::path::{Path, PathBuf};
 
