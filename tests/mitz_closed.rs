@@ -129,14 +129,15 @@ fn anything_but_a_permit_releases_nothing() {
         (Fault::Decide("NotApplicable"), "not-applicable"),
         (Fault::Decide("Deny"), "deny"),
         (Fault::Decide("Indeterminate"), "indeterminate"),
-        (Fault::SoapFault, "fault"),
+        (Fault::Soap, "fault"),
         (Fault::status(500), "http-error"),
         (Fault::status(503), "http-error"),
         (Fault::garbage(), "invalid-answer"),
         (Fault::Delay(TIMEOUT * 3), "timeout"),
     ];
     for (i, (fault, label)) in cases.into_iter().enumerate() {
-        r.mitz.fault(CLOSED_QUESTION_PATH, &[fault.clone()]);
+        r.mitz
+            .fault(CLOSED_QUESTION_PATH, std::slice::from_ref(&fault));
         cq.invalidate_patient(&permit);
         let before = counted(&m, label);
         let started = Instant::now();
@@ -223,7 +224,7 @@ fn failures_are_not_kept() {
     let r = rig();
     let (cq, _) = r.closed(&r.mitz.base());
     let permit = bsn(PERMIT_BSN);
-    r.mitz.fault(CLOSED_QUESTION_PATH, &[Fault::SoapFault]);
+    r.mitz.fault(CLOSED_QUESTION_PATH, &[Fault::Soap]);
     assert!(!ask(&cq, &permit, 1000).permits());
     assert_eq!(
         ask(&cq, &permit, 1001),

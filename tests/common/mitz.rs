@@ -120,7 +120,7 @@ pub enum Fault {
     /// This status with these bytes as `application/fhir+json` (garbage).
     Raw { status: u16, body: Vec<u8> },
     /// `500` with a SOAP 1.2 `Receiver` fault.
-    SoapFault,
+    Soap,
     /// The closed question: this decision (`Deny`, `NotApplicable`,
     /// `Indeterminate`, …) for every category asked, whoever the patient.
     Decide(&'static str),
@@ -485,7 +485,7 @@ impl Api {
             Some(Fault::Raw { status, body }) => {
                 return Response::new(status).body(FHIR_JSON, body);
             }
-            Some(Fault::SoapFault) => return soap(500, soap_fault("s:Receiver", "internal error")),
+            Some(Fault::Soap) => return soap(500, soap_fault("s:Receiver", "internal error")),
             Some(Fault::Delay(d)) => {
                 let until = Instant::now() + d;
                 while Instant::now() < until && !self.0.stop.load(Ordering::SeqCst) {
