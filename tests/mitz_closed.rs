@@ -67,10 +67,12 @@ fn question(patient: &Bsn) -> Question<'_> {
         holder_ura: "00000659",
         data_category: "GGC002",
         provider_category: "RPZAC104",
+        requester_category: None,
         requester: "2.16.528.1.1007.3.3.00000666",
         requester_ura: Some("00000666"),
         requester_role: Some("01.015"),
         requester_user: Some("000095254"),
+        request_id: None,
     }
 }
 

@@ -40,8 +40,11 @@ use serde_json::{Value, json};
 const OUR_URA: &str = "12345678";
 /// A published patient Mitz TST knows nothing of.
 const OTHER_BSN: &str = "999999151";
-/// The Zorgviewer partner's `PROVIDER_CATEGORY` (its default).
-const REQUESTER_CATEGORY: &str = "RPZAC104";
+/// The Zorgviewer partner's `REQUESTER_CATEGORY` (tests/common sets hospitals):
+/// the closed question names it, not the `RPZAC…` of the consent view.
+const REQUESTER_CATEGORY: &str = "V4";
+/// Its `PROVIDER_CATEGORY` (the default): what consent notifications name.
+const PROVIDER_CATEGORY: &str = "RPZAC104";
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// A physician with a UZI number and a RoleCodeNL role, of the
@@ -593,7 +596,7 @@ fn a_newer_consent_notification_leads_to_a_fresh_question_at_once() {
     let bundle = notification(
         DENY_BSN,
         OUR_URA,
-        &[REQUESTER_CATEGORY],
+        &[PROVIDER_CATEGORY],
         "2026-01-02T03:04:05.1234567Z",
     );
     assert_eq!(site.mitz.notify(DENY_BSN, &bundle), 200);

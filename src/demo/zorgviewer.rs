@@ -57,6 +57,8 @@ const CLIENT_ID: &str = "zorgviewer-demo";
 /// The Mitz provider category of the organisations using the Zorgviewer in
 /// the demo: GPs, whom the sample notification gives no consent.
 const PROVIDER_CATEGORY: &str = "RPZAC001";
+/// The GP practice's zorgaanbiedercategorie, as the closed question names it.
+const REQUESTER_CATEGORY: &str = "Z3";
 /// The data category B asks Mitz about: treatment data.
 const DATA_CATEGORY: &str = "GGC002";
 /// The requesting organisation: a GP practice, by URA.
@@ -147,6 +149,7 @@ impl StandIn {
             (k("CLIENT_ID"), CLIENT_ID.into()),
             (k("JWKS_URL"), self.jwks_url.clone()),
             (k("PROVIDER_CATEGORY"), PROVIDER_CATEGORY.into()),
+            (k("REQUESTER_CATEGORY"), REQUESTER_CATEGORY.into()),
         ]
     }
 
@@ -454,7 +457,7 @@ impl Demo<'_> {
         let refused: Vec<String> = std::mem::take(&mut session.sent);
         let before = self.asked(0, Decision::Deny, &published.bsn)?;
         self.report.step(&format!(
-            "Before answering, B asked Mitz the closed question (POST {}, SOAP 1.2 with an XACMLAuthzDecisionQuery): may hospital B (URA {B_URA}, {}) release treatment data ({DATA_CATEGORY}) of this patient to the GP practice (URA {GP_URA}, {PROVIDER_CATEGORY}, role {ROLE}) for treatment ({TREAT})? The stand-in Mitz answered Deny",
+            "Before answering, B asked Mitz the closed question (POST {}, SOAP 1.2 with an XACMLAuthzDecisionQuery): may hospital B (URA {B_URA}, {}) release treatment data ({DATA_CATEGORY}) of this patient to the GP practice (URA {GP_URA}, {REQUESTER_CATEGORY}, role {ROLE}) for treatment ({TREAT})? The stand-in Mitz answered Deny",
             self.question_endpoint(),
             mitz::ORG_CATEGORY
         ));
@@ -573,7 +576,7 @@ impl Demo<'_> {
                 (EVENT_CODE, DATA_CATEGORY),
                 (SUBJECT_ROLE, ROLE),
                 (PROVIDER_INSTITUTION, GP_URA),
-                (CONSULTING_FACILITY_TYPE, PROVIDER_CATEGORY),
+                (CONSULTING_FACILITY_TYPE, REQUESTER_CATEGORY),
                 (PURPOSE_OF_USE, TREAT),
             ])?;
             if q.answered != want {

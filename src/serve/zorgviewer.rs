@@ -67,6 +67,8 @@ pub struct ZorgviewerServe<'a> {
     pub consent_mode: Consent,
     /// `PROVIDER_CATEGORY`: the Mitz category of the requesting organisations.
     pub provider_category: &'a str,
+    /// `REQUESTER_CATEGORY`: their zorgaanbiedercategorie, for the closed question.
+    pub requester_category: Option<&'a str>,
     /// Our URA: the holder in the consent question.
     pub holder_ura: &'a str,
     /// `urn:oid:<NP_ORG_OID>`.
@@ -163,7 +165,7 @@ pub fn handle(
         cx.who_patient(&bsn);
         let answer = match zv.consent_mode {
             Consent::None => None,
-            Consent::Mitz => Some(ask(zv, grant, facts, &bsn, now)),
+            Consent::Mitz => Some(ask(zv, grant, facts, &bsn, req.request_id, now)),
         };
         cx.consent = answer.as_ref().map(|(a, s)| (decision(a), source(*s)));
         if answer.as_ref().is_none_or(|(a, _)| a.permits()) {
@@ -247,6 +249,7 @@ fn ask(
     grant: &Grant,
     facts: &RequestFacts<'_>,
     bsn: &Bsn,
+    rid: &str,
     now: i64,
 ) -> (Answer, Source) {
     let requester = grant
@@ -259,10 +262,12 @@ fn ask(
             holder_ura: zv.holder_ura,
             data_category: DATA_CATEGORY,
             provider_category: zv.provider_category,
+            requester_category: zv.requester_category,
             requester: &requester,
             requester_ura: facts.organization_ura,
             requester_role: facts.role,
             requester_user: facts.user,
+            request_id: Some(rid),
         },
         now,
     )

@@ -145,10 +145,12 @@ fn question(patient: &Bsn) -> Question<'_> {
         holder_ura: "00000659",
         data_category: "GGC002",
         provider_category: "V6",
+        requester_category: None,
         requester: "2.16.528.1.1007.3.3.00000666",
         requester_ura: None,
         requester_role: Some("01.015"),
         requester_user: Some("000095254"),
+        request_id: None,
     }
 }
 
@@ -351,6 +353,7 @@ fn a_question_that_cannot_be_written_is_not_sent() {
     let p = bsn(PERMIT_PATIENT);
     let q = Question {
         provider_category: "V6\r\nX-Evil: 1",
+        requester_category: None,
         ..question(&p)
     };
     let a = r.ask(&q, 1000);
@@ -416,6 +419,7 @@ fn the_requester_ura_comes_from_the_context_or_the_oid() {
             requester_ura: ura,
             requester_role: Some("huisarts"),
             requester_user: Some("larts"),
+            request_id: None,
             ..question(&p)
         };
         r.ask(&q, 1000);
