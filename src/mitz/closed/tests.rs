@@ -459,3 +459,36 @@ fn the_endpoint_joins_the_base_with_or_without_a_slash() {
         );
     }
 }
+
+#[test]
+fn an_open_circuit_withholds_at_once_without_asking() {
+    let fake = Arc::new(Fake::default());
+    let metrics = Arc::new(Metrics::new());
+    let circuits = Arc::new(crate::circuit::Circuits::new(
+        crate::circuit::Policy {
+            failures: 1,
+            cooldown_secs: 30,
+        },
+        metrics.clone(),
+    ));
+    let cq = ClosedQuestion::new(
+        Settings::new("mitz", BASE, "Z3", Duration::from_secs(60)),
+        fake.clone(),
+        metrics.clone(),
+    )
+    .with_circuits(circuits.clone());
+    circuits.record("mitz", true, 1_000);
+    let patient = bsn("900203638");
+    let mut q = question(&patient);
+    q.request_id = Some("rid-7");
+    let (answer, _) = cq.ask(&q, 1_001);
+    let Answer::Unavailable(why) = answer else {
+        panic!("{answer:?}");
+    };
+    assert!(why.contains("circuit is open"), "{why}");
+    assert!(fake.calls().is_empty(), "Mitz was not asked");
+    assert_eq!(
+        metrics.get(metrics::MITZ_DECISIONS, &[("decision", "circuit-open")]),
+        1
+    );
+}
