@@ -56,14 +56,17 @@ Run it as root or as the service user. Exit 0 when nothing failed, 1 otherwise."
         details: "Starts two agents (this binary, np-agent run, twice: hospital A sends, hospital B \
 receives) with a throwaway PKI on 127.0.0.1, drops a sample BgZ export into A's outbox, checks that \
 B's inbox holds every exported resource unchanged, then sends an update and a cancellation, has a \
-stand-in for the Mitz broker post a consent notification to B (stored once, byte for byte), and last \
-has B publish the patient's record to a stand-in Zorgviewer (its own certificate and JWKS), which gets \
-a client_credentials token and is served nothing before consent and the whole record, with \
-Meta.source, after the broker's permit, both rounds in B's audit trail; each step is printed as it \
+stand-in Mitz (its own certificate, its API served over mTLS) post a consent notification to B as the \
+broker does (stored once, byte for byte), and last has B publish the patient's record to a stand-in \
+Zorgviewer (its own certificate and JWKS): B subscribes the patient at the stand-in Mitz and asks it \
+the closed question before it answers, so the Zorgviewer, with a client_credentials token, is served \
+nothing while Mitz answers Deny and the whole record, with Meta.source, once Mitz has pushed a \
+consent notification and answers Permit, both rounds in B's audit trail; each step is printed as it \
 happens. --with-localisation adds stand-ins for the Ministry's OAuth server, PRS and NVI: B \
 gets prs and nvi partners, registers the demo patient in the referral index under an OPRF \
 pseudonym, and np-agent nvi localize finds B for the patient. --dir D works in D (kept \
-afterwards); --keep keeps the temporary directory. Exit 0 only if everything arrived intact.",
+afterwards); --keep keeps the temporary directory. \
+Exit 0 only if everything arrived intact.",
     },
     Command {
         name: "jwks",

@@ -417,6 +417,12 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         "zorgviewer: Mitz provider category of the requesting organisations",
     ),
     pkey(
+        "REQUESTER_CATEGORY",
+        None,
+        ZORGVIEWER,
+        "zorgviewer: the zorgaanbiedercategorie of the requesting organisations (e.g. V4) the Mitz closed question names; required while a mitz partner has a URL and this partner's consent is mitz",
+    ),
+    pkey(
         "AUDIENCES",
         Some(""),
         ASSERTING,
@@ -662,7 +668,12 @@ pub struct Mitz {
 pub struct Zorgviewer {
     pub assertions: AssertionPolicy,
     pub consent: Consent,
+    /// Mitz's raadplegende-zorgaanbiedercategorie (`RPZAC…`): what consent
+    /// notifications name, so what the consent view is keyed on.
     pub provider_category: String,
+    /// The zorgaanbiedercategorie (`V4`, `Z3`, …) the closed question names
+    /// for the requesting organisations.
+    pub requester_category: Option<String>,
 }
 
 /// A partner seen through its kind: code for one exchange takes this, so it
@@ -1122,6 +1133,7 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
         matches!(org_oin, Some(None)),
         matches!(source_id, Some(None)),
     );
+    v.check_requester_categories(&partners);
 
     if !v.errors.is_empty() {
         return Err(v.errors);
@@ -1606,6 +1618,27 @@ impl Validator<'_> {
         }
     }
 
+    /// The closed question names the requester's zorgaanbiedercategorie:
+    /// while it is asked, every Zorgviewer partner it is asked for needs one.
+    fn check_requester_categories(&mut self, partners: &[Partner]) {
+        if !partners
+            .iter()
+            .any(|p| p.as_mitz().is_some_and(|m| m.url.is_some()))
+        {
+            return;
+        }
+        for p in partners {
+            if let PartnerKind::Zorgviewer(z) = &p.kind {
+                if z.consent == Consent::Mitz && z.requester_category.is_none() {
+                    self.error(
+                        &format!("NP_PARTNER_{}_REQUESTER_CATEGORY", p.name.to_ascii_uppercase()),
+                        "required while a mitz partner has a URL: the zorgaanbiedercategorie the closed question names for this partner's requesting organisations, e.g. V4",
+                    );
+                }
+            }
+        }
+    }
+
     fn zorgviewer(&mut self, upper: &str) -> Option<Zorgviewer> {
         let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
         let client_id = self.required_partner(&k("CLIENT_ID"), "zorgviewer", non_empty);
@@ -1622,6 +1655,9 @@ impl Validator<'_> {
             .optional(&k("PROVIDER_CATEGORY"), non_empty)
             .flatten()
             .unwrap_or_else(|| "RPZAC104".into());
+        let requester_category = self
+            .optional(&k("REQUESTER_CATEGORY"), parse_category)
+            .flatten();
         let (audiences, accept_algs) = self.assertion_lists(upper, Kind::Zorgviewer);
         let client_id = client_id?;
         Some(Zorgviewer {
@@ -1635,6 +1671,7 @@ impl Validator<'_> {
             },
             consent,
             provider_category,
+            requester_category,
         })
     }
 

@@ -1046,3 +1046,47 @@ fn without_prs_and_nvi_partners_nothing_of_localisation_exists() {
     assert_eq!(c.nvi_partners().count(), 0);
     assert_eq!(c.org_oin, None);
 }
+
+#[test]
+fn the_closed_question_needs_the_requesters_category() {
+    let f = Files::new();
+    let mut v = f.base();
+    set(&mut v, "NP_PARTNERS", "zv,mitz");
+    set(&mut v, "NP_PARTNER_ZV_KIND", "zorgviewer");
+    set(&mut v, "NP_PARTNER_ZV_CERT", "dns:zv.example");
+    set(&mut v, "NP_PARTNER_ZV_CLIENT_ID", "zv");
+    set(&mut v, "NP_PARTNER_ZV_JWKS_URL", "https://zv.example/jwks");
+    set(&mut v, "NP_PARTNER_MITZ_KIND", "mitz");
+    set(&mut v, "NP_PARTNER_MITZ_CERT", "dns:mitz.example");
+    // Notifications only: no closed question, no category needed.
+    assert!(from_vars(&v).is_ok());
+    set(
+        &mut v,
+        "NP_PARTNER_MITZ_URL",
+        "https://mitz.example/tst-us/mitz",
+    );
+    set(&mut v, "NP_ORG_CATEGORY", "V4");
+    let errs = errors(&v);
+    assert!(
+        has(
+            &errs,
+            "NP_PARTNER_ZV_REQUESTER_CATEGORY: required while a mitz partner has a URL"
+        ),
+        "{errs:?}"
+    );
+    set(&mut v, "NP_PARTNER_ZV_REQUESTER_CATEGORY", "Z3 x");
+    assert!(has(
+        &errors(&v),
+        "NP_PARTNER_ZV_REQUESTER_CATEGORY: \"Z3 x\" is not a zorgaanbiedercategorie code"
+    ));
+    set(&mut v, "NP_PARTNER_ZV_REQUESTER_CATEGORY", "Z3");
+    let c = from_vars(&v).unwrap();
+    let PartnerKind::Zorgviewer(zv) = &c.partners[0].kind else {
+        panic!()
+    };
+    assert_eq!(zv.requester_category.as_deref(), Some("Z3"));
+    // A partner served without consent needs none.
+    v.remove("NP_PARTNER_ZV_REQUESTER_CATEGORY");
+    set(&mut v, "NP_PARTNER_ZV_CONSENT", "none");
+    assert!(from_vars(&v).is_ok());
+}

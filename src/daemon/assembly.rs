@@ -248,16 +248,19 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
     // The release decision: Mitz's closed question when a Mitz partner has
     // a URL (the first one), else the consent view notifications keep.
     let consent: Arc<dyn crate::consent::ConsentCheck> = match config.mitz_apis().next() {
-        Some(api) => Arc::new(crate::mitz::closed::ClosedQuestion::new(
-            crate::mitz::closed::Settings::new(
-                api.name,
-                api.url,
-                config.org_category.as_deref().unwrap_or_default(),
-                config.mitz_decision_ttl,
-            ),
-            http_client.clone(),
-            stores.metrics.clone(),
-        )),
+        Some(api) => Arc::new(
+            crate::mitz::closed::ClosedQuestion::new(
+                crate::mitz::closed::Settings::new(
+                    api.name,
+                    api.url,
+                    config.org_category.as_deref().unwrap_or_default(),
+                    config.mitz_decision_ttl,
+                ),
+                http_client.clone(),
+                stores.metrics.clone(),
+            )
+            .with_circuits(stores.circuits.clone()),
+        ),
         None => stores.mitz.consent_view_shared(),
     };
     let mitz = Arc::new(

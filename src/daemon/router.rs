@@ -314,6 +314,7 @@ impl Router {
             partner: &partner.name,
             consent_mode: settings.consent,
             provider_category: &settings.provider_category,
+            requester_category: settings.requester_category.as_deref(),
             holder_ura: &shared.config.org_ura,
             meta_source: &format!("urn:oid:{}", shared.config.org_oid),
             base_url: &format!("{}/fhir", shared.config.public_url),

@@ -419,6 +419,7 @@ mod tests {
                 assertions: policy(jwks_url),
                 consent: Consent::Mitz,
                 provider_category: "RPZAC104".into(),
+                requester_category: None,
             }),
         }
     }

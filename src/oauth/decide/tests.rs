@@ -95,6 +95,7 @@ fn partners() -> Vec<Partner> {
                 },
                 consent: Consent::Mitz,
                 provider_category: "RPZAC104".into(),
+                requester_category: None,
             }),
         },
     ]
