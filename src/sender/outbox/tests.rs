@@ -982,18 +982,19 @@ fn free_names_keep_the_extension() {
     let f = fixture();
     let dir = f.site.dir.join("rej");
     fs::create_dir_all(&dir).unwrap();
-    assert_eq!(free_name(&dir, OsStr::new("a.json"), NOW), "a.json");
+    assert_eq!(free_name(&dir, "a.json", NOW), "a.json");
     fs::write(dir.join("a.json.error.txt"), b"").unwrap();
     assert_eq!(
-        free_name(&dir, OsStr::new("a.json"), NOW),
-        format!("a.{}.json", time::compact(NOW)).as_str()
+        free_name(&dir, "a.json", NOW),
+        format!("a.{}.json", time::compact(NOW))
     );
     fs::write(dir.join("noext"), b"").unwrap();
     assert_eq!(
-        free_name(&dir, OsStr::new("noext"), NOW),
-        format!("noext.{}", time::compact(NOW)).as_str()
+        free_name(&dir, "noext", NOW),
+        format!("noext.{}", time::compact(NOW))
     );
 }
 
 mod publication;
 mod publish;
+mod names;
