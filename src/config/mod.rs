@@ -273,6 +273,12 @@ pub const KEYS: &[KeySpec] = &[
         "how long a Mitz closed-question answer is reused for (patient, requester, category)",
     ),
     key(
+        "NP_RETENTION",
+        Some("30d"),
+        false,
+        "finished spool items (notifications sent, Tasks pulled) keep their content this long (a notification also until its restriction.period.end), then only identifiers and hashes for duplicate detection; other finished work keeps no content at all",
+    ),
+    key(
         "NP_PARTNERS",
         Some(""),
         false,
@@ -290,6 +296,12 @@ pub const KEYS: &[KeySpec] = &[
         Some("72h"),
         false,
         "outgoing work older than this goes to the dead folder",
+    ),
+    key(
+        "NP_DEDUPE_RETENTION",
+        Some("90d"),
+        false,
+        "how long the identifiers and hashes of finished spool items are kept to recognise the same work again (a resent Task or Mitz notification); at least NP_RETENTION",
     ),
     key(
         "NP_MIN_FREE_DISK",
@@ -900,6 +912,11 @@ pub struct Config {
     pub mitz_notify_url: String,
     /// How long a Mitz closed-question answer is reused.
     pub mitz_decision_ttl: Duration,
+    /// How long finished spool items keep their content (`NP_RETENTION`).
+    pub retention: Duration,
+    /// How long finished spool items are remembered for duplicate
+    /// detection (`NP_DEDUPE_RETENTION`, at least `retention`).
+    pub dedupe_retention: Duration,
     pub partners: Vec<Partner>,
 }
 
@@ -1111,6 +1128,16 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     let source_id = v.optional("NP_SOURCE_ID", bare_oid);
     let mitz_notify_url = v.optional("NP_MITZ_NOTIFY_URL", parse_https_url);
     let mitz_decision_ttl = v.parsed("NP_MITZ_DECISION_TTL", whole_seconds);
+    let retention = v.parsed("NP_RETENTION", positive_duration);
+    let dedupe_retention = v.parsed("NP_DEDUPE_RETENTION", positive_duration);
+    if let (Some(keep), Some(dedupe)) = (retention, dedupe_retention) {
+        if dedupe < keep {
+            v.error(
+                "NP_DEDUPE_RETENTION",
+                "must not be shorter than NP_RETENTION: a finished item is remembered at least as long as its content is kept",
+            );
+        }
+    }
     let partner_names = v.parsed("NP_PARTNERS", parse_partner_names);
 
     let client_id = client_id.or_else(|| public_url.as_deref().map(host_of));
@@ -1181,6 +1208,8 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             mitz_notify_url: mitz_notify_url?
                 .unwrap_or_else(|| format!("{public_url}{MITZ_NOTIFY_PATH}")),
             mitz_decision_ttl: mitz_decision_ttl?,
+            retention: retention?,
+            dedupe_retention: dedupe_retention?,
             public_url,
             partners,
         })

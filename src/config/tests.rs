@@ -69,6 +69,8 @@ fn minimal_config_gets_every_default() {
         "https://np.hospital-a.example:8443/mitz/fhir"
     );
     assert_eq!(c.mitz_decision_ttl, Duration::from_secs(60));
+    assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(c.dedupe_retention, Duration::from_secs(90 * 86_400));
     assert!(c.partners.is_empty());
     assert_eq!(
         c.token_endpoint(),
@@ -166,6 +168,21 @@ fn bad_values_name_the_key_and_the_reason() {
             "NP_RETRY_FIRST: \"0s\" must be longer than zero",
         ),
         ("NP_NOTIFICATION_TTL", "7 days", "NP_NOTIFICATION_TTL:"),
+        (
+            "NP_RETENTION",
+            "0d",
+            "NP_RETENTION: \"0d\" must be longer than zero",
+        ),
+        (
+            "NP_RETENTION",
+            "91d",
+            "NP_DEDUPE_RETENTION: must not be shorter than NP_RETENTION",
+        ),
+        (
+            "NP_DEDUPE_RETENTION",
+            "29d",
+            "NP_DEDUPE_RETENTION: must not be shorter than NP_RETENTION",
+        ),
         (
             "NP_ORG_AGB",
             "1234",
