@@ -435,17 +435,29 @@ impl Receiver {
         id: &str,
         out: Answer,
     ) -> Response {
-        let Some(order) = self.order(id) else {
-            return self.fail(partner, req, id, "the stored Task could not be read", out);
+        let (task, inbox_task) = match self.order(id) {
+            Some(order) => (order.task, order.inbox_task),
+            // Finished so long ago that only its identity is kept
+            // (`spool::retention`): the same Task, answered as it came.
+            None if self
+                .load_any(id)
+                .as_ref()
+                .and_then(spool::retention::Stub::of)
+                .is_some() =>
+            {
+                (v.resource().clone(), v.identifier().inbox_name())
+            }
+            None => {
+                return self.fail(partner, req, id, "the stored Task could not be read", out);
+            }
         };
         self.audit_task(partner, grant, req, "task.duplicate", v.bsn().as_str(), id);
         log::info!(
-            "event=task.duplicate partner={} item={id} task={} rid={} status=200",
+            "event=task.duplicate partner={} item={id} task={inbox_task} rid={} status=200",
             partner.name,
-            order.inbox_task,
             Q(&req.request_id)
         );
-        wire::resource_response(200, &with_id(order.task, id), out.format, out.version)
+        wire::resource_response(200, &with_id(task, id), out.format, out.version)
     }
 
     // ---- cancellation ----
