@@ -23,8 +23,11 @@ pub struct Question<'a> {
     /// Our URA: the organisation holding the data.
     pub holder_ura: &'a str,
     pub data_category: &'a str,
-    /// Mitz provider category of the requesting organisation (`RPZAC…`).
+    /// Mitz provider category of the requesting organisation (`RPZAC…`):
+    /// what the consent view is keyed on.
     pub provider_category: &'a str,
+    /// Its zorgaanbiedercategorie (`V4`, …): what the closed question names.
+    pub requester_category: Option<&'a str>,
     /// The requesting organisation (bare OID), for a question that names it.
     pub requester: &'a str,
     /// The requesting organisation's URA (8 digits) when the request context
@@ -35,6 +38,8 @@ pub struct Question<'a> {
     pub requester_role: Option<&'a str>,
     /// The user's id as the request context gives it (`X-ZV-Subject-Id`).
     pub requester_user: Option<&'a str>,
+    /// Our id of the request that needs the answer (logs, to match its audit record).
+    pub request_id: Option<&'a str>,
 }
 
 /// The answer.

@@ -185,9 +185,32 @@ fn np_agent_demo_runs_and_succeeds() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("identical to the export"), "{stdout}");
-    // The Zorgviewer step ran to its end: refused, then served, then audited.
+    // The Zorgviewer step ran to its end: the patient subscribed at the
+    // stand-in Mitz, the closed question denied, a notification, the
+    // question asked again and permitted, the record served, all audited.
+    assert!(
+        stdout.contains("made B subscribe the patient at Mitz"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("answered 201 with Location"), "{stdout}");
+    assert!(
+        stdout.contains("B asked Mitz the closed question") && stdout.contains("answered Deny"),
+        "{stdout}"
+    );
     assert!(stdout.contains("an empty searchset"), "{stdout}");
+    assert!(
+        stdout.contains("its closed-question cache forgot the patient"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("B asked Mitz the same closed question again"),
+        "{stdout}"
+    );
     assert!(stdout.contains("now return the record"), "{stdout}");
+    assert!(
+        stdout.contains("consent_source=closed-question"),
+        "{stdout}"
+    );
     assert!(stdout.contains("as refused (consent=deny"), "{stdout}");
     assert!(stdout.contains("Done:"), "{stdout}");
 }

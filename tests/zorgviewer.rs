@@ -26,9 +26,12 @@ use common::TempDir;
 use common::agent::{AgentProcess, AgentSetup, JwksServer, Party, World};
 use common::folders::export;
 use common::observe::{events, wait_until};
+use common::zorgviewer::{
+    FHIR_JSON, Req, Resp, SCOPES, SCT, USER, Viewer, audit, audit_of, cc_form, context_claims,
+    context_jwt, link, nano_id, sign, token_request,
+};
 use np_agent::fhir::{FhirVersion, Limits, json_to_xml, xml_to_json};
 use np_agent::jose::{Alg, SigningKey};
-use np_agent::util::percent::encode_form as encode;
 use np_agent::util::{b64, random, time::now_unix};
 use serde_json::{Value, json};
 
@@ -47,39 +50,13 @@ const ID_UNKNOWN: &str = "zz-pat";
 const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
 const META_SOURCE: &str = "http://hl7.org/fhir/4.0/StructureDefinition/extension-Meta.source";
 const LOINC: &str = "http://loinc.org";
-const SCT: &str = "http://snomed.info/sct";
 const OBS_CAT: &str = "http://hl7.org/fhir/observation-category";
 const ACT: &str = "http://hl7.org/fhir/v3/ActCode";
 const ZIB_BP: &str = "http://nictiz.nl/fhir/StructureDefinition/zib-BloodPressure";
-const FHIR_JSON: &str = "application/fhir+json";
 /// A PDF/A-like document as the EHR attaches it.
 const PDF: &[u8] = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj <</Type /Catalog /Pages 2 0 R>> endobj\n\
     2 0 obj <</Type /Pages /Kids [] /Count 0>> endobj\ntrailer <</Root 1 0 R>>\n%%EOF\n";
-/// What Zorgviewer asks a source for (spec §2).
-const SCOPES: &str = "user/Patient.read user/Practitioner.read user/Specimen.read user/Binary.read \
-    user/Condition.search user/Observation.search user/Encounter.search \
-    user/EpisodeOfCare.search user/Composition.search user/DocumentReference.search \
-    user/AllergyIntolerance.search user/MedicationStatement.search user/Medication.read \
-    user/Procedure.search user/Immunization.search user/Flag.search user/Coverage.search \
-    user/Organization.read";
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The Zorgviewer user on whose behalf every request is made: a
-/// practitioner of an organisation with a URA OID.
-struct User {
-    /// Bare OID.
-    org: &'static str,
-    ura: &'static str,
-    id: &'static str,
-    role: &'static str,
-}
-
-const USER: User = User {
-    org: "2.16.528.1.1007.3.3.11223344",
-    ura: "11223344",
-    id: "smart-Practitioner-71614502",
-    role: "223366009",
-};
 
 // ---------------------------------------------------------------------------
 // The published record
@@ -467,16 +444,6 @@ fn bgz_queries(p: &str, bsn: &str) -> Vec<(String, Vec<String>)> {
 // The fixture: one agent, its Zorgviewer partners and the Mitz broker
 // ---------------------------------------------------------------------------
 
-/// A Zorgviewer partner: its certificate and keys, its JWKS served over
-/// mTLS, and one kept-alive HTTP client.
-struct Viewer {
-    party: Party,
-    _jwks: JwksServer,
-    http: ureq::Agent,
-    /// The session's `X-Correlation-Id`.
-    session: String,
-}
-
 /// How a Zorgviewer partner is configured.
 struct ViewerSpec {
     name: &'static str,
@@ -524,15 +491,7 @@ impl Site {
             .set("NP_ORG_OID", OUR_OID);
         let mut viewers = BTreeMap::new();
         for spec in specs {
-            let party = Party::new(
-                &world,
-                tmp.path(),
-                spec.name,
-                spec.ura,
-                &[Alg::Es384, Alg::Rs384],
-            );
-            let jwks = party.serve_jwks();
-            setup.add_zorgviewer(&party, &jwks);
+            let viewer = Viewer::new(&world, tmp.path(), &mut setup, spec.name, spec.ura);
             let k = |f: &str| format!("NP_PARTNER_{}_{f}", spec.name.to_ascii_uppercase());
             if let Some(c) = spec.consent {
                 setup.env.set(&k("CONSENT"), c);
@@ -540,16 +499,7 @@ impl Site {
             if let Some(a) = spec.allow_from {
                 setup.env.set(&k("ALLOW_FROM"), a);
             }
-            let http = party.client();
-            viewers.insert(
-                spec.name,
-                Viewer {
-                    party,
-                    _jwks: jwks,
-                    http,
-                    session: nano_id(),
-                },
-            );
+            viewers.insert(spec.name, viewer);
         }
         let broker = Party::new(&world, tmp.path(), "broker", "22223333", &[]);
         setup.add_mitz(&broker);
@@ -650,96 +600,28 @@ impl Site {
 
     /// `POST /oauth/token` with `party`'s certificate: status and JSON.
     fn token_request(&self, party: &Party, body: &[u8]) -> (u16, Value) {
-        let resp = party
-            .client()
-            .post(self.setup.token_endpoint())
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(body)
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().read_to_vec().unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        token_request(&self.setup, party, body)
     }
 
     /// Client assertion claims of viewer `name` for this agent.
     fn assertion_claims(&self, name: &str) -> Value {
-        let now = now_unix();
-        json!({
-            "iss": format!("{name}-client"), "sub": format!("{name}-client"),
-            "aud": self.setup.token_endpoint(),
-            "iat": now, "exp": now + 60,
-            "jti": random::uuid_v4().unwrap(),
-            "subject_organization_id": format!("urn:oid:{}", USER.org),
-            "subject_organization": "Ziekenhuis Noord",
-            "subject_name": "Dr. Arts",
-            "subject_role": [{"system": SCT, "code": "309343006"}],
-        })
+        self.viewer(name).assertion_claims(&self.setup)
     }
 
     /// A `client_credentials` token of viewer `name` with `scope`, the
     /// assertion signed with `alg`.
     fn token(&self, name: &str, alg: Alg, scope: &str) -> String {
-        let viewer = self.viewer(name);
-        let assertion = sign(viewer.party.key(alg), &self.assertion_claims(name));
-        let (status, body) = self.token_request(&viewer.party, &cc_form(&assertion, scope));
-        assert_eq!(status, 200, "token of {name}: {body}");
-        body["access_token"].as_str().unwrap().to_string()
+        self.viewer(name).token(&self.setup, alg, scope)
     }
 
-    /// A request as Zorgviewer sends it: every context header, and
-    /// `X-ZV-Context` signed (ES384) with the viewer's key, agreeing.
+    /// A request as Zorgviewer sends it.
     fn request(&self, name: &str, token: &str, path: &str) -> Req {
-        let viewer = self.viewer(name);
-        let rid = nano_id();
-        let context = context_jwt(viewer.party.key(Alg::Es384), &context_claims());
-        Req {
-            viewer: name.to_string(),
-            method: "GET",
-            path: path.to_string(),
-            headers: vec![
-                ("Authorization".into(), format!("Bearer {token}")),
-                ("Accept".into(), FHIR_JSON.into()),
-                ("X-Request-Id".into(), rid.clone()),
-                ("X-Correlation-Id".into(), viewer.session.clone()),
-                ("X-ZV-Subject-Organization-Id".into(), USER.org.into()),
-                ("X-ZV-Subject-Organization-Ura".into(), USER.ura.into()),
-                ("X-ZV-Subject-Id".into(), USER.id.into()),
-                ("X-ZV-Subject-role".into(), USER.role.into()),
-                ("X-ZV-Context".into(), context),
-                (
-                    "AORTA-ID".into(),
-                    format!(
-                        "rid:{rid};cid:{};usr:{};rol:{};org:{}",
-                        viewer.session, USER.id, USER.role, USER.org
-                    ),
-                ),
-            ],
-        }
+        self.viewer(name).request(token, path)
     }
 
     /// Sends `req` and records the request id it was answered under.
     fn send(&self, req: &Req) -> Resp {
-        let viewer = self.viewer(&req.viewer);
-        let url = self.setup.url(&req.path);
-        let resp = match req.method {
-            "GET" => {
-                let mut r = viewer.http.get(&url);
-                for (k, v) in &req.headers {
-                    r = r.header(k.as_str(), v.as_str());
-                }
-                r.call()
-            }
-            _ => {
-                let mut r = viewer.http.post(&url);
-                for (k, v) in &req.headers {
-                    r = r.header(k.as_str(), v.as_str());
-                }
-                r.header("Content-Type", FHIR_JSON)
-                    .send(br#"{"resourceType":"Task"}"#.as_slice())
-            }
-        }
-        .unwrap();
-        let resp = Resp::of(resp);
+        let resp = self.viewer(&req.viewer).send(&self.setup, req);
         self.sent
             .borrow_mut()
             .push(resp.header("x-request-id").unwrap().to_string());
@@ -775,34 +657,12 @@ impl Site {
 
     /// Every audit record written so far.
     fn audit(&self) -> Vec<Value> {
-        let dir = self.setup.dir.join("state/audit");
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        audit(&self.setup)
     }
 
     /// The one audit record of request `rid`.
     fn audit_of(&self, rid: &str) -> Value {
-        let found: Vec<Value> = self
-            .audit()
-            .into_iter()
-            .filter(|r| r["request_id"] == rid)
-            .collect();
-        assert_eq!(found.len(), 1, "one audit record of {rid}: {found:?}");
-        found.into_iter().next().unwrap()
+        audit_of(&self.setup, rid)
     }
 
     /// SHA-256 of viewer `name`'s certificate, as the audit trail names it.
@@ -822,186 +682,6 @@ impl Site {
     }
 }
 
-/// One request, editable before it is sent.
-#[derive(Clone)]
-struct Req {
-    viewer: String,
-    method: &'static str,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Req {
-    /// Replaces header `name` (any case), or adds it.
-    fn set(mut self, name: &str, value: impl Into<String>) -> Req {
-        let value = value.into();
-        match self
-            .headers
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some(h) => h.1 = value,
-            None => self.headers.push((name.to_string(), value)),
-        }
-        self
-    }
-
-    fn without(mut self, name: &str) -> Req {
-        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-        self
-    }
-
-    fn header(&self, name: &str) -> &str {
-        &self
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .unwrap()
-            .1
-    }
-}
-
-/// An answer as read off the wire.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn of(resp: ureq::http::Response<ureq::Body>) -> Resp {
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let body = resp.into_body().read_to_vec().unwrap();
-        Resp {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// `Type/id` of what a searchset holds (`+` before an include), or of
-    /// the one resource a read returned.
-    fn ids(&self) -> Vec<String> {
-        assert_eq!(self.status, 200, "{}", self.text());
-        let v = self.json();
-        let of = |r: &Value| {
-            format!(
-                "{}/{}",
-                r["resourceType"].as_str().unwrap(),
-                r["id"].as_str().unwrap()
-            )
-        };
-        if v["resourceType"] != "Bundle" {
-            return vec![of(&v)];
-        }
-        v["entry"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|e| match e["search"]["mode"].as_str() {
-                Some("include") => format!("+{}", of(&e["resource"])),
-                _ => of(&e["resource"]),
-            })
-            .collect()
-    }
-
-    /// The resources returned (a searchset's entries, or the one read).
-    fn resources(&self) -> Vec<Value> {
-        let v = self.json();
-        if v["resourceType"] != "Bundle" {
-            return vec![v];
-        }
-        v["entry"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|e| e["resource"].clone())
-            .collect()
-    }
-
-    /// A refusal: `status`, an OperationOutcome with issue `code`.
-    fn assert_refused(&self, status: u16, code: &str, what: &str) {
-        assert_eq!(self.status, status, "{what}: {}", self.text());
-        let v = self.json();
-        assert_eq!(v["resourceType"], "OperationOutcome", "{what}: {v}");
-        assert_eq!(v["issue"][0]["code"], code, "{what}: {v}");
-    }
-
-    /// 200 with an empty searchset.
-    fn assert_empty_searchset(&self, what: &str) {
-        assert_eq!(self.status, 200, "{what}: {}", self.text());
-        let v = self.json();
-        assert_eq!(
-            (&v["resourceType"], &v["type"], &v["total"]),
-            (&json!("Bundle"), &json!("searchset"), &json!(0)),
-            "{what}: {v}"
-        );
-        assert!(v.get("entry").is_none(), "{what}: {v}");
-    }
-}
-
-fn link(bundle: &Value, relation: &str) -> Option<String> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == relation)
-        .and_then(|l| l["url"].as_str())
-        .map(String::from)
-}
-
-/// 12 characters of the NanoID alphabet, as Zorgviewer's ids are.
-fn nano_id() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
-    random::bytes::<12>()
-        .unwrap()
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % 64] as char)
-        .collect()
-}
-
-fn sign(key: &SigningKey, claims: &Value) -> String {
-    key.sign_jwt(claims.to_string().as_bytes()).unwrap()
-}
-
-/// The claims of an `X-ZV-Context` that agree with [`USER`].
-fn context_claims() -> Value {
-    let now = now_unix();
-    json!({
-        "subject_organization_id": USER.org,
-        "subject_id": USER.id,
-        "subject_role": USER.role,
-        "iat": now,
-        "exp": now + 120,
-    })
-}
-
-fn context_jwt(key: &SigningKey, claims: &Value) -> String {
-    sign(key, claims)
-}
-
 /// A compact JWS signed with HMAC-SHA256, as the IG's sample is.
 fn hs256(claims: &Value) -> String {
     let h = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
@@ -1011,23 +691,6 @@ fn hs256(claims: &Value) -> String {
         format!("{h}.{p}").as_bytes(),
     );
     format!("{h}.{p}.{}", b64::encode(tag.as_ref()))
-}
-
-fn cc_form(assertion: &str, scope: &str) -> Vec<u8> {
-    [
-        ("grant_type", "client_credentials"),
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", assertion),
-        ("scope", scope),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-    .collect::<Vec<_>>()
-    .join("&")
-    .into_bytes()
 }
 
 /// A Mitz consent notification (the fixture's shape) for `bsn` at our

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::ops::logging::Q;
+use crate::util::group_commit::GroupCommit;
 use crate::util::{durable, time};
 
 /// A Zorgviewer read of one resource (`GET <Type>/<id>`, `Binary/<id>`).
@@ -226,11 +227,17 @@ impl Serialize for ResourceList {
     }
 }
 
-/// The audit trail writer.
-#[derive(Debug)]
+/// The audit trail writer. Concurrent records share one flush
+/// ([`GroupCommit`]): each `record` returns once its line is on disk.
 pub struct AuditLog {
     dir: PathBuf,
-    current: Mutex<Option<(String, File)>>,
+    commit: GroupCommit<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish()
+    }
 }
 
 impl AuditLog {
@@ -238,9 +245,13 @@ impl AuditLog {
     pub fn open(state_dir: &Path) -> Result<AuditLog, durable::DurableError> {
         let dir = state_dir.join("audit");
         durable::create_dir_all(&dir)?;
+        let files = DayFiles {
+            dir: dir.clone(),
+            current: Mutex::new(None),
+        };
         Ok(AuditLog {
             dir,
-            current: Mutex::new(None),
+            commit: GroupCommit::new(Box::new(move |batch| files.append(batch))),
         })
     }
 
@@ -264,7 +275,9 @@ impl AuditLog {
         }
     }
 
-    /// Appends an event (its `when` is filled in when empty) durably.
+    /// Appends an event (its `when` is filled in when empty) durably: on
+    /// return its line is written and flushed, together with the lines of
+    /// the records that came at the same time.
     pub fn record(&self, mut event: Event<'_>) -> Result<(), durable::DurableError> {
         let now = time::now_unix();
         if event.when.is_empty() {
@@ -276,31 +289,72 @@ impl AuditLog {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        let day = time::date(now);
-        let mut guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|(d, _)| *d != day) {
-            let path = self.dir.join(format!("{day}.jsonl"));
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|source| durable::DurableError {
-                    path: path.clone(),
-                    step: "open",
-                    source,
-                })?;
-            durable::sync_dir(&self.dir)?;
-            *guard = Some((day.clone(), file));
+        self.commit
+            .commit((time::date(now), line))
+            .map_err(|reason| durable::DurableError {
+                path: self.dir.clone(),
+                step: "append",
+                source: std::io::Error::other(reason),
+            })
+    }
+
+    /// Flushes so far: how many batches the records went to disk in.
+    pub fn flushes(&self) -> u64 {
+        self.commit.batches()
+    }
+}
+
+/// The day files of the trail, written only by the leader of a batch.
+struct DayFiles {
+    dir: PathBuf,
+    current: Mutex<Option<(String, File)>>,
+}
+
+impl DayFiles {
+    /// Appends a batch of `(day, line)` and flushes every file it touched.
+    fn append(&self, batch: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.append_locked(&mut current, batch);
+        if result.is_err() {
+            // Reopen next time: the file may have a torn tail now.
+            *current = None;
         }
-        if let Some((_, file)) = guard.as_mut() {
-            file.write_all(&line)
-                .and_then(|()| file.sync_data())
-                .map_err(|source| durable::DurableError {
-                    path: self.dir.join(format!("{day}.jsonl")),
-                    step: "append",
-                    source,
-                })?;
+        result
+    }
+
+    fn append_locked(
+        &self,
+        current: &mut Option<(String, File)>,
+        batch: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let mut touched: Vec<File> = Vec::new();
+        for (day, line) in batch {
+            if current.as_ref().is_none_or(|(d, _)| *d != day) {
+                if let Some((_, old)) = current.take() {
+                    touched.push(old);
+                }
+                let path = self.dir.join(format!("{day}.jsonl"));
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| format!("{}: open: {e}", path.display()))?;
+                durable::sync_dir(&self.dir).map_err(|e| e.to_string())?;
+                *current = Some((day, file));
+            }
+            if let Some((day, file)) = current.as_mut() {
+                file.write_all(&line)
+                    .map_err(|e| format!("{}/{day}.jsonl: append: {e}", self.dir.display()))?;
+            }
+        }
+        for file in &touched {
+            file.sync_data()
+                .map_err(|e| format!("{}: sync: {e}", self.dir.display()))?;
+        }
+        if let Some((day, file)) = current.as_ref() {
+            file.sync_data()
+                .map_err(|e| format!("{}/{day}.jsonl: sync: {e}", self.dir.display()))?;
         }
         Ok(())
     }
@@ -309,6 +363,55 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_records_share_flushes_and_all_arrive() {
+        let dir = std::env::temp_dir().join(format!(
+            "np-audit-{}",
+            crate::util::random::uuid_v4().unwrap()
+        ));
+        let log = std::sync::Arc::new(AuditLog::open(&dir).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let object = format!("t{t}-{i}");
+                        log.record(Event {
+                            action: "fhir.read",
+                            outcome: "success",
+                            object: Some(&object),
+                            ..Event::default()
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text: String = std::fs::read_dir(dir.join("audit"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 400, "every record, each whole on its own line");
+        for t in 0..8 {
+            for i in 0..50 {
+                let object = format!("t{t}-{i}");
+                assert!(
+                    lines.iter().any(|l| l["object"] == object.as_str()),
+                    "{object}"
+                );
+            }
+        }
+        assert!(log.flushes() <= 400);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn record_or_log_says_whether_the_event_was_written() {

@@ -3,12 +3,17 @@
 //! A sends, hospital B receives), a sample BgZ export dropped into A's outbox,
 //! B's inbox checked resource for resource against it, then an update and a
 //! cancellation, then a Mitz consent notification (XML, as Mitz sends
-//! it) posted to B by a stand-in for the VZVZ broker, stored byte for byte
-//! and stored once when the broker resends it, and last a stand-in Zorgviewer
-//! reading the record B publishes to it, refused before consent and served
-//! after (`demo/zorgviewer.rs`). Every step is printed as it happens; the
-//! exit code is 0 only if everything arrived intact.
+//! it) posted to B by a stand-in Mitz in its broker role, stored byte for
+//! byte and stored once when the broker resends it, and last a stand-in
+//! Zorgviewer reading the record B publishes to it (`demo/zorgviewer.rs`):
+//! B subscribes the patient at the stand-in Mitz, asks it the closed
+//! question before it answers, refuses on its `Deny`, and serves once a
+//! consent notification made it ask again and Mitz answered `Permit`
+//! (`demo/mitz.rs`). Every step is printed as it happens; the exit code is
+//! 0 only if everything arrived intact.
 
+pub mod localisation;
+mod mitz;
 mod zorgviewer;
 
 use std::collections::BTreeMap;
@@ -62,7 +67,7 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
 }
 
 /// Runs the demo; returns the process exit code.
-pub fn run(dir: Option<PathBuf>, keep: bool) -> i32 {
+pub fn run(dir: Option<PathBuf>, keep: bool, with_localisation: bool) -> i32 {
     let started = Instant::now();
     let root = match prepare_dir(dir.clone()) {
         Ok(r) => r,
@@ -73,13 +78,16 @@ pub fn run(dir: Option<PathBuf>, keep: bool) -> i32 {
     };
     let mut report = Report { started };
     let result = Demo::new(&root, &mut report).and_then(|mut d| {
-        let r = d.exchange();
+        let mut r = d.exchange();
+        if r.is_ok() && with_localisation {
+            r = d.localisation();
+        }
         d.stop_all();
         r
     });
     let code = match result {
         Ok(()) => {
-            report.step("Done: every exported resource arrived unchanged, the update arrived, the cancellation stopped the pull, the consent notification was stored once, byte for byte, and the Zorgviewer saw the published record only with consent, every read in the audit trail.");
+            report.step("Done: every exported resource arrived unchanged, the update arrived, the cancellation stopped the pull, the consent notification was stored once, byte for byte, the published record's patient was subscribed at Mitz, and the Zorgviewer saw that record only once Mitz's closed question permitted it, every read in the audit trail.");
             0
         }
         Err(e) => {
@@ -141,8 +149,8 @@ struct Demo<'r> {
     report: &'r mut Report,
     a: Agent,
     b: Agent,
-    /// An HTTPS client with the broker's certificate.
-    broker: ureq::Agent,
+    /// The stand-in Mitz: its API (a partner of B) and its broker.
+    mitz: mitz::StandIn,
     /// The stand-in Zorgviewer, a partner of B.
     zv: zorgviewer::StandIn,
 }
@@ -160,26 +168,7 @@ impl<'r> Demo<'r> {
         report.step(&format!("Working in {}", root.display()));
         let ca = Ca::new("np-agent demo CA (throwaway)").ctx("create demo CA")?;
         let mut agents = Vec::new();
-        // The VZVZ notification broker's stand-in: its certificate is all B
-        // needs to know about it (a mitz partner has no token or keys).
-        let broker = ca
-            .issue(&LeafSpec::localhost("broker.mitz.demo.invalid"))
-            .ctx("issue broker certificate")?;
-        let broker_files = write_files(&root.join("broker/tls"), &broker, &[&ca])
-            .ctx("write broker certificate")?;
-        let broker_material =
-            crate::pki::TlsMaterial::load(&broker_files).ctx("load broker certificate")?;
-        let broker_client = crate::http::client::agent(
-            crate::pki::client_config(&broker_material, crate::pki::MinVersion::Tls13)
-                .ctx("broker TLS client")?,
-            crate::http::client::ClientTimeouts::default(),
-        );
-        let broker_selector = format!(
-            "sha256:{}",
-            crate::pki::peer_identity(broker.der.as_ref())
-                .ctx("broker certificate")?
-                .fingerprint()
-        );
+        let mitz = mitz::StandIn::new(&ca, &root.join("mitz"))?;
         let zv = zorgviewer::StandIn::new(&ca, &root.join("zorgviewer"))?;
         let ports = [free_port()?, free_port()?];
         let admin = [free_port()?, free_port()?];
@@ -247,10 +236,9 @@ impl<'r> Demo<'r> {
             if name == "hospb" {
                 env.insert(
                     "NP_PARTNERS".into(),
-                    format!("{partner},mitz,{}", zorgviewer::PARTNER),
+                    format!("{partner},{},{}", mitz::PARTNER, zorgviewer::PARTNER),
                 );
-                env.insert("NP_PARTNER_MITZ_KIND".into(), "mitz".into());
-                env.insert("NP_PARTNER_MITZ_CERT".into(), broker_selector.clone());
+                env.extend(mitz.env());
                 env.extend(zv.partner_env());
             }
             let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
@@ -264,14 +252,19 @@ impl<'r> Demo<'r> {
                 log: root.join(format!("{name}.log")),
             });
         }
-        report.step("Created a throwaway PKI: one demo CA, a UZI-style certificate for each hospital (URA in the SAN), an ES256 signing key each, and certificates for the stand-ins of the Mitz broker and the Zorgviewer");
+        report.step("Created a throwaway PKI: one demo CA, a UZI-style certificate for each hospital (URA in the SAN), an ES256 signing key each, and certificates for the stand-ins of Mitz and the Zorgviewer");
+        report.step(&format!(
+            "The stand-in Mitz serves its API over mutual TLS on {}: B's configuration names it as its Mitz partner (NP_PARTNER_MITZ_URL), with B's own identity at Mitz (NP_ORG_CATEGORY={}, NP_HOME_COMMUNITY_ID, NP_SOURCE_ID)",
+            mitz.base(),
+            mitz::ORG_CATEGORY
+        ));
         let b = agents.pop().ok_or_else(|| DemoError("internal".into()))?;
         let a = agents.pop().ok_or_else(|| DemoError("internal".into()))?;
         let mut demo = Demo {
             report,
             a,
             b,
-            broker: broker_client,
+            mitz,
             zv,
         };
         for which in [0, 1] {
@@ -380,7 +373,7 @@ impl<'r> Demo<'r> {
         for attempt in ["sent", "resent"] {
             self.post_notification(&xml)?;
             if attempt == "sent" {
-                self.report.step("The Mitz broker (a stand-in with its own certificate) POSTed a consent notification for the demo patient to B's /fhir/R4, in XML; B checked it, stored it durably and answered 200 with a transaction-response");
+                self.report.step("Mitz's notification broker (the stand-in Mitz, with its own certificate) POSTed a consent notification for the demo patient to B's /fhir/R4, in XML; B checked it, stored it durably and answered 200 with a transaction-response");
                 let files = wait_for_files(
                     &inbox,
                     1,
@@ -422,34 +415,12 @@ impl<'r> Demo<'r> {
         Ok(())
     }
 
-    /// The broker stand-in POSTs a consent notification (XML) to B.
+    /// The stand-in Mitz, as broker, POSTs a consent notification (XML)
+    /// to B's FHIR base.
     fn post_notification(&self, xml: &str) -> Result<(), DemoError> {
         let url = format!("https://localhost:{}/fhir/R4", self.b.port);
-        let request_id = random::uuid_v4().ctx("random")?;
-        let mut resp = self
-            .broker
-            .post(&url)
-            .header("Content-Type", "application/fhir+xml")
-            .header("Accept", "application/fhir+xml")
-            .header(
-                "AORTA-ID",
-                format!("initialRequestID={request_id}; requestID={request_id}"),
-            )
-            .send(xml.as_bytes())
-            .ctx("POST the consent notification to B")?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 20)
-            .read_to_string()
-            .unwrap_or_default();
-        if status != 200 || !body.contains("transaction-response") {
-            return fail(format!(
-                "B answered the consent notification with {status}: {body}"
-            ));
-        }
-        Ok(())
+        self.mitz
+            .notify(&url, "application/fhir+xml", xml.as_bytes())
     }
 
     fn stop_all(&mut self) {

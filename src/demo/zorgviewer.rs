@@ -9,11 +9,17 @@
 //! BSN, runs the BgZ queries and fetches the discharge letter, every request
 //! with the X-ZV headers and an `X-ZV-Context` signed with its key.
 //!
-//! Its provider category is GPs (`RPZAC001`), for whom the sample Mitz
-//! notification records no consent: every answer is empty. Then the broker
-//! stand-in sends a permit for that category, the same requests return every
+//! B has a Mitz partner with a `URL` (the stand-in of `demo/mitz.rs`), so
+//! publishing the record subscribes the patient there, and B asks Mitz's
+//! closed question before it answers anything about the patient. The
+//! stand-in answers `Deny` first: every answer is empty. Then Mitz records a
+//! consent for GPs (`RPZAC001`, the Zorgviewer's provider category): its
+//! closed question answers `Permit` and, as broker, it pushes a consent
+//! notification to the channel endpoint of the subscription. B's decision
+//! cache forgets the patient, B asks again, the same requests return every
 //! published resource unchanged but for `Meta.source`, and B's audit trail,
-//! read as `np-agent audit --patient` reads it, holds both rounds.
+//! read as `np-agent audit --patient` reads it, holds both rounds with the
+//! closed question as the source of every consent decision.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
@@ -24,6 +30,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::mitz::{self, Expected, Question};
 use super::{
     B_URA, Context, Demo, DemoError, MITZ_SAMPLE, SAMPLE, STEP_TIMEOUT, drop_file, fail, resources,
     wait_until,
@@ -31,6 +38,11 @@ use super::{
 use crate::http::{self, Request, Response};
 use crate::ids::{BSN_SYSTEM, Bsn, URA_OID_ROOT};
 use crate::jose::{self, Alg, Jwks, SigningKey};
+use crate::mitz::closed::reply::Decision;
+use crate::mitz::closed::request::{
+    AUTHOR_INSTITUTION, CONSULTING_FACILITY_TYPE, EVENT_CODE, FACILITY_TYPE, PROVIDER_INSTITUTION,
+    PURPOSE_OF_USE, RESOURCE_ID, SUBJECT_ROLE, TREAT,
+};
 use crate::pki::throwaway::{Ca, LeafSpec, write_files};
 use crate::pki::{self, MinVersion, TlsMaterial};
 use crate::serve::zorgviewer::META_SOURCE_URL;
@@ -45,6 +57,10 @@ const CLIENT_ID: &str = "zorgviewer-demo";
 /// The Mitz provider category of the organisations using the Zorgviewer in
 /// the demo: GPs, whom the sample notification gives no consent.
 const PROVIDER_CATEGORY: &str = "RPZAC001";
+/// The GP practice's zorgaanbiedercategorie, as the closed question names it.
+const REQUESTER_CATEGORY: &str = "Z3";
+/// The data category B asks Mitz about: treatment data.
+const DATA_CATEGORY: &str = "GGC002";
 /// The requesting organisation: a GP practice, by URA.
 const GP_URA: &str = "33334444";
 /// The user: a GP (SNOMED 62247001 huisarts).
@@ -133,6 +149,7 @@ impl StandIn {
             (k("CLIENT_ID"), CLIENT_ID.into()),
             (k("JWKS_URL"), self.jwks_url.clone()),
             (k("PROVIDER_CATEGORY"), PROVIDER_CATEGORY.into()),
+            (k("REQUESTER_CATEGORY"), REQUESTER_CATEGORY.into()),
         ]
     }
 
@@ -412,7 +429,9 @@ impl Demo<'_> {
     pub(super) fn zorgviewer(&mut self) -> Result<(), DemoError> {
         let publication: Value = serde_json::from_str(SAMPLE).ctx("sample record")?;
         let published = Published::of(&publication)?;
+        self.mitz.answer(published.bsn.as_str(), Decision::Deny);
         self.publish()?;
+        let channel = self.subscribed(&published.bsn)?;
 
         let token_endpoint = format!("https://localhost:{}/oauth/token", self.b.port);
         let token = self.zv.token(&token_endpoint)?;
@@ -436,21 +455,37 @@ impl Demo<'_> {
             check_withheld(ask, &answer)?;
         }
         let refused: Vec<String> = std::mem::take(&mut session.sent);
+        let before = self.asked(0, Decision::Deny, &published.bsn)?;
         self.report.step(&format!(
-            "It looked the patient up by BSN, ran the BgZ queries and fetched the discharge letter ({} requests, each with X-ZV headers and an X-ZV-Context signed with its key): GPs ({PROVIDER_CATEGORY}) have no Mitz consent for this patient, so every search answered 200 with an empty searchset and every read 404, as if no record existed",
-            asks.len()
+            "Before answering, B asked Mitz the closed question (POST {}, SOAP 1.2 with an XACMLAuthzDecisionQuery): may hospital B (URA {B_URA}, {}) release treatment data ({DATA_CATEGORY}) of this patient to the GP practice (URA {GP_URA}, {REQUESTER_CATEGORY}, role {ROLE}) for treatment ({TREAT})? The stand-in Mitz answered Deny",
+            self.question_endpoint(),
+            mitz::ORG_CATEGORY
+        ));
+        self.report.step(&format!(
+            "So the Zorgviewer's lookup by BSN, BgZ queries and fetch of the discharge letter ({} requests, each with X-ZV headers and an X-ZV-Context signed with its key) came back as if no record existed: every search 200 with an empty searchset, every read 404 (B asked Mitz {} for them: it keeps a decision for NP_MITZ_DECISION_TTL, 60 s)",
+            asks.len(),
+            times(before)
         ));
 
-        self.permit_gps()?;
+        self.mitz_permits(&published.bsn, &channel)?;
 
         session.context = self.zv.context()?;
-        let mut got = BTreeMap::new();
-        for ask in &asks {
-            let answer = session.send(ask)?;
-            collect_served(ask, &answer, &published, &mut got)?;
-        }
+        let answers = asks
+            .iter()
+            .map(|ask| session.send(ask))
+            .collect::<Result<Vec<Answer>, DemoError>>()?;
         let served: Vec<String> = std::mem::take(&mut session.sent);
+        let after = self.asked(before, Decision::Permit, &published.bsn)?;
+        let mut got = BTreeMap::new();
+        for (ask, answer) in asks.iter().zip(&answers) {
+            collect_served(ask, answer, &published, &mut got)?;
+        }
         check_record(&published.resources, &got)?;
+        self.report.step(&format!(
+            "B asked Mitz the same closed question again (its cache had forgotten the patient; {} for the {} requests): Permit",
+            times(after),
+            asks.len()
+        ));
         self.report.step(&format!(
             "The same {} requests now return the record: all {} published resources (the Medication by _include, the letter as a FHIR Binary and as its own text/plain bytes), each identical to the publication but for Meta.source {}, which every one carries",
             asks.len(),
@@ -459,6 +494,129 @@ impl Demo<'_> {
         ));
 
         self.audit_shows(&published.bsn, &refused, &served)
+    }
+
+    /// `<B's Mitz URL>/geslotenautorisatievraag/xacml3`.
+    fn question_endpoint(&self) -> String {
+        format!("{}{}", self.mitz.base(), mitz::QUESTION_PATH)
+    }
+
+    /// Publishing the record subscribed the patient at Mitz: one
+    /// Subscription, as B's configuration says, answered `201` and recorded
+    /// by B. Returns its channel endpoint.
+    fn subscribed(&mut self, bsn: &Bsn) -> Result<String, DemoError> {
+        let mitz = &self.mitz;
+        wait_until(
+            STEP_TIMEOUT,
+            || !mitz.subscriptions().is_empty() || mitz.refused().is_some(),
+            "B's Subscription at Mitz",
+        )?;
+        if let Some(why) = self.mitz.refused() {
+            return fail(format!("B's Subscription: {why}"));
+        }
+        let subscriptions = self.mitz.subscriptions();
+        let [s] = subscriptions.as_slice() else {
+            return fail(format!(
+                "B sent {} Subscriptions for one record",
+                subscriptions.len()
+            ));
+        };
+        let endpoint = format!(
+            "https://localhost:{}{}",
+            self.b.port,
+            crate::config::MITZ_NOTIFY_PATH
+        );
+        check_subscription_of(s, bsn, &endpoint)?;
+        let store = crate::mitz::subscribe::SubscriptionStore::reader(&self.b.dir.join("state"));
+        wait_until(
+            STEP_TIMEOUT,
+            || {
+                store.get(mitz::PARTNER, bsn).is_ok_and(|r| {
+                    r.is_some_and(|r| r.subscription.as_deref() == Some(s.id.as_str()))
+                })
+            },
+            "B recording its subscription",
+        )?;
+        self.report.step(&format!(
+            "Publishing it made B subscribe the patient at Mitz: POST {}{} over mTLS, a mitz-Subscription (status requested, reason OTV, criteria Consent?_query=otv&patientid=<the demo BSN>&providerid={B_URA}&providertype={}, a rest-hook channel to {endpoint}, the GatewaySystem and SourceSystem OIDs); the stand-in Mitz checked it element by element and answered 201 with Location …/Subscription/{}, and B recorded that id (np-agent mitz subscriptions lists it)",
+            self.mitz.base(),
+            mitz::SUBSCRIPTION_PATH,
+            mitz::ORG_CATEGORY,
+            s.id
+        ));
+        Ok(s.endpoint().to_string())
+    }
+
+    /// The closed questions from the `from`-th on: at least one, every one
+    /// from B, about this patient and the Zorgviewer's user, answered
+    /// `want`. Returns how many there were.
+    fn asked(&self, from: usize, want: Decision, bsn: &Bsn) -> Result<usize, DemoError> {
+        if let Some(why) = self.mitz.refused() {
+            return fail(format!("B's closed question: {why}"));
+        }
+        let questions: Vec<Question> = self.mitz.questions().into_iter().skip(from).collect();
+        if questions.is_empty() {
+            return fail(format!(
+                "B answered the Zorgviewer without asking Mitz the closed question (expected {})",
+                want.label()
+            ));
+        }
+        let endpoint = self.question_endpoint();
+        for q in &questions {
+            if q.caller != B_URA || q.sent.to != endpoint {
+                return fail(format!(
+                    "a closed question came from URA {} to {}, expected B ({B_URA}) to {endpoint}",
+                    q.caller, q.sent.to
+                ));
+            }
+            q.sent.check(&[
+                (RESOURCE_ID, bsn.as_str()),
+                (FACILITY_TYPE, mitz::ORG_CATEGORY),
+                (AUTHOR_INSTITUTION, B_URA),
+                (EVENT_CODE, DATA_CATEGORY),
+                (SUBJECT_ROLE, ROLE),
+                (PROVIDER_INSTITUTION, GP_URA),
+                (CONSULTING_FACILITY_TYPE, REQUESTER_CATEGORY),
+                (PURPOSE_OF_USE, TREAT),
+            ])?;
+            if q.answered != want {
+                return fail(format!(
+                    "the stand-in Mitz answered {} where the demo expected {}",
+                    q.answered.label(),
+                    want.label()
+                ));
+            }
+        }
+        Ok(questions.len())
+    }
+
+    /// Mitz records a consent for GPs: its closed question answers
+    /// `Permit` from now on, and as broker it pushes a consent notification
+    /// (JSON, as the Subscription asked) to the subscription's `channel`.
+    /// Waits until B has taken it in: stored, and the patient's decisions
+    /// forgotten.
+    fn mitz_permits(&mut self, bsn: &Bsn, channel: &str) -> Result<(), DemoError> {
+        use crate::spool::{Spool, State};
+        self.mitz.answer(bsn.as_str(), Decision::Permit);
+        let value = permit_notification(PROVIDER_CATEGORY, time::now_unix())?;
+        let body = serde_json::to_vec_pretty(&value).ctx("the permit notification")?;
+        self.mitz.notify(channel, "application/fhir+json", &body)?;
+        // The spool item moves to `done` once B stored the notification and
+        // told its closed question to forget the patient.
+        let spool = Spool::at(&self.b.dir.join("state")).ctx("B's spool")?;
+        let id = crate::mitz::item_id(mitz::PARTNER, &body);
+        wait_until(
+            STEP_TIMEOUT,
+            || matches!(spool.find(&id), Some(State::Done | State::Dead)),
+            "B storing the consent notification",
+        )?;
+        if spool.find(&id) != Some(State::Done) {
+            return fail("B could not store the consent notification (see hospb.log)");
+        }
+        self.report.step(&format!(
+            "Mitz recorded a consent for GPs ({PROVIDER_CATEGORY}, the Zorgviewer's provider category): the stand-in's closed question now answers Permit, and as broker it POSTed a consent notification (JSON, as the subscription asked) to the subscription's channel endpoint {channel}; B stored it, and its closed-question cache forgot the patient"
+        ));
+        Ok(())
     }
 
     /// B's EHR publishes the sample as the demo patient's record.
@@ -483,28 +641,6 @@ impl Demo<'_> {
             return fail(format!("B rejected the publication: {}", reason.trim()));
         }
         self.report.step("B stored it as a published record, indexed by the patient; nothing is sent: the Zorgviewer asks when a user opens the patient");
-        Ok(())
-    }
-
-    /// The broker stand-in sends a permit for GPs; B's view takes it in.
-    fn permit_gps(&mut self) -> Result<(), DemoError> {
-        let value = permit_notification(PROVIDER_CATEGORY, time::now_unix())?;
-        let xml = crate::fhir::json_to_xml(&value, crate::fhir::FhirVersion::R4)
-            .ctx("the permit notification as XML")?;
-        self.post_notification(&xml)?;
-        let view = crate::mitz::consent::ConsentView::reader(&self.b.dir.join("state"));
-        let bsn = Bsn::parse(super::MITZ_BSN).ok_or_else(|| DemoError("the sample BSN".into()))?;
-        wait_until(
-            STEP_TIMEOUT,
-            || {
-                view.load(B_URA, &bsn)
-                    .is_ok_and(|v| v.permits("GGC002", PROVIDER_CATEGORY))
-            },
-            "the permit in B's consent view",
-        )?;
-        self.report.step(&format!(
-            "The Mitz broker sent a new consent notification: the patient now permits GPs ({PROVIDER_CATEGORY}, the Zorgviewer's provider category) to see treatment data (GGC002), and B's consent view says so"
-        ));
         Ok(())
     }
 
@@ -543,12 +679,13 @@ impl Demo<'_> {
                 };
                 let row = query::Row::of(record);
                 if record["consent"] != consent
+                    || record["consent_source"] != "closed-question"
                     || record["outcome"] != outcome
                     || record["context_verified"] != true
                     || record["who_user"] != USER
                 {
                     return fail(format!(
-                        "B's audit record of request {id} is not a verified {outcome} with consent={consent}: {} {} {}",
+                        "B's audit record of request {id} is not a verified {outcome} with consent={consent} from the closed question: {} {} {}",
                         row.action, row.object, row.outcome
                     ));
                 }
@@ -562,7 +699,7 @@ impl Demo<'_> {
             }
         }
         self.report.step(&format!(
-            "np-agent audit --patient <the demo BSN> on B lists all {} Zorgviewer requests by their X-Request-Id, with the GP, her role and a verified X-ZV-Context: the {} before consent as refused (consent=deny, nothing returned), the {} after as served (consent=permit, naming the {} resources returned); {} records of this patient in all",
+            "np-agent audit --patient <the demo BSN> on B lists all {} Zorgviewer requests by their X-Request-Id, with the GP, her role and a verified X-ZV-Context, each naming the closed question as the source of its consent decision (consent_source=closed-question): the {} before consent as refused (consent=deny, nothing returned), the {} after as served (consent=permit, naming the {} resources returned); {} records of this patient in all",
             refused.len() + served.len(),
             refused.len(),
             served.len(),
@@ -570,6 +707,38 @@ impl Demo<'_> {
             scan.matches.len()
         ));
         Ok(())
+    }
+}
+
+/// B's one Subscription: new (`201`), from B's certificate, and the
+/// `mitz-Subscription` B's configuration makes for `bsn` with `endpoint` as
+/// its channel.
+fn check_subscription_of(s: &mitz::Subscribed, bsn: &Bsn, endpoint: &str) -> Result<(), DemoError> {
+    if s.status != 201 || s.caller != B_URA {
+        return fail(format!(
+            "the stand-in Mitz answered {} to a Subscription from URA {}, expected 201 to B ({B_URA})",
+            s.status, s.caller
+        ));
+    }
+    mitz::check_subscription(
+        &s.body,
+        &Expected {
+            patient: bsn.as_str(),
+            ura: B_URA,
+            category: mitz::ORG_CATEGORY,
+            endpoint,
+            home_community_id: mitz::HOME_COMMUNITY_ID,
+            source_id: mitz::SOURCE_ID,
+        },
+    )
+}
+
+/// "once", "2 times", …
+fn times(n: usize) -> String {
+    if n == 1 {
+        "once".to_string()
+    } else {
+        format!("{n} times")
     }
 }
 

@@ -405,7 +405,15 @@ impl Mitz {
                     Err(e) => return retry_later("mitz.consent_failed", item, e.to_string()),
                 }
             }
-            _ => consent::Applied::default(),
+            // A profile the view does not read (4.0, say) may still change
+            // what Mitz would answer: forget any decision kept for the patient.
+            Some(bsn) => {
+                if let Some(l) = &self.listener {
+                    l.forget_patient(&bsn);
+                }
+                consent::Applied::default()
+            }
+            None => consent::Applied::default(),
         };
         log::info!(
             "event=mitz.stored partner={} item={} inbox={} bytes={} consent_changed={} consent_stale={}",

@@ -20,7 +20,9 @@
 //! 6. consent (`CONSENT=mitz`): only a permit releases. A patient without a
 //!    published record, without consent, or whose check could not be made
 //!    gets the same answer: a search 200 with an empty `searchset`, a read
-//!    404. Never a 5xx for a consent outcome.
+//!    404. Never a 5xx for a consent outcome. Only the audit record tells
+//!    them apart: its decision, and for a check that could not be made the
+//!    reason the check gave (it names what failed, never the patient).
 //!
 //! An `_include` adds only resources of types the token's scope lets the
 //! partner search or read: a token without `Condition` gets the episodes of
@@ -65,6 +67,8 @@ pub struct ZorgviewerServe<'a> {
     pub consent_mode: Consent,
     /// `PROVIDER_CATEGORY`: the Mitz category of the requesting organisations.
     pub provider_category: &'a str,
+    /// `REQUESTER_CATEGORY`: their zorgaanbiedercategorie, for the closed question.
+    pub requester_category: Option<&'a str>,
     /// Our URA: the holder in the consent question.
     pub holder_ura: &'a str,
     /// `urn:oid:<NP_ORG_OID>`.
@@ -156,28 +160,34 @@ pub fn handle(
     // The first candidate the consent check releases (a read of a shared
     // resource, a Practitioner say, may be held by several patients' records).
     let mut released = None;
+    let mut withheld = String::new();
     for (bsn, patient_id) in candidates {
         cx.who_patient(&bsn);
         let answer = match zv.consent_mode {
             Consent::None => None,
-            Consent::Mitz => Some(ask(zv, grant, facts, &bsn, now)),
+            Consent::Mitz => Some(ask(zv, grant, facts, &bsn, req.request_id, now)),
         };
         cx.consent = answer.as_ref().map(|(a, s)| (decision(a), source(*s)));
-        if let Some((Answer::Unavailable(why), _)) = &answer {
-            log::warn!(
-                "event=zorgviewer.consent_unavailable rid={} partner={} error={}",
-                crate::ops::logging::Q(req.request_id),
-                zv.partner,
-                crate::ops::logging::Q(why)
-            );
-        }
         if answer.as_ref().is_none_or(|(a, _)| a.permits()) {
             released = Some((bsn, patient_id));
             break;
         }
+        withheld = match &answer {
+            Some((Answer::Unavailable(why), _)) => {
+                log::warn!(
+                    "event=zorgviewer.consent_unavailable rid={} partner={} error={}",
+                    crate::ops::logging::Q(req.request_id),
+                    zv.partner,
+                    crate::ops::logging::Q(why)
+                );
+                // The audit record says why (the text names no patient).
+                format!("the consent check could not be made: {why}")
+            }
+            _ => "no consent for this patient".to_string(),
+        };
     }
     let Some((bsn, patient_id)) = released else {
-        return cx.nothing(self_url, "no consent for this patient", &checked.route);
+        return cx.nothing(self_url, &withheld, &checked.route);
     };
 
     let records = match zv.records.records_of_patient(zv.partner, &bsn) {
@@ -239,6 +249,7 @@ fn ask(
     grant: &Grant,
     facts: &RequestFacts<'_>,
     bsn: &Bsn,
+    rid: &str,
     now: i64,
 ) -> (Answer, Source) {
     let requester = grant
@@ -251,10 +262,12 @@ fn ask(
             holder_ura: zv.holder_ura,
             data_category: DATA_CATEGORY,
             provider_category: zv.provider_category,
+            requester_category: zv.requester_category,
             requester: &requester,
             requester_ura: facts.organization_ura,
             requester_role: facts.role,
             requester_user: facts.user,
+            request_id: Some(rid),
         },
         now,
     )

@@ -5,6 +5,7 @@
 
 pub mod b64;
 pub mod durable;
+pub mod group_commit;
 #[cfg(test)]
 mod hostile_inputs;
 pub mod percent;

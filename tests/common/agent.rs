@@ -307,7 +307,10 @@ impl AgentSetup {
             .set(&k("KIND"), "zorgviewer")
             .set(&k("CERT"), format!("ura:{}", party.ura))
             .set(&k("CLIENT_ID"), format!("{}-client", party.name))
-            .set(&k("JWKS_URL"), jwks_url);
+            .set(&k("JWKS_URL"), jwks_url)
+            // Hospitals, as the closed question names them (needed once a
+            // Mitz partner has a URL; harmless otherwise).
+            .set(&k("REQUESTER_CATEGORY"), "V4");
     }
 
     /// Adds a mitz partner (a notification broker): its certificate only.

@@ -4,9 +4,11 @@
 //! - [`pki`]: a throwaway PKI written to disk, CRLs, and an RSA-PSS
 //!   (PKIoverheid G4 style) chain made with the `openssl` CLI;
 //! - [`tls`]: one real TLS exchange over 127.0.0.1 with given configs;
-//! - [`mitz`]: a stand-in Mitz (Subscription endpoint, faults, routes for
-//!   more endpoints) that also pushes consent notifications as the broker.
-//! - [`mitz_closed`]: a stand-in for Mitz's closed question over mTLS.
+//! - [`mitz`]: a stand-in Mitz (Subscription endpoint, closed question,
+//!   faults, routes for more endpoints) that also pushes consent
+//!   notifications as the broker.
+//! - [`zorgviewer`]: a Zorgviewer-like client (token, X-ZV headers, signed
+//!   context) and the agent's audit trail read back.
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 // Test helpers panic on setup failure; [lints.clippy] denies this in product code only.
@@ -15,12 +17,12 @@
 pub mod agent;
 pub mod folders;
 pub mod mitz;
-pub mod mitz_closed;
 pub mod observe;
 pub mod partner;
 pub mod pki;
 pub mod proxy;
 pub mod tls;
+pub mod zorgviewer;
 
 use std::path::{Path, PathBuf};
 

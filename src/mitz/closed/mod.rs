@@ -108,6 +108,9 @@ pub struct ClosedQuestion {
     http: Arc<dyn PartnerHttp>,
     metrics: Arc<Metrics>,
     cache: Mutex<DecisionCache>,
+    /// When set, a Mitz whose circuit is open is not asked: the answer is
+    /// withheld at once instead of after a timeout per request.
+    circuits: Option<Arc<crate::circuit::Circuits>>,
 }
 
 impl std::fmt::Debug for ClosedQuestion {
@@ -139,7 +142,14 @@ impl ClosedQuestion {
                 settings.decision_ttl.as_secs(),
                 settings.max_cached,
             )),
+            circuits: None,
         }
+    }
+
+    /// The same, asking Mitz only while its circuit admits requests.
+    pub fn with_circuits(mut self, circuits: Arc<crate::circuit::Circuits>) -> ClosedQuestion {
+        self.circuits = Some(circuits);
+        self
     }
 
     /// The URL questions go to.
@@ -169,7 +179,10 @@ impl ClosedQuestion {
             asker: Asker {
                 organisation: q.requester.to_string(),
                 ura: q.requester_ura.map(str::to_string),
-                category: q.provider_category.to_string(),
+                category: q
+                    .requester_category
+                    .unwrap_or(q.provider_category)
+                    .to_string(),
                 role: q.requester_role.map(str::to_string),
                 user: q.requester_user.map(str::to_string),
             },
@@ -183,6 +196,17 @@ impl ClosedQuestion {
             }
             cache.epoch()
         };
+        if let Some(circuits) = &self.circuits {
+            if let crate::circuit::Admit::No { retry_at } = circuits.admit(&self.partner, now) {
+                let wait = retry_at.map_or("-".to_string(), |t| format!("{}", (t - now).max(0)));
+                return self.failed(
+                    q,
+                    "-",
+                    Failure::CircuitOpen,
+                    &format!("not asked: the circuit is open (next probe in {wait} s)"),
+                );
+            }
+        }
         let Ok(message_id) = random::uuid_v4() else {
             return self.failed(q, "-", Failure::Question, "no randomness for a message id");
         };
@@ -197,15 +221,17 @@ impl ClosedQuestion {
                 let reason = status.as_deref().unwrap_or("-");
                 if decision == Decision::Permit {
                     log::debug!(
-                        "event=mitz.closed_question partner={} request_id={message_id} requester={} category={} decision=permit ms={ms}",
+                        "event=mitz.closed_question partner={} rid={} request_id={message_id} requester={} category={} decision=permit ms={ms}",
                         self.partner,
+                        Q(q.request_id.unwrap_or("-")),
                         Q(q.requester),
                         Q(q.data_category),
                     );
                 } else {
                     log::warn!(
-                        "event=mitz.closed_question partner={} request_id={message_id} requester={} category={} decision={} reason={} ms={ms}",
+                        "event=mitz.closed_question partner={} rid={} request_id={message_id} requester={} category={} decision={} reason={} ms={ms}",
                         self.partner,
+                        Q(q.request_id.unwrap_or("-")),
                         Q(q.requester),
                         Q(q.data_category),
                         decision.label(),
@@ -235,8 +261,9 @@ impl ClosedQuestion {
         self.metrics
             .inc(metrics::MITZ_DECISIONS, &[("decision", failure.label())]);
         log::warn!(
-            "event=mitz.closed_question partner={} request_id={message_id} requester={} category={} decision={} reason={}",
+            "event=mitz.closed_question partner={} rid={} request_id={message_id} requester={} category={} decision={} reason={}",
             self.partner,
+            Q(q.request_id.unwrap_or("-")),
             Q(q.requester),
             Q(q.data_category),
             failure.label(),
@@ -271,7 +298,7 @@ impl ClosedQuestion {
             data_categories: &categories,
             requester: Requester {
                 ura: ura.as_deref(),
-                category: q.provider_category,
+                category: q.requester_category.unwrap_or(q.provider_category),
                 role: q.requester_role.and_then(request::role_code),
                 uzi: q.requester_user.and_then(request::uzi_number),
             },
@@ -326,6 +353,8 @@ enum Failure {
     Fault,
     /// An answer we cannot read.
     Answer,
+    /// Not asked: Mitz failed repeatedly and its circuit is open.
+    CircuitOpen,
 }
 
 impl Failure {
@@ -337,6 +366,7 @@ impl Failure {
             Failure::Status => "http-error",
             Failure::Fault => "fault",
             Failure::Answer => "invalid-answer",
+            Failure::CircuitOpen => "circuit-open",
         }
     }
 }

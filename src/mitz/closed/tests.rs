@@ -145,10 +145,12 @@ fn question(patient: &Bsn) -> Question<'_> {
         holder_ura: "00000659",
         data_category: "GGC002",
         provider_category: "V6",
+        requester_category: None,
         requester: "2.16.528.1.1007.3.3.00000666",
         requester_ura: None,
         requester_role: Some("01.015"),
         requester_user: Some("000095254"),
+        request_id: None,
     }
 }
 
@@ -351,6 +353,7 @@ fn a_question_that_cannot_be_written_is_not_sent() {
     let p = bsn(PERMIT_PATIENT);
     let q = Question {
         provider_category: "V6\r\nX-Evil: 1",
+        requester_category: None,
         ..question(&p)
     };
     let a = r.ask(&q, 1000);
@@ -416,6 +419,7 @@ fn the_requester_ura_comes_from_the_context_or_the_oid() {
             requester_ura: ura,
             requester_role: Some("huisarts"),
             requester_user: Some("larts"),
+            request_id: None,
             ..question(&p)
         };
         r.ask(&q, 1000);
@@ -454,4 +458,37 @@ fn the_endpoint_joins_the_base_with_or_without_a_slash() {
             "https://m.test/mitz/geslotenautorisatievraag/xacml3"
         );
     }
+}
+
+#[test]
+fn an_open_circuit_withholds_at_once_without_asking() {
+    let fake = Arc::new(Fake::default());
+    let metrics = Arc::new(Metrics::new());
+    let circuits = Arc::new(crate::circuit::Circuits::new(
+        crate::circuit::Policy {
+            failures: 1,
+            cooldown_secs: 30,
+        },
+        metrics.clone(),
+    ));
+    let cq = ClosedQuestion::new(
+        Settings::new("mitz", BASE, "Z3", Duration::from_secs(60)),
+        fake.clone(),
+        metrics.clone(),
+    )
+    .with_circuits(circuits.clone());
+    circuits.record("mitz", true, 1_000);
+    let patient = bsn("900203638");
+    let mut q = question(&patient);
+    q.request_id = Some("rid-7");
+    let (answer, _) = cq.ask(&q, 1_001);
+    let Answer::Unavailable(why) = answer else {
+        panic!("{answer:?}");
+    };
+    assert!(why.contains("circuit is open"), "{why}");
+    assert!(fake.calls().is_empty(), "Mitz was not asked");
+    assert_eq!(
+        metrics.get(metrics::MITZ_DECISIONS, &[("decision", "circuit-open")]),
+        1
+    );
 }

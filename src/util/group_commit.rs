@@ -1,0 +1,206 @@
+//! Group commit: many writers, one flush per batch.
+//!
+//! A writer hands its record to [`GroupCommit::commit`] and returns only
+//! once the record is on disk. The first writer to find no flush running
+//! becomes the leader: it takes every record queued so far, hands the batch
+//! to the flush function (write + `fdatasync`) and reports the one result
+//! to every writer of the batch; records queued meanwhile form the next
+//! batch. So durability costs one flush per batch, not one per record, and
+//! nothing is answered before its batch is on disk: a failed flush fails
+//! every writer of that batch, none of them is told it was stored.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Writes and flushes one batch, in the order the records were queued.
+pub type Flush<T> = Box<dyn Fn(Vec<T>) -> Result<(), String> + Send + Sync>;
+
+/// The commit path of one durable log.
+pub struct GroupCommit<T> {
+    state: Mutex<State<T>>,
+    done: Condvar,
+    flush: Flush<T>,
+}
+
+struct State<T> {
+    queue: Vec<(u64, T)>,
+    next: u64,
+    flushing: bool,
+    /// Results of flushed records whose writers have not collected them yet.
+    results: HashMap<u64, Result<(), String>>,
+    batches: u64,
+}
+
+impl<T> GroupCommit<T> {
+    pub fn new(flush: Flush<T>) -> GroupCommit<T> {
+        GroupCommit {
+            state: Mutex::new(State {
+                queue: Vec::new(),
+                next: 0,
+                flushing: false,
+                results: HashMap::new(),
+                batches: 0,
+            }),
+            done: Condvar::new(),
+            flush,
+        }
+    }
+
+    /// Queues `record` and returns once its batch is on disk, or with the
+    /// batch's error.
+    pub fn commit(&self, record: T) -> Result<(), String> {
+        let mut s = self.lock();
+        let seq = s.next;
+        s.next += 1;
+        s.queue.push((seq, record));
+        loop {
+            if let Some(result) = s.results.remove(&seq) {
+                return result;
+            }
+            if s.flushing {
+                s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead: flush everything queued so far, this record included.
+            s.flushing = true;
+            let batch = std::mem::take(&mut s.queue);
+            drop(s);
+            let (seqs, records): (Vec<u64>, Vec<T>) = batch.into_iter().unzip();
+            let result = (self.flush)(records);
+            s = self.lock();
+            s.flushing = false;
+            s.batches += 1;
+            for q in seqs {
+                s.results.insert(q, result.clone());
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// Batches flushed so far (tests, metrics).
+    pub fn batches(&self) -> u64 {
+        self.lock().batches
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn one_writer_one_batch() {
+        let flushed = Arc::new(Mutex::new(Vec::new()));
+        let f = flushed.clone();
+        let g = GroupCommit::new(Box::new(move |batch: Vec<u32>| {
+            f.lock().unwrap().push(batch);
+            Ok(())
+        }));
+        g.commit(1).unwrap();
+        g.commit(2).unwrap();
+        assert_eq!(*flushed.lock().unwrap(), vec![vec![1], vec![2]]);
+        assert_eq!(g.batches(), 2);
+    }
+
+    /// While the first flush runs, the others queue; they all go in the
+    /// second batch, in the order queued, and each is told it is stored.
+    #[test]
+    fn writers_queued_during_a_flush_share_the_next_one() {
+        const WRITERS: usize = 12;
+        let started = Arc::new(Barrier::new(2));
+        let release = Arc::new(Barrier::new(2));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (s2, r2, z2) = (started.clone(), release.clone(), sizes.clone());
+        let first = Arc::new(AtomicUsize::new(0));
+        let g = Arc::new(GroupCommit::new(Box::new(move |batch: Vec<usize>| {
+            if first.fetch_add(1, Ordering::SeqCst) == 0 {
+                s2.wait(); // the leader is flushing…
+                r2.wait(); // …until every other writer has queued
+            }
+            z2.lock().unwrap().push(batch);
+            Ok(())
+        })));
+        let leader = {
+            let g = g.clone();
+            std::thread::spawn(move || g.commit(0))
+        };
+        started.wait();
+        let writers: Vec<_> = (1..=WRITERS)
+            .map(|i| {
+                let g = g.clone();
+                std::thread::spawn(move || g.commit(i))
+            })
+            .collect();
+        // Every writer is queued (or waiting to queue behind the lock).
+        while g.lock().queue.len() < WRITERS {
+            std::thread::yield_now();
+        }
+        release.wait();
+        assert_eq!(leader.join().unwrap(), Ok(()));
+        for w in writers {
+            assert_eq!(w.join().unwrap(), Ok(()));
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+        assert_eq!(sizes[0], vec![0]);
+        let mut second = sizes[1].clone();
+        second.sort_unstable();
+        assert_eq!(second, (1..=WRITERS).collect::<Vec<_>>());
+        assert!(g.lock().results.is_empty(), "every result collected");
+    }
+
+    /// A flush that fails (a write reached the page cache, the sync did not
+    /// succeed) fails every writer of its batch; the next batch is flushed
+    /// on its own and succeeds.
+    #[test]
+    fn a_failed_flush_fails_its_whole_batch_and_only_it() {
+        let release = Arc::new(Barrier::new(2));
+        let r2 = release.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c2 = calls.clone();
+        let g = Arc::new(GroupCommit::new(Box::new(
+            move |batch: Vec<&'static str>| match c2.fetch_add(1, Ordering::SeqCst) {
+                0 => {
+                    r2.wait();
+                    Ok(())
+                }
+                1 => Err(format!(
+                    "fdatasync failed after writing {} records",
+                    batch.len()
+                )),
+                _ => Ok(()),
+            },
+        )));
+        let leader = {
+            let g = g.clone();
+            std::thread::spawn(move || g.commit("first"))
+        };
+        while !g.lock().flushing {
+            std::thread::yield_now();
+        }
+        let doomed: Vec<_> = (0..5)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || g.commit("second batch"))
+            })
+            .collect();
+        while g.lock().queue.len() < 5 {
+            std::thread::yield_now();
+        }
+        release.wait();
+        assert_eq!(leader.join().unwrap(), Ok(()));
+        for d in doomed {
+            assert_eq!(
+                d.join().unwrap(),
+                Err("fdatasync failed after writing 5 records".to_string())
+            );
+        }
+        assert_eq!(g.commit("third"), Ok(()));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
