@@ -191,11 +191,10 @@ fn wait_logged(agent: &AgentProcess, event: &str, with: &[(&str, &str)], n: usiz
     );
 }
 
-/// Everything secret the exchange carried: BSNs, tokens, the blinded
-/// elements, the JWEs, the blind factors and the pseudonyms. None of it
-/// may be in the log, at any level.
-fn assert_log_holds_no_secret(site: &Site, log: &str) {
-    let mut secrets: Vec<String> = [BSN, OTHER, THIRD].map(String::from).to_vec();
+/// What the exchange carried that only the services may see: tokens, the
+/// blinded elements, the JWEs, the blind factors and the pseudonyms.
+fn exchanged_secrets(site: &Site) -> Vec<String> {
+    let mut secrets = Vec::new();
     secrets.extend(site.services.tokens().into_iter().map(|(t, _)| t));
     secrets.extend(site.services.pseudonyms().into_iter().map(|(n, _)| n));
     // The List subject's value: base64url of the JWE and the blind factor.
@@ -234,14 +233,59 @@ fn assert_log_holds_no_secret(site: &Site, log: &str) {
             }
         }
     }
-    assert!(secrets.len() > 6, "{secrets:?}");
-    for secret in secrets {
-        // A base64 value is also looked for without its padding, and a
-        // long one by a piece of it.
-        let needle = secret.trim_end_matches('=');
-        let needle = &needle[..needle.len().min(40)];
+    assert!(secrets.len() > 3, "{secrets:?}");
+    secrets
+}
+
+/// What a secret is looked for by: a base64 value without its padding, a
+/// long one by its first and its last 40 characters (a JWE's first ones are
+/// its header, the same in every JWE).
+fn needles(secret: &str) -> Vec<&str> {
+    let s = secret.trim_end_matches('=');
+    if s.len() <= 40 {
+        return vec![s];
+    }
+    vec![&s[..40], &s[s.len() - 40..]]
+}
+
+/// The BSNs and everything of [`exchanged_secrets`]: none of it may be in
+/// the log, at any level.
+fn assert_log_holds_no_secret(site: &Site, log: &str) {
+    let mut secrets: Vec<String> = [BSN, OTHER, THIRD].map(String::from).to_vec();
+    secrets.extend(exchanged_secrets(site));
+    for needle in secrets.iter().flat_map(|s| needles(s)) {
         if let Some(line) = log.lines().find(|l| l.contains(needle)) {
             panic!("the log holds a secret ({needle}): {line}");
+        }
+    }
+}
+
+/// Nothing of [`exchanged_secrets`] in any file under `NP_STATE_DIR` (the
+/// spool and the records hold the BSN, which is state; never the blind
+/// factor, the JWE, a token or a pseudonym).
+fn assert_state_holds_no_secret(site: &Site) {
+    fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&site.state(), &mut all);
+    assert!(all.iter().any(|p| p.starts_with(site.state().join("nvi"))));
+    let secrets = exchanged_secrets(site);
+    for path in all {
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        for needle in secrets.iter().flat_map(|s| needles(s)) {
+            assert!(
+                !text.contains(needle),
+                "{} holds a secret ({needle})",
+                path.display()
+            );
         }
     }
 }
@@ -372,6 +416,7 @@ fn a_published_patient_is_registered_once_and_localised() {
     assert_eq!(audit[0]["outcome"], "success");
     let log = format!("{log}{}", agent.log());
     assert_log_holds_no_secret(&site, &log);
+    assert_state_holds_no_secret(&site);
 }
 
 #[test]
@@ -423,6 +468,7 @@ fn the_json_form_registers_and_a_duplicate_is_done() {
     wait_logged(&agent, "nvi.registered", &[("status", "200")], 2);
     assert_eq!(site.services.held().len(), 1);
     assert_log_holds_no_secret(&site, &agent.log());
+    assert_state_holds_no_secret(&site);
 }
 
 #[test]
@@ -461,6 +507,7 @@ fn withdrawing_the_last_published_data_removes_the_referral() {
     wait_logged(&agent, "nvi.registered", &[], 2);
     assert_eq!(site.services.held().len(), 1);
     assert_log_holds_no_secret(&site, &agent.log());
+    assert_state_holds_no_secret(&site);
 }
 
 #[test]
