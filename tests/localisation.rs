@@ -506,6 +506,21 @@ fn withdrawing_the_last_published_data_removes_the_referral() {
     site.publish("r2", BSN);
     wait_logged(&agent, "nvi.registered", &[], 2);
     assert_eq!(site.services.held().len(), 1);
+
+    // A patient with only a Twiin export: registered, and removed when
+    // the case is cancelled.
+    site.export_case("c2", OTHER);
+    wait_logged(&agent, "nvi.registered", &[], 3);
+    assert_eq!(site.services.held().len(), 2);
+    site.cancel("hospb", "c2");
+    wait_logged(&agent, "nvi.deregistered", &[("origin", "withdrawn")], 2);
+    assert_eq!(site.services.held().len(), 1);
+    let patients: Vec<Value> = site
+        .audit("nvi.deregistered")
+        .into_iter()
+        .map(|a| a["patient"].clone())
+        .collect();
+    assert_eq!(patients, [BSN, OTHER]);
     assert_log_holds_no_secret(&site, &agent.log());
     assert_state_holds_no_secret(&site);
 }
