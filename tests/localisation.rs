@@ -564,6 +564,21 @@ fn outages_are_retried_until_done() {
     assert!(events(&agent.log(), "nvi.attempt_failed", &[("step", "token")]).len() >= 2);
     assert_eq!(site.services.held().len(), 3);
     assert!(site.dead().is_empty());
+    // Each attempt evaluated afresh: no pseudonym was sent twice.
+    let sent: Vec<Value> = site
+        .services
+        .requests_to(Service::Nvi)
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .map(|s| serde_json::from_slice::<Value>(&s.body).unwrap()["subject"].clone())
+        .collect();
+    assert!(
+        sent.len() >= 5,
+        "three registrations and two 503s: {}",
+        sent.len()
+    );
+    let distinct: std::collections::BTreeSet<String> = sent.iter().map(Value::to_string).collect();
+    assert_eq!(distinct.len(), sent.len());
     assert_log_holds_no_secret(&site, &agent.log());
 }
 
