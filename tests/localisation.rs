@@ -629,6 +629,13 @@ fn refusals_end_dead_with_their_reason_and_one_401_refreshes_the_token() {
         3
     );
     assert_eq!(site.services.held().len(), 1);
+
+    // The cause put right, `retry-dead` requeues them: registered.
+    let o = site.np(&["retry-dead", "--partner", "nvi"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_logged(&agent, "nvi.registered", &[("status", "201")], 4);
+    assert_eq!(site.services.held().len(), 4);
+    assert!(site.dead().is_empty());
     assert_log_holds_no_secret(&site, &agent.log());
 }
 
