@@ -842,7 +842,9 @@ impl Scanner<'_> {
             case.expires_at
         };
         if period_end <= now {
-            log::warn!(
+            // Also every delivered notification once its finished item is
+            // pruned (`NP_DEDUPE_RETENTION`): nothing to tell.
+            log::debug!(
                 "event=outbox.requeue_skipped partner={} case={} version={} reason=\"restriction.period.end passed\"",
                 case.partner,
                 case.case_id,

@@ -20,7 +20,8 @@
 //! kinds once it has been finished for `NP_RETENTION` and its `give_up_at`
 //! has passed. Every finished item, stub or not, is removed once it has
 //! been finished for `NP_DEDUPE_RETENTION` (never shorter than
-//! `NP_RETENTION`): a `give_up_at` a partner set further does not keep it.
+//! `NP_RETENTION`), except a `notify` or `pull` item whose `give_up_at` has
+//! not passed: it may still be cancelled, and stays whole until then.
 //!
 //! A full item finished when its file was written (items are written once
 //! per state), so that file's modification time is its finish time; a stub
@@ -138,15 +139,14 @@ pub fn judge(item: &Item, file_time: i64, horizons: &Horizons, now: i64) -> Verd
     let stub = Stub::of(item);
     let finished = stub.as_ref().map_or(file_time, |s| s.finished_at);
     let age = now.saturating_sub(finished);
-    if age >= horizons.dedupe_secs {
-        return Verdict::Remove;
-    }
-    if stub.is_some() {
+    let read_later = stub.is_none() && KEPT_AFTER_DONE.contains(&item.kind.as_str());
+    // A notification or Task that may still be cancelled stays whole.
+    if read_later && item.give_up_at.is_some_and(|t| t > now) {
         return Verdict::Keep;
     }
-    let still_read = KEPT_AFTER_DONE.contains(&item.kind.as_str())
-        && (age < horizons.content_secs || item.give_up_at.is_some_and(|t| t > now));
-    if still_read {
+    if age >= horizons.dedupe_secs {
+        Verdict::Remove
+    } else if stub.is_some() || (read_later && age < horizons.content_secs) {
         Verdict::Keep
     } else {
         Verdict::Strip

@@ -102,8 +102,14 @@ fn verdicts_by_kind_age_and_give_up_time() {
             Verdict::Strip,
         ),
         (
-            "notify, past the dedupe horizon, give_up_at far away",
-            item("n", "notify", Some(NOW + 1000 * DAY)),
+            "notify, past the dedupe horizon, may still be cancelled",
+            item("n", "notify", Some(NOW + 1)),
+            finished(91),
+            Verdict::Keep,
+        ),
+        (
+            "notify, past the dedupe horizon",
+            item("n", "notify", Some(NOW)),
             finished(90),
             Verdict::Remove,
         ),
