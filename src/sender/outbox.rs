@@ -355,9 +355,12 @@ impl Scanner<'_> {
         // A folder with no failing file left (removed by hand, say) alerts
         // again on its next failure.
         let failing = &pass.state.quarantine_retry;
-        pass.state
-            .quarantine_alerted
-            .retain(|dir| failing.keys().any(|path| path.starts_with(dir)));
+        pass.state.quarantine_alerted.retain(|dir| {
+            failing
+                .keys()
+                .filter_map(|path| path.parent())
+                .any(|parent| parent == dir.as_path() || parent == dir.join(CLAIMED_DIR).as_path())
+        });
         pass.report
     }
 

@@ -246,3 +246,22 @@ fn names_that_are_kept_and_names_that_are_not() {
     }
     assert_ne!(generated(b"\xff"), generated(b"\xfe"));
 }
+
+#[test]
+fn a_folder_whose_failing_files_are_gone_alerts_again() {
+    let mut f = fixture();
+    fs::write(f.outbox("hospb").join(REJECTED_DIR), b"").unwrap();
+    fs::write(f.config.outbox.join(REJECTED_DIR), b"").unwrap();
+    f.put("hospb", "c1.txt", b"x");
+    put_raw(&f.config.outbox, b"stray.json", b"y");
+    assert_eq!(f.scan(NOW).deferred, 2);
+    assert_eq!(f.state.quarantine_alerted.len(), 2);
+    // The stray file removed by hand: the outbox folder may alert again,
+    // the partner folder (inside it) still has its failing file.
+    fs::remove_file(f.config.outbox.join("stray.json")).unwrap();
+    f.scan(NOW + 1);
+    assert_eq!(
+        f.state.quarantine_alerted.iter().collect::<Vec<_>>(),
+        vec![&f.outbox("hospb")]
+    );
+}
