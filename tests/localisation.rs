@@ -738,8 +738,8 @@ fn doctor_reaches_both_services_and_gets_tokens() {
             .to_string()
     };
     for name in ["partner.prs.tls", "partner.nvi.tls"] {
-        // The throwaway certificates live 30 days, so a second after they
-        // were issued doctor warns of their expiry: a WARN, not a FAIL.
+        // Whatever the certificates' expiry makes doctor say, the
+        // handshake works: never a FAIL.
         let l = line(&out, name);
         assert!(l.contains("mutual TLS handshake OK"), "{l}");
         assert!(!l.starts_with("FAIL"), "{l}");
