@@ -318,7 +318,7 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         "CERT",
         None,
         ALL_KINDS,
-        "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required",
+        "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>, optionally followed by @sha256:<hex of the DER of the issuing CA certificate>; required",
     ),
     pkey(
         "URL",

@@ -70,11 +70,12 @@ impl Router {
     fn certified<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
         let leaf = req.peer.certs.first()?;
         let id = pki::peer_identity(leaf.as_ref()).ok()?;
+        let issuer = pki::IssuerCheck::new(&req.peer.certs, &shared.tls.trust_certs);
         let mut matches = shared
             .config
             .partners
             .iter()
-            .filter(|p| p.cert.matches(&id));
+            .filter(|p| p.cert.matches(&id, &issuer));
         let partner = matches.next()?;
         if matches.next().is_some() {
             log::warn!(
