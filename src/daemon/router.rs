@@ -464,7 +464,8 @@ impl Router {
         Ok(mitz)
     }
 
-    /// The grant behind `Authorization: Bearer …`, issued to `partner`.
+    /// The grant behind `Authorization: Bearer …`, issued to `partner` over
+    /// the TLS client certificate of this connection.
     fn bearer(
         &self,
         req: &Request,
@@ -492,11 +493,25 @@ impl Router {
                 ));
             }
         };
+        let Some(cert) = cert_sha256(req) else {
+            return Err(unauthorized(
+                Some("invalid_token"),
+                "a token is used over the TLS client certificate it was issued over",
+            ));
+        };
         self.stores
             .tokens
-            .check(token, &partner.name, now)
+            .check(token, &partner.name, &cert, now)
             .map_err(|e| unauthorized(Some("invalid_token"), e.reason()))
     }
+}
+
+/// SHA-256 of the peer's TLS client certificate: what a token is bound to.
+fn cert_sha256(req: &Request) -> Option<[u8; 32]> {
+    req.peer
+        .certs
+        .first()
+        .map(|leaf| pki::certificate_sha256(leaf.as_ref()))
 }
 
 fn json(status: u16, body: Vec<u8>) -> Response {
@@ -535,6 +550,7 @@ impl Handler for Router {
                 let reply = shared.token_service.handle(
                     &TokenRequest {
                         partner,
+                        cert_sha256: cert_sha256(req),
                         peer: req.peer.addr.ip(),
                         content_type: req.header("content-type"),
                         body: &req.body,
