@@ -9,7 +9,7 @@ use crate::config::{MitzPartner, Partner, PartnerKind};
 use crate::fhir::{FhirVersion, Format, IssueType, Refusal};
 use crate::http::{Handler, Request, Response};
 use crate::oauth::endpoint::{Outcome, TokenRequest};
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::pki;
 use crate::util::time::now_unix;
 
@@ -59,7 +59,7 @@ impl Router {
         }
         log::warn!(
             "event=partner.address_refused rid={} partner={} peer={peer} allow_from={}",
-            Q(&req.request_id),
+            Rid(&req.request_id),
             partner.name,
             partner.allow_from
         );
@@ -80,7 +80,7 @@ impl Router {
         if matches.next().is_some() {
             log::warn!(
                 "event=tls.ambiguous_partner rid={} cert_sha256={}",
-                Q(&req.request_id),
+                Rid(&req.request_id),
                 id.fingerprint()
             );
             return None;
@@ -261,7 +261,7 @@ impl Router {
         if context.as_ref().is_ok_and(|ctx| !ctx.request_id_sent()) {
             log::info!(
                 "event=zorgviewer.request_id_generated rid={} partner={}",
-                Q(&req.request_id),
+                Rid(&req.request_id),
                 partner.name
             );
         }
@@ -282,7 +282,7 @@ impl Router {
             Err(r) => {
                 log::info!(
                     "event=zorgviewer.context_refused rid={} partner={} status={} reason={}",
-                    Q(&req.request_id),
+                    Rid(&req.request_id),
                     partner.name,
                     r.status(),
                     r.label()
@@ -400,7 +400,7 @@ impl Router {
         );
         log::info!(
             "event={event} rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
-            Q(&req.request_id),
+            Rid(&req.request_id),
             partner.name,
             pressure.reason,
             pressure.free,
@@ -438,7 +438,7 @@ impl Router {
         let refused = |partner: &str, r: Refusal| {
             log::info!(
                 "event=mitz.refused rid={} partner={partner} status={} code={} reason={}",
-                Q(&req.request_id),
+                Rid(&req.request_id),
                 r.status,
                 r.code.as_str(),
                 Q(r.reason())

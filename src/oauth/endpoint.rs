@@ -30,7 +30,7 @@ use crate::oauth::decide::{
 use crate::oauth::grants::{Issued, TokenKind, TokenStore};
 use crate::oauth::keycache::KeyCache;
 use crate::oauth::messages::{self, Confirmation, ErrorOut, TokenResponseOut};
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::util::b64;
 
 /// An incoming token request, with the partner its TLS certificate maps to.
@@ -86,7 +86,7 @@ impl TokenService {
         let partner_name = req.partner.map(|p| p.name.as_str()).unwrap_or("-");
         log::debug!(
             "event=token.request rid={} partner={} bytes={}",
-            Q(req.request_id),
+            Rid(req.request_id),
             partner_name,
             req.body.len()
         );
@@ -96,7 +96,7 @@ impl TokenService {
                 let ttl = grant.expires_at() - grant.issued_at();
                 log::info!(
                     "event=token.issued rid={} partner={} kind={} ttl={ttl}",
-                    Q(req.request_id),
+                    Rid(req.request_id),
                     grant.partner(),
                     grant.kind().name(),
                 );
@@ -121,7 +121,7 @@ impl TokenService {
             Err(r) => {
                 log::info!(
                     "event=token.refused rid={} partner={partner_name} error={} reason={} detail={}",
-                    Q(req.request_id),
+                    Rid(req.request_id),
                     r.error(),
                     r.reason.label(),
                     Q(&r.description)

@@ -394,7 +394,7 @@ impl Scanner<'_> {
             {
                 log::error!(
                     "event=outbox.claim_failed partner={partner} file={} error={}",
-                    Q(&export::display_name(entry.name.as_bytes())),
+                    export::log_name(entry.name.as_bytes()),
                     Q(&e.to_string())
                 );
                 waiting.insert(case);
@@ -471,7 +471,7 @@ impl Scanner<'_> {
                 Err(e) => {
                     log::error!(
                         "event=outbox.remove_failed partner={partner} file={} error={}",
-                        Q(&export::display_name(name)),
+                        export::log_name(name),
                         Q(&e.to_string())
                     );
                     pass.state.deferred.insert(
@@ -499,7 +499,7 @@ impl Scanner<'_> {
                     .min(DEFER_CAP_SECS);
                 log::warn!(
                     "event=outbox.deferred partner={partner} file={} reason={} retry_in_s={wait}",
-                    Q(&export::display_name(name)),
+                    export::log_name(name),
                     Q(&reason)
                 );
                 pass.state.deferred.insert(
@@ -1050,13 +1050,17 @@ impl Scanner<'_> {
         ) {
             Ok(stored_as) => {
                 pass.report.rejected += 1;
+                // An unknown folder's name is the EHR's choice, not ours.
+                let folder =
+                    export::display_name(dir.file_name().map(OsStr::as_bytes).unwrap_or_default());
+                let folder = match rejected.problem {
+                    Problem::UnknownPartner => crate::ops::logging::P(&folder).to_string(),
+                    _ => Q(&folder).to_string(),
+                };
                 log::warn!(
-                    "event=outbox.rejected folder={} file={} stored_as={} reason={}",
-                    Q(&export::display_name(
-                        dir.file_name().map(OsStr::as_bytes).unwrap_or_default()
-                    )),
-                    Q(&rejected.file),
-                    Q(&export::display_name(stored_as.as_bytes())),
+                    "event=outbox.rejected folder={folder} file={} stored_as={} reason={}",
+                    export::log_name(entry.name.as_bytes()),
+                    export::log_name(stored_as.as_bytes()),
                     Q(&rejected.problem.to_string())
                 );
                 true
@@ -1065,7 +1069,7 @@ impl Scanner<'_> {
                 pass.report.deferred += 1;
                 log::error!(
                     "event=outbox.quarantine_failed file={} reason={} error={}",
-                    Q(&rejected.file),
+                    export::log_name(entry.name.as_bytes()),
                     Q(&rejected.problem.to_string()),
                     Q(&e.to_string())
                 );
