@@ -410,6 +410,21 @@ mod rsa_pss {
     }
 
     #[test]
+    fn a_ca_pin_holds_for_an_rsa_pss_signed_certificate() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let w = World::new("pss-pin");
+        let b = rsa_agent(&w.dir.join("b"), &w.ca.cert_pem(), false);
+        let leaf = load(&b).chain[0].clone();
+        let ca = CertificateDer::from_pem_slice(rsa_pss().ca_pem.as_bytes()).unwrap();
+        let trusted = np_agent::pki::CaCerts::new(vec![ca.clone(), w.ca.cert_der().clone()]);
+        let chain = [leaf];
+        let check = IssuerCheck::new(&chain, &trusted);
+        assert!(check.issued_by(&certificate_sha256(&ca)));
+        assert!(!check.issued_by(&certificate_sha256(w.ca.cert_der())));
+    }
+
+    #[test]
     fn rsa_server_under_tls12_uses_ecdhe_rsa() {
         let w = World::new("pss-tls12");
         let a = rsa_agent(&w.dir.join("a"), &w.ca.cert_pem(), false);
