@@ -224,6 +224,18 @@ fn a_token_works_only_over_the_certificate_it_was_issued_over() {
         read.to_string().contains("another TLS client certificate"),
         "{read}"
     );
+    // Logged at warn with the certificate presented.
+    let tail = format!(
+        " partner=hospb cert_sha256={}",
+        b64::hex(&other.cert_sha256)
+    );
+    let log = pa.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("level=warn event=token.wrong_certificate rid=") && l.ends_with(&tail)
+        ),
+        "{log}"
+    );
 
     // That certificate is B's all the same: a token obtained over it works
     // over it, and not over the first one.

@@ -502,7 +502,19 @@ impl Router {
         self.stores
             .tokens
             .check(token, &partner.name, &cert, now)
-            .map_err(|e| unauthorized(Some("invalid_token"), e.reason()))
+            .map_err(|e| {
+                if e == crate::oauth::grants::TokenRejection::WrongCertificate {
+                    // A valid token over another certificate: copied, or
+                    // the partner's certificate was replaced.
+                    log::warn!(
+                        "event=token.wrong_certificate rid={} partner={} cert_sha256={}",
+                        Rid(&req.request_id),
+                        partner.name,
+                        crate::util::b64::hex(&cert)
+                    );
+                }
+                unauthorized(Some("invalid_token"), e.reason())
+            })
     }
 }
 
