@@ -348,7 +348,7 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         "CERT",
         None,
         CALLING,
-        "twiin, mitz, zorgviewer: which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required (prs and nvi never call us)",
+        "twiin, mitz, zorgviewer: which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>, optionally followed by @sha256:<hex of the DER of the issuing CA certificate>; required (prs and nvi never call us)",
     ),
     pkey(
         "URL",

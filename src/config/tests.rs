@@ -335,6 +335,24 @@ fn partners_with_defaults_and_overrides() {
     );
     assert_eq!(vip.assertions.accept_algs, [Alg::Ps256, Alg::Rs256]);
     assert_eq!(vip.org.oid(), "2.16.840.1.113883.2.4.6.1.44446666");
+    // A selector may pin the issuing CA.
+    let mut v = with_partner(&f);
+    let pin = "ab".repeat(32);
+    set(
+        &mut v,
+        "NP_PARTNER_HOSPB_CERT",
+        &format!("ura:87654321@sha256:{pin}"),
+    );
+    let c2 = from_vars(&v).unwrap();
+    let cert = c2
+        .twiin_partner("hospb")
+        .unwrap()
+        .partner
+        .cert
+        .clone()
+        .unwrap();
+    assert_eq!(cert.ca_sha256(), Some(&[0xab; 32]));
+    assert_eq!(cert.to_string(), format!("ura:87654321@sha256:{pin}"));
     assert_eq!(
         c.our_org(IdScheme::Agb),
         Some(OrgId::Agb("01234567".into()))
@@ -359,6 +377,11 @@ fn partner_problems_are_each_named() {
             "NP_PARTNER_HOSPB_CERT",
             "sha256:abcd",
             "NP_PARTNER_HOSPB_CERT: certificate selector \"sha256:abcd\": expected sha256:<64 hex digits>",
+        ),
+        (
+            "NP_PARTNER_HOSPB_CERT",
+            "ura:87654321@sha256:abcd",
+            "NP_PARTNER_HOSPB_CERT: certificate selector \"ura:87654321@sha256:abcd\": the issuing CA is pinned as @sha256:<64 hex digits",
         ),
         (
             "NP_PARTNER_HOSPB_CERT",

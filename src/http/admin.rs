@@ -22,6 +22,7 @@ use super::Response;
 use super::parse::{ReaderLimits, RequestReader, Step};
 use super::server::{remaining, wake_acceptor};
 use super::wire::{self, Framing};
+use crate::ops::logging::Rid;
 use crate::ops::metrics::Metrics;
 use crate::util::time;
 
@@ -225,7 +226,7 @@ fn serve(shared: &AdminShared, tcp: &TcpStream) {
     linger(tcp);
     log::debug!(
         "event=admin.request rid={} status={}",
-        wire::log_value(&rid),
+        Rid(&rid),
         resp.status
     );
 }

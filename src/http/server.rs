@@ -18,6 +18,7 @@ use rustls::{ServerConfig, ServerConnection};
 use super::parse::{ParsedRequest, Reject, RequestReader, Step};
 use super::wire::{self, Framing};
 use super::{Handler, Limits, Peer, Request, Response};
+use crate::ops::logging::Rid;
 use crate::ops::metrics::Metrics;
 use crate::util::time;
 
@@ -708,7 +709,7 @@ fn send_answer(
         Err(why) => {
             log::warn!(
                 "event=http.invalid_response rid={} endpoint={} reason={}",
-                wire::log_value(rid),
+                Rid(rid),
                 wire::log_value(answer.endpoint),
                 wire::log_value(why)
             );
@@ -733,7 +734,7 @@ fn send_answer(
         .map(|r| format!(" reason={}", wire::log_value(r)));
     log::info!(
         "event=http.request rid={} method={} endpoint={} status={status} ms={} bytes={} peer={}{}",
-        wire::log_value(rid),
+        Rid(rid),
         answer.method,
         wire::log_value(answer.endpoint),
         started.elapsed().as_millis(),

@@ -408,6 +408,17 @@ pub fn escape_name(name: &[u8]) -> String {
     out
 }
 
+/// A file name for a log line (`file=`): a name the folder contract accepts
+/// (`<case-id>.json|.xml|.cancel`, whose case id the log names as `case=`)
+/// as it is, any other name marked and reduced like every value chosen outside
+/// the agent ([`crate::ops::logging::P`]): it cannot add a field or carry a BSN.
+pub fn log_name(name: &[u8]) -> String {
+    match classify(name) {
+        Ok(Name::Data { .. } | Name::Cancel { .. }) => display_name(name),
+        _ => crate::ops::logging::P(&display_name(name)).to_string(),
+    }
+}
+
 /// An export that passed every rule. Only [`validate`] builds one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {

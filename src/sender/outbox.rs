@@ -429,7 +429,7 @@ impl Scanner<'_> {
             {
                 log::error!(
                     "event=outbox.claim_failed partner={partner} file={} error={}",
-                    Q(&export::display_name(entry.name.as_bytes())),
+                    export::log_name(entry.name.as_bytes()),
                     Q(&e.to_string())
                 );
                 waiting.insert(case);
@@ -509,7 +509,7 @@ impl Scanner<'_> {
                 Err(e) => {
                     log::error!(
                         "event=outbox.remove_failed partner={partner} file={} error={}",
-                        Q(&export::display_name(name)),
+                        export::log_name(name),
                         Q(&e.to_string())
                     );
                     pass.state.deferred.insert(
@@ -535,7 +535,7 @@ impl Scanner<'_> {
                 let wait = defer_secs(attempts);
                 log::warn!(
                     "event=outbox.deferred partner={partner} file={} reason={} retry_in_s={wait}",
-                    Q(&export::display_name(name)),
+                    export::log_name(name),
                     Q(&reason)
                 );
                 pass.state.deferred.insert(
@@ -1124,9 +1124,9 @@ impl Scanner<'_> {
                 pass.state.quarantine_alerted.remove(dir);
                 log::warn!(
                     "event=outbox.rejected folder={} file={} stored_as={} reason={}",
-                    Q(&folder),
-                    Q(&rejected.file),
-                    Q(&stored_as),
+                    log_folder(&folder, &rejected.problem),
+                    export::log_name(raw),
+                    export::log_name(stored_as.as_bytes()),
                     Q(&rejected.problem.to_string())
                 );
                 true
@@ -1156,8 +1156,8 @@ impl Scanner<'_> {
                 log::log!(
                     level,
                     "event=outbox.quarantine_failed folder={} file={} reason={} error={} retry_in_s={wait} repeat={}",
-                    Q(&folder),
-                    Q(&rejected.file),
+                    log_folder(&folder, &rejected.problem),
+                    export::log_name(raw),
                     Q(&rejected.problem.to_string()),
                     Q(&e.to_string()),
                     !first
@@ -1360,6 +1360,16 @@ fn free_name(dir: &Path, name: &str, now: i64) -> String {
     }
     let nonce = random::bytes::<8>().map_or_else(|_| "x".into(), |b| crate::util::b64::hex(&b));
     format!("{stem}.{stamp}-{nonce}{ext}")
+}
+
+/// A folder's name for a log line: an unknown folder's name is the EHR's
+/// choice, not ours, so it is marked and reduced like every value chosen
+/// outside the agent.
+fn log_folder(folder: &str, problem: &Problem) -> String {
+    match problem {
+        Problem::UnknownPartner => crate::ops::logging::P(folder).to_string(),
+        _ => Q(folder).to_string(),
+    }
 }
 
 mod publish;

@@ -338,7 +338,8 @@ fn cancel_revokes_and_queues_one_cancellation_per_live_task() {
             case_id: "c1".into(),
         },
         Bsn::parse(BSN).unwrap(),
-    );
+    )
+    .bound_to([1; 32]);
     let issued = f.tokens.issue(grant, NOW).unwrap();
 
     f.put("hospb", "c1.cancel", b"");
@@ -350,7 +351,7 @@ fn cancel_revokes_and_queues_one_cancellation_per_live_task() {
     assert!(case.tasks.iter().all(|t| t.status == "cancelled"));
     assert!(
         f.tokens
-            .check(&issued.access_token, "hospb", NOW + 10)
+            .check(&issued.access_token, "hospb", &[1; 32], NOW + 10)
             .is_err()
     );
     let mut cancels: Vec<String> = f
@@ -922,7 +923,8 @@ fn a_crash_while_cancelling_is_finished_on_the_next_pass() {
             case_id: "c1".into(),
         },
         Bsn::parse(BSN).unwrap(),
-    );
+    )
+    .bound_to([1; 32]);
     let issued = f.tokens.issue(grant, NOW).unwrap();
     f.put("hospb", "c1.cancel", b"");
     assert_eq!(f.scan_until(NOW + 1, Step::CaseCancelled).cancelled, 0);
@@ -934,7 +936,7 @@ fn a_crash_while_cancelling_is_finished_on_the_next_pass() {
     assert_eq!(f.scan(NOW + 2).cancelled, 1);
     assert!(
         f.tokens
-            .check(&issued.access_token, "hospb", NOW + 2)
+            .check(&issued.access_token, "hospb", &[1; 32], NOW + 2)
             .is_err()
     );
     let cancels: Vec<Item> = f
