@@ -234,7 +234,7 @@ pub const KEYS: &[KeySpec] = &[
         "NP_MAX_CONNECTIONS",
         Some("256"),
         false,
-        "open connections; above it new ones are refused at once",
+        "open connections, unfinished TLS handshakes included (a quarter reserved for established ones); above it new ones are refused at once",
     ),
     key(
         "NP_ORG_OIN",
@@ -289,7 +289,19 @@ pub const KEYS: &[KeySpec] = &[
         "NP_IDLE_TIMEOUT",
         Some("30s"),
         false,
-        "keep-alive connections idle this long are closed (also the TLS handshake deadline)",
+        "keep-alive connections idle this long are closed",
+    ),
+    key(
+        "NP_HANDSHAKE_TIMEOUT",
+        Some("5s"),
+        false,
+        "deadline for a new connection's TLS handshake, from accept",
+    ),
+    key(
+        "NP_MAX_HANDSHAKES_PER_ADDRESS",
+        Some("16"),
+        false,
+        "unfinished TLS handshakes one address (IPv6: one /64) may hold; its next connection closes its oldest",
     ),
     key(
         "NP_RETRY_MAX_AGE",
@@ -889,6 +901,10 @@ pub struct Config {
     pub max_body: u64,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Deadline for a TLS handshake (`NP_HANDSHAKE_TIMEOUT`).
+    pub handshake_timeout: Duration,
+    /// Unfinished handshakes one source address may hold.
+    pub max_handshakes_per_address: usize,
     pub retry_max_age: Duration,
     pub min_free_disk: u64,
     /// Ceiling of the first retry wait.
@@ -1106,6 +1122,20 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
         _ => Err(format!("{s:?} must be a whole number from 1 to 65536")),
     });
     let idle_timeout = v.parsed("NP_IDLE_TIMEOUT", positive_duration);
+    let handshake_timeout = v.parsed("NP_HANDSHAKE_TIMEOUT", |s| {
+        let d = positive_duration(s)?;
+        if d <= Duration::from_secs(60) {
+            Ok(d)
+        } else {
+            Err(format!("{s:?} must be from 1s to 60s"))
+        }
+    });
+    let max_handshakes_per_address = v.parsed("NP_MAX_HANDSHAKES_PER_ADDRESS", |s| {
+        match s.parse::<usize>() {
+            Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+            _ => Err(format!("{s:?} must be a whole number from 1 to 65536")),
+        }
+    });
     let retry_max_age = v.parsed("NP_RETRY_MAX_AGE", positive_duration);
     let min_free_disk = v.parsed("NP_MIN_FREE_DISK", parse_size);
     let retry_first = v.parsed("NP_RETRY_FIRST", whole_seconds);
@@ -1195,6 +1225,8 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             max_body: max_body?,
             max_connections: max_connections?,
             idle_timeout: idle_timeout?,
+            handshake_timeout: handshake_timeout?,
+            max_handshakes_per_address: max_handshakes_per_address?,
             retry_max_age: retry_max_age?,
             min_free_disk: min_free_disk?,
             retry_first: retry_first?,

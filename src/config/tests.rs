@@ -53,6 +53,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.max_body, 16 << 20);
     assert_eq!(c.max_connections, 256);
     assert_eq!(c.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.max_handshakes_per_address, 16);
     assert_eq!(c.retry_max_age, Duration::from_secs(72 * 3_600));
     assert_eq!(c.min_free_disk, 512 << 20);
     assert_eq!(c.retry_first, Duration::from_secs(5));
@@ -141,6 +143,16 @@ fn bad_values_name_the_key_and_the_reason() {
             "NP_MAX_CONNECTIONS",
             "0",
             "NP_MAX_CONNECTIONS: \"0\" must be a whole number",
+        ),
+        (
+            "NP_HANDSHAKE_TIMEOUT",
+            "2m",
+            "NP_HANDSHAKE_TIMEOUT: \"2m\" must be from 1s to 60s",
+        ),
+        (
+            "NP_MAX_HANDSHAKES_PER_ADDRESS",
+            "0",
+            "NP_MAX_HANDSHAKES_PER_ADDRESS: \"0\" must be a whole number",
         ),
         (
             "NP_POLL_INTERVAL",

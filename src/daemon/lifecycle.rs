@@ -32,7 +32,11 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3_600);
 fn limits(cfg: &Config) -> http::Limits {
     http::Limits {
         max_connections: cfg.max_connections,
-        handshake_timeout: cfg.idle_timeout.min(Duration::from_secs(10)),
+        // A quarter of the slots only established connections (and handshakes from
+        // addresses that recently completed one with a certificate) may use.
+        reserved_connections: cfg.max_connections / 4,
+        max_handshakes_per_source: cfg.max_handshakes_per_address,
+        handshake_timeout: cfg.handshake_timeout,
         idle_timeout: cfg.idle_timeout,
         max_body: cfg.max_body,
         ..http::Limits::default()
