@@ -500,21 +500,8 @@ impl TokenStore {
         let dir = state_dir.join("tokens");
         durable::create_dir_all(&dir)?;
         durable::remove_temp_files(&dir)?;
-        let (files, mut by_hash) = token_files(&dir)?;
         let path = dir.join("journal");
-        let contents = Journal::read(&path)?;
-        let mut skipped = contents.skipped;
-        for line in &contents.records {
-            match parse_line(line) {
-                Some(Change::Issued(h, g)) => {
-                    by_hash.insert(h, g);
-                }
-                Some(Change::Revoked(h)) => {
-                    by_hash.remove(&h);
-                }
-                None => skipped += 1,
-            }
-        }
+        let (files, mut by_hash, skipped) = load(&dir)?;
         by_hash.retain(|_, g| g.expires_at > now);
         let records = by_hash
             .iter()
@@ -540,6 +527,13 @@ impl TokenStore {
             by_hash: RwLock::new(by_hash),
             journal,
         })
+    }
+
+    /// The grants held in `<state_dir>/tokens`, expired ones included, read
+    /// without opening the store (for checks beside a stopped daemon).
+    pub fn grants_at(state_dir: &Path) -> Result<Vec<Grant>, StoreError> {
+        let (_, by_hash, _) = load(&state_dir.join("tokens"))?;
+        Ok(by_hash.into_values().collect())
     }
 
     /// Issues a token for `grant` (its `issued_at`/`expires_at` are set here),
@@ -673,6 +667,27 @@ impl TokenStore {
             .write()
             .map_err(|_| StoreError("token store lock poisoned".into()))
     }
+}
+
+/// The token files of `dir`, and the grants of the files and the journal
+/// with the journal's revocations applied, and how many journal lines were
+/// skipped (torn or unreadable).
+fn load(dir: &Path) -> Result<(Vec<PathBuf>, ByHash, usize), StoreError> {
+    let (files, mut by_hash) = token_files(dir)?;
+    let contents = Journal::read(&dir.join("journal"))?;
+    let mut skipped = contents.skipped;
+    for line in &contents.records {
+        match parse_line(line) {
+            Some(Change::Issued(h, g)) => {
+                by_hash.insert(h, g);
+            }
+            Some(Change::Revoked(h)) => {
+                by_hash.remove(&h);
+            }
+            None => skipped += 1,
+        }
+    }
+    Ok((files, by_hash, skipped))
 }
 
 /// One line of the token journal.
@@ -1030,6 +1045,9 @@ mod tests {
             .issue(grant(TokenKind::Pull, Some("base-1")), 1_001)
             .unwrap();
         assert_eq!(reopened.revoke_base("base-1"), 1);
+        let held = TokenStore::grants_at(&dir).unwrap();
+        assert_eq!(held.len(), 1, "what a check beside the store reads");
+        assert_eq!(held[0].authorization_base(), Some("base-2"));
         reopened.compact().unwrap();
         drop(reopened);
         let again = TokenStore::open(&dir, 1_002).unwrap();
