@@ -315,18 +315,32 @@ impl Spool {
                 }
             }
         }
-        for id in self.ids(State::InFlight)? {
-            // Interrupted mid-attempt: the request may have reached the
-            // partner, so the attempt counts. A crash between the write and
-            // the removal leaves both copies; the next recovery keeps the
-            // queued one.
-            let from = self.path(State::InFlight, &id);
+        // Interrupted mid-attempt: the request may have reached the partner,
+        // so the attempt counts. Every queued copy is written and `queued`
+        // fsynced once before any in-flight copy is removed (and `in-flight`
+        // fsynced once): a crash in between leaves both copies, and the next
+        // recovery keeps the queued one.
+        let interrupted = self.ids(State::InFlight)?;
+        for id in &interrupted {
+            let from = self.path(State::InFlight, id);
             let mut item = self.read(&from)?;
             item.attempts = item.attempts.saturating_add(1);
             item.last_error = Some(INTERRUPTED.into());
-            self.write(State::Queued, &item)?;
-            durable::remove(&from)?;
-            r.requeued += 1;
+            let bytes = serde_json::to_vec(&item).map_err(|e| SpoolError::Corrupt {
+                path: from.clone(),
+                reason: e.to_string(),
+            })?;
+            durable::write_atomic_folder_unsynced(&self.path(State::Queued, id), &bytes)?;
+            self.remember(State::Queued, &item);
+        }
+        if !interrupted.is_empty() {
+            self.folder(State::Queued).sync()?;
+            for id in &interrupted {
+                let from = self.path(State::InFlight, id);
+                fs::remove_file(&from).map_err(io_err(&from, "remove"))?;
+            }
+            self.folder(State::InFlight).sync()?;
+            r.requeued = interrupted.len();
         }
         Ok(r)
     }

@@ -88,6 +88,13 @@ pub fn write_atomic_in(folder: &DirSync, path: &Path, bytes: &[u8]) -> Result<()
     write_atomic_with(path, bytes, 0o600, |_| folder.sync())
 }
 
+/// [`write_atomic`] without the fsync of the folder: the file is complete
+/// on disk, its name is not until the caller fsyncs the folder
+/// ([`sync_dir`], [`DirSync::sync`]), once for many files.
+pub fn write_atomic_folder_unsynced(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    write_atomic_with(path, bytes, 0o600, |_| Ok(()))
+}
+
 /// [`rename`] with the batched directory fsyncs of `to`'s folder and
 /// `from`'s folder.
 pub fn rename_in(
