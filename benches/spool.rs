@@ -2,7 +2,8 @@
 //!
 //! 1. **Spool throughput**: items per second through the real spool API,
 //!    `enqueue` → `claim` → `complete`, every step durable (temp file, fsync,
-//!    rename, directory fsync), with 1 and 4 threads (the dispatcher's
+//!    rename, directory fsync shared by the threads writing that folder at
+//!    the same time), with 1 and 4 threads (the dispatcher's
 //!    default pool) on this machine's disk. An item carries a body the size
 //!    of a notification Task (~2 KiB).
 //! 2. **Recovery**: the time `Spool::open` takes over a spool of 100,000

@@ -1152,18 +1152,21 @@ impl Direction<'_> {
                 case.case_id
             ));
         }
-        for path in walk(&s_state.join("tokens")) {
-            let grant: Value = match std::fs::read(&path).map(|b| serde_json::from_slice(&b)) {
-                Ok(Ok(v)) => v,
-                _ => continue,
-            };
-            if grant["authorization_base"] == case.authorization_base.as_str()
-                && grant["expires_at"].as_i64().unwrap_or(0) > np_agent::util::time::now_unix()
+        let now = np_agent::util::time::now_unix();
+        let grants = match np_agent::oauth::grants::TokenStore::grants_at(s_state) {
+            Ok(g) => g,
+            Err(e) => {
+                p.push(format!("{arrow}: the token store cannot be read: {e}"));
+                Vec::new()
+            }
+        };
+        for grant in grants {
+            if grant.authorization_base() == Some(case.authorization_base.as_str())
+                && grant.expires_at() > now
             {
                 p.push(format!(
-                    "{arrow} case {}: a live pull token for the cancelled case remains ({})",
-                    case.case_id,
-                    path.display()
+                    "{arrow} case {}: a live pull token for the cancelled case remains",
+                    case.case_id
                 ));
             }
         }

@@ -5,4 +5,4 @@ pub mod claims;
 pub mod replay;
 
 pub use claims::{ClaimError, Claims, Expectations, IuaClaims, Outgoing};
-pub use replay::{ReplayCache, Seen};
+pub use replay::{JtiEntry, ReplayCache, Seen};

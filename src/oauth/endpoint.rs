@@ -7,9 +7,9 @@
 //! | the partner's keys | [`KeyCache`] | JWKS fetch over mTLS, cached |
 //! | assertions, claims, base | [`decide::decide`] | none (lookups only) |
 //! | unknown `kid` | here | one JWKS refetch, then the decision again |
-//! | record both `jti`s | [`ReplayCache::record`] | file create + fsync |
-//! | issue the token | [`TokenStore::issue`] | durable write |
-//! | audit | [`AuditLog::record`] | append + fsync |
+//! | record both `jti`s | [`ReplayCache::record_all`] | journal append, group-committed `fdatasync` |
+//! | issue the token | [`TokenStore::issue`] | journal append, group-committed `fdatasync` |
+//! | audit | [`AuditLog::record`] | append, group-committed `fdatasync` |
 //!
 //! The router resolves the TLS client certificate to a configured partner
 //! and hands over the certificate's SHA-256, the peer address and the body;
@@ -19,7 +19,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::assertion::{ReplayCache, Seen};
+use crate::assertion::{JtiEntry, ReplayCache, Seen};
 use crate::audit::{AuditLog, Event};
 use crate::config::{Config, Partner};
 use crate::ids::IdScheme;
@@ -150,21 +150,33 @@ impl TokenService {
             )
         })?;
         let decision = self.decide(&admitted, cert_sha256, now)?;
-        for j in &decision.jtis {
-            let horizon = j.forget_after;
-            match self
-                .replay
-                .record(&admitted.partner.name, &j.iss, &j.jti, horizon)
-            {
-                Ok(Seen::Fresh) => {}
-                Ok(Seen::Replayed) => return Err(Refusal::replayed(j.assertion)),
-                Err(e) => {
-                    log::error!("event=replay_cache.failed error={}", Q(&e.to_string()));
-                    return Err(Refusal::new(
-                        Reason::KeysUnavailable,
-                        "the replay cache is unavailable",
-                    ));
+        let entries: Vec<JtiEntry<'_>> = decision
+            .jtis
+            .iter()
+            .map(|j| JtiEntry {
+                iss: &j.iss,
+                jti: &j.jti,
+                forget_after: j.forget_after,
+            })
+            .collect();
+        // Both `jti`s in one append: one flush, shared with concurrent requests.
+        match self.replay.record_all(&admitted.partner.name, &entries) {
+            Ok(seen) => {
+                if let Some((j, _)) = decision
+                    .jtis
+                    .iter()
+                    .zip(&seen)
+                    .find(|(_, s)| **s == Seen::Replayed)
+                {
+                    return Err(Refusal::replayed(j.assertion));
                 }
+            }
+            Err(e) => {
+                log::error!("event=replay_cache.failed error={}", Q(&e.to_string()));
+                return Err(Refusal::new(
+                    Reason::KeysUnavailable,
+                    "the replay cache is unavailable",
+                ));
             }
         }
         let Decision { grant, user_id, .. } = decision;

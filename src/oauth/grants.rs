@@ -1,8 +1,14 @@
 //! Access tokens we issue and the grants they carry.
 //!
 //! A token is 256 random bits, handed out once and kept only as its SHA-256:
-//! in memory for lookups and as `<state>/tokens/<hex>.json` (written through
-//! the durable-write function) so that a restart does not log partners out.
+//! in memory for lookups, and in the journal `<state>/tokens/journal` so that
+//! a restart does not log partners out. Issuing appends `+<hash> <grant>`,
+//! revoking appends `-<hash>`; [`TokenStore::issue`] returns the token only
+//! once its line is on disk, concurrent requests sharing one `fdatasync`
+//! ([`Journal`]). Opening replays the journal, drops expired grants and
+//! writes the live ones to a fresh journal; the minute sweep rewrites it
+//! once most of it is dead. Token files of the one-file-per-token layout
+//! (`<hex>.json`) are read into the journal on opening and removed.
 //! [`TokenStore::check`] is the one function the FHIR side asks.
 //!
 //! Tokens are certificate-bound (RFC 8705 §3): a grant remembers the SHA-256
@@ -19,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{self, Bsn, IdScheme, Oid, OrgId};
 use crate::oauth::scope::{Interaction, Scopes};
+use crate::ops::logging::Q;
+use crate::util::journal::{self, Journal};
 use crate::util::{b64, durable, random};
 
 /// Lifetime of the access tokens we issue (spec §5).
@@ -330,7 +338,7 @@ impl std::fmt::Debug for Grant {
     }
 }
 
-/// A grant as stored in `<state>/tokens/<hash>.json`: plain strings, so the
+/// A grant as stored in the journal: plain strings, so the
 /// file format does not follow our types around. A Zorgviewer grant writes
 /// `urn:oid:<subject_organization_id>` as `requesting_org` and its other
 /// fields under `zorgviewer`; files without that member read as before.
@@ -506,8 +514,8 @@ pub struct Issued {
 /// Issued tokens, by hash.
 #[derive(Debug)]
 pub struct TokenStore {
-    dir: PathBuf,
-    by_hash: RwLock<HashMap<[u8; 32], Grant>>,
+    by_hash: RwLock<ByHash>,
+    journal: Journal,
 }
 
 /// A failure of the token store itself (disk, randomness): a server error.
@@ -522,40 +530,54 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl From<durable::DurableError> for StoreError {
+    fn from(e: durable::DurableError) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
 impl TokenStore {
-    /// Opens `<state_dir>/tokens`, loading every unexpired grant and removing
-    /// expired and unreadable files.
+    /// Opens `<state_dir>/tokens`: replays the journal and reads any token
+    /// files, keeps the unexpired grants, writes them to a fresh journal and
+    /// removes the files.
     pub fn open(state_dir: &Path, now: i64) -> Result<TokenStore, StoreError> {
         let dir = state_dir.join("tokens");
-        durable::create_dir_all(&dir).map_err(|e| StoreError(e.to_string()))?;
-        durable::remove_temp_files(&dir).map_err(|e| StoreError(e.to_string()))?;
-        let mut by_hash = HashMap::new();
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| StoreError(format!("{}: cannot read: {e}", dir.display())))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let hash = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(b64::parse_hex)
-                .and_then(|h| <[u8; 32]>::try_from(h).ok());
-            let grant = std::fs::read(&path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
-                .and_then(Record::into_grant);
-            match (hash, grant) {
-                (Some(h), Some(g)) if g.expires_at > now => {
-                    by_hash.insert(h, g);
-                }
-                _ => {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+        durable::create_dir_all(&dir)?;
+        durable::remove_temp_files(&dir)?;
+        let path = dir.join("journal");
+        let (files, mut by_hash, skipped) = load(&dir)?;
+        by_hash.retain(|_, g| g.expires_at > now);
+        let records = by_hash
+            .iter()
+            .map(|(h, g)| issued_line(h, g))
+            .collect::<Result<Vec<_>, _>>()?;
+        let journal = Journal::create(&path, &records)?;
+        for file in &files {
+            std::fs::remove_file(file)
+                .map_err(|e| StoreError(format!("{}: cannot remove: {e}", file.display())))?;
+        }
+        if !files.is_empty() {
+            durable::sync_dir(&dir)?;
+        }
+        if skipped > 0 || !files.is_empty() {
+            log::info!(
+                "event=journal.recovered path={} live={} skipped={skipped} migrated={}",
+                Q(&path.display().to_string()),
+                by_hash.len(),
+                files.len()
+            );
         }
         Ok(TokenStore {
-            dir,
             by_hash: RwLock::new(by_hash),
+            journal,
         })
+    }
+
+    /// The grants held in `<state_dir>/tokens`, expired ones included, read
+    /// without opening the store (for checks beside a stopped daemon).
+    pub fn grants_at(state_dir: &Path) -> Result<Vec<Grant>, StoreError> {
+        let (_, by_hash, _) = load(&state_dir.join("tokens"))?;
+        Ok(by_hash.into_values().collect())
     }
 
     /// Issues a token for `grant` (its `issued_at`/`expires_at` are set here),
@@ -572,13 +594,16 @@ impl TokenStore {
         let hash = hash_token(&access_token);
         grant.issued_at = now;
         grant.expires_at = now + TOKEN_LIFETIME_SECS;
-        let json =
-            serde_json::to_vec(&Record::from(&grant)).map_err(|e| StoreError(e.to_string()))?;
-        durable::write_atomic(&self.path(&hash), &json).map_err(|e| StoreError(e.to_string()))?;
-        self.by_hash
-            .write()
-            .map_err(|_| StoreError("token store lock poisoned".into()))?
-            .insert(hash, grant.clone());
+        let line = issued_line(&hash, &grant)?;
+        // In memory before the append, so a journal rewrite running meanwhile
+        // keeps it; nobody holds the token before this returns it.
+        self.write()?.insert(hash, grant.clone());
+        if let Err(e) = self.journal.append(&[&line]) {
+            if let Ok(mut map) = self.write() {
+                map.remove(&hash);
+            }
+            return Err(e.into());
+        }
         Ok(Issued {
             access_token,
             grant,
@@ -609,39 +634,74 @@ impl TokenStore {
         Ok(grant.clone())
     }
 
-    /// Revokes every token bound to `authorization_base` (a cancelled case).
-    /// Returns how many were revoked.
+    /// Revokes every token bound to `authorization_base` (a cancelled case):
+    /// refused at once, and the revocation appended to the journal. Returns
+    /// how many were revoked.
     pub fn revoke_base(&self, authorization_base: &str) -> usize {
-        let Ok(mut map) = self.by_hash.write() else {
-            return 0;
+        let doomed: Vec<[u8; 32]> = {
+            let Ok(mut map) = self.write() else {
+                return 0;
+            };
+            let doomed: Vec<[u8; 32]> = map
+                .iter()
+                .filter(|(_, g)| g.authorization_base() == Some(authorization_base))
+                .map(|(h, _)| *h)
+                .collect();
+            for h in &doomed {
+                map.remove(h);
+            }
+            doomed
         };
-        let doomed: Vec<[u8; 32]> = map
-            .iter()
-            .filter(|(_, g)| g.authorization_base() == Some(authorization_base))
-            .map(|(h, _)| *h)
-            .collect();
-        for h in &doomed {
-            map.remove(h);
-            let _ = durable::remove(&self.path(h));
+        if !doomed.is_empty() {
+            let lines: Vec<String> = doomed.iter().map(revoked_line).collect();
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            if let Err(e) = self.journal.append(&lines) {
+                // Refused in memory now; after a restart the tokens would be
+                // back until they expire (at most TOKEN_LIFETIME_SECS).
+                log::error!("event=token.revoke_failed error={}", Q(&e.to_string()));
+            }
         }
         doomed.len()
     }
 
-    /// Forgets expired tokens (memory and disk). Returns how many.
+    /// Forgets expired tokens, and rewrites the journal once most of it is
+    /// dead. Returns how many were forgotten.
     pub fn sweep(&self, now: i64) -> usize {
-        let Ok(mut map) = self.by_hash.write() else {
-            return 0;
+        let (expired, live) = {
+            let Ok(mut map) = self.write() else {
+                return 0;
+            };
+            let before = map.len();
+            map.retain(|_, g| g.expires_at > now);
+            (before - map.len(), map.len())
         };
-        let expired: Vec<[u8; 32]> = map
-            .iter()
-            .filter(|(_, g)| g.expires_at <= now)
-            .map(|(h, _)| *h)
-            .collect();
-        for h in &expired {
-            map.remove(h);
-            let _ = std::fs::remove_file(self.path(h));
+        if journal::should_compact(self.journal.lines(), live) {
+            if let Err(e) = self.compact() {
+                log::error!("event=token.compact_failed error={}", Q(&e.to_string()));
+            }
         }
-        expired.len()
+        expired
+    }
+
+    /// Rewrites the journal with the tokens held now.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let mut framing = Ok(());
+        self.journal.rewrite(|| {
+            let Ok(map) = self.by_hash.read() else {
+                framing = Err(StoreError("token store lock poisoned".into()));
+                return Vec::new();
+            };
+            map.iter()
+                .filter_map(|(h, g)| match issued_line(h, g) {
+                    Ok(line) => Some(line),
+                    Err(e) => {
+                        framing = Err(e);
+                        None
+                    }
+                })
+                .collect()
+        })?;
+        framing
     }
 
     /// Number of live tokens held.
@@ -654,9 +714,105 @@ impl TokenStore {
         self.len() == 0
     }
 
-    fn path(&self, hash: &[u8; 32]) -> PathBuf {
-        self.dir.join(format!("{}.json", b64::hex(hash)))
+    /// Makes the next `n` journal flushes fail after their write (tests).
+    #[cfg(test)]
+    pub(crate) fn insecure_test_fail_syncs(&self, n: usize) {
+        self.journal.insecure_test_fail_syncs(n);
     }
+
+    fn write(
+        &self,
+    ) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<[u8; 32], Grant>>, StoreError> {
+        self.by_hash
+            .write()
+            .map_err(|_| StoreError("token store lock poisoned".into()))
+    }
+}
+
+/// The token files of `dir`, and the grants of the files and the journal
+/// with the journal's revocations applied, and how many journal lines were
+/// skipped (torn or unreadable).
+fn load(dir: &Path) -> Result<(Vec<PathBuf>, ByHash, usize), StoreError> {
+    let (files, mut by_hash) = token_files(dir)?;
+    let contents = Journal::read(&dir.join("journal"))?;
+    let mut skipped = contents.skipped;
+    for line in &contents.records {
+        match parse_line(line) {
+            Some(Change::Issued(h, g)) => {
+                by_hash.insert(h, g);
+            }
+            Some(Change::Revoked(h)) => {
+                by_hash.remove(&h);
+            }
+            None => skipped += 1,
+        }
+    }
+    Ok((files, by_hash, skipped))
+}
+
+/// One line of the token journal.
+enum Change {
+    Issued([u8; 32], Grant),
+    Revoked([u8; 32]),
+}
+
+/// `+<hash> <grant as JSON>`.
+fn issued_line(hash: &[u8; 32], grant: &Grant) -> Result<String, StoreError> {
+    let json =
+        serde_json::to_string(&Record::from(grant)).map_err(|e| StoreError(e.to_string()))?;
+    Ok(format!("+{} {json}", b64::hex(hash)))
+}
+
+/// `-<hash>`.
+fn revoked_line(hash: &[u8; 32]) -> String {
+    format!("-{}", b64::hex(hash))
+}
+
+fn parse_line(line: &str) -> Option<Change> {
+    if let Some(rest) = line.strip_prefix('+') {
+        let (hash, json) = rest.split_once(' ')?;
+        let grant = serde_json::from_str::<Record>(json).ok()?.into_grant()?;
+        return Some(Change::Issued(parse_hash(hash)?, grant));
+    }
+    Some(Change::Revoked(parse_hash(line.strip_prefix('-')?)?))
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    b64::parse_hex(hex).and_then(|h| <[u8; 32]>::try_from(h).ok())
+}
+
+/// Grants by the hash of their token.
+type ByHash = HashMap<[u8; 32], Grant>;
+
+/// The token files of the one-file-per-token layout (`<hex>.json`): every
+/// such file, and the grants of those that read back.
+fn token_files(dir: &Path) -> Result<(Vec<PathBuf>, ByHash), StoreError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError(format!("{}: cannot read: {e}", dir.display())))?;
+    let mut files = Vec::new();
+    let mut grants = HashMap::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let hash = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(parse_hash);
+        let grant = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+            .and_then(Record::into_grant);
+        if let (Some(h), Some(g)) = (hash, grant) {
+            grants.insert(h, g);
+        }
+        files.push(path);
+    }
+    Ok((files, grants))
 }
 
 fn hash_token(token: &str) -> [u8; 32] {
@@ -669,6 +825,7 @@ fn hash_token(token: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     fn state() -> PathBuf {
         let d = std::env::temp_dir().join(format!("np-tokens-{}", random::uuid_v4().unwrap()));
@@ -764,7 +921,20 @@ mod tests {
             reopened.check(&old.access_token, "hospb", &CERT, 1_001),
             Err(TokenRejection::Unknown)
         );
-        assert_eq!(std::fs::read_dir(dir.join("tokens")).unwrap().count(), 1);
+        let json_files = std::fs::read_dir(dir.join("tokens"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count();
+        assert_eq!(
+            json_files, 0,
+            "token files are read into the journal and removed"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -778,32 +948,29 @@ mod tests {
             .unwrap();
         assert!(err.0.contains("bound to a TLS client certificate"), "{err}");
         assert!(store.is_empty());
-        assert_eq!(std::fs::read_dir(dir.join("tokens")).unwrap().count(), 0);
+        drop(store);
+        assert!(TokenStore::open(&dir, 1_000).unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn token_files_without_a_certificate_binding_grant_nothing() {
         let dir = state();
-        let store = TokenStore::open(&dir, 1_000).unwrap();
-        let t = store.issue(grant(TokenKind::Notify, None), 1_000).unwrap();
-        drop(store);
-        let file = std::fs::read_dir(dir.join("tokens"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let mut record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let bound = grant(TokenKind::Notify, None).valid(900, 1_200);
+        let mut record = serde_json::to_value(Record::from(&bound)).unwrap();
         assert_eq!(record["cert_sha256"], b64::hex(&CERT).as_str());
         record.as_object_mut().unwrap().remove("cert_sha256");
+        let hash = hash_token("an-unbound-token");
+        let file = tokens.join(format!("{}.json", b64::hex(&hash)));
         std::fs::write(&file, serde_json::to_vec(&record).unwrap()).unwrap();
         let reopened = TokenStore::open(&dir, 1_000).unwrap();
         assert_eq!(
-            reopened.check(&t.access_token, "hospb", &CERT, 1_001),
+            reopened.check("an-unbound-token", "hospb", &CERT, 1_001),
             Err(TokenRejection::Unknown)
         );
+        assert!(reopened.is_empty());
         assert!(!file.exists(), "removed like any unreadable token file");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -948,6 +1115,133 @@ mod tests {
         assert!(store.check(&b.access_token, "hospb", &CERT, 1_001).is_ok());
         assert_eq!(store.sweep(1_300), 1);
         assert!(store.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Token files of the one-file-per-token layout are read into the
+    /// journal (expired and unreadable ones dropped) and then removed.
+    #[test]
+    fn token_files_are_migrated_into_the_journal() {
+        let dir = state();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let live = grant(TokenKind::Pull, Some("base-1")).valid(900, 1_200);
+        let hash = hash_token("the-old-token");
+        let json = serde_json::to_vec(&Record::from(&live)).unwrap();
+        std::fs::write(tokens.join(format!("{}.json", b64::hex(&hash))), json).unwrap();
+        std::fs::write(tokens.join("garbage.json"), b"{").unwrap();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        assert_eq!(
+            store.check("the-old-token", "hospb", &CERT, 1_001),
+            Ok(live.clone())
+        );
+        drop(store);
+        let reopened = TokenStore::open(&dir, 1_000).unwrap();
+        assert_eq!(
+            reopened.check("the-old-token", "hospb", &CERT, 1_001),
+            Ok(live)
+        );
+        let names: Vec<String> = std::fs::read_dir(&tokens)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".json")), "{names:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A revocation is in the journal: the token stays refused after a
+    /// restart, also after the sweep rewrote the journal.
+    #[test]
+    fn a_revoked_token_stays_revoked_across_a_restart_and_a_rewrite() {
+        let dir = state();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        let a = store
+            .issue(grant(TokenKind::Pull, Some("base-1")), 1_000)
+            .unwrap();
+        let b = store
+            .issue(grant(TokenKind::Pull, Some("base-2")), 1_000)
+            .unwrap();
+        assert_eq!(store.revoke_base("base-1"), 1);
+        drop(store);
+        let reopened = TokenStore::open(&dir, 1_001).unwrap();
+        assert_eq!(
+            reopened.check(&a.access_token, "hospb", &CERT, 1_001),
+            Err(TokenRejection::Unknown)
+        );
+        assert!(
+            reopened
+                .check(&b.access_token, "hospb", &CERT, 1_001)
+                .is_ok()
+        );
+        let c = reopened
+            .issue(grant(TokenKind::Pull, Some("base-1")), 1_001)
+            .unwrap();
+        assert_eq!(reopened.revoke_base("base-1"), 1);
+        let held = TokenStore::grants_at(&dir).unwrap();
+        assert_eq!(held.len(), 1, "what a check beside the store reads");
+        assert_eq!(held[0].authorization_base(), Some("base-2"));
+        reopened.compact().unwrap();
+        drop(reopened);
+        let again = TokenStore::open(&dir, 1_002).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again.check(&c.access_token, "hospb", &CERT, 1_002),
+            Err(TokenRejection::Unknown)
+        );
+        assert!(again.check(&b.access_token, "hospb", &CERT, 1_002).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Tokens issued at once share flushes; every token handed out is
+    /// accepted after a restart.
+    #[test]
+    fn concurrent_issues_share_flushes_and_all_survive_a_restart() {
+        let dir = state();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        let issued = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..30 {
+                        let t = store.issue(grant(TokenKind::Notify, None), 1_000).unwrap();
+                        issued.lock().unwrap().push(t.access_token);
+                    }
+                });
+            }
+        });
+        assert!(store.journal.batches() <= 240);
+        drop(store);
+        let reopened = TokenStore::open(&dir, 1_000).unwrap();
+        let issued = issued.into_inner().unwrap();
+        assert_eq!(reopened.len(), issued.len());
+        for t in &issued {
+            assert!(reopened.check(t, "hospb", &CERT, 1_001).is_ok());
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A power cut between the write and the flush: `issue` fails, so the
+    /// token is never handed out, and it is not accepted after a restart.
+    #[test]
+    fn a_token_whose_flush_failed_is_never_handed_out() {
+        let dir = state();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        let kept = store.issue(grant(TokenKind::Notify, None), 1_000).unwrap();
+        store.insecure_test_fail_syncs(1);
+        let err = store
+            .issue(grant(TokenKind::Notify, None), 1_000)
+            .err()
+            .expect("a failed flush must not hand out a token");
+        assert!(err.to_string().contains("fdatasync"), "{err}");
+        assert_eq!(store.len(), 1, "the unflushed grant is not held either");
+        drop(store);
+        let reopened = TokenStore::open(&dir, 1_000).unwrap();
+        assert_eq!(reopened.len(), 1);
+        assert!(
+            reopened
+                .check(&kept.access_token, "hospb", &CERT, 1_001)
+                .is_ok()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

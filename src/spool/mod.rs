@@ -10,7 +10,13 @@
 //!              /dead/       given up, with the reason
 //! ```
 //!
-//! Every write goes through [`crate::util::durable`]. An item id is fixed when
+//! Every write goes through [`crate::util::durable`]: temp file, fsync,
+//! rename, then the fsync of the state folder, which concurrent writers of
+//! the same folder share ([`durable::DirSync`]): enqueue and every move
+//! return only after an fsync of each folder they changed that began after
+//! their rename. Removing the in-flight copy when an item is finished needs
+//! no flush of its own: a crash that loses the removal leaves both copies,
+//! and recovery keeps the further state. An item id is fixed when
 //! the item is created (deterministic where the work has a natural identity,
 //! e.g. a Task identifier), so enqueueing the same work twice is a no-op and a
 //! resend after a crash is the same work. When a crash leaves the same id in
@@ -27,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::durable::{self, DurableError};
+use crate::util::durable::{self, DirSync, DurableError};
 
 pub mod retention;
 
@@ -165,6 +171,8 @@ pub struct Spool {
     /// an item file never changes in place, so an entry cannot go stale.
     /// At most [`INDEX_CAP`] entries; beyond that items are read as before.
     index: Arc<Mutex<HashMap<(State, String), Waiting>>>,
+    /// The batched fsync of each state folder, in [`State::ALL`] order.
+    folders: Arc<[DirSync; 5]>,
 }
 
 /// The most waiting items [`Spool::waiting`] keeps in memory.
@@ -241,10 +249,23 @@ impl Spool {
     }
 
     fn with_root(root: PathBuf) -> Spool {
+        let folders = Arc::new(State::ALL.map(|s| DirSync::new(&root.join(s.dir()))));
         Spool {
             root,
             index: Arc::new(Mutex::new(HashMap::new())),
+            folders,
         }
+    }
+
+    /// The batched fsync of `state`'s folder.
+    fn folder(&self, state: State) -> &DirSync {
+        let i = State::ALL.iter().position(|s| *s == state).unwrap_or(0);
+        &self.folders[i]
+    }
+
+    /// Folder fsyncs done so far, all folders together (tests, metrics).
+    pub fn folder_syncs(&self) -> u64 {
+        self.folders.iter().map(DirSync::batches).sum()
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, HashMap<(State, String), Waiting>> {
@@ -296,18 +317,32 @@ impl Spool {
                 }
             }
         }
-        for id in self.ids(State::InFlight)? {
-            // Interrupted mid-attempt: the request may have reached the
-            // partner, so the attempt counts. A crash between the write and
-            // the removal leaves both copies; the next recovery keeps the
-            // queued one.
-            let from = self.path(State::InFlight, &id);
+        // Interrupted mid-attempt: the request may have reached the partner,
+        // so the attempt counts. Every queued copy is written and `queued`
+        // fsynced once before any in-flight copy is removed (and `in-flight`
+        // fsynced once): a crash in between leaves both copies, and the next
+        // recovery keeps the queued one.
+        let interrupted = self.ids(State::InFlight)?;
+        for id in &interrupted {
+            let from = self.path(State::InFlight, id);
             let mut item = self.read(&from)?;
             item.attempts = item.attempts.saturating_add(1);
             item.last_error = Some(INTERRUPTED.into());
-            self.write(State::Queued, &item)?;
-            durable::remove(&from)?;
-            r.requeued += 1;
+            let bytes = serde_json::to_vec(&item).map_err(|e| SpoolError::Corrupt {
+                path: from.clone(),
+                reason: e.to_string(),
+            })?;
+            durable::write_atomic_folder_unsynced(&self.path(State::Queued, id), &bytes)?;
+            self.remember(State::Queued, &item);
+        }
+        if !interrupted.is_empty() {
+            self.folder(State::Queued).sync()?;
+            for id in &interrupted {
+                let from = self.path(State::InFlight, id);
+                fs::remove_file(&from).map_err(io_err(&from, "remove"))?;
+            }
+            self.folder(State::InFlight).sync()?;
+            r.requeued = interrupted.len();
         }
         Ok(r)
     }
@@ -359,18 +394,22 @@ impl Spool {
             path: self.path(state, &item.id),
             reason: e.to_string(),
         })?;
-        durable::write_atomic(&self.path(state, &item.id), &bytes)?;
+        durable::write_atomic_in(self.folder(state), &self.path(state, &item.id), &bytes)?;
         self.remember(state, item);
         Ok(())
     }
 
     /// Adds an item to `queued`. Returns `false` (and writes nothing) when an
-    /// item with this id exists in any state: the same work is never queued twice.
+    /// item with this id exists in any state: the same work is never queued
+    /// twice. Either answer means the item is on disk: an existing one may
+    /// be there after an enqueue whose fsync failed, so its folder is
+    /// fsynced before `false` is returned.
     pub fn enqueue(&self, item: &Item) -> Result<bool, SpoolError> {
         if !valid_id(&item.id) {
             return Err(SpoolError::BadId(item.id.clone()));
         }
-        if self.find(&item.id).is_some() {
+        if let Some(state) = self.find(&item.id) {
+            self.folder(state).sync()?;
             return Ok(false);
         }
         self.write(State::Queued, item)?;
@@ -465,7 +504,7 @@ impl Spool {
             let from = self.path(s, id);
             if from.exists() {
                 let to = self.path(State::InFlight, id);
-                durable::rename(&from, &to)?;
+                durable::rename_in(self.folder(s), &from, self.folder(State::InFlight), &to)?;
                 self.index().remove(&(s, id.to_string()));
                 return self.read(&to);
             }
@@ -494,12 +533,23 @@ impl Spool {
         self.finish(item, State::Dead)
     }
 
-    /// Writes the item's new content into `to`, then removes the in-flight
-    /// copy. A crash in between leaves both; recovery keeps `to`.
+    /// Writes the item's new content into `to` durably, then removes the
+    /// in-flight copy without a flush of its own: a crash that loses the
+    /// removal leaves both copies, and recovery keeps `to`.
     fn finish(&self, item: &Item, to: State) -> Result<(), SpoolError> {
         self.write(to, item)?;
-        durable::remove(&self.path(State::InFlight, &item.id))?;
-        Ok(())
+        let from = self.path(State::InFlight, &item.id);
+        match fs::remove_file(&from) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&from, "remove")(e)),
+        }
+    }
+
+    /// Makes the next `n` fsyncs of `state`'s folder fail (tests).
+    #[cfg(test)]
+    pub(crate) fn insecure_test_fail_folder_syncs(&self, state: State, n: usize) {
+        self.folder(state).insecure_test_fail_syncs(n);
     }
 
     /// Moves every dead item (of `partner`, or all) back to `queued` with its

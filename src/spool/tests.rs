@@ -424,3 +424,85 @@ fn waiting_follows_every_move_and_reads_each_file_once() {
     let fresh = Spool::at(&dir.0).unwrap();
     assert_eq!(ids(&fresh.waiting(400).unwrap().0), ["a"]);
 }
+
+/// A power cut between the rename into `queued` and the folder's fsync:
+/// the enqueue fails, and enqueueing the same item again answers only
+/// after an fsync of the folder has succeeded.
+#[test]
+fn an_enqueue_whose_folder_fsync_failed_is_never_answered_as_stored() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    spool.insecure_test_fail_folder_syncs(State::Queued, 2);
+    let err = spool.enqueue(&item("a", "p", 10)).unwrap_err();
+    assert!(err.to_string().contains("fsync directory"), "{err}");
+    // The file reached the folder (the page cache) but not the disk: a
+    // second enqueue must not call it stored before the folder is flushed.
+    assert_eq!(spool.find("a"), Some(State::Queued));
+    assert!(spool.enqueue(&item("a", "p", 10)).is_err());
+    let syncs = spool.folder_syncs();
+    assert!(!spool.enqueue(&item("a", "p", 10)).unwrap());
+    assert_eq!(spool.folder_syncs(), syncs + 1);
+}
+
+/// A claim whose folder fsync failed is not handed to a worker; the
+/// item is requeued at the next start, the attempt not counted as made.
+#[test]
+fn a_claim_whose_folder_fsync_failed_is_not_worked_on() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    assert!(spool.enqueue(&item("a", "p", 10)).unwrap());
+    spool.insecure_test_fail_folder_syncs(State::InFlight, 1);
+    assert!(spool.claim("a").is_err());
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!(rec.requeued, 1);
+    assert_eq!(spool.find("a"), Some(State::Queued));
+}
+
+/// Finishing removes the in-flight copy without a flush of its own; a
+/// crash that loses that removal leaves both copies, and recovery keeps
+/// the finished one.
+#[test]
+fn a_lost_removal_of_the_in_flight_copy_is_resolved_by_recovery() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    assert!(spool.enqueue(&item("a", "p", 10)).unwrap());
+    let claimed = spool.claim("a").unwrap();
+    spool.complete(&claimed).unwrap();
+    assert_eq!(files(&spool, State::InFlight), Vec::<String>::new());
+    // The removal did not reach the disk.
+    let stale = serde_json::to_vec(&claimed).unwrap();
+    fs::write(d.0.join("spool/in-flight/a.json"), stale).unwrap();
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!((rec.duplicates, rec.requeued), (1, 0));
+    assert_eq!(spool.find("a"), Some(State::Done));
+}
+
+/// Many writers at once: every item each was told is stored is there
+/// after reopening, in the state it was last moved to.
+#[test]
+fn concurrent_writers_lose_no_item() {
+    let d = Dir::new();
+    let (spool, _) = Spool::open(&d.0).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let spool = &spool;
+            s.spawn(move || {
+                for i in 0..20 {
+                    let id = format!("t{t}-{i}");
+                    assert!(spool.enqueue(&item(&id, "p", 10)).unwrap());
+                    if i % 2 == 0 {
+                        let c = spool.claim(&id).unwrap();
+                        spool.complete(&c).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    drop(spool);
+    let (spool, rec) = Spool::open(&d.0).unwrap();
+    assert_eq!(rec, Recovery::default());
+    assert_eq!(files(&spool, State::Queued).len(), 60);
+    assert_eq!(files(&spool, State::Done).len(), 60);
+}

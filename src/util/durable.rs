@@ -1,10 +1,18 @@
 //! Durable writes, one way: temp file in the same directory → write → fsync →
 //! rename → fsync the directory. Every file np-agent persists goes through here.
+//!
+//! Where many writers rename into the same folder at once (the spool's state
+//! folders), the last step is shared: a [`DirSync`] batches their directory
+//! fsyncs through [`GroupCommit`], so one fsync of the folder makes every
+//! rename made before it durable, and each writer returns only after an
+//! fsync that began after its own rename.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::util::group_commit::GroupCommit;
 
 /// Prefix and suffix of the temp files [`write_atomic`] creates; start-up
 /// recovery removes leftovers by this pattern.
@@ -71,6 +79,113 @@ pub fn write_shared(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
 /// with `fchmod` after creation, so the process umask (systemd `UMask=0077`)
 /// cannot narrow it.
 pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableError> {
+    write_atomic_with(path, bytes, mode, sync_dir)
+}
+
+/// [`write_atomic`] whose directory fsync is `folder`'s batched one: the
+/// file's folder must be `folder`'s.
+pub fn write_atomic_in(folder: &DirSync, path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    write_atomic_with(path, bytes, 0o600, |_| folder.sync())
+}
+
+/// [`write_atomic`] without the fsync of the folder: the file is complete
+/// on disk, its name is not until the caller fsyncs the folder
+/// ([`sync_dir`], [`DirSync::sync`]), once for many files.
+pub fn write_atomic_folder_unsynced(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    write_atomic_with(path, bytes, 0o600, |_| Ok(()))
+}
+
+/// [`rename`] with the batched directory fsyncs of `to`'s folder and
+/// `from`'s folder.
+pub fn rename_in(
+    from_folder: &DirSync,
+    from: &Path,
+    to_folder: &DirSync,
+    to: &Path,
+) -> Result<(), DurableError> {
+    fs::rename(from, to).map_err(at(to, "rename"))?;
+    to_folder.sync()?;
+    if !std::ptr::eq(from_folder, to_folder) {
+        from_folder.sync()?;
+    }
+    Ok(())
+}
+
+/// The fsync of one folder, shared by the writers that need it at once.
+pub struct DirSync {
+    dir: PathBuf,
+    commit: GroupCommit<()>,
+    #[cfg(test)]
+    fail_syncs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for DirSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirSync")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirSync {
+    pub fn new(dir: &Path) -> DirSync {
+        let d = dir.to_path_buf();
+        #[cfg(test)]
+        let fail_syncs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        #[cfg(test)]
+        let fail = fail_syncs.clone();
+        DirSync {
+            dir: dir.to_path_buf(),
+            commit: GroupCommit::new(Box::new(move |_batch: Vec<()>| {
+                #[cfg(test)]
+                {
+                    use std::sync::atomic::Ordering;
+                    let left = fail.load(Ordering::SeqCst);
+                    if left > 0 {
+                        fail.store(left - 1, Ordering::SeqCst);
+                        return Err(format!(
+                            "{}: fsync directory: injected failure",
+                            d.display()
+                        ));
+                    }
+                }
+                sync_dir(&d).map_err(|e| e.to_string())
+            })),
+            #[cfg(test)]
+            fail_syncs,
+        }
+    }
+
+    /// Returns once an fsync of the folder that began after this call is
+    /// done: every rename into or out of it made before the call is durable.
+    pub fn sync(&self) -> Result<(), DurableError> {
+        self.commit.commit(()).map_err(|reason| DurableError {
+            path: self.dir.clone(),
+            step: "fsync directory",
+            source: io::Error::other(reason),
+        })
+    }
+
+    /// Folder fsyncs done so far (tests, metrics).
+    pub fn batches(&self) -> u64 {
+        self.commit.batches()
+    }
+
+    /// Makes the next `n` fsyncs of the folder fail, as a failing disk or a
+    /// power cut before the flush would.
+    #[cfg(test)]
+    pub(crate) fn insecure_test_fail_syncs(&self, n: usize) {
+        self.fail_syncs
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn write_atomic_with(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    sync_parent: impl FnOnce(&Path) -> Result<(), DurableError>,
+) -> Result<(), DurableError> {
     let dir = parent_of(path);
     let name = path
         .file_name()
@@ -103,7 +218,7 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Dur
         file.sync_all().map_err(at(&tmp, "fsync"))?;
         drop(file);
         fs::rename(&tmp, path).map_err(at(path, "rename"))?;
-        sync_dir(dir)
+        sync_parent(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

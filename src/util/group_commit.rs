@@ -82,6 +82,13 @@ impl<T> GroupCommit<T> {
         self.lock().batches
     }
 
+    /// Records queued for the next batch, and whether a flush runs (tests).
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> (usize, bool) {
+        let s = self.lock();
+        (s.queue.len(), s.flushing)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
