@@ -1,0 +1,134 @@
+//! FHIR reads and searches as a pull token's holder sends them (path, query
+//! with search parameters, `_include`, `_sort`, `_count`, page links,
+//! `_format`, and `Accept`), answered over one case: never panics; the
+//! answer is a refusal with an OperationOutcome or a FHIR resource that
+//! reads back, and a search never returns more than the case holds.
+//!
+//! Input: the path after `/fhir` up to the first `?` (the query follows);
+//! after a line break, the `Accept` header.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use np_agent::audit::AuditLog;
+use np_agent::cases::{Case, CaseStore};
+use np_agent::fhir::{self, Limits};
+use np_agent::ids::{Bsn, OrgId};
+use np_agent::oauth::grants::{CaseBinding, Grant};
+use np_agent::serve::{self, PageKey, ServeRequest};
+
+const NOW: i64 = 1_796_191_098;
+const BASE: &str = "https://np.hospital-a.example:8443/fhir";
+/// Resources in the demo case.
+const IN_CASE: usize = 9;
+
+struct Site {
+    cases: CaseStore,
+    audit: AuditLog,
+    grant: Grant,
+    key: PageKey,
+}
+
+/// One case on a memory file system where there is one (the audit trail
+/// takes a line per request).
+fn site() -> &'static Site {
+    static SITE: OnceLock<Site> = OnceLock::new();
+    SITE.get_or_init(|| {
+        let shm = PathBuf::from("/dev/shm");
+        let root = if shm.is_dir() { shm } else { std::env::temp_dir() };
+        let dir = root.join(format!("np-fuzz-search-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let cases = CaseStore::open(&dir).expect("case store");
+        let audit = AuditLog::open(&dir).expect("audit trail");
+        let bsn = Bsn::parse("999999151").expect("bsn");
+        let owner = OrgId::Ura("87654321".into());
+        let mut case =
+            Case::new("hospb", "c-42", &bsn, Some(&owner), NOW - 60, NOW + 86_400).expect("case");
+        case.version = 1;
+        cases
+            .write_data("hospb", "c-42", 1, np_agent::demo::SAMPLE.as_bytes())
+            .expect("case data");
+        cases.save(&case).expect("case record");
+        let grant = Grant::pull(
+            "hospb",
+            "np.hospb.example",
+            OrgId::Ura("87654321".into()),
+            Some(OrgId::Ura("12345678".into())),
+            CaseBinding {
+                authorization_base: case.authorization_base.clone(),
+                case_id: "c-42".into(),
+            },
+            bsn,
+        )
+        .valid(NOW - 10, NOW + 290);
+        Site {
+            cases,
+            audit,
+            grant,
+            key: PageKey::from_bytes([7; 32]),
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (target, accept) = match text.split_once('\n') {
+        Some((t, a)) => (t, Some(a)),
+        None => (text, None),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let site = site();
+    let req = ServeRequest {
+        method: "GET",
+        path,
+        query,
+        accept,
+        request_id: "fuzz",
+    };
+    let answer = serve::handle_with_key(
+        &site.cases,
+        &site.grant,
+        &req,
+        &site.audit,
+        BASE,
+        NOW,
+        &site.key,
+    );
+    assert!(
+        matches!(answer.status, 200 | 400 | 403 | 404 | 406 | 410),
+        "{} for {target:?}",
+        answer.status
+    );
+    let content_type = answer
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let value = if content_type.contains("json") {
+        fhir::parse_json(&answer.body, &Limits::default())
+    } else if content_type.contains("xml") {
+        fhir::xml_to_json(&answer.body, fhir::FhirVersion::Stu3, &Limits::default())
+    } else {
+        // A Binary read answered as its own content type.
+        assert_eq!(answer.status, 200, "{target:?}");
+        return;
+    };
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => panic!("{} answer does not read back: {e}", answer.status),
+    };
+    if answer.status != 200 {
+        assert_eq!(value["resourceType"], "OperationOutcome");
+    } else if value["resourceType"] == "Bundle" {
+        let entries = value["entry"].as_array().map_or(0, Vec::len);
+        assert!(entries <= IN_CASE, "{entries} entries for {target:?}");
+    }
+});
