@@ -79,15 +79,19 @@ fn readme_lists_every_command() {
     }
 }
 
+/// The code spans of a document (a span never crosses a line here).
+fn code_spans(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .flat_map(|line| line.split('`').skip(1).step_by(2))
+}
+
 /// The `` `file.rs::function` `` references in a document.
 fn test_references(text: &str) -> Vec<(String, String)> {
-    text.split('`')
-        .skip(1)
-        .step_by(2)
+    code_spans(text)
         .filter_map(|span| {
             let (file, function) = span.split_once("::")?;
-            let is_source = (file.starts_with("src/") || file.starts_with("tests/"))
-                && file.ends_with(".rs");
+            let is_source =
+                (file.starts_with("src/") || file.starts_with("tests/")) && file.ends_with(".rs");
             let is_name = function
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -118,7 +122,10 @@ fn every_test_the_threat_model_names_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fuzz_manifest = doc("fuzz/Cargo.toml");
     let threat_model = doc("docs/threat-model.md");
-    for (path, text) in [("docs/threat-model.md", &threat_model), ("README.md", &readme())] {
+    for (path, text) in [
+        ("docs/threat-model.md", &threat_model),
+        ("README.md", &readme()),
+    ] {
         let named = test_references(text);
         for (file, function) in &named {
             let source = std::fs::read_to_string(root.join(file))
@@ -134,10 +141,13 @@ fn every_test_the_threat_model_names_exists() {
     for line in fuzz_manifest.lines() {
         if let Some(target) = line.strip_prefix("path = \"fuzz_targets/") {
             let listed = format!("`fuzz/fuzz_targets/{}`", target.trim_end_matches('"'));
-            assert!(threat_model.contains(&listed), "docs/threat-model.md does not list {listed}");
+            assert!(
+                threat_model.contains(&listed),
+                "docs/threat-model.md does not list {listed}"
+            );
         }
     }
-    for span in threat_model.split('`').skip(1).step_by(2) {
+    for span in code_spans(&threat_model) {
         if let Some(target) = span.strip_prefix("fuzz/fuzz_targets/") {
             assert!(root.join(span).is_file(), "{span} does not exist");
             assert!(

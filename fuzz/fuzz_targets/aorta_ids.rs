@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(mitz::parse(&again).as_ref(), Ok(&id), "{again}");
     }
     let version = mitz::response_version(Some(text));
-    assert!(version.len() <= 80 && safe_header_value(&version), "{version:?}");
+    assert!(
+        version.len() <= 80 && safe_header_value(&version),
+        "{version:?}"
+    );
     assert!(version.starts_with("contentVersion="));
     if let Ok(id) = epic::parse(text) {
         let written = id.audit_form();

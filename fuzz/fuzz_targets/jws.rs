@@ -18,8 +18,8 @@ fn partner() -> &'static (SigningKey, Jwks) {
     static PARTNER: OnceLock<(SigningKey, Jwks)> = OnceLock::new();
     PARTNER.get_or_init(|| {
         let pem = generate_pkcs8_pem(Alg::Es256).expect("key generation");
-        let key = SigningKey::from_pkcs8_pem(&pem, Alg::Es256, Some("partner-1".into()))
-            .expect("key");
+        let key =
+            SigningKey::from_pkcs8_pem(&pem, Alg::Es256, Some("partner-1".into())).expect("key");
         let keys = Jwks::new(vec![key.public_jwk()]).expect("key set");
         (key, keys)
     })

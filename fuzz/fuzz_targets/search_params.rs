@@ -23,6 +23,8 @@ const NOW: i64 = 1_796_191_098;
 const BASE: &str = "https://np.hospital-a.example:8443/fhir";
 /// Resources in the demo case.
 const IN_CASE: usize = 9;
+/// The state folder of one run: this and the process id.
+const PREFIX: &str = "np-fuzz-search-";
 
 struct Site {
     cases: CaseStore,
@@ -37,8 +39,22 @@ fn site() -> &'static Site {
     static SITE: OnceLock<Site> = OnceLock::new();
     SITE.get_or_init(|| {
         let shm = PathBuf::from("/dev/shm");
-        let root = if shm.is_dir() { shm } else { std::env::temp_dir() };
-        let dir = root.join(format!("np-fuzz-search-{}", std::process::id()));
+        let root = if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        };
+        // libFuzzer exits without running destructors: remove what runs that
+        // ended left behind (their process is gone), then make our own.
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(PREFIX) {
+                if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = root.join(format!("{PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("state dir");
         let cases = CaseStore::open(&dir).expect("case store");
         let audit = AuditLog::open(&dir).expect("audit trail");

@@ -42,16 +42,22 @@ fn config() -> &'static Option<Config> {
         }
         set("NP_PUBLIC_URL", "https://np.hospital-a.example:8443".into());
         set("NP_ORG_URA", "12345678".into());
+        set("NP_PARTNERS", "hospb,viewer".into());
         set("NP_PARTNER_HOSPB_KIND", "twiin".into());
         set("NP_PARTNER_HOSPB_CERT", "ura:87654321".into());
-        set("NP_PARTNER_HOSPB_URL", "https://np.hospital-b.example:8443".into());
+        set(
+            "NP_PARTNER_HOSPB_FHIR_BASE",
+            "https://np.hospital-b.example:8443/fhir".into(),
+        );
+        set("NP_PARTNER_HOSPB_ORG", "ura:87654321".into());
         set("NP_PARTNER_VIEWER_KIND", "zorgviewer".into());
         set("NP_PARTNER_VIEWER_CERT", "dns:viewer.example".into());
         set(
             "NP_PARTNER_VIEWER_JWKS_URL",
             "https://viewer.example/jwks".into(),
         );
-        set("NP_PARTNER_VIEWER_ORG_OID", "2.16.840.1.113883.2.4.3.8".into());
+        set("NP_PARTNER_VIEWER_CLIENT_ID", "zorgviewer-client".into());
+        set("NP_PARTNER_VIEWER_CONSENT", "none".into());
         match from_vars(&vars) {
             Ok(config) => Some(config),
             Err(errors) => panic!("fuzz configuration: {errors:?}"),
@@ -61,17 +67,29 @@ fn config() -> &'static Option<Config> {
 
 fuzz_target!(|data: &[u8]| {
     let (content_type, body) = match data.iter().position(|b| *b == b'\n') {
-        Some(at) => (String::from_utf8_lossy(&data[..at]).into_owned(), &data[at + 1..]),
+        Some(at) => (
+            String::from_utf8_lossy(&data[..at]).into_owned(),
+            &data[at + 1..],
+        ),
         None => ("application/x-www-form-urlencoded".to_string(), data),
     };
     let form = Form::parse(body);
     if let Ok(form) = &form {
         // Re-encoding each known parameter and parsing again gives it back.
-        for name in ["grant_type", "assertion", "client_assertion", "scope", "client_id"] {
+        for name in [
+            "grant_type",
+            "assertion",
+            "client_assertion",
+            "scope",
+            "client_id",
+        ] {
             if let Some(value) = form.get(name) {
                 let again = format!("{name}={}", percent::encode_form(value));
                 let reparsed = Form::parse(again.as_bytes());
-                assert_eq!(reparsed.ok().as_ref().and_then(|f| f.get(name)), Some(value));
+                assert_eq!(
+                    reparsed.ok().as_ref().and_then(|f| f.get(name)),
+                    Some(value)
+                );
             }
         }
     }
@@ -92,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
                 assertion,
                 ..
             } => {
-                assert_eq!(form.get("client_assertion"), Some(client_assertion.as_str()));
+                assert_eq!(
+                    form.get("client_assertion"),
+                    Some(client_assertion.as_str())
+                );
                 assert_eq!(form.get("assertion"), Some(assertion.as_str()));
             }
             GrantRequest::ClientCredentials {
@@ -100,7 +121,10 @@ fuzz_target!(|data: &[u8]| {
                 scope,
                 ..
             } => {
-                assert_eq!(form.get("client_assertion"), Some(client_assertion.as_str()));
+                assert_eq!(
+                    form.get("client_assertion"),
+                    Some(client_assertion.as_str())
+                );
                 assert_eq!(form.get("scope"), scope.as_deref());
             }
         }
