@@ -8,8 +8,8 @@
 //! after a line break, the `Accept` header.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use np_agent::audit::AuditLog;
@@ -25,12 +25,22 @@ const BASE: &str = "https://np.hospital-a.example:8443/fhir";
 const IN_CASE: usize = 9;
 /// The state folder of one run: this and the process id.
 const PREFIX: &str = "np-fuzz-search-";
+/// Requests written to one audit trail before it is replaced by an empty one
+/// (a long run would fill the memory file system with audit lines).
+const AUDIT_ROUNDS: u32 = 10_000;
 
 struct Site {
+    dir: PathBuf,
     cases: CaseStore,
-    audit: AuditLog,
+    /// The trail, the requests written to it, and its number.
+    audit: Mutex<(AuditLog, u32, u32)>,
     grant: Grant,
     key: PageKey,
+}
+
+/// The state folder of audit trail `n`.
+fn audit_dir(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("audit-{n}"))
 }
 
 /// One case on a memory file system where there is one (the audit trail
@@ -57,7 +67,7 @@ fn site() -> &'static Site {
         let dir = root.join(format!("{PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("state dir");
         let cases = CaseStore::open(&dir).expect("case store");
-        let audit = AuditLog::open(&dir).expect("audit trail");
+        let audit = AuditLog::open(&audit_dir(&dir, 0)).expect("audit trail");
         let bsn = Bsn::parse("999999151").expect("bsn");
         let owner = OrgId::Ura("87654321".into());
         let mut case =
@@ -80,8 +90,9 @@ fn site() -> &'static Site {
         )
         .valid(NOW - 10, NOW + 290);
         Site {
+            dir,
             cases,
-            audit,
+            audit: Mutex::new((audit, 0, 0)),
             grant,
             key: PageKey::from_bytes([7; 32]),
         }
@@ -101,6 +112,15 @@ fuzz_target!(|data: &[u8]| {
         None => (target, None),
     };
     let site = site();
+    let mut audit = site.audit.lock().unwrap_or_else(|p| p.into_inner());
+    if audit.1 == AUDIT_ROUNDS {
+        let (old, next) = (audit.2, audit.2 + 1);
+        audit.0 = AuditLog::open(&audit_dir(&site.dir, next)).expect("audit trail");
+        audit.1 = 0;
+        audit.2 = next;
+        let _ = std::fs::remove_dir_all(audit_dir(&site.dir, old));
+    }
+    audit.1 += 1;
     let req = ServeRequest {
         method: "GET",
         path,
@@ -112,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
         &site.cases,
         &site.grant,
         &req,
-        &site.audit,
+        &audit.0,
         BASE,
         NOW,
         &site.key,
