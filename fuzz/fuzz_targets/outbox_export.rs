@@ -11,7 +11,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use np_agent::ids::Bsn;
-use np_agent::sender::export::{self, Kind, Name, Rules, classify, display_name, is_fhir_id};
+use np_agent::sender::export::{
+    self, GENERATED_PREFIX, Kind, MAX_KEPT_NAME, Name, RejectedName, Rules, classify, display_name,
+    is_fhir_id, log_name,
+};
 
 fuzz_target!(|data: &[u8]| {
     let (name, content) = match data.iter().position(|b| *b == 0) {
@@ -21,6 +24,13 @@ fuzz_target!(|data: &[u8]| {
     let shown = display_name(name);
     assert!(shown.chars().count() <= 200);
     assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    let kept = RejectedName::for_file(name);
+    let kept = kept.as_str();
+    assert!(!kept.is_empty() && kept.len() <= MAX_KEPT_NAME.max(GENERATED_PREFIX.len() + 16));
+    assert!(!kept.starts_with('.') && !kept.contains('/'), "{kept:?}");
+    assert!(!kept.chars().any(char::is_control), "{kept:?}");
+    let logged = log_name(name);
+    assert!(!logged.contains(['\n', '\r', ' ', '=', '"']), "{logged:?}");
     match classify(name) {
         Ok(Name::Data { case_id, .. } | Name::Cancel { case_id }) => {
             let id = case_id.as_str();
