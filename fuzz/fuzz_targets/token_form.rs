@@ -58,7 +58,10 @@ fn config() -> &'static Option<Config> {
         );
         set("NP_PARTNER_VIEWER_CLIENT_ID", "zorgviewer-client".into());
         set("NP_PARTNER_VIEWER_CONSENT", "none".into());
-        match from_vars(&vars) {
+        let config = from_vars(&vars);
+        // The files are looked at only while the configuration is checked.
+        let _ = std::fs::remove_dir_all(&dir);
+        match config {
             Ok(config) => Some(config),
             Err(errors) => panic!("fuzz configuration: {errors:?}"),
         }
