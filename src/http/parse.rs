@@ -364,7 +364,8 @@ impl RequestReader {
         }
         self.scan.pos = i;
         if self.scan.line_end.is_none() {
-            self.check_request_line(&buf[start..], false)?;
+            // Up to `i`: a CR at the very end may be the first half of the line's CRLF.
+            self.check_request_line(&buf[start..i], false)?;
         }
         if buf.len() - start > self.limits.max_header_bytes {
             return Err(too_large_head());
@@ -1247,6 +1248,35 @@ mod tests {
         assert_eq!(run(old).1, Step::NeedMore);
         let other = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n";
         assert_eq!(rejected(other).status, 417);
+    }
+
+    /// A CR that ends the bytes received so far may be the first half of the request line's
+    /// CRLF: it is not part of the request-target, so a target of the longest length is not
+    /// refused for how its line arrived.
+    #[test]
+    fn a_cr_still_waiting_for_its_lf_is_not_part_of_the_target() {
+        let target = format!("/{}", "a".repeat(LIMITS.max_target_bytes - 1));
+        let line = format!("T {target}\r");
+        assert_eq!(
+            RequestReader::new(LIMITS).advance(line.as_bytes()).1,
+            Step::NeedMore
+        );
+        let mut reader = RequestReader::new(LIMITS);
+        let mut buf = Vec::new();
+        for piece in line.as_bytes().chunks(37) {
+            buf.extend_from_slice(piece);
+            let (used, step) = reader.advance(&buf);
+            buf.drain(..used);
+            assert_eq!(step, Step::NeedMore, "after {} bytes", buf.len());
+        }
+        let longer = format!("T {target}a\r");
+        assert_eq!(
+            RequestReader::new(LIMITS).advance(longer.as_bytes()).1,
+            Step::Reject(Reject {
+                status: 414,
+                reason: "request-target too long",
+            })
+        );
     }
 
     #[test]

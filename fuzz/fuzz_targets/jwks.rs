@@ -1,0 +1,29 @@
+//! A partner's JWKS (fetched from its `jwks_uri`): never panics; a set that
+//! is accepted holds no private member, writes out as JSON that parses to the
+//! same keys, and each key's thumbprint is 43 base64url characters.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use np_agent::jose::Jwks;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(set) = Jwks::parse(data) else {
+        return;
+    };
+    let written = set.to_json();
+    for private in [
+        "\"d\"", "\"p\"", "\"q\"", "\"dp\"", "\"dq\"", "\"qi\"", "\"k\"",
+    ] {
+        assert!(!written.contains(private), "{written}");
+    }
+    let again = match Jwks::parse(written.as_bytes()) {
+        Ok(again) => again,
+        Err(e) => panic!("written set does not read back: {e}: {written}"),
+    };
+    assert_eq!(again.to_json(), written);
+    assert_eq!(again.skipped, 0);
+    for key in &again.keys {
+        let thumbprint = key.thumbprint();
+        assert_eq!(thumbprint.len(), 43, "{thumbprint}");
+    }
+});
