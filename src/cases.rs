@@ -248,6 +248,16 @@ impl CaseStore {
         self.get(&key.0, &key.1)
     }
 
+    /// True when a case of the patient with this BSN is live (not
+    /// cancelled; its notification may have expired).
+    pub fn has_live_case_of(&self, patient: &str) -> bool {
+        self.cases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|c| c.status == CaseStatus::Live && c.patient == patient)
+    }
+
     /// Every case record.
     pub fn all(&self) -> Vec<Case> {
         self.cases

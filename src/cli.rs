@@ -51,7 +51,7 @@ Run it as root or as the service user. Exit 0 when nothing failed, 1 otherwise."
     },
     Command {
         name: "demo",
-        usage: "np-agent demo [--dir D] [--keep]",
+        usage: "np-agent demo [--dir D] [--keep] [--with-localisation]",
         summary: "run the whole exchange on loopback with a throwaway PKI",
         details: "Starts two agents (this binary, np-agent run, twice: hospital A sends, hospital B \
 receives) with a throwaway PKI on 127.0.0.1, drops a sample BgZ export into A's outbox, checks that \
@@ -62,7 +62,10 @@ Zorgviewer (its own certificate and JWKS): B subscribes the patient at the stand
 the closed question before it answers, so the Zorgviewer, with a client_credentials token, is served \
 nothing while Mitz answers Deny and the whole record, with Meta.source, once Mitz has pushed a \
 consent notification and answers Permit, both rounds in B's audit trail; each step is printed as it \
-happens. --dir D works in D (kept afterwards); --keep keeps the temporary directory. \
+happens. --with-localisation adds stand-ins for the Ministry's OAuth server, PRS and NVI: B \
+gets prs and nvi partners, registers the demo patient in the referral index under an OPRF \
+pseudonym, and np-agent nvi localize finds B for the patient. --dir D works in D (kept \
+afterwards); --keep keeps the temporary directory. \
 Exit 0 only if everything arrived intact.",
     },
     Command {
@@ -129,6 +132,43 @@ NP_STATE_DIR/mitz/subscriptions. --json prints an array of objects with the keys
 patient, subscription, subscribed_at and status. The BSN appears on standard output only. \
 Queued and given-up subscriptions are spool work (np-agent status). Safe to run while the daemon \
 runs. Exit 0, 1 when a record cannot be read, 78 on a configuration error.",
+    },
+    Command {
+        name: "nvi register",
+        usage: "np-agent nvi register --bsn <BSN>|--from-file F [--env-file F]",
+        summary: "register patients in the national referral index (back-fill)",
+        details: "Queues the registration of one patient (--bsn) or of every BSN in F (one a \
+line, blank lines skipped) at each nvi partner, in the spool under NP_STATE_DIR; the running \
+daemon evaluates the pseudonym at the prs partner and registers it within seconds, retrying while \
+either is unreachable. A patient the hospital publishes data about through np-agent is registered \
+without this; it is for patients published before an nvi partner was configured, and to register \
+again a patient whose objection (np-agent nvi deregister) is lifted. A patient recorded as \
+registered, or whose registration is queued already, is not queued again. Every BSN must pass the \
+11-test: a bad line is reported with its line number (never its content) and skipped. Run it as \
+the service user (sudo -u np-agent). Exit 0, 1 when a line was bad or nothing could be queued, 64 \
+on a bad --bsn, 78 on a configuration error or when no nvi partner is configured.",
+    },
+    Command {
+        name: "nvi deregister",
+        usage: "np-agent nvi deregister --bsn <BSN> [--env-file F]",
+        summary: "remove a patient's referral from the national referral index (objection)",
+        details: "Queues the removal of our referral of the patient at each nvi partner (delete \
+by query, under a fresh pseudonym) and records the objection: publishing more data of the patient \
+does not register it again until np-agent nvi register --bsn. The running daemon carries it out \
+within seconds, retrying while the services are unreachable. Run it as the service user. Exit 0, 1 \
+when nothing could be queued, 64 on a bad --bsn, 78 on a configuration error or when no nvi partner \
+is configured.",
+    },
+    Command {
+        name: "nvi localize",
+        usage: "np-agent nvi localize --bsn <BSN> [--env-file F] [--json]",
+        summary: "ask the national referral index which organisations hold data on a patient",
+        details: "Evaluates a fresh pseudonym of the patient at the prs partner and asks each nvi \
+partner which organisations registered data about the patient: one line per organisation, \
+<URA> <source id> <created_at> (- when the index gave no time). --json prints an array of objects \
+with the keys ura, source_id and created_at. Needs the configuration and the key material of the \
+service (run it as the service user). Exit 0 (also when none is known), 1 when a service could not \
+be asked, 64 on a bad --bsn, 78 on a configuration error or when no nvi partner is configured.",
     },
     Command {
         name: "keygen",
@@ -206,18 +246,20 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "jwks" => jwks(&opts),
         "keygen" => keygen(&opts),
         "status" => status(&opts),
-        "demo" => crate::demo::run(opts.dir.clone(), opts.keep),
+        "demo" => crate::demo::run(opts.dir.clone(), opts.keep, opts.with_localisation),
         "retry-dead" => retry_dead(&opts),
         "doctor" => crate::doctor::run(opts.env_file.clone()),
         "audit" => audit(&opts, cmd.usage),
         "mitz subscribe" => mitz_subscribe(&opts, cmd.usage),
         "mitz subscriptions" => mitz_subscriptions(&opts),
+        "nvi register" | "nvi deregister" => nvi_queue(&opts, cmd),
+        "nvi localize" => nvi_localize(&opts, cmd.usage),
         _ => EXIT_USAGE,
     }
 }
 
 /// First words of the commands that have two.
-const GROUPS: &[&str] = &["mitz"];
+const GROUPS: &[&str] = &["mitz", "nvi"];
 
 /// `np-agent mitz` without a subcommand: the usage of each.
 fn group_help(group: &str) -> String {
@@ -290,6 +332,7 @@ struct Options {
     partner: Option<String>,
     dir: Option<PathBuf>,
     keep: bool,
+    with_localisation: bool,
     patient: Option<String>,
     from: Option<String>,
     to: Option<String>,
@@ -319,11 +362,16 @@ impl Options {
                 }
                 ("keygen", "--alg") => o.alg = Some(value("--alg")?),
                 ("keygen", "--out") => o.out = Some(value("--out")?.into()),
-                ("status" | "audit" | "mitz subscriptions", "--json") if inline.is_none() => {
+                ("status" | "audit" | "mitz subscriptions" | "nvi localize", "--json")
+                    if inline.is_none() =>
+                {
                     o.json = true
                 }
-                ("mitz subscribe", "--bsn") => o.bsn = Some(value("--bsn")?),
-                ("mitz subscribe", "--from-file") => {
+                (
+                    "mitz subscribe" | "nvi register" | "nvi deregister" | "nvi localize",
+                    "--bsn",
+                ) => o.bsn = Some(value("--bsn")?),
+                ("mitz subscribe" | "nvi register", "--from-file") => {
                     o.from_file = Some(value("--from-file")?.into())
                 }
                 ("audit", "--patient") => o.patient = Some(value("--patient")?),
@@ -331,6 +379,7 @@ impl Options {
                 ("audit", "--to") => o.to = Some(value("--to")?),
                 ("demo", "--dir") => o.dir = Some(value("--dir")?.into()),
                 ("demo", "--keep") if inline.is_none() => o.keep = true,
+                ("demo", "--with-localisation") if inline.is_none() => o.with_localisation = true,
                 ("retry-dead", "--partner") => o.partner = Some(value("--partner")?),
                 _ => return Err(format!("unexpected argument {a:?}")),
             }
@@ -341,8 +390,13 @@ impl Options {
         if cmd.name == "audit" && o.patient.is_none() {
             return Err("--patient is required".into());
         }
-        if cmd.name == "mitz subscribe" && o.bsn.is_some() == o.from_file.is_some() {
+        if matches!(cmd.name, "mitz subscribe" | "nvi register")
+            && o.bsn.is_some() == o.from_file.is_some()
+        {
             return Err("give either --bsn or --from-file".into());
+        }
+        if matches!(cmd.name, "nvi deregister" | "nvi localize") && o.bsn.is_none() {
+            return Err("--bsn is required".into());
         }
         Ok(o)
     }
@@ -608,7 +662,7 @@ fn mitz_subscribe(opts: &Options, usage: &str) -> i32 {
                 return EXIT_USAGE;
             }
         },
-        (None, Some(file)) => match read_bsn_file(file) {
+        (None, Some(file)) => match read_bsn_file(file, CMD) {
             Ok(read) => read,
             Err(e) => {
                 eprintln!("{CMD}: {}: {e}", file.display());
@@ -672,7 +726,10 @@ fn mitz_subscribe(opts: &Options, usage: &str) -> i32 {
 /// The BSNs of a file, one a line (blank lines skipped). A bad line is
 /// reported on standard error with its number, not its content, and
 /// skipped; the flag says whether there was one.
-fn read_bsn_file(path: &std::path::Path) -> std::io::Result<(Vec<crate::ids::Bsn>, bool)> {
+fn read_bsn_file(
+    path: &std::path::Path,
+    cmd: &str,
+) -> std::io::Result<(Vec<crate::ids::Bsn>, bool)> {
     let text = std::fs::read_to_string(path)?;
     let (mut patients, mut bad) = (Vec::new(), false);
     for (i, line) in text.lines().enumerate() {
@@ -684,7 +741,7 @@ fn read_bsn_file(path: &std::path::Path) -> std::io::Result<(Vec<crate::ids::Bsn
             Some(b) => patients.push(b),
             None => {
                 eprintln!(
-                    "np-agent mitz subscribe: {} line {}: not a valid BSN (9 digits passing the 11-test); skipped",
+                    "{cmd}: {} line {}: not a valid BSN (9 digits passing the 11-test); skipped",
                     path.display(),
                     i + 1
                 );
@@ -693,6 +750,183 @@ fn read_bsn_file(path: &std::path::Path) -> std::io::Result<(Vec<crate::ids::Bsn
         }
     }
     Ok((patients, bad))
+}
+
+/// The configuration of an `nvi` command: loaded, with at least one nvi
+/// partner (78 otherwise).
+fn nvi_config(opts: &Options) -> Result<config::Config, i32> {
+    let cfg = load_config(opts)?;
+    if cfg.nvi_partners().next().is_none() {
+        eprintln!(
+            "config error: no nvi partner is configured (NP_PARTNER_<NAME>_KIND=nvi): there is no referral index"
+        );
+        return Err(EXIT_CONFIG);
+    }
+    Ok(cfg)
+}
+
+/// `np-agent nvi register|deregister`: queue registrations (back-fill) or
+/// removals (objections) in the spool of the (running) daemon.
+fn nvi_queue(opts: &Options, cmd: &Command) -> i32 {
+    use crate::nvi::{Origin, Queued, queue};
+    let name = format!("np-agent {}", cmd.name);
+    let origin = if cmd.name == "nvi register" {
+        Origin::Backfill
+    } else {
+        Origin::Objection
+    };
+    let (patients, bad_lines) = match (&opts.bsn, &opts.from_file) {
+        (Some(bsn), _) => match crate::ids::Bsn::parse(bsn) {
+            Some(b) => (vec![b], false),
+            None => {
+                eprintln!(
+                    "{name}: --bsn is not a valid BSN (9 digits passing the 11-test)\nusage: {}",
+                    cmd.usage
+                );
+                return EXIT_USAGE;
+            }
+        },
+        (None, Some(file)) => match read_bsn_file(file, &name) {
+            Ok(read) => read,
+            Err(e) => {
+                eprintln!("{name}: {}: {e}", file.display());
+                return EXIT_FAILURE;
+            }
+        },
+        (None, None) => return EXIT_USAGE,
+    };
+    let cfg = match nvi_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::backpressure::free_bytes(&cfg.state_dir) {
+        Ok(free) if crate::backpressure::decide(free, cfg.min_free_disk, false) => {
+            eprintln!(
+                "{name}: NP_STATE_DIR has {free} bytes free, below NP_MIN_FREE_DISK ({}): nothing queued; try again when space returns",
+                cfg.min_free_disk
+            );
+            return EXIT_FAILURE;
+        }
+        _ => {}
+    }
+    let spool = match open_spool(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let store = crate::nvi::store::RegistrationStore::reader(&cfg.state_dir);
+    let now = crate::util::time::now_unix();
+    let (mut queued, mut nothing, mut pending) = (0usize, 0usize, 0usize);
+    let indexes: Vec<config::NviPartner<'_>> = cfg.nvi_partners().collect();
+    for patient in &patients {
+        for nvi in &indexes {
+            match queue(&spool, &store, *nvi, patient, origin, now) {
+                Ok(Queued::New) => queued += 1,
+                Ok(Queued::Nothing | Queued::Objected) => nothing += 1,
+                Ok(Queued::Pending) => pending += 1,
+                Err(e) => {
+                    eprintln!(
+                        "{name}: {e}\nqueued {queued} before the failure; run the command again to queue the rest"
+                    );
+                    return EXIT_FAILURE;
+                }
+            }
+        }
+    }
+    let names: Vec<&str> = indexes.iter().map(|n| n.name).collect();
+    let what = if origin == Origin::Backfill {
+        "registration(s)"
+    } else {
+        "removal(s)"
+    };
+    println!(
+        "queued {queued} {what}, {nothing} with nothing to do (registered already, or objected), {pending} already queued (nvi partner(s): {}; {} patient(s))",
+        names.join(", "),
+        patients.len()
+    );
+    if bad_lines { EXIT_FAILURE } else { 0 }
+}
+
+/// `np-agent nvi localize`: ask every index, print what they know.
+fn nvi_localize(opts: &Options, usage: &str) -> i32 {
+    const CMD: &str = "np-agent nvi localize";
+    let Some(patient) = opts.bsn.as_deref().and_then(crate::ids::Bsn::parse) else {
+        eprintln!("{CMD}: --bsn is not a valid BSN (9 digits passing the 11-test)\nusage: {usage}");
+        return EXIT_USAGE;
+    };
+    let cfg = match nvi_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let files = crate::pki::TlsFiles {
+        cert: cfg.tls_cert.clone(),
+        key: cfg.tls_key.clone(),
+        trust: cfg.tls_trust.clone(),
+        crl_dir: cfg.tls_crl_dir.clone(),
+    };
+    let client = match crate::pki::TlsMaterial::load(&files)
+        .map_err(|e| format!("{}: {e}", e.config_key()))
+        .and_then(|m| {
+            crate::pki::client_config(&m, cfg.tls_min_version)
+                .map_err(|e| format!("NP_TLS_CERT: {e}"))
+        }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let http = crate::http::partners::Partners::new(
+        client,
+        crate::http::client::ClientTimeouts::default(),
+    );
+    let tokens = crate::nvi::token::ServiceTokens::new();
+    let now = crate::util::time::now_unix();
+    let (mut found, mut failed) = (Vec::new(), false);
+    for nvi in cfg.nvi_partners() {
+        let attempt = crate::nvi::work::Attempt {
+            config: &cfg,
+            tokens: &tokens,
+            http: &http,
+            nvi,
+            item: "nvi-localize",
+            now,
+        };
+        match attempt.localize(&patient) {
+            Ok(rows) => found.extend(rows),
+            Err(e) => {
+                eprintln!("{CMD}: {}", e.reason());
+                failed = true;
+            }
+        }
+    }
+    let out = if opts.json {
+        let rows: Vec<serde_json::Value> = found
+            .iter()
+            .map(|r| serde_json::json!({"ura": r.ura, "source_id": r.source_id, "created_at": r.created_at}))
+            .collect();
+        format!("{}\n", serde_json::Value::Array(rows))
+    } else {
+        found
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}\n",
+                    r.ura,
+                    if r.source_id.is_empty() {
+                        "-"
+                    } else {
+                        &r.source_id
+                    },
+                    r.created_at.as_deref().unwrap_or("-")
+                )
+            })
+            .collect()
+    };
+    if let Err(e) = write_stdout(out.as_bytes()) {
+        eprintln!("{CMD}: standard output: {e}");
+        return EXIT_FAILURE;
+    }
+    if failed { EXIT_FAILURE } else { 0 }
 }
 
 /// `np-agent mitz subscriptions`: what Mitz confirmed, to stdout only.

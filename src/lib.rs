@@ -32,6 +32,7 @@ pub mod serve; // scoped FHIR reads and searches for a pull token
 pub mod zorgviewer; // Zorgviewer request context (X-ZV headers, X-ZV-Context, Epic AORTA-ID)
 pub mod receiver; // notification Task intake, cancellation, pull into the inbox
 pub mod mitz; // Mitz consent notification intake and consent view
+pub mod nvi; // localisation: our referrals in the national referral index, pseudonyms from the PRS
 pub mod certwatch; // certificate expiry warnings
 pub mod daemon; // assembly, request routing, signals, reload and drain
 pub mod doctor; // `np-agent doctor`: file, TLS and partner checks

@@ -76,9 +76,21 @@ const fn pkey(
     }
 }
 
-const ALL_KINDS: &[Kind] = &[Kind::Twiin, Kind::Mitz, Kind::Zorgviewer];
+const ALL_KINDS: &[Kind] = &[
+    Kind::Twiin,
+    Kind::Mitz,
+    Kind::Zorgviewer,
+    Kind::Prs,
+    Kind::Nvi,
+];
+/// The kinds that call us: their certificate is their identity.
+const CALLING: &[Kind] = &[Kind::Twiin, Kind::Mitz, Kind::Zorgviewer];
 const TWIIN: &[Kind] = &[Kind::Twiin];
-const MITZ: &[Kind] = &[Kind::Mitz];
+/// The services we call for localisation.
+const LOCALISATION: &[Kind] = &[Kind::Prs, Kind::Nvi];
+const URL_KINDS: &[Kind] = &[Kind::Mitz, Kind::Prs, Kind::Nvi];
+const TOKEN_URL_KINDS: &[Kind] = &[Kind::Twiin, Kind::Prs, Kind::Nvi];
+const NVI: &[Kind] = &[Kind::Nvi];
 const ZORGVIEWER: &[Kind] = &[Kind::Zorgviewer];
 const ASSERTING: &[Kind] = &[Kind::Twiin, Kind::Zorgviewer];
 
@@ -225,6 +237,12 @@ pub const KEYS: &[KeySpec] = &[
         "open connections; above it new ones are refused at once",
     ),
     key(
+        "NP_ORG_OIN",
+        None,
+        false,
+        "our OIN (20 digits), sent as oin:<OIN> towards the PRS; required with a prs partner",
+    ),
+    key(
         "NP_ORG_CATEGORY",
         None,
         false,
@@ -240,7 +258,7 @@ pub const KEYS: &[KeySpec] = &[
         "NP_SOURCE_ID",
         None,
         false,
-        "bare OID of our source system: the SourceSystem extension of our Mitz subscriptions, as urn:oid:<OID>; unset: left out",
+        "bare OID of our source system: the SourceSystem extension of our Mitz subscriptions and the NVI List source, as urn:oid:<OID>, and the NVI token's source_id as configured; unset: left out (required with an nvi partner)",
     ),
     key(
         "NP_MITZ_NOTIFY_URL",
@@ -312,19 +330,19 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         "KIND",
         Some("twiin"),
         ALL_KINDS,
-        "twiin, mitz or zorgviewer; decides which of the other keys apply",
+        "twiin, mitz, zorgviewer, prs or nvi; decides which of the other keys apply",
     ),
     pkey(
         "CERT",
         None,
-        ALL_KINDS,
-        "which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required",
+        CALLING,
+        "twiin, mitz, zorgviewer: which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required (prs and nvi never call us)",
     ),
     pkey(
         "URL",
         None,
-        MITZ,
-        "mitz: the Mitz API base, e.g. https://tst-api.mijn-mitz.nl/tst-us/mitz (subscriptions go to <URL>/abonnementen/fhir/Subscription); unset: the partner only delivers consent notifications",
+        URL_KINDS,
+        "mitz: the Mitz API base, e.g. https://tst-api.mijn-mitz.nl/tst-us/mitz (subscriptions go to <URL>/abonnementen/fhir/Subscription); unset: the partner only delivers consent notifications. prs, nvi: the service base (required; /oprf/eval, /fhir/List, /registrations, /localize are appended)",
     ),
     pkey(
         "FHIR_BASE",
@@ -335,8 +353,8 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
     pkey(
         "TOKEN_URL",
         Some("discovered"),
-        TWIIN,
-        "twiin: their token endpoint; unset: from <base>/.well-known/smart-configuration",
+        TOKEN_URL_KINDS,
+        "twiin: their token endpoint; unset: from <base>/.well-known/smart-configuration. prs, nvi: the OAuth token endpoint in front of the service (required)",
     ),
     pkey(
         "JWKS_URL",
@@ -417,9 +435,39 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         "twiin, zorgviewer: JWS algorithms accepted from this partner; add RS256 only if the partner needs it; none and HS* never",
     ),
     pkey(
+        "SCOPE",
+        Some("prs: prs:read; nvi: nvi:create nvi:read nvi:delete nvi:localize"),
+        LOCALISATION,
+        "prs, nvi: the scope we ask their token endpoint for",
+    ),
+    pkey(
+        "AUDIENCE",
+        Some("URL"),
+        LOCALISATION,
+        "prs, nvi: the target_audience we ask their token endpoint for",
+    ),
+    pkey(
+        "OIN",
+        None,
+        NVI,
+        "nvi: the OIN (20 digits) of the index as recipient of our pseudonyms (oin:<OIN> at the PRS and in the pseudonym's input); required",
+    ),
+    pkey(
+        "PSEUDONYM_SCOPE",
+        Some("nvi"),
+        NVI,
+        "nvi: the recipient scope of our pseudonyms, agreed with the index's operator",
+    ),
+    pkey(
+        "API",
+        Some("fhir"),
+        NVI,
+        "nvi: fhir (POST/GET/DELETE /fhir/List) or json (/registrations, /localize)",
+    ),
+    pkey(
         "ALLOW_FROM",
         None,
-        ALL_KINDS,
+        CALLING,
         "comma-separated CIDR prefixes (or single addresses) the partner connects from; its certificate from any other address is refused (403, invalid_client on /oauth/token); unset: any address",
     ),
 ];
@@ -437,7 +485,7 @@ pub const ACCEPTABLE_ALGS: &[Alg] = &Alg::ALL;
 pub fn default_accept_algs(kind: Kind) -> Vec<Alg> {
     let mut algs = match kind {
         Kind::Twiin | Kind::Zorgviewer => crate::jose::DEFAULT_ACCEPTED.to_vec(),
-        Kind::Mitz => Vec::new(),
+        Kind::Mitz | Kind::Prs | Kind::Nvi => Vec::new(),
     };
     if kind == Kind::Zorgviewer {
         algs.push(Alg::Rs384);
@@ -486,17 +534,27 @@ pub enum Kind {
     Twiin,
     Mitz,
     Zorgviewer,
+    Prs,
+    Nvi,
 }
 
 impl Kind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [Kind; 3] = [Kind::Twiin, Kind::Mitz, Kind::Zorgviewer];
+    pub const ALL: [Kind; 5] = [
+        Kind::Twiin,
+        Kind::Mitz,
+        Kind::Zorgviewer,
+        Kind::Prs,
+        Kind::Nvi,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Twiin => "twiin",
             Kind::Mitz => "mitz",
             Kind::Zorgviewer => "zorgviewer",
+            Kind::Prs => "prs",
+            Kind::Nvi => "nvi",
         }
     }
 
@@ -511,8 +569,9 @@ impl Kind {
 pub struct Partner {
     /// Lower-case name as in `NP_PARTNERS` (also the outbox/inbox folder name).
     pub name: String,
-    /// Which TLS client certificate is theirs.
-    pub cert: CertSelector,
+    /// Which TLS client certificate is theirs; `None` for the kinds that
+    /// never call us (`prs`, `nvi`).
+    pub cert: Option<CertSelector>,
     /// Where that certificate is accepted from (`ALLOW_FROM`; default any).
     pub allow_from: AllowFrom,
     pub kind: PartnerKind,
@@ -525,6 +584,54 @@ pub enum PartnerKind {
     Twiin(Twiin),
     Mitz(Mitz),
     Zorgviewer(Zorgviewer),
+    /// The pseudonym service: evaluates our blinded BSNs.
+    Prs(Localisation),
+    /// The national referral index: holds our referrals.
+    Nvi(Nvi),
+}
+
+/// A service we call for localisation (a `prs` or `nvi` partner): its base,
+/// and the OAuth token endpoint in front of it.
+#[derive(Debug, Clone)]
+pub struct Localisation {
+    /// The service base (`URL`), `https://`, without a trailing slash.
+    pub url: String,
+    /// The token endpoint (`TOKEN_URL`).
+    pub token_url: String,
+    /// The `scope` of our token requests.
+    pub scope: String,
+    /// The `target_audience` of our token requests.
+    pub audience: String,
+}
+
+/// The national referral index: the service, and who our pseudonyms are for.
+#[derive(Debug, Clone)]
+pub struct Nvi {
+    pub service: Localisation,
+    /// The index's OIN (20 digits): the recipient organisation of our
+    /// pseudonyms, `oin:<OIN>` on the wire.
+    pub oin: String,
+    /// The recipient scope of our pseudonyms (`PSEUDONYM_SCOPE`).
+    pub pseudonym_scope: String,
+    pub api: NviApi,
+}
+
+/// The two interfaces of the index's proof of concept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NviApi {
+    /// `POST|GET|DELETE /fhir/List`.
+    Fhir,
+    /// `POST|GET|DELETE /registrations`, `POST /localize`.
+    Json,
+}
+
+impl NviApi {
+    pub fn name(self) -> &'static str {
+        match self {
+            NviApi::Fhir => "fhir",
+            NviApi::Json => "json",
+        }
+    }
 }
 
 /// A TA Notified Pull partner: we notify it and serve it, it notifies us and
@@ -598,6 +705,10 @@ impl<K> std::ops::Deref for Of<'_, K> {
 pub type TwiinPartner<'a> = Of<'a, Twiin>;
 /// A Mitz partner with its settings.
 pub type MitzPartner<'a> = Of<'a, Mitz>;
+/// A PRS partner with its settings.
+pub type PrsPartner<'a> = Of<'a, Localisation>;
+/// An NVI partner with its settings.
+pub type NviPartner<'a> = Of<'a, Nvi>;
 
 /// A Mitz partner whose API we call: one with a `URL`. Code that talks to
 /// Mitz takes this, so it cannot be handed a partner without a base.
@@ -648,6 +759,8 @@ impl Partner {
             PartnerKind::Twiin(_) => Kind::Twiin,
             PartnerKind::Mitz(_) => Kind::Mitz,
             PartnerKind::Zorgviewer(_) => Kind::Zorgviewer,
+            PartnerKind::Prs(_) => Kind::Prs,
+            PartnerKind::Nvi(_) => Kind::Nvi,
         }
     }
 
@@ -691,12 +804,45 @@ impl Partner {
         }
     }
 
+    /// This partner seen as a PRS partner, when it is one.
+    pub fn as_prs(&self) -> Option<PrsPartner<'_>> {
+        match &self.kind {
+            PartnerKind::Prs(kind) => Some(Of {
+                name: &self.name,
+                partner: self,
+                kind,
+            }),
+            _ => None,
+        }
+    }
+
+    /// This partner seen as an NVI partner, when it is one.
+    pub fn as_nvi(&self) -> Option<NviPartner<'_>> {
+        match &self.kind {
+            PartnerKind::Nvi(kind) => Some(Of {
+                name: &self.name,
+                partner: self,
+                kind,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The service settings of a `prs` or `nvi` partner.
+    pub fn localisation(&self) -> Option<&Localisation> {
+        match &self.kind {
+            PartnerKind::Prs(l) => Some(l),
+            PartnerKind::Nvi(n) => Some(&n.service),
+            _ => None,
+        }
+    }
+
     /// The assertion policy of a partner that signs assertions for our token endpoint.
     pub fn assertions(&self) -> Option<&AssertionPolicy> {
         match &self.kind {
             PartnerKind::Twiin(t) => Some(&t.assertions),
             PartnerKind::Zorgviewer(z) => Some(&z.assertions),
-            PartnerKind::Mitz(_) => None,
+            PartnerKind::Mitz(_) | PartnerKind::Prs(_) | PartnerKind::Nvi(_) => None,
         }
     }
 }
@@ -741,6 +887,8 @@ pub struct Config {
     pub circuit_failures: u32,
     /// Wait before the first probe of an open circuit.
     pub circuit_cooldown: Duration,
+    /// Our OIN (`NP_ORG_OIN`, 20 digits); set whenever a `prs` partner is.
+    pub org_oin: Option<String>,
     /// Our Mitz zorgaanbiedercategorie (`NP_ORG_CATEGORY`, e.g. `Z3`); set
     /// whenever a Mitz partner has a `URL`.
     pub org_category: Option<String>,
@@ -786,6 +934,21 @@ impl Config {
         self.partners
             .iter()
             .filter_map(|p| MitzApi::of(p.as_mitz()?))
+    }
+
+    /// The PRS that evaluates our pseudonyms: the first `prs` partner.
+    pub fn prs(&self) -> Option<PrsPartner<'_>> {
+        self.partners.iter().find_map(Partner::as_prs)
+    }
+
+    /// The `nvi` partner with this name.
+    pub fn nvi_partner(&self, name: &str) -> Option<NviPartner<'_>> {
+        self.partner(name)?.as_nvi()
+    }
+
+    /// Every `nvi` partner, in `NP_PARTNERS` order.
+    pub fn nvi_partners(&self) -> impl Iterator<Item = NviPartner<'_>> {
+        self.partners.iter().filter_map(Partner::as_nvi)
     }
 
     /// Our organisation in the given id scheme, or `None` for AGB when we have no AGB.
@@ -942,6 +1105,7 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             Err(format!("{s:?} must be at most 15m"))
         }
     });
+    let org_oin = v.optional("NP_ORG_OIN", |s| digits20(s, "OIN"));
     let org_category = v.optional("NP_ORG_CATEGORY", parse_category);
     let home_community_id = v.optional("NP_HOME_COMMUNITY_ID", bare_oid);
     let source_id = v.optional("NP_SOURCE_ID", bare_oid);
@@ -964,6 +1128,11 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     if matches!(org_category, Some(None)) {
         v.check_category_needed(&partners);
     }
+    v.check_localisation(
+        partner_names.as_deref().unwrap_or_default(),
+        matches!(org_oin, Some(None)),
+        matches!(source_id, Some(None)),
+    );
     v.check_requester_categories(&partners);
 
     if !v.errors.is_empty() {
@@ -1005,6 +1174,7 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             retry_cap: retry_cap?,
             circuit_failures: circuit_failures?,
             circuit_cooldown: circuit_cooldown?,
+            org_oin: org_oin?,
             org_category: org_category?,
             home_community_id: home_community_id?,
             source_id: source_id?,
@@ -1193,7 +1363,8 @@ impl Validator<'_> {
 
     fn check_unique_certs(&mut self, partners: &[Partner]) {
         for (i, a) in partners.iter().enumerate() {
-            if let Some(b) = partners[..i].iter().find(|b| b.cert == a.cert) {
+            let Some(cert) = &a.cert else { continue };
+            if let Some(b) = partners[..i].iter().find(|b| b.cert.as_ref() == Some(cert)) {
                 let key = format!("NP_PARTNER_{}_CERT", a.name.to_ascii_uppercase());
                 self.error(
                     &key,
@@ -1211,7 +1382,19 @@ impl Validator<'_> {
         let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
         let before = self.errors.len();
 
+        let kind_text = self.raw(&k("KIND")).unwrap_or("twiin").to_string();
+        let Some(tag) = Kind::from_name(&kind_text) else {
+            self.error(
+                &k("KIND"),
+                format!("{kind_text:?} must be twiin, mitz, zorgviewer, prs or nvi"),
+            );
+            return None;
+        };
+        // The services we only call have no certificate rule: a CERT set on
+        // one is named by the check of keys per kind.
+        let calls_us = CALLING.contains(&tag);
         let cert = match self.raw(&k("CERT")) {
+            _ if !calls_us => Some(None),
             None | Some("") => {
                 self.error(&k("CERT"), "required but not set");
                 None
@@ -1219,7 +1402,7 @@ impl Validator<'_> {
             Some(v) => {
                 let v = v.to_string();
                 match v.parse::<CertSelector>() {
-                    Ok(c) => Some(c),
+                    Ok(c) => Some(Some(c)),
                     Err(e) => {
                         self.error(&k("CERT"), e.to_string());
                         None
@@ -1227,16 +1410,11 @@ impl Validator<'_> {
                 }
             }
         };
-        let allow_from = self
-            .optional(&k("ALLOW_FROM"), AllowFrom::parse)
-            .map(Option::unwrap_or_default);
-        let kind_text = self.raw(&k("KIND")).unwrap_or("twiin").to_string();
-        let Some(tag) = Kind::from_name(&kind_text) else {
-            self.error(
-                &k("KIND"),
-                format!("{kind_text:?} must be twiin, mitz or zorgviewer"),
-            );
-            return None;
+        let allow_from = if calls_us {
+            self.optional(&k("ALLOW_FROM"), AllowFrom::parse)
+                .map(Option::unwrap_or_default)
+        } else {
+            Some(AllowFrom::default())
         };
         self.check_keys_of_kind(&upper, tag);
         let kind = match tag {
@@ -1245,6 +1423,8 @@ impl Validator<'_> {
                 .map(PartnerKind::Twiin),
             Kind::Mitz => self.mitz(&upper).map(PartnerKind::Mitz),
             Kind::Zorgviewer => self.zorgviewer(&upper).map(PartnerKind::Zorgviewer),
+            Kind::Prs => self.localisation(&upper, Kind::Prs).map(PartnerKind::Prs),
+            Kind::Nvi => self.nvi(&upper).map(PartnerKind::Nvi),
         };
         if self.errors.len() > before {
             return None;
@@ -1342,6 +1522,97 @@ impl Validator<'_> {
                 format!(
                     "required when a mitz partner has a URL ({}): our zorgaanbiedercategorie, e.g. Z3",
                     with_url.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// The settings every `prs` and `nvi` partner has.
+    fn localisation(&mut self, upper: &str, kind: Kind) -> Option<Localisation> {
+        let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
+        let url = self.required_partner(&k("URL"), kind.name(), parse_https_url);
+        let token_url = self.required_partner(&k("TOKEN_URL"), kind.name(), parse_https_url);
+        let default_scope = match kind {
+            Kind::Prs => "prs:read",
+            _ => "nvi:create nvi:read nvi:delete nvi:localize",
+        };
+        let scope = self
+            .optional(&k("SCOPE"), parse_scope)
+            .flatten()
+            .unwrap_or_else(|| default_scope.to_string());
+        let audience = self.optional(&k("AUDIENCE"), non_empty).flatten();
+        let url = url?;
+        Some(Localisation {
+            audience: audience.unwrap_or_else(|| url.clone()),
+            url,
+            token_url: token_url?,
+            scope,
+        })
+    }
+
+    fn nvi(&mut self, upper: &str) -> Option<Nvi> {
+        let k = |field: &str| format!("NP_PARTNER_{upper}_{field}");
+        let service = self.localisation(upper, Kind::Nvi);
+        let oin = self.required_partner(&k("OIN"), "nvi", |s| digits20(s, "OIN"));
+        let pseudonym_scope = self
+            .optional(&k("PSEUDONYM_SCOPE"), parse_pseudonym_scope)
+            .flatten()
+            .unwrap_or_else(|| "nvi".into());
+        let api = match self.raw(&k("API")).unwrap_or("fhir") {
+            "fhir" => NviApi::Fhir,
+            "json" => NviApi::Json,
+            other => {
+                self.error(&k("API"), format!("{other:?} must be fhir or json"));
+                NviApi::Fhir
+            }
+        };
+        Some(Nvi {
+            service: service?,
+            oin: oin?,
+            pseudonym_scope,
+            api,
+        })
+    }
+
+    /// What localisation needs besides its partners: a PRS for every NVI,
+    /// our OIN towards a PRS, our source id at an NVI. Judged by the kinds
+    /// configured, so a partner with a bad key is not also called missing.
+    fn check_localisation(&mut self, partners: &[String], no_oin: bool, no_source_id: bool) {
+        let names = |kind: Kind| -> Vec<String> {
+            partners
+                .iter()
+                .filter(|p| {
+                    self.raw(&format!("NP_PARTNER_{}_KIND", p.to_ascii_uppercase()))
+                        == Some(kind.name())
+                })
+                .cloned()
+                .collect()
+        };
+        let (prs, nvi) = (names(Kind::Prs), names(Kind::Nvi));
+        if !nvi.is_empty() && prs.is_empty() {
+            self.error(
+                "NP_PARTNERS",
+                format!(
+                    "nvi partner(s) {} need a prs partner to evaluate their pseudonyms",
+                    nvi.join(", ")
+                ),
+            );
+        }
+        if !prs.is_empty() && no_oin {
+            self.error(
+                "NP_ORG_OIN",
+                format!(
+                    "required with a prs partner ({}): our OIN, 20 digits",
+                    prs.join(", ")
+                ),
+            );
+        }
+        if !nvi.is_empty() && no_source_id {
+            self.error(
+                "NP_SOURCE_ID",
+                format!(
+                    "required with an nvi partner ({}): the bare OID of our source system, which the index records with each referral",
+                    nvi.join(", ")
                 ),
             );
         }
@@ -1529,6 +1800,48 @@ fn bare_oid(s: &str) -> Result<Oid, String> {
         ));
     }
     Oid::parse(t).ok_or_else(|| format!("{s:?} is not a dotted OID"))
+}
+
+fn digits20(s: &str, what: &str) -> Result<String, String> {
+    if let Some(bare) = s.strip_prefix("oin:") {
+        return Err(format!(
+            "{s:?}: configure the 20 digits ({bare}); oin: is added where it is sent"
+        ));
+    }
+    if is_digits(s, 20) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a 20-digit {what}"))
+    }
+}
+
+/// and `\\` (RFC 6749 §3.3).
+fn parse_scope(s: &str) -> Result<String, String> {
+    let tokens: Vec<&str> = s.split_whitespace().collect();
+    let ok = !tokens.is_empty()
+        && tokens.iter().all(|t| {
+            t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+    if ok {
+        Ok(tokens.join(" "))
+    } else {
+        Err(format!(
+            "{s:?} must be space-separated scope tokens (visible ASCII without \" and \\)"
+        ))
+    }
+}
+
+/// A recipient scope: it is part of the pseudonym's input (`<org>|<scope>|v1`),
+/// so no `|` and nothing invisible.
+fn parse_pseudonym_scope(s: &str) -> Result<String, String> {
+    if (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'|') {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} must be 1 to 64 visible ASCII characters without |"
+        ))
+    }
 }
 
 fn digits8(s: &str, what: &str) -> Result<String, String> {

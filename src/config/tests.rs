@@ -304,7 +304,7 @@ fn partners_with_defaults_and_overrides() {
     assert_eq!(b.our_client_id, "np.hospital-a.example");
     assert_eq!(b.org, OrgId::Ura("87654321".into()));
     assert_eq!(b.id_scheme, IdScheme::Ura);
-    assert_eq!(b.partner.cert, CertSelector::Ura("87654321".into()));
+    assert_eq!(b.partner.cert, Some(CertSelector::Ura("87654321".into())));
     assert!(!b.send_bsn && !b.address_system);
     assert_eq!(b.assertions.accept_algs, crate::jose::DEFAULT_ACCEPTED);
     let vip = c.twiin_partner("vip").unwrap();
@@ -331,7 +331,7 @@ fn partner_problems_are_each_named() {
         (
             "NP_PARTNER_HOSPB_KIND",
             "nuts",
-            "NP_PARTNER_HOSPB_KIND: \"nuts\" must be twiin, mitz or zorgviewer",
+            "NP_PARTNER_HOSPB_KIND: \"nuts\" must be twiin, mitz, zorgviewer, prs or nvi",
         ),
         (
             "NP_PARTNER_HOSPB_CERT",
@@ -625,7 +625,7 @@ fn mitz_partner_needs_only_a_certificate() {
     assert!(c.partners[0].as_mitz().is_some() && c.partners[0].twiin().is_none());
     assert_eq!(
         c.partners[0].cert,
-        CertSelector::Dns("broker.vzvz.example".into())
+        Some(CertSelector::Dns("broker.vzvz.example".into()))
     );
 }
 
@@ -769,7 +769,7 @@ fn mitz_settings_are_checked_naming_the_key() {
     set(&mut v, "NP_PARTNER_HOSPB_URL", "https://hospb.example/mitz");
     assert_eq!(
         errors(&v),
-        ["NP_PARTNER_HOSPB_URL: not used by a twiin partner (only by mitz)"]
+        ["NP_PARTNER_HOSPB_URL: not used by a twiin partner (only by mitz, prs, nvi)"]
     );
 }
 
@@ -897,6 +897,154 @@ fn readme_documents_every_key_with_its_default() {
             k.name
         );
     }
+}
+
+/// `prs` and `nvi` partners with our localisation identity.
+fn with_localisation(f: &Files) -> Vars {
+    let mut v = f.base();
+    for (k, val) in [
+        ("NP_PARTNERS", "prs,nvi"),
+        ("NP_ORG_OIN", "00000001234567890000"),
+        ("NP_SOURCE_ID", "2.16.528.1.1007.3.3.12345678.1"),
+        ("NP_PARTNER_PRS_KIND", "prs"),
+        ("NP_PARTNER_PRS_URL", "https://prs.example/"),
+        ("NP_PARTNER_PRS_TOKEN_URL", "https://auth.example/token"),
+        ("NP_PARTNER_NVI_KIND", "nvi"),
+        ("NP_PARTNER_NVI_URL", "https://nvi.example/api"),
+        ("NP_PARTNER_NVI_TOKEN_URL", "https://auth.example/token"),
+        ("NP_PARTNER_NVI_OIN", "00000099000000001000"),
+    ] {
+        set(&mut v, k, val);
+    }
+    v
+}
+
+#[test]
+fn prs_and_nvi_partners_with_their_defaults() {
+    let f = Files::new();
+    let c = from_vars(&with_localisation(&f)).unwrap();
+    assert_eq!(c.org_oin.as_deref(), Some("00000001234567890000"));
+    let prs = c.prs().unwrap();
+    assert_eq!(prs.name, "prs");
+    assert_eq!(prs.url, "https://prs.example");
+    assert_eq!(prs.scope, "prs:read");
+    assert_eq!(
+        prs.audience, "https://prs.example",
+        "the audience defaults to the URL"
+    );
+    assert!(
+        prs.partner.cert.is_none(),
+        "a service we only call has no certificate rule"
+    );
+    let nvi = c.nvi_partner("nvi").unwrap();
+    assert_eq!(
+        nvi.service.scope,
+        "nvi:create nvi:read nvi:delete nvi:localize"
+    );
+    assert_eq!(nvi.oin, "00000099000000001000");
+    assert_eq!(nvi.pseudonym_scope, "nvi");
+    assert_eq!(nvi.api, NviApi::Fhir);
+    assert_eq!(c.nvi_partners().count(), 1);
+    let mut v = with_localisation(&f);
+    set(&mut v, "NP_PARTNER_NVI_API", "json");
+    set(&mut v, "NP_PARTNER_NVI_SCOPE", " nvi:create  nvi:delete ");
+    set(&mut v, "NP_PARTNER_NVI_AUDIENCE", "nvi-gateway");
+    set(&mut v, "NP_PARTNER_NVI_PSEUDONYM_SCOPE", "localisation");
+    let c = from_vars(&v).unwrap();
+    let nvi = c.nvi_partner("nvi").unwrap();
+    assert_eq!(nvi.api, NviApi::Json);
+    assert_eq!(nvi.service.scope, "nvi:create nvi:delete");
+    assert_eq!(nvi.service.audience, "nvi-gateway");
+    assert_eq!(nvi.pseudonym_scope, "localisation");
+}
+
+#[test]
+fn localisation_needs_its_identity_and_names_each_missing_piece() {
+    let f = Files::new();
+    let mut v = with_localisation(&f);
+    v.remove("NP_ORG_OIN");
+    v.remove("NP_SOURCE_ID");
+    let errs = errors(&v);
+    assert!(
+        has(&errs, "NP_ORG_OIN: required with a prs partner (prs)"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "NP_SOURCE_ID: required with an nvi partner (nvi)"),
+        "{errs:?}"
+    );
+    let mut v = with_localisation(&f);
+    set(&mut v, "NP_PARTNERS", "nvi");
+    for k in ["KIND", "URL", "TOKEN_URL"] {
+        v.remove(&format!("NP_PARTNER_PRS_{k}"));
+    }
+    let errs = errors(&v);
+    assert!(
+        has(&errs, "NP_PARTNERS: nvi partner(s) nvi need a prs partner"),
+        "{errs:?}"
+    );
+    for (key, value, why) in [
+        (
+            "NP_ORG_OIN",
+            "oin:00000001234567890000",
+            "configure the 20 digits",
+        ),
+        ("NP_ORG_OIN", "123", "is not a 20-digit OIN"),
+        ("NP_PARTNER_NVI_OIN", "1234", "is not a 20-digit OIN"),
+        ("NP_PARTNER_NVI_API", "soap", "must be fhir or json"),
+        ("NP_PARTNER_NVI_PSEUDONYM_SCOPE", "a|b", "without |"),
+        ("NP_PARTNER_NVI_SCOPE", "nvi:\"x\"", "scope tokens"),
+        ("NP_PARTNER_PRS_URL", "http://prs.example", "https://"),
+        (
+            "NP_PARTNER_PRS_CERT",
+            "ura:12345678",
+            "not used by a prs partner",
+        ),
+        (
+            "NP_PARTNER_NVI_ALLOW_FROM",
+            "10.0.0.0/8",
+            "not used by a nvi partner",
+        ),
+        (
+            "NP_PARTNER_PRS_OIN",
+            "00000099000000001000",
+            "not used by a prs partner (only by nvi)",
+        ),
+    ] {
+        let mut bad = with_localisation(&f);
+        set(&mut bad, key, value);
+        let errs = errors(&bad);
+        assert_eq!(errs.len(), 1, "{key}={value}: {errs:?}");
+        assert!(
+            errs[0].starts_with(&format!("{key}: ")) && errs[0].contains(why),
+            "{key}={value}: {errs:?}"
+        );
+    }
+    let mut v = with_localisation(&f);
+    v.remove("NP_PARTNER_NVI_OIN");
+    v.remove("NP_PARTNER_NVI_TOKEN_URL");
+    let errs = errors(&v);
+    assert!(
+        has(&errs, "NP_PARTNER_NVI_OIN: required for a nvi partner"),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "NP_PARTNER_NVI_TOKEN_URL: required for a nvi partner"
+        ),
+        "{errs:?}"
+    );
+}
+
+/// Off by default: nothing of localisation is configured without its partners.
+#[test]
+fn without_prs_and_nvi_partners_nothing_of_localisation_exists() {
+    let f = Files::new();
+    let c = from_vars(&f.base()).unwrap();
+    assert!(c.prs().is_none());
+    assert_eq!(c.nvi_partners().count(), 0);
+    assert_eq!(c.org_oin, None);
 }
 
 #[test]

@@ -92,6 +92,9 @@ pub struct Shared {
     pub consent: Arc<dyn crate::consent::ConsentCheck>,
     /// Mitz subscriptions: the sender's after-publish step and the worker.
     pub subscriptions: Arc<crate::mitz::subscribe::Subscriptions>,
+    /// Our referrals in the national referral index: the sender's
+    /// publication hook (with `nvi` partners) and the worker.
+    pub localisation: Arc<crate::nvi::Localisation>,
 }
 
 /// State that lives across reloads.
@@ -117,6 +120,10 @@ pub struct Stores {
     pub mitz: crate::mitz::Mitz,
     /// The Mitz subscriptions made (`NP_STATE_DIR/mitz/subscriptions`).
     pub subscriptions: Arc<crate::mitz::subscribe::SubscriptionStore>,
+    /// Our referrals in the national index (`NP_STATE_DIR/nvi`).
+    pub registrations: Arc<crate::nvi::store::RegistrationStore>,
+    /// Tokens of the `prs` and `nvi` partners; kept across reloads.
+    pub service_tokens: Arc<crate::nvi::token::ServiceTokens>,
 }
 
 impl Stores {
@@ -147,6 +154,8 @@ impl Stores {
             .map_err(|e| io(format!("NP_STATE_DIR: {e}")))?;
         let subscriptions = crate::mitz::subscribe::SubscriptionStore::open(state)
             .map_err(|e| io(format!("NP_STATE_DIR: {e}")))?;
+        let registrations = crate::nvi::store::RegistrationStore::open(state)
+            .map_err(|e| io(format!("NP_STATE_DIR: {e}")))?;
         let circuits = Arc::new(crate::circuit::Circuits::new(
             circuit_policy(cfg),
             metrics.clone(),
@@ -176,6 +185,8 @@ impl Stores {
             receiver,
             mitz,
             subscriptions: Arc::new(subscriptions),
+            registrations: Arc::new(registrations),
+            service_tokens: Arc::new(crate::nvi::token::ServiceTokens::new()),
             spool,
             cases: Arc::new(CaseStore::open(state).map_err(|e| io(e.to_string()))?),
             records: Arc::new(RecordStore::open(state).map_err(|e| io(e.to_string()))?),
@@ -264,17 +275,31 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         stores.audit.clone(),
         stores.subscriptions.clone(),
     ));
-    let sender = Arc::new(
-        crate::sender::Sender::new(
-            config.clone(),
-            stores.cases.clone(),
-            stores.records.clone(),
-            stores.spool.clone(),
-            stores.tokens.clone(),
-            stores.audit.clone(),
-        )
-        .with_after_publish(subscriptions.clone()),
-    );
+    let localisation = Arc::new(crate::nvi::Localisation::new(
+        config.clone(),
+        crate::nvi::Stores {
+            spool: stores.spool.clone(),
+            audit: stores.audit.clone(),
+            registrations: stores.registrations.clone(),
+            cases: stores.cases.clone(),
+            records: stores.records.clone(),
+            tokens: stores.service_tokens.clone(),
+        },
+    ));
+    let mut sender = crate::sender::Sender::new(
+        config.clone(),
+        stores.cases.clone(),
+        stores.records.clone(),
+        stores.spool.clone(),
+        stores.tokens.clone(),
+        stores.audit.clone(),
+    )
+    .with_after_publish(subscriptions.clone());
+    // Off unless configured: without an nvi partner publishing sets off nothing.
+    if config.nvi_partners().next().is_some() {
+        sender = sender.with_publication(localisation.clone());
+    }
+    let sender = Arc::new(sender);
     let token_service = TokenService {
         config: config.clone(),
         replay: stores.replay.clone(),
@@ -301,6 +326,7 @@ pub fn build_shared(cfg: Config, stores: &Stores) -> Result<Shared, StartupError
         receiver,
         mitz,
         subscriptions,
+        localisation,
         consent,
     })
 }
@@ -326,7 +352,20 @@ pub(super) fn handlers(router: &Arc<Router>) -> HashMap<String, Arc<dyn crate::w
         crate::mitz::subscription::KIND_SUBSCRIBE.to_string(),
         Arc::new(SubscribeWork(router.clone())),
     );
+    let localise: Arc<dyn crate::worker::Handler> = Arc::new(LocaliseWork(router.clone()));
+    for kind in crate::nvi::KINDS {
+        map.insert(kind.to_string(), localise.clone());
+    }
     map
+}
+
+struct LocaliseWork(Arc<Router>);
+
+impl crate::worker::Handler for LocaliseWork {
+    fn run(&self, item: &crate::spool::Item, now: i64) -> crate::spool::Outcome {
+        let shared = self.0.current();
+        shared.localisation.run(item, shared.http.as_ref(), now)
+    }
 }
 
 struct SubscribeWork(Arc<Router>);

@@ -74,7 +74,7 @@ impl Router {
             .config
             .partners
             .iter()
-            .filter(|p| p.cert.matches(&id));
+            .filter(|p| p.cert.as_ref().is_some_and(|c| c.matches(&id)));
         let partner = matches.next()?;
         if matches.next().is_some() {
             log::warn!(
@@ -143,9 +143,9 @@ impl Router {
         match &partner.kind {
             PartnerKind::Twiin(_) => self.twiin_fhir(shared, req, partner),
             PartnerKind::Zorgviewer(zv) => self.zorgviewer_fhir(shared, req, partner, zv),
-            PartnerKind::Mitz(_) => json_outcome(&Refusal::forbidden(
-                "this endpoint is for twiin and zorgviewer partners",
-            )),
+            PartnerKind::Mitz(_) | PartnerKind::Prs(_) | PartnerKind::Nvi(_) => json_outcome(
+                &Refusal::forbidden("this endpoint is for twiin and zorgviewer partners"),
+            ),
         }
     }
 

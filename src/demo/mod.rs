@@ -12,6 +12,7 @@
 //! (`demo/mitz.rs`). Every step is printed as it happens; the exit code is
 //! 0 only if everything arrived intact.
 
+pub mod localisation;
 mod mitz;
 mod zorgviewer;
 
@@ -66,7 +67,7 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
 }
 
 /// Runs the demo; returns the process exit code.
-pub fn run(dir: Option<PathBuf>, keep: bool) -> i32 {
+pub fn run(dir: Option<PathBuf>, keep: bool, with_localisation: bool) -> i32 {
     let started = Instant::now();
     let root = match prepare_dir(dir.clone()) {
         Ok(r) => r,
@@ -77,7 +78,10 @@ pub fn run(dir: Option<PathBuf>, keep: bool) -> i32 {
     };
     let mut report = Report { started };
     let result = Demo::new(&root, &mut report).and_then(|mut d| {
-        let r = d.exchange();
+        let mut r = d.exchange();
+        if r.is_ok() && with_localisation {
+            r = d.localisation();
+        }
         d.stop_all();
         r
     });

@@ -206,7 +206,7 @@ pub fn diagnose(source: &Source, ctx: &Context) -> Vec<Check> {
             Ok(client) => {
                 let http = Partners::new(client.clone(), ctx.timeouts);
                 for p in &cfg.partners {
-                    partner_checks(p, &client, &http, ctx, &mut checks);
+                    partner_checks(&cfg, p, &client, &http, ctx, &mut checks);
                 }
             }
             Err(e) => checks.push(fail(

@@ -20,6 +20,7 @@ use crate::util::url::Url;
 /// One partner: TLS handshake both ways (their certificate and its expiry,
 /// whether they accept ours), then discovery and JWKS where we need them.
 pub(super) fn partner_checks(
+    cfg: &crate::config::Config,
     p: &Partner,
     client: &Arc<ClientConfig>,
     http: &Partners,
@@ -49,6 +50,11 @@ pub(super) fn partner_checks(
         // The Mitz API signs nothing for us: the handshake is the check.
         return;
     }
+    if p.localisation().is_some() {
+        // A PRS or NVI: the handshake, then a token from its OAuth server.
+        checks.push(token_check(cfg, p, http, ctx.now));
+        return;
+    }
 
     let mut discovered_jwks = None;
     let discover = p
@@ -72,6 +78,36 @@ pub(super) fn partner_checks(
     };
     let fetched = fetch(http, &p.name, &jwks_url);
     checks.push(jwks_verdict(p, &jwks_url, fetched));
+}
+
+/// A `prs` or `nvi` partner: a token from its `TOKEN_URL` over mutual TLS,
+/// with the form the workers send.
+fn token_check(cfg: &crate::config::Config, p: &Partner, http: &Partners, now: i64) -> Check {
+    let name = check_name(p, "token");
+    let Some(service) = p.localisation() else {
+        return ok(name, "no token needed");
+    };
+    match crate::nvi::token::request(cfg, p, http, now) {
+        Ok(t) => ok(
+            name,
+            format!(
+                "{}: token issued (scope {}), usable for {} s",
+                service.token_url,
+                service.scope,
+                (t.use_until - now).max(0)
+            ),
+        ),
+        Err(e) => fail(
+            name,
+            e.to_string(),
+            format!(
+                "check {} and our registration at that OAuth server (scope {}, target_audience {}, our certificate)",
+                setting(p, "TOKEN_URL"),
+                service.scope,
+                service.audience
+            ),
+        ),
+    }
 }
 
 /// GET over mTLS; anything but 200 is an error naming the status.
@@ -111,6 +147,8 @@ fn probe_target(p: &Partner) -> Result<Target, Check> {
                 ));
             }
         },
+        PartnerKind::Prs(l) => (&l.url, setting(p, "URL")),
+        PartnerKind::Nvi(n) => (&n.service.url, setting(p, "URL")),
         PartnerKind::Mitz(m) => match &m.url {
             Some(url) => (url, setting(p, "URL")),
             None => {
@@ -126,7 +164,7 @@ fn probe_target(p: &Partner) -> Result<Target, Check> {
         Err(e) => Err(fail(
             check_name(p, "tls"),
             format!("{url:?} {e}"),
-            if p.as_mitz().is_some() {
+            if p.as_twiin().is_none() {
                 format!("correct {key}")
             } else {
                 format!(
@@ -357,7 +395,7 @@ mod tests {
     fn twiin(fhir_base: &str) -> Partner {
         Partner {
             name: "vip".into(),
-            cert: CertSelector::Ura("87654321".into()),
+            cert: Some(CertSelector::Ura("87654321".into())),
             allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Twiin(Twiin {
                 fhir_base: fhir_base.into(),
@@ -375,7 +413,7 @@ mod tests {
     fn zorgviewer(jwks_url: Option<&str>) -> Partner {
         Partner {
             name: "zv".into(),
-            cert: CertSelector::Dns("zv.example".into()),
+            cert: Some(CertSelector::Dns("zv.example".into())),
             allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Zorgviewer(Zorgviewer {
                 assertions: policy(jwks_url),
@@ -438,7 +476,7 @@ mod tests {
         );
         let mitz = Partner {
             name: "broker".into(),
-            cert: CertSelector::Dns("broker.example".into()),
+            cert: Some(CertSelector::Dns("broker.example".into())),
             allow_from: crate::config::AllowFrom::any(),
             kind: PartnerKind::Mitz(Mitz::default()),
         };

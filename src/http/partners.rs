@@ -39,7 +39,8 @@ pub struct Outgoing<'a> {
 pub trait PartnerHttp: Send + Sync {
     /// `GET url`; an `Err` is a transport failure described for an operator.
     fn get(&self, partner: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpReply, String>;
-    /// `method url` with a body (`POST`, `PUT`).
+    /// `method url` with a body (`POST`, `PUT`), or `DELETE url` (the body
+    /// and its type are not sent).
     fn send(
         &self,
         partner: &str,
@@ -171,6 +172,21 @@ impl Partners {
         timeout: Option<Duration>,
     ) -> Result<HttpReply, String> {
         let agent = self.agent(partner);
+        if request.method == "DELETE" {
+            // A delete by query (the NVI): no body.
+            let mut req = agent.delete(request.url);
+            if let Some(t) = timeout {
+                req = req
+                    .config()
+                    .timeout_global(Some(t))
+                    .timeout_per_call(Some(t))
+                    .build();
+            }
+            for (k, v) in request.headers {
+                req = req.header(*k, *v);
+            }
+            return req.call().map_err(|e| e.to_string()).and_then(reply);
+        }
         let mut req = match request.method {
             "POST" => agent.post(request.url),
             "PUT" => agent.put(request.url),

@@ -83,6 +83,8 @@ pub fn grant_of(kind: &PartnerKind) -> Option<GrantType> {
         PartnerKind::Zorgviewer(_) => Some(GrantType::ClientCredentials),
         // Mitz brokers need no token: their certificate is their identity.
         PartnerKind::Mitz(_) => None,
+        // Services we only call.
+        PartnerKind::Prs(_) | PartnerKind::Nvi(_) => None,
     }
 }
 

@@ -46,6 +46,24 @@ pub trait AfterPublish: Send + Sync {
     fn published(&self, patient: &crate::ids::Bsn, now: i64) -> Result<usize, String>;
 }
 
+/// What publishing and withdrawing data of a patient set off outside the
+/// sender, for Twiin exports and Zorgviewer records alike: the patient's
+/// referral in the national referral index (`nvi`, which lib.rs lists below
+/// the sender, so the sender knows it only as this).
+pub trait Publication: Send + Sync {
+    /// Data of `patient` was published: a Twiin export stored and queued,
+    /// or a Zorgviewer record saved. Called again for every later export
+    /// and record of the patient and again after a crash, so it must be
+    /// idempotent. An `Err` leaves the file for the next pass, which calls
+    /// it again.
+    fn published(&self, patient: &crate::ids::Bsn, now: i64) -> Result<(), String>;
+    /// Published data of `patient` was withdrawn: a case cancelled or a
+    /// record withdrawn, after the withdrawal is saved. The hook decides
+    /// whether anything of the patient is still published. Called again
+    /// when a crash repeats the withdrawal; an `Err` leaves the file.
+    fn withdrawn(&self, patient: &crate::ids::Bsn, now: i64) -> Result<(), String>;
+}
+
 /// The sender: outbox scanning and delivery of notifications and cancellations.
 pub struct Sender {
     config: Arc<Config>,
@@ -59,6 +77,7 @@ pub struct Sender {
     /// from overlapping (the case store has one writer: the scan).
     state: Mutex<outbox::ScanState>,
     after_publish: Option<Arc<dyn AfterPublish>>,
+    publication: Option<Arc<dyn Publication>>,
 }
 
 impl Sender {
@@ -86,6 +105,7 @@ impl Sender {
             rules,
             state: Mutex::new(outbox::ScanState::default()),
             after_publish: None,
+            publication: None,
         }
     }
 
@@ -93,6 +113,13 @@ impl Sender {
     /// Zorgviewer partner whose consent is `mitz`.
     pub fn with_after_publish(mut self, hook: Arc<dyn AfterPublish>) -> Sender {
         self.after_publish = Some(hook);
+        self
+    }
+
+    /// The same sender, calling `hook` after each export or record it
+    /// publishes and each case or record it withdraws.
+    pub fn with_publication(mut self, hook: Arc<dyn Publication>) -> Sender {
+        self.publication = Some(hook);
         self
     }
 
@@ -133,6 +160,7 @@ impl Sender {
             tokens: &self.tokens,
             audit: &self.audit,
             after_publish: self.after_publish.as_deref(),
+            publication: self.publication.as_deref(),
         }
     }
 }

@@ -193,6 +193,9 @@ pub struct Scanner<'a> {
     pub audit: &'a AuditLog,
     /// Called after a record is published (the patient's Mitz subscriptions).
     pub after_publish: Option<&'a dyn super::AfterPublish>,
+    /// Called after data of a patient is published or withdrawn (the
+    /// patient's referral in the national referral index).
+    pub publication: Option<&'a dyn super::Publication>,
 }
 
 /// Why a file was not finished this pass.
@@ -690,6 +693,9 @@ impl Scanner<'_> {
         if stop == Some(Step::Enqueued) {
             return None;
         }
+        if let Err(f) = self.published(patient, now) {
+            return Some(Err(f));
+        }
         let event = match done {
             Done::Accepted => "export.accepted",
             _ => "export.updated",
@@ -719,6 +725,9 @@ impl Scanner<'_> {
         now: i64,
     ) -> Result<Done, Fail> {
         let requeued = self.queue_latest(partner, case, now)?;
+        if let Some(bsn) = Bsn::parse(&case.patient) {
+            self.published(&bsn, now)?;
+        }
         log::info!(
             "event=outbox.already_accepted partner={} case={} version={} task=urn:uuid:{} requeued={requeued}",
             partner.name,
@@ -984,12 +993,32 @@ impl Scanner<'_> {
                 queued += 1;
             }
         }
+        if let Some(bsn) = Bsn::parse(&case.patient) {
+            self.withdrawn(&bsn, now)?;
+        }
         log::info!(
             "event=case.cancelled partner={} case={case_id} cancellations={queued} tokens_revoked={revoked} repeat={}",
             partner.name,
             !first_time
         );
         Ok(Some(Done::Cancelled))
+    }
+
+    /// Data of `patient` is published: the [`super::Publication`] hook,
+    /// when there is one. A failure leaves the file for the next pass.
+    fn published(&self, patient: &Bsn, now: i64) -> Result<(), Fail> {
+        match self.publication {
+            Some(hook) => hook.published(patient, now).map_err(Fail::Transient),
+            None => Ok(()),
+        }
+    }
+
+    /// Data of `patient` was withdrawn: the [`super::Publication`] hook.
+    fn withdrawn(&self, patient: &Bsn, now: i64) -> Result<(), Fail> {
+        match self.publication {
+            Some(hook) => hook.withdrawn(patient, now).map_err(Fail::Transient),
+            None => Ok(()),
+        }
     }
 
     /// The notify item in whatever state it is, if it exists and may have

@@ -50,7 +50,7 @@ const ZV_ALLOW_FROM: &str = "20.160.170.124/31, 127.0.0.0/8";
 fn twiin(name: &str, org: &str, address_system: bool) -> Partner {
     Partner {
         name: name.into(),
-        cert: CertSelector::Dns(format!("{name}.example")),
+        cert: Some(CertSelector::Dns(format!("{name}.example"))),
         allow_from: AllowFrom::any(),
         kind: PartnerKind::Twiin(Twiin {
             fhir_base: format!("https://{name}.example/fhir"),
@@ -77,13 +77,13 @@ fn partners() -> Vec<Partner> {
         twiin("hospsys", "87654321", true),
         Partner {
             name: "broker".into(),
-            cert: CertSelector::Dns("broker.example".into()),
+            cert: Some(CertSelector::Dns("broker.example".into())),
             allow_from: AllowFrom::any(),
             kind: PartnerKind::Mitz(Mitz::default()),
         },
         Partner {
             name: "zv".into(),
-            cert: CertSelector::Dns("zv.example".into()),
+            cert: Some(CertSelector::Dns("zv.example".into())),
             allow_from: AllowFrom::parse(ZV_ALLOW_FROM).unwrap(),
             kind: PartnerKind::Zorgviewer(Zorgviewer {
                 assertions: AssertionPolicy {

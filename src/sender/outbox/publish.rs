@@ -120,6 +120,9 @@ impl Scanner<'_> {
             Ok(n) => n,
             Err(fail) => return Some(Err(fail)),
         };
+        if let Err(fail) = self.published(&record.patient, now) {
+            return Some(Err(fail));
+        }
         log::info!(
             "event=record.published partner={} record={record_id} version={} resources={}",
             partner.name,
@@ -166,6 +169,7 @@ impl Scanner<'_> {
             record.version
         );
         let subscriptions = self.subscribe(partner, record, now)?;
+        self.published(&record.patient, now)?;
         let note = " (completed after a restart)";
         self.audit_record(partner, "record.published", record, note);
         self.records
@@ -203,6 +207,9 @@ impl Scanner<'_> {
         }
         if let Err(e) = self.records.prune(&record) {
             return Some(Err(transient("remove the withdrawn data", &e)));
+        }
+        if let Err(fail) = self.withdrawn(&record.patient, now) {
+            return Some(Err(fail));
         }
         log::info!(
             "event=record.withdrawn partner={} record={record_id} version={} repeat={}",

@@ -21,6 +21,7 @@ struct Fixture {
     audit: AuditLog,
     state: ScanState,
     after_publish: Option<std::sync::Arc<dyn super::super::AfterPublish>>,
+    publication: Option<std::sync::Arc<dyn super::super::Publication>>,
 }
 
 fn fixture() -> Fixture {
@@ -77,6 +78,7 @@ fn fixture() -> Fixture {
         audit: AuditLog::open(&state).unwrap(),
         state: ScanState::default(),
         after_publish: None,
+        publication: None,
         config,
         site,
     }
@@ -93,6 +95,7 @@ impl Fixture {
             tokens: &self.tokens,
             audit: &self.audit,
             after_publish: self.after_publish.as_deref(),
+            publication: self.publication.as_deref(),
         }
     }
 
@@ -992,4 +995,5 @@ fn free_names_keep_the_extension() {
     );
 }
 
+mod publication;
 mod publish;
