@@ -228,7 +228,9 @@ pub fn oha(tools: &Tools, load: &Load<'_>) -> LoadResult {
         .and_then(|r| r.split('/').next())
         .unwrap();
     let mut cmd = Command::new(&tools.oha);
+    // `-w`: requests under way at the deadline are finished, not counted as errors.
     cmd.args([
+        "-w",
         "--no-tui",
         "--output-format",
         "json",
