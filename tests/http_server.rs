@@ -634,12 +634,13 @@ fn access_log_holds_no_query_headers_or_body() {
         "event=tls.handshake_failed"
     )
     .is_empty()));
-    let lines = captured("rid=log-check-1");
+    // The client's request id, marked as the client's.
+    let lines = captured("rid=p:log-check-1");
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
     assert!(
         line.starts_with(
-            "level=info event=http.request rid=log-check-1 method=GET endpoint=/peer status=200 ms="
+            "level=info event=http.request rid=p:log-check-1 method=GET endpoint=/peer status=200 ms="
         ),
         "{line}"
     );
@@ -647,7 +648,7 @@ fn access_log_holds_no_query_headers_or_body() {
         line.contains(" bytes=") && line.contains(" peer=127.0.0.1:"),
         "{line}"
     );
-    let line = &captured("rid=log-check-2")[0];
+    let line = &captured("rid=p:log-check-2")[0];
     assert!(
         line.contains("method=POST endpoint=/oauth/token status=413")
             && line.contains("reason=\"request body too large\""),

@@ -165,3 +165,63 @@ fn sighup_refuses_a_broken_env_file_keeps_serving_and_adds_a_partner_without_res
     assert_eq!(agent_a.stop().code(), Some(0));
     assert_eq!(agent_b.stop().code(), Some(0));
 }
+
+/// At start-up the retention sweep prunes `spool/done` under the default
+/// horizons: a Mitz item kept whole (as a version before retention left
+/// it) becomes a stub, one finished 100 days ago is forgotten, a young
+/// notification keeps its content, and `/metrics` counts what is left.
+#[test]
+fn finished_work_is_pruned_at_start_up() {
+    let tmp = TempDir::new("retention");
+    let world = World::new();
+    let setup = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
+    let done = setup.dir.join("state").join("spool").join("done");
+    std::fs::create_dir_all(&done).unwrap();
+    let now = np_agent::util::time::now_unix();
+    for (id, kind, days) in [
+        ("mitz-old", "mitz", 40),
+        ("mitz-ancient", "mitz", 100),
+        ("notify-young", "notify", 1),
+    ] {
+        let finished = now - days * 86_400;
+        let item = serde_json::json!({
+            "id": id, "kind": kind, "partner": "hospb", "created_at": finished,
+            "body": {"patient": "999999151", "raw": "<Bundle/>"},
+        });
+        let path = done.join(format!("{id}.json"));
+        std::fs::write(&path, item.to_string()).unwrap();
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(finished).unwrap());
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+    let agent = setup.start();
+    wait_until(
+        LIMIT,
+        || !events(&agent.log(), "spool.pruned", &[]).is_empty(),
+        || agent.log(),
+    );
+    let pruned = events(&agent.log(), "spool.pruned", &[]);
+    assert_eq!(
+        (
+            pruned[0].get("stripped"),
+            pruned[0].get("removed"),
+            pruned[0].get("kept")
+        ),
+        (Some("1"), Some("1"), Some("1"))
+    );
+    let read = |id: &str| std::fs::read_to_string(done.join(format!("{id}.json")));
+    assert!(!read("mitz-old").unwrap().contains("999999151"));
+    assert!(read("mitz-ancient").is_err());
+    assert!(read("notify-young").unwrap().contains("999999151"));
+    let metrics = common::observe::metrics(setup.admin_port);
+    assert_eq!(
+        common::observe::sample(&metrics, "np_spool_items{state=\"done\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(agent.stop().success());
+}

@@ -5,8 +5,11 @@
 //! resend, a restart, `kill -9` between the PRS and the NVI call and after
 //! the NVI call); withdrawing the last published data removes the referral;
 //! outages are retried and refusals end dead with their reason; `np-agent
-//! nvi localize` finds our URA; the debug log holds no BSN, blind factor,
-//! JWE, pseudonym or token; without prs/nvi partners nothing of it runs.
+//! nvi register|deregister|localize` work through the binary; the debug log
+//! holds no BSN, blind factor, JWE, pseudonym or token; without prs/nvi
+//! partners nothing of it runs. The stand-ins themselves are held to what
+//! the tests rely on: tokens bound to the certificate they were asked over,
+//! one point per BSN whatever the blind, another point for another scope.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -20,8 +23,12 @@ use common::TempDir;
 use common::agent::{AgentProcess, AgentSetup, JwksServer, Party, World};
 use common::folders::export;
 use common::observe::{events, wait_until};
-use np_agent::demo::localisation::standin::{Fault, Service, StandIns, thumbprint};
+use np_agent::demo::localisation::standin::{
+    Fault, NVI_OIN, PSEUDONYM_SCOPE, Service, StandIns, thumbprint,
+};
+use np_agent::ids::Bsn;
 use np_agent::jose::Alg;
+use np_agent::nvi::oprf::{self, Recipient};
 use np_agent::spool::{Spool, State};
 use np_agent::util::time::{date, now_unix};
 use serde_json::{Value, json};
@@ -184,13 +191,24 @@ fn wait_logged(agent: &AgentProcess, event: &str, with: &[(&str, &str)], n: usiz
     );
 }
 
-/// Everything secret the exchange carried: BSNs, tokens, the blinded
-/// elements, the JWEs, the blind factors and the pseudonyms. None of it
-/// may be in the log, at any level.
-fn assert_log_holds_no_secret(site: &Site, log: &str) {
-    let mut secrets: Vec<String> = [BSN, OTHER, THIRD].map(String::from).to_vec();
+/// What the exchange carried that only the services may see: tokens, the
+/// blinded elements, the JWEs, the blind factors and the pseudonyms.
+fn exchanged_secrets(site: &Site) -> Vec<String> {
+    let mut secrets = Vec::new();
     secrets.extend(site.services.tokens().into_iter().map(|(t, _)| t));
     secrets.extend(site.services.pseudonyms().into_iter().map(|(n, _)| n));
+    // The List subject's value: base64url of the JWE and the blind factor.
+    let subject = |v: &str, secrets: &mut Vec<String>| {
+        secrets.push(v.to_string());
+        let inner: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v.trim_end_matches('='))
+                .unwrap(),
+        )
+        .unwrap();
+        secrets.push(inner["evaluated_output"].as_str().unwrap().to_string());
+        secrets.push(inner["blind_factor"].as_str().unwrap().to_string());
+    };
     for seen in site.services.requests() {
         let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
         for k in ["encryptedPersonalId", "pseudonym", "oprf_key"] {
@@ -202,25 +220,87 @@ fn assert_log_holds_no_secret(site: &Site, log: &str) {
             .pointer("/subject/identifier/value")
             .and_then(Value::as_str)
         {
-            secrets.push(v.to_string());
-            let inner: Value = serde_json::from_slice(
-                &base64::engine::general_purpose::URL_SAFE.decode(v).unwrap(),
-            )
-            .unwrap();
-            secrets.push(inner["evaluated_output"].as_str().unwrap().to_string());
-            secrets.push(inner["blind_factor"].as_str().unwrap().to_string());
+            subject(v, &mut secrets);
+        }
+        // A removal or a localisation carries the pseudonym in its query.
+        for (k, v) in query_pairs(seen.query.as_deref().unwrap_or_default()) {
+            match k.as_str() {
+                "pseudonym" | "oprf_key" => secrets.push(v),
+                "subject:identifier" => {
+                    subject(v.split_once('|').unwrap().1, &mut secrets);
+                }
+                _ => {}
+            }
         }
     }
-    assert!(secrets.len() > 6, "{secrets:?}");
-    for secret in secrets {
-        // A base64 value is also looked for without its padding, and a
-        // long one by a piece of it.
-        let needle = secret.trim_end_matches('=');
-        let needle = &needle[..needle.len().min(40)];
+    assert!(secrets.len() > 3, "{secrets:?}");
+    secrets
+}
+
+/// What a secret is looked for by: a base64 value without its padding, a
+/// long one by its first and its last 40 characters (a JWE's first ones are
+/// its header, the same in every JWE).
+fn needles(secret: &str) -> Vec<&str> {
+    let s = secret.trim_end_matches('=');
+    if s.len() <= 40 {
+        return vec![s];
+    }
+    vec![&s[..40], &s[s.len() - 40..]]
+}
+
+/// The BSNs and everything of [`exchanged_secrets`]: none of it may be in
+/// the log, at any level.
+fn assert_log_holds_no_secret(site: &Site, log: &str) {
+    let mut secrets: Vec<String> = [BSN, OTHER, THIRD].map(String::from).to_vec();
+    secrets.extend(exchanged_secrets(site));
+    for needle in secrets.iter().flat_map(|s| needles(s)) {
         if let Some(line) = log.lines().find(|l| l.contains(needle)) {
             panic!("the log holds a secret ({needle}): {line}");
         }
     }
+}
+
+/// Nothing of [`exchanged_secrets`] in any file under `NP_STATE_DIR` (the
+/// spool and the records hold the BSN, which is state; never the blind
+/// factor, the JWE, a token or a pseudonym).
+fn assert_state_holds_no_secret(site: &Site) {
+    fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&site.state(), &mut all);
+    assert!(all.iter().any(|p| p.starts_with(site.state().join("nvi"))));
+    let secrets = exchanged_secrets(site);
+    for path in all {
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        for needle in secrets.iter().flat_map(|s| needles(s)) {
+            assert!(
+                !text.contains(needle),
+                "{} holds a secret ({needle})",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A query's pairs, percent-decoded.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    use np_agent::util::percent;
+    percent::split_pairs(query)
+        .map(|(k, v)| {
+            (
+                percent::decode_query(k).unwrap(),
+                percent::decode_query(v).unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -336,6 +416,7 @@ fn a_published_patient_is_registered_once_and_localised() {
     assert_eq!(audit[0]["outcome"], "success");
     let log = format!("{log}{}", agent.log());
     assert_log_holds_no_secret(&site, &log);
+    assert_state_holds_no_secret(&site);
 }
 
 #[test]
@@ -387,6 +468,7 @@ fn the_json_form_registers_and_a_duplicate_is_done() {
     wait_logged(&agent, "nvi.registered", &[("status", "200")], 2);
     assert_eq!(site.services.held().len(), 1);
     assert_log_holds_no_secret(&site, &agent.log());
+    assert_state_holds_no_secret(&site);
 }
 
 #[test]
@@ -424,7 +506,23 @@ fn withdrawing_the_last_published_data_removes_the_referral() {
     site.publish("r2", BSN);
     wait_logged(&agent, "nvi.registered", &[], 2);
     assert_eq!(site.services.held().len(), 1);
+
+    // A patient with only a Twiin export: registered, and removed when
+    // the case is cancelled.
+    site.export_case("c2", OTHER);
+    wait_logged(&agent, "nvi.registered", &[], 3);
+    assert_eq!(site.services.held().len(), 2);
+    site.cancel("hospb", "c2");
+    wait_logged(&agent, "nvi.deregistered", &[("origin", "withdrawn")], 2);
+    assert_eq!(site.services.held().len(), 1);
+    let patients: Vec<Value> = site
+        .audit("nvi.deregistered")
+        .into_iter()
+        .map(|a| a["patient"].clone())
+        .collect();
+    assert_eq!(patients, [BSN, OTHER]);
     assert_log_holds_no_secret(&site, &agent.log());
+    assert_state_holds_no_secret(&site);
 }
 
 #[test]
@@ -466,6 +564,21 @@ fn outages_are_retried_until_done() {
     assert!(events(&agent.log(), "nvi.attempt_failed", &[("step", "token")]).len() >= 2);
     assert_eq!(site.services.held().len(), 3);
     assert!(site.dead().is_empty());
+    // Each attempt evaluated afresh: no pseudonym was sent twice.
+    let sent: Vec<Value> = site
+        .services
+        .requests_to(Service::Nvi)
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .map(|s| serde_json::from_slice::<Value>(&s.body).unwrap()["subject"].clone())
+        .collect();
+    assert!(
+        sent.len() >= 5,
+        "three registrations and two 503s: {}",
+        sent.len()
+    );
+    let distinct: std::collections::BTreeSet<String> = sent.iter().map(Value::to_string).collect();
+    assert_eq!(distinct.len(), sent.len());
     assert_log_holds_no_secret(&site, &agent.log());
 }
 
@@ -516,6 +629,13 @@ fn refusals_end_dead_with_their_reason_and_one_401_refreshes_the_token() {
         3
     );
     assert_eq!(site.services.held().len(), 1);
+
+    // The cause put right, `retry-dead` requeues them: registered.
+    let o = site.np(&["retry-dead", "--partner", "nvi"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_logged(&agent, "nvi.registered", &[("status", "201")], 4);
+    assert_eq!(site.services.held().len(), 4);
+    assert!(site.dead().is_empty());
     assert_log_holds_no_secret(&site, &agent.log());
 }
 
@@ -611,20 +731,61 @@ fn doctor_reaches_both_services_and_gets_tokens() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = site.np(&["doctor"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    for name in [
-        "partner.prs.tls",
-        "partner.prs.token",
-        "partner.nvi.tls",
-        "partner.nvi.token",
-    ] {
-        let line = out
-            .lines()
+    let line = |out: &str, name: &str| {
+        out.lines()
             .find(|l| l.contains(name))
-            .unwrap_or_else(|| panic!("no {name}:\n{out}"));
-        assert!(line.starts_with("OK"), "{line}");
+            .unwrap_or_else(|| panic!("no {name}:\n{out}"))
+            .to_string()
+    };
+    for name in ["partner.prs.tls", "partner.nvi.tls"] {
+        // Whatever the certificates' expiry makes doctor say, the
+        // handshake works: never a FAIL.
+        let l = line(&out, name);
+        assert!(l.contains("mutual TLS handshake OK"), "{l}");
+        assert!(!l.starts_with("FAIL"), "{l}");
+    }
+    for name in ["partner.prs.token", "partner.nvi.token"] {
+        let l = line(&out, name);
+        assert!(l.starts_with("OK"), "{l}");
     }
     let tokens = site.services.tokens();
     assert_eq!(tokens.len(), 2, "one token per service");
+    for (token, _) in &tokens {
+        assert!(!out.contains(&token[..20]), "doctor shows a token:\n{out}");
+    }
+
+    // The OAuth server refuses the PRS's token: that line fails, naming
+    // the setting to check; the NVI's still passes.
+    site.services.fault(Service::OAuth, &[Fault::Status(400)]);
+    let o = site.np(&["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    let prs = line(&out, "partner.prs.token");
+    assert!(prs.starts_with("FAIL") && prs.contains("400"), "{prs}");
+    assert!(prs.contains("NP_PARTNER_PRS_TOKEN_URL"), "{prs}");
+    assert!(line(&out, "partner.nvi.token").starts_with("OK"));
+
+    // check-config knows what an nvi partner needs.
+    let mut env = site.setup.env.clone();
+    env.remove("NP_PARTNER_NVI_OIN").remove("NP_ORG_OIN");
+    env.set("NP_PARTNER_NVI_API", "soap");
+    let broken = site.tmp.join("broken.env");
+    env.write(&broken);
+    let o = Command::new(env!("CARGO_BIN_EXE_np-agent"))
+        .args(["check-config", "--env-file"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let out = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(o.status.code(), Some(78), "{out}");
+    for key in ["NP_PARTNER_NVI_OIN", "NP_ORG_OIN", "NP_PARTNER_NVI_API"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("config error: {key}:"))),
+            "no line for {key}:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -644,4 +805,278 @@ fn np_agent_demo_with_localisation_registers_and_localises() {
     assert!(stdout.contains("one referral, URA 87654321"), "{stdout}");
     assert!(stdout.contains("answered B's URA 87654321"), "{stdout}");
     assert!(stdout.contains("Done:"), "{stdout}");
+}
+
+/// `np-agent nvi register --from-file`: one BSN a line, blank lines
+/// skipped, a bad line named and skipped (exit 1); each patient registered
+/// once, a second run has nothing to do. The usage errors. `nvi localize`
+/// in its text form, and under another pseudonym scope, which the index
+/// derives to another point and so knows nothing of.
+#[test]
+fn nvi_register_from_a_file_backfills_each_patient_once() {
+    let site = Site::new("nvi-file", "fhir");
+    let agent = site.setup.start();
+    let file = site.tmp.join("patients.txt");
+    std::fs::write(&file, format!("{BSN}\n\n  {OTHER}  \n123456789\n")).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let mut said = String::new();
+    let o = site.np(&["nvi", "register", "--from-file", file_arg]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("line 4: not a valid BSN"), "{err}");
+    assert!(
+        out.starts_with("queued 2 registration(s), 0 with nothing to do"),
+        "{out}"
+    );
+    said.push_str(&err);
+    wait_logged(
+        &agent,
+        "nvi.registered",
+        &[("status", "201"), ("origin", "backfill")],
+        2,
+    );
+    assert_eq!(site.services.held().len(), 2);
+
+    // Again, and a publication of one of them: nothing new at the index.
+    std::fs::write(&file, format!("{BSN}\n{OTHER}\n")).unwrap();
+    let o = site.np(&["nvi", "register", "--from-file", file_arg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.starts_with("queued 0 registration(s), 2 with nothing to do"),
+        "{out}"
+    );
+    site.publish("r1", BSN);
+    wait_logged(&agent, "record.published", &[], 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(site.registrations(), 2);
+
+    // Usage errors: 64, nothing queued.
+    for args in [
+        &["nvi", "register", "--bsn", "123456789"][..],
+        &["nvi", "register"],
+        &["nvi", "register", "--bsn", BSN, "--from-file", file_arg],
+        &["nvi", "deregister"],
+        &["nvi", "localize", "--bsn", "12345"],
+    ] {
+        let o = site.np(args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}");
+        said.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+
+    // The text form: one line per organisation.
+    let o = site.np(&["nvi", "localize", "--bsn", OTHER]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(fields[..2], [URA, &format!("urn:oid:{SOURCE_ID}")]);
+    assert!(
+        fields[2].starts_with("20") && fields[2].ends_with('Z'),
+        "{text}"
+    );
+    said.push_str(&String::from_utf8_lossy(&o.stderr));
+
+    // Another pseudonym scope (one the PRS evaluates for): another point,
+    // unknown to the index.
+    site.services.register_scope("other");
+    let mut env = site.setup.env.clone();
+    env.set("NP_PARTNER_NVI_PSEUDONYM_SCOPE", "other");
+    let other_env = site.tmp.join("other-scope.env");
+    env.write(&other_env);
+    let o = Command::new(env!("CARGO_BIN_EXE_np-agent"))
+        .args(["nvi", "localize", "--bsn", BSN, "--json", "--env-file"])
+        .arg(&other_env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let (point, call) = site.services.pseudonyms().pop().unwrap();
+    assert_eq!(call, "GET /fhir/List");
+    let held = site.services.held();
+    assert!(held.iter().all(|h| h.pseudonym != point), "{held:?}");
+    // The agreed scope again: found.
+    assert_eq!(site.localized(BSN).len(), 1);
+    let (again, _) = site.services.pseudonyms().pop().unwrap();
+    assert!(held.iter().any(|h| h.pseudonym == again));
+
+    said.push_str(&agent.log());
+    assert_log_holds_no_secret(&site, &said);
+}
+
+/// A party of the world the stand-ins trust asks the OAuth stand-in for a
+/// token.
+fn token_for(services: &StandIns, party: &Party, scope: &str, org: &str) -> String {
+    let body = format!(
+        "grant_type=client_credentials&scope={}&target_audience={}&organization_id={}&source_id={SOURCE_ID}",
+        scope.replace(' ', "+"),
+        services.origin(Service::Nvi),
+        org.replace(':', "%3A"),
+    );
+    let resp = party
+        .client()
+        .post(services.token_url())
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(body.as_bytes())
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: Value = serde_json::from_slice(&resp.into_body().read_to_vec().unwrap()).unwrap();
+    assert_eq!(status, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// `POST url` with a JSON body and a bearer token, over `party`'s
+/// certificate.
+fn post(party: &Party, token: &str, url: &str, body: &Value) -> (u16, Value) {
+    let resp = party
+        .client()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().read_to_vec().unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The `/oprf/eval` body of `bsn` for the stand-in NVI under `scope`,
+/// blinded with a fixed seed, and the blind factor.
+fn evaluation(bsn: &str, scope: &str, seed: u8) -> (Value, String) {
+    let recipient = Recipient::oin(NVI_OIN, scope);
+    let x = oprf::input(&Bsn::parse(bsn).unwrap(), &recipient).unwrap();
+    let b = oprf::blind(&x, [seed; 64]).unwrap();
+    let body = json!({
+        "encryptedPersonalId": b.element_wire(),
+        "recipientOrganization": format!("oin:{NVI_OIN}"),
+        "recipientScope": scope,
+    });
+    (body, b.factor.to_wire())
+}
+
+fn cert_thumbprint(party: &Party) -> String {
+    use rustls_pki_types::pem::PemObject;
+    thumbprint(
+        rustls_pki_types::CertificateDer::from_pem_file(&party.tls.cert)
+            .unwrap()
+            .as_ref(),
+    )
+}
+
+/// The stand-in OAuth server binds each token to the certificate it was
+/// asked over (`cnf.x5t#S256`); the PRS and the NVI accept it only over
+/// that certificate, and only for their own scope.
+#[test]
+fn the_stand_ins_accept_a_token_only_over_the_certificate_it_is_bound_to() {
+    let tmp = TempDir::new("nvi-bound");
+    let world = World::new();
+    let gf = Party::new(&world, tmp.path(), "gf", "90000099", &[]);
+    let ours = Party::new(&world, tmp.path(), "hospa", URA, &[]);
+    let theirs = Party::new(&world, tmp.path(), "hospb", "87654321", &[]);
+    let services = StandIns::start(&gf.material).unwrap();
+    let prs_token = token_for(&services, &ours, "prs:read", &format!("oin:{OIN}"));
+    let nvi_token = token_for(&services, &ours, "nvi:create nvi:localize", URA);
+    let their_token = token_for(&services, &theirs, "prs:read", "oin:00000001876543210000");
+    let issued = services.tokens();
+    let bound = |t: &str| {
+        issued
+            .iter()
+            .find(|(k, _)| k == t)
+            .unwrap()
+            .1
+            .x5t_s256
+            .clone()
+    };
+    assert_eq!(bound(&prs_token), cert_thumbprint(&ours));
+    assert_eq!(bound(&nvi_token), cert_thumbprint(&ours));
+    assert_eq!(bound(&their_token), cert_thumbprint(&theirs));
+    assert_ne!(cert_thumbprint(&ours), cert_thumbprint(&theirs));
+
+    let prs = format!("{}/oprf/eval", services.origin(Service::Prs));
+    let (body, factor) = evaluation(BSN, PSEUDONYM_SCOPE, 1);
+    assert_eq!(
+        post(&theirs, &prs_token, &prs, &body).0,
+        401,
+        "ours, over theirs"
+    );
+    assert_eq!(
+        post(&ours, &their_token, &prs, &body).0,
+        401,
+        "theirs, over ours"
+    );
+    assert_eq!(post(&ours, "not-a-token", &prs, &body).0, 401);
+    assert_eq!(post(&ours, &nvi_token, &prs, &body).0, 403, "not prs:read");
+    let (status, answer) = post(&ours, &prs_token, &prs, &body);
+    assert_eq!(status, 200, "{answer}");
+
+    let nvi = format!("{}/registrations", services.origin(Service::Nvi));
+    let registration = json!({"pseudonym": answer["jwe"], "oprf_key": factor});
+    assert_eq!(post(&theirs, &nvi_token, &nvi, &registration).0, 401);
+    assert_eq!(post(&ours, &prs_token, &nvi, &registration).0, 403);
+    assert!(services.held().is_empty());
+    let (status, held) = post(&ours, &nvi_token, &nvi, &registration);
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["ura_number"], URA);
+    assert_eq!(held["source_id"], SOURCE_ID);
+}
+
+/// The PRS's key fixed as in the unit tests of `nvi::oprf`: `k` = 7, 42,
+/// then zeros (little endian).
+const OPRF_KEY: [u8; 32] = {
+    let mut k = [0u8; 32];
+    k[0] = 7;
+    k[1] = 42;
+    k
+};
+
+/// `k·H(x)` for `OPRF_KEY` and `x` the input of BSN 999999151 for
+/// `oin:<NVI_OIN>|nvi|v1`: the fixed vector of the `nvi::oprf` unit tests.
+const POINT: &str = "e817784d85ac55286e3e2926fce8067eef037092cd88379af076631495aaca1c";
+
+/// Through the stand-in PRS and NVI, with the PRS's key fixed: one BSN,
+/// blinded twice, unblinds to the fixed point both times (the second
+/// registration is a duplicate, 409); another scope or another BSN gives
+/// another point.
+#[test]
+fn through_the_stand_ins_one_bsn_is_one_point_and_another_scope_or_bsn_another() {
+    let tmp = TempDir::new("nvi-points");
+    let world = World::new();
+    let gf = Party::new(&world, tmp.path(), "gf", "90000099", &[]);
+    let ours = Party::new(&world, tmp.path(), "hospa", URA, &[]);
+    let services = StandIns::start_with_oprf_key(&gf.material, &OPRF_KEY).unwrap();
+    let prs_token = token_for(&services, &ours, "prs:read", &format!("oin:{OIN}"));
+    let nvi_token = token_for(&services, &ours, "nvi:create", URA);
+    let prs = format!("{}/oprf/eval", services.origin(Service::Prs));
+    let nvi = format!("{}/registrations", services.origin(Service::Nvi));
+    let register = |bsn: &str, scope: &str, seed: u8| {
+        let (body, factor) = evaluation(bsn, scope, seed);
+        let (status, answer) = post(&ours, &prs_token, &prs, &body);
+        assert_eq!(status, 200, "{answer}");
+        let registration = json!({"pseudonym": answer["jwe"], "oprf_key": factor});
+        post(&ours, &nvi_token, &nvi, &registration).0
+    };
+    assert_eq!(register(OTHER, PSEUDONYM_SCOPE, 1), 200);
+    assert_eq!(
+        register(OTHER, PSEUDONYM_SCOPE, 2),
+        409,
+        "another blind, the same point: a duplicate"
+    );
+    let derived = services.pseudonyms();
+    assert_eq!(derived.len(), 2);
+    assert!(derived.iter().all(|(n, _)| n == POINT), "{derived:?}");
+
+    // Another scope: the PRS has no key of the NVI's for it until one is
+    // registered; then another point.
+    let (body, _) = evaluation(OTHER, "other", 3);
+    assert_eq!(post(&ours, &prs_token, &prs, &body).0, 404);
+    services.register_scope("other");
+    assert_eq!(register(OTHER, "other", 3), 200);
+    assert_eq!(register(THIRD, PSEUDONYM_SCOPE, 4), 200);
+    let points: std::collections::BTreeSet<String> =
+        services.held().into_iter().map(|h| h.pseudonym).collect();
+    assert_eq!(points.len(), 3, "{points:?}");
+    assert!(points.contains(POINT));
 }

@@ -364,6 +364,19 @@ fn notifications_are_answered_and_stored_once_byte_for_byte() {
     );
     let status = agent.stop();
     assert!(status.success(), "clean stop: {status}");
+
+    // In the inbox, the notifications are not kept in the spool: each
+    // finished item holds its id and a hash, no patient, no Consent.
+    let done = site.state_dir().join("spool").join("done");
+    let finished = listing(&done);
+    assert_eq!(finished.len(), stored.len(), "{finished:?}");
+    for name in finished {
+        let text = std::fs::read_to_string(done.join(&name)).unwrap();
+        assert!(
+            !text.contains(BSN) && !text.contains("Consent"),
+            "{name} keeps the notification: {text}"
+        );
+    }
 }
 
 /// Every refusal of the contract, in its order: the right status with an

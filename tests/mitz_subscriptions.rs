@@ -193,7 +193,8 @@ fn a_published_patient_is_subscribed_exactly_once() {
             line.get("subscription"),
             line.get("origin")
         ),
-        (Some("201"), Some("sub-1"), Some("published"))
+        (Some("201"), Some("p:sub-1"), Some("published")),
+        "Mitz's id is logged marked as Mitz's"
     );
     assert_eq!(line.get("rid"), s.header("x-request-id"));
 
@@ -217,7 +218,7 @@ fn a_published_patient_is_subscribed_exactly_once() {
 
     // Another patient is another subscription.
     site.publish("r3", OTHER, "c4");
-    wait_logged(&agent, "mitz.subscribed", &[("subscription", "sub-2")], 1);
+    wait_logged(&agent, "mitz.subscribed", &[("subscription", "p:sub-2")], 1);
     assert_eq!(site.subscription_requests(), 2);
     let state = Spool::at(&site.state())
         .unwrap()
@@ -314,7 +315,10 @@ fn a_503_and_then_a_202_end_with_one_recorded_subscription() {
     );
     let subscribed = events(&log, "mitz.subscribed", &[]);
     assert_eq!(subscribed.len(), 1);
-    assert_eq!(subscribed[0].get("subscription"), Some(earlier.as_str()));
+    assert_eq!(
+        subscribed[0].get("subscription"),
+        Some(format!("p:{earlier}").as_str())
+    );
 
     let listed = site.listed();
     assert_eq!(listed.len(), 1, "{listed:?}");

@@ -17,8 +17,10 @@ use common::tls::{
 };
 use np_agent::pki::throwaway::{Ca, LeafSpec, UziOtherName};
 use np_agent::pki::{
-    ALPN_HTTP_1_1, CertSelector, MinVersion, client_config, peer_identity, provider, server_config,
+    ALPN_HTTP_1_1, CertSelector, IssuerCheck, MinVersion, certificate_sha256, client_config,
+    peer_identity, provider, server_config,
 };
+use np_agent::util::b64;
 use np_agent::util::time::now_unix;
 
 const URA_A: &str = "90000123";
@@ -73,18 +75,18 @@ fn valid_client_certificate_is_accepted_and_identified() {
     assert_eq!(peer, b_leaf.der);
     let id = peer_identity(&peer).unwrap();
     assert_eq!(id.ura.as_deref(), Some(URA_B));
-    assert!(
-        format!("ura:{URA_B}")
-            .parse::<CertSelector>()
-            .unwrap()
-            .matches(&id)
-    );
-    assert!(
-        !format!("ura:{URA_A}")
-            .parse::<CertSelector>()
-            .unwrap()
-            .matches(&id)
-    );
+    let trust = load(&a).trust_certs;
+    let chain = [peer.clone()];
+    let issuer = IssuerCheck::new(&chain, &trust);
+    let selects = |s: String| s.parse::<CertSelector>().unwrap().matches(&id, &issuer);
+    assert!(selects(format!("ura:{URA_B}")));
+    assert!(!selects(format!("ura:{URA_A}")));
+    // Pinned to the CA that issued it (found in the trust bundle), and not
+    // to another one.
+    let ca = b64::hex(&certificate_sha256(w.ca.cert_der()));
+    let foreign = b64::hex(&certificate_sha256(w.foreign.cert_der()));
+    assert!(selects(format!("ura:{URA_B}@sha256:{ca}")));
+    assert!(!selects(format!("ura:{URA_B}@sha256:{foreign}")));
 }
 
 #[test]
@@ -405,6 +407,21 @@ mod rsa_pss {
         assert_eq!(peer, load(&b).chain[0], "the RSA leaf was presented");
         let id = peer_identity(&peer).unwrap();
         assert_eq!(id.dns_names, vec!["localhost".to_string()]);
+    }
+
+    #[test]
+    fn a_ca_pin_holds_for_an_rsa_pss_signed_certificate() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let w = World::new("pss-pin");
+        let b = rsa_agent(&w.dir.join("b"), &w.ca.cert_pem(), false);
+        let leaf = load(&b).chain[0].clone();
+        let ca = CertificateDer::from_pem_slice(rsa_pss().ca_pem.as_bytes()).unwrap();
+        let trusted = np_agent::pki::CaCerts::new(vec![ca.clone(), w.ca.cert_der().clone()]);
+        let chain = [leaf];
+        let check = IssuerCheck::new(&chain, &trusted);
+        assert!(check.issued_by(&certificate_sha256(&ca)));
+        assert!(!check.issued_by(&certificate_sha256(w.ca.cert_der())));
     }
 
     #[test]

@@ -1213,3 +1213,39 @@ fn a_restart_between_steps_duplicates_nothing() {
     assert!(file.exists());
     assert_eq!(files_in(&group).len(), 2);
 }
+
+/// Long after a pull finished, only its item's identity is kept
+/// (`NP_RETENTION`): the same Task sent again is still a `200` duplicate,
+/// answered with the Task as it came, and nothing is pulled twice.
+#[test]
+fn a_task_resent_after_its_item_was_pruned_is_still_a_duplicate() {
+    let h = Harness::new("pull-pruned");
+    let t = full_task("0b4c6a0e-2f0e-4b8e-9a51-3f1c2d4e5f60");
+    let first = h.notify(&t);
+    assert_eq!(first.status, 201);
+    let id = item_id_of(&first);
+    let (item, outcome) = h.pull(&id);
+    assert_eq!(h.settle(item, outcome), State::Done);
+    // Past its restriction end (7 days) and a retention of 1 day: a stub.
+    let horizons = spool::retention::Horizons::new(
+        Duration::from_secs(86_400),
+        Duration::from_secs(90 * 86_400),
+    );
+    let pruned = h.spool.prune(&horizons, now_unix() + 8 * 86_400).unwrap();
+    assert_eq!((pruned.stripped, pruned.removed), (1, 0));
+    let done = h.state_dir.join("spool/done").join(format!("{id}.json"));
+    assert!(!std::fs::read_to_string(done).unwrap().contains("999999990"));
+
+    let again = h.notify(&t);
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(body(&again), body(&first));
+    assert!(
+        h.spool.ids(State::Queued).unwrap().is_empty(),
+        "nothing pulled again"
+    );
+}

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::util::group_commit::GroupCommit;
 use crate::util::{durable, time};
 
@@ -267,7 +267,7 @@ impl AuditLog {
                 log::error!(
                     "event=audit.failed action={action} partner={} rid={} error={}",
                     partner.unwrap_or("-"),
-                    Q(rid.unwrap_or("-")),
+                    rid.map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
                     Q(&e.to_string())
                 );
                 false

@@ -234,7 +234,7 @@ pub const KEYS: &[KeySpec] = &[
         "NP_MAX_CONNECTIONS",
         Some("256"),
         false,
-        "open connections; above it new ones are refused at once",
+        "open connections, unfinished TLS handshakes included (a quarter reserved for established ones); above it new ones are refused at once",
     ),
     key(
         "NP_ORG_OIN",
@@ -273,6 +273,12 @@ pub const KEYS: &[KeySpec] = &[
         "how long a Mitz closed-question answer is reused for (patient, requester, category)",
     ),
     key(
+        "NP_RETENTION",
+        Some("30d"),
+        false,
+        "finished spool items (notifications sent, Tasks pulled) keep their content this long (a notification also until its restriction.period.end), then only identifiers and hashes for duplicate detection; other finished work keeps no content at all",
+    ),
+    key(
         "NP_PARTNERS",
         Some(""),
         false,
@@ -283,13 +289,31 @@ pub const KEYS: &[KeySpec] = &[
         "NP_IDLE_TIMEOUT",
         Some("30s"),
         false,
-        "keep-alive connections idle this long are closed (also the TLS handshake deadline)",
+        "keep-alive connections idle this long are closed",
+    ),
+    key(
+        "NP_HANDSHAKE_TIMEOUT",
+        Some("5s"),
+        false,
+        "deadline for a new connection's TLS handshake, from accept",
+    ),
+    key(
+        "NP_MAX_HANDSHAKES_PER_ADDRESS",
+        Some("16"),
+        false,
+        "unfinished TLS handshakes one address (IPv6: one /64) may hold; its next connection closes its oldest",
     ),
     key(
         "NP_RETRY_MAX_AGE",
         Some("72h"),
         false,
         "outgoing work older than this goes to the dead folder",
+    ),
+    key(
+        "NP_DEDUPE_RETENTION",
+        Some("90d"),
+        false,
+        "how long the identifiers and hashes of finished spool items are kept to recognise the same work again (a resent Task or Mitz notification); at least NP_RETENTION",
     ),
     key(
         "NP_MIN_FREE_DISK",
@@ -336,7 +360,7 @@ pub const PARTNER_KEYS: &[KeySpec] = &[
         "CERT",
         None,
         CALLING,
-        "twiin, mitz, zorgviewer: which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>; required (prs and nvi never call us)",
+        "twiin, mitz, zorgviewer: which TLS client certificate is theirs: ura:<URA>, serial:<serialNumber>, dns:<name> or sha256:<hex of DER>, optionally followed by @sha256:<hex of the DER of the issuing CA certificate>; required (prs and nvi never call us)",
     ),
     pkey(
         "URL",
@@ -877,6 +901,10 @@ pub struct Config {
     pub max_body: u64,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Deadline for a TLS handshake (`NP_HANDSHAKE_TIMEOUT`).
+    pub handshake_timeout: Duration,
+    /// Unfinished handshakes one source address may hold.
+    pub max_handshakes_per_address: usize,
     pub retry_max_age: Duration,
     pub min_free_disk: u64,
     /// Ceiling of the first retry wait.
@@ -900,6 +928,11 @@ pub struct Config {
     pub mitz_notify_url: String,
     /// How long a Mitz closed-question answer is reused.
     pub mitz_decision_ttl: Duration,
+    /// How long finished spool items keep their content (`NP_RETENTION`).
+    pub retention: Duration,
+    /// How long finished spool items are remembered for duplicate
+    /// detection (`NP_DEDUPE_RETENTION`, at least `retention`).
+    pub dedupe_retention: Duration,
     pub partners: Vec<Partner>,
 }
 
@@ -1089,6 +1122,20 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
         _ => Err(format!("{s:?} must be a whole number from 1 to 65536")),
     });
     let idle_timeout = v.parsed("NP_IDLE_TIMEOUT", positive_duration);
+    let handshake_timeout = v.parsed("NP_HANDSHAKE_TIMEOUT", |s| {
+        let d = positive_duration(s)?;
+        if d <= Duration::from_secs(60) {
+            Ok(d)
+        } else {
+            Err(format!("{s:?} must be from 1s to 60s"))
+        }
+    });
+    let max_handshakes_per_address = v.parsed("NP_MAX_HANDSHAKES_PER_ADDRESS", |s| {
+        match s.parse::<usize>() {
+            Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+            _ => Err(format!("{s:?} must be a whole number from 1 to 65536")),
+        }
+    });
     let retry_max_age = v.parsed("NP_RETRY_MAX_AGE", positive_duration);
     let min_free_disk = v.parsed("NP_MIN_FREE_DISK", parse_size);
     let retry_first = v.parsed("NP_RETRY_FIRST", whole_seconds);
@@ -1111,6 +1158,16 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
     let source_id = v.optional("NP_SOURCE_ID", bare_oid);
     let mitz_notify_url = v.optional("NP_MITZ_NOTIFY_URL", parse_https_url);
     let mitz_decision_ttl = v.parsed("NP_MITZ_DECISION_TTL", whole_seconds);
+    let retention = v.parsed("NP_RETENTION", positive_duration);
+    let dedupe_retention = v.parsed("NP_DEDUPE_RETENTION", positive_duration);
+    if let (Some(keep), Some(dedupe)) = (retention, dedupe_retention) {
+        if dedupe < keep {
+            v.error(
+                "NP_DEDUPE_RETENTION",
+                "must not be shorter than NP_RETENTION: a finished item is remembered at least as long as its content is kept",
+            );
+        }
+    }
     let partner_names = v.parsed("NP_PARTNERS", parse_partner_names);
 
     let client_id = client_id.or_else(|| public_url.as_deref().map(host_of));
@@ -1168,6 +1225,8 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             max_body: max_body?,
             max_connections: max_connections?,
             idle_timeout: idle_timeout?,
+            handshake_timeout: handshake_timeout?,
+            max_handshakes_per_address: max_handshakes_per_address?,
             retry_max_age: retry_max_age?,
             min_free_disk: min_free_disk?,
             retry_first: retry_first?,
@@ -1181,6 +1240,8 @@ pub fn from_vars(vars: &Vars) -> Result<Config, Vec<ConfigError>> {
             mitz_notify_url: mitz_notify_url?
                 .unwrap_or_else(|| format!("{public_url}{MITZ_NOTIFY_PATH}")),
             mitz_decision_ttl: mitz_decision_ttl?,
+            retention: retention?,
+            dedupe_retention: dedupe_retention?,
             public_url,
             partners,
         })

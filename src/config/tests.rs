@@ -53,6 +53,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.max_body, 16 << 20);
     assert_eq!(c.max_connections, 256);
     assert_eq!(c.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.max_handshakes_per_address, 16);
     assert_eq!(c.retry_max_age, Duration::from_secs(72 * 3_600));
     assert_eq!(c.min_free_disk, 512 << 20);
     assert_eq!(c.retry_first, Duration::from_secs(5));
@@ -69,6 +71,8 @@ fn minimal_config_gets_every_default() {
         "https://np.hospital-a.example:8443/mitz/fhir"
     );
     assert_eq!(c.mitz_decision_ttl, Duration::from_secs(60));
+    assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(c.dedupe_retention, Duration::from_secs(90 * 86_400));
     assert!(c.partners.is_empty());
     assert_eq!(
         c.token_endpoint(),
@@ -141,6 +145,16 @@ fn bad_values_name_the_key_and_the_reason() {
             "NP_MAX_CONNECTIONS: \"0\" must be a whole number",
         ),
         (
+            "NP_HANDSHAKE_TIMEOUT",
+            "2m",
+            "NP_HANDSHAKE_TIMEOUT: \"2m\" must be from 1s to 60s",
+        ),
+        (
+            "NP_MAX_HANDSHAKES_PER_ADDRESS",
+            "0",
+            "NP_MAX_HANDSHAKES_PER_ADDRESS: \"0\" must be a whole number",
+        ),
+        (
             "NP_POLL_INTERVAL",
             "0s",
             "NP_POLL_INTERVAL: \"0s\" must be longer than zero",
@@ -166,6 +180,21 @@ fn bad_values_name_the_key_and_the_reason() {
             "NP_RETRY_FIRST: \"0s\" must be longer than zero",
         ),
         ("NP_NOTIFICATION_TTL", "7 days", "NP_NOTIFICATION_TTL:"),
+        (
+            "NP_RETENTION",
+            "0d",
+            "NP_RETENTION: \"0d\" must be longer than zero",
+        ),
+        (
+            "NP_RETENTION",
+            "91d",
+            "NP_DEDUPE_RETENTION: must not be shorter than NP_RETENTION",
+        ),
+        (
+            "NP_DEDUPE_RETENTION",
+            "29d",
+            "NP_DEDUPE_RETENTION: must not be shorter than NP_RETENTION",
+        ),
         (
             "NP_ORG_AGB",
             "1234",
@@ -318,6 +347,24 @@ fn partners_with_defaults_and_overrides() {
     );
     assert_eq!(vip.assertions.accept_algs, [Alg::Ps256, Alg::Rs256]);
     assert_eq!(vip.org.oid(), "2.16.840.1.113883.2.4.6.1.44446666");
+    // A selector may pin the issuing CA.
+    let mut v = with_partner(&f);
+    let pin = "ab".repeat(32);
+    set(
+        &mut v,
+        "NP_PARTNER_HOSPB_CERT",
+        &format!("ura:87654321@sha256:{pin}"),
+    );
+    let c2 = from_vars(&v).unwrap();
+    let cert = c2
+        .twiin_partner("hospb")
+        .unwrap()
+        .partner
+        .cert
+        .clone()
+        .unwrap();
+    assert_eq!(cert.ca_sha256(), Some(&[0xab; 32]));
+    assert_eq!(cert.to_string(), format!("ura:87654321@sha256:{pin}"));
     assert_eq!(
         c.our_org(IdScheme::Agb),
         Some(OrgId::Agb("01234567".into()))
@@ -342,6 +389,11 @@ fn partner_problems_are_each_named() {
             "NP_PARTNER_HOSPB_CERT",
             "sha256:abcd",
             "NP_PARTNER_HOSPB_CERT: certificate selector \"sha256:abcd\": expected sha256:<64 hex digits>",
+        ),
+        (
+            "NP_PARTNER_HOSPB_CERT",
+            "ura:87654321@sha256:abcd",
+            "NP_PARTNER_HOSPB_CERT: certificate selector \"ura:87654321@sha256:abcd\": the issuing CA is pinned as @sha256:<64 hex digits",
         ),
         (
             "NP_PARTNER_HOSPB_CERT",

@@ -25,11 +25,18 @@ use super::router::Router;
 pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(3_600);
 /// How long SIGTERM waits for in-flight requests.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How often finished spool items are pruned (`NP_RETENTION`); also once
+/// at start-up.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3_600);
 
 fn limits(cfg: &Config) -> http::Limits {
     http::Limits {
         max_connections: cfg.max_connections,
-        handshake_timeout: cfg.idle_timeout.min(Duration::from_secs(10)),
+        // A quarter of the slots only established connections (and handshakes from
+        // addresses that recently completed one with a certificate) may use.
+        reserved_connections: cfg.max_connections / 4,
+        max_handshakes_per_source: cfg.max_handshakes_per_address,
+        handshake_timeout: cfg.handshake_timeout,
         idle_timeout: cfg.idle_timeout,
         max_body: cfg.max_body,
         ..http::Limits::default()
@@ -119,6 +126,8 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     let _ = router.waker.set(dispatcher.waker());
     let stop_outbox = Arc::new(AtomicBool::new(false));
     let outbox = spawn_outbox_thread(router.clone(), stop_outbox.clone(), dispatcher.waker())?;
+    let stop_pruning = Arc::new(AtomicBool::new(false));
+    let pruning = spawn_pruning_thread(router.clone(), stop_pruning.clone())?;
     let (tx, rx) = mpsc::channel();
     spawn_signal_thread(tx)?;
     ready.store(true, Ordering::SeqCst);
@@ -168,10 +177,12 @@ fn serve(cfg: Config, env_file: Option<PathBuf>) -> Result<(), StartupError> {
     notify::notify("STOPPING=1");
     log::info!("event=stopping grace_s={}", DRAIN_GRACE.as_secs());
     stop_outbox.store(true, Ordering::SeqCst);
+    stop_pruning.store(true, Ordering::SeqCst);
     let started = Instant::now();
     server.shutdown(DRAIN_GRACE);
     dispatcher.shutdown(DRAIN_GRACE.saturating_sub(started.elapsed()));
     let _ = outbox.join();
+    let _ = pruning.join();
     admin_server.shutdown();
     log::info!("event=stopped");
     Ok(())
@@ -210,6 +221,45 @@ fn spawn_outbox_thread(
         .map_err(|e| StartupError {
             exit: 1,
             message: format!("cannot start the outbox thread: {e}"),
+        })
+}
+
+/// Prunes the finished spool items now and every [`PRUNE_INTERVAL`], under
+/// the horizons of the configuration of the moment.
+fn spawn_pruning_thread(
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, StartupError> {
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let horizons = {
+                    let shared = router.current();
+                    crate::spool::retention::Horizons::new(
+                        shared.config.retention,
+                        shared.config.dedupe_retention,
+                    )
+                };
+                match router.stores.spool.prune(&horizons, now_unix()) {
+                    Ok(p) if p.stripped + p.removed > 0 => log::info!(
+                        "event=spool.pruned stripped={} removed={} kept={}",
+                        p.stripped,
+                        p.removed,
+                        p.kept
+                    ),
+                    Ok(p) => log::debug!("event=spool.pruned stripped=0 removed=0 kept={}", p.kept),
+                    Err(e) => log::error!("event=spool.prune_failed error={}", Q(&e.to_string())),
+                }
+                let until = Instant::now() + PRUNE_INTERVAL;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map_err(|e| StartupError {
+            exit: 1,
+            message: format!("cannot start the retention thread: {e}"),
         })
 }
 

@@ -9,7 +9,7 @@ use crate::config::{MitzPartner, Partner, PartnerKind};
 use crate::fhir::{FhirVersion, Format, IssueType, Refusal};
 use crate::http::{Handler, Request, Response};
 use crate::oauth::endpoint::{Outcome, TokenRequest};
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::pki;
 use crate::util::time::now_unix;
 
@@ -59,7 +59,7 @@ impl Router {
         }
         log::warn!(
             "event=partner.address_refused rid={} partner={} peer={peer} allow_from={}",
-            Q(&req.request_id),
+            Rid(&req.request_id),
             partner.name,
             partner.allow_from
         );
@@ -70,16 +70,17 @@ impl Router {
     fn certified<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
         let leaf = req.peer.certs.first()?;
         let id = pki::peer_identity(leaf.as_ref()).ok()?;
+        let issuer = pki::IssuerCheck::new(&req.peer.certs, &shared.tls.trust_certs);
         let mut matches = shared
             .config
             .partners
             .iter()
-            .filter(|p| p.cert.as_ref().is_some_and(|c| c.matches(&id)));
+            .filter(|p| p.cert.as_ref().is_some_and(|c| c.matches(&id, &issuer)));
         let partner = matches.next()?;
         if matches.next().is_some() {
             log::warn!(
                 "event=tls.ambiguous_partner rid={} cert_sha256={}",
-                Q(&req.request_id),
+                Rid(&req.request_id),
                 id.fingerprint()
             );
             return None;
@@ -260,7 +261,7 @@ impl Router {
         if context.as_ref().is_ok_and(|ctx| !ctx.request_id_sent()) {
             log::info!(
                 "event=zorgviewer.request_id_generated rid={} partner={}",
-                Q(&req.request_id),
+                Rid(&req.request_id),
                 partner.name
             );
         }
@@ -281,7 +282,7 @@ impl Router {
             Err(r) => {
                 log::info!(
                     "event=zorgviewer.context_refused rid={} partner={} status={} reason={}",
-                    Q(&req.request_id),
+                    Rid(&req.request_id),
                     partner.name,
                     r.status(),
                     r.label()
@@ -399,7 +400,7 @@ impl Router {
         );
         log::info!(
             "event={event} rid={} partner={} status=503 reason=backpressure cause={} free={} min={}",
-            Q(&req.request_id),
+            Rid(&req.request_id),
             partner.name,
             pressure.reason,
             pressure.free,
@@ -437,7 +438,7 @@ impl Router {
         let refused = |partner: &str, r: Refusal| {
             log::info!(
                 "event=mitz.refused rid={} partner={partner} status={} code={} reason={}",
-                Q(&req.request_id),
+                Rid(&req.request_id),
                 r.status,
                 r.code.as_str(),
                 Q(r.reason())
@@ -463,7 +464,8 @@ impl Router {
         Ok(mitz)
     }
 
-    /// The grant behind `Authorization: Bearer …`, issued to `partner`.
+    /// The grant behind `Authorization: Bearer …`, issued to `partner` over
+    /// the TLS client certificate of this connection.
     fn bearer(
         &self,
         req: &Request,
@@ -491,11 +493,37 @@ impl Router {
                 ));
             }
         };
+        let Some(cert) = cert_sha256(req) else {
+            return Err(unauthorized(
+                Some("invalid_token"),
+                "a token is used over the TLS client certificate it was issued over",
+            ));
+        };
         self.stores
             .tokens
-            .check(token, &partner.name, now)
-            .map_err(|e| unauthorized(Some("invalid_token"), e.reason()))
+            .check(token, &partner.name, &cert, now)
+            .map_err(|e| {
+                if e == crate::oauth::grants::TokenRejection::WrongCertificate {
+                    // A valid token over another certificate: copied, or
+                    // the partner's certificate was replaced.
+                    log::warn!(
+                        "event=token.wrong_certificate rid={} partner={} cert_sha256={}",
+                        Rid(&req.request_id),
+                        partner.name,
+                        crate::util::b64::hex(&cert)
+                    );
+                }
+                unauthorized(Some("invalid_token"), e.reason())
+            })
     }
+}
+
+/// SHA-256 of the peer's TLS client certificate: what a token is bound to.
+fn cert_sha256(req: &Request) -> Option<[u8; 32]> {
+    req.peer
+        .certs
+        .first()
+        .map(|leaf| pki::certificate_sha256(leaf.as_ref()))
 }
 
 fn json(status: u16, body: Vec<u8>) -> Response {
@@ -534,6 +562,7 @@ impl Handler for Router {
                 let reply = shared.token_service.handle(
                     &TokenRequest {
                         partner,
+                        cert_sha256: cert_sha256(req),
                         peer: req.peer.addr.ip(),
                         content_type: req.header("content-type"),
                         body: &req.body,

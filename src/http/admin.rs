@@ -8,13 +8,19 @@
 //!
 //! Small by design: one request per connection (always `Connection: close`), heads up to
 //! 8 KiB, no request bodies (413), 5 s to send the request and 5 s to read the answer, at
-//! most [`MAX_ADMIN_CONNECTIONS`] connections at once (more are closed at once), one short
-//! thread per connection. Requests are logged at `debug` only: scrapers poll often.
+//! most [`MAX_ADMIN_CONNECTIONS`] connections at once, one short thread per connection.
+//! Requests are logged at `debug` only: scrapers poll often.
+//!
+//! A health check is answered even when every slot is taken by a connection that sends
+//! nothing: a new connection at the cap closes the oldest one still waiting for its
+//! request (its thread sees end-of-stream and ends). Only when every slot is busy
+//! answering is a new connection closed at once (`admin.connection_refused`, debug).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -22,11 +28,15 @@ use super::Response;
 use super::parse::{ReaderLimits, RequestReader, Step};
 use super::server::{remaining, wake_acceptor};
 use super::wire::{self, Framing};
+use crate::ops::logging::Rid;
 use crate::ops::metrics::Metrics;
 use crate::util::time;
 
-/// Connections served at once; more are closed at once.
+/// Connections served at once; at the cap a new one displaces the oldest connection that
+/// has not sent its request yet, or is closed at once when there is none.
 pub const MAX_ADMIN_CONNECTIONS: usize = 8;
+/// Threads at most: the cap plus displaced connections that have not ended yet.
+const MAX_ADMIN_THREADS: usize = 2 * MAX_ADMIN_CONNECTIONS;
 /// Deadline for receiving a request, and separately for sending the answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lingering close: how long and how much to drain after answering.
@@ -52,7 +62,33 @@ struct AdminShared {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     stopping: AtomicBool,
+    /// Connection threads alive (only the acceptor adds to it).
     active: AtomicUsize,
+    /// Connections that have not sent a complete request yet, oldest first: the ones a new
+    /// connection at the cap may displace.
+    waiting: Mutex<VecDeque<(u64, TcpStream)>>,
+    next_id: AtomicU64,
+}
+
+impl AdminShared {
+    fn lock_waiting(&self) -> MutexGuard<'_, VecDeque<(u64, TcpStream)>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Shuts down the oldest connection still waiting for its request; false when there
+    /// is none.
+    fn displace_oldest(&self) -> bool {
+        let Some((_, tcp)) = self.lock_waiting().pop_front() else {
+            return false;
+        };
+        let _ = tcp.shutdown(Shutdown::Both);
+        true
+    }
+
+    /// Connection `id` sent its request (or ended): it may no longer be displaced.
+    fn done_waiting(&self, id: u64) {
+        self.lock_waiting().retain(|(waiting, _)| *waiting != id);
+    }
 }
 
 impl AdminServer {
@@ -70,6 +106,8 @@ impl AdminServer {
             ready,
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            waiting: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
         });
         let acceptor_shared = Arc::clone(&shared);
         let acceptor = thread::Builder::new()
@@ -134,33 +172,51 @@ fn accept_loop(shared: &Arc<AdminShared>, listener: &TcpListener) {
                 continue;
             }
         };
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_ADMIN_CONNECTIONS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+        // Only this thread adds to `active`, so the count cannot grow behind this check.
+        let active = shared.active.load(Ordering::SeqCst);
+        if active >= MAX_ADMIN_THREADS
+            || (active >= MAX_ADMIN_CONNECTIONS && !shared.displace_oldest())
+        {
             log::debug!("event=admin.connection_refused reason=limit");
             continue;
         }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // Listed before its thread runs, so the next connection can already displace it.
+        if let Ok(handle) = tcp.try_clone() {
+            shared.lock_waiting().push_back((id, handle));
+        }
+        shared.active.fetch_add(1, Ordering::SeqCst);
         let conn_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name("np-admin".into())
             .spawn(move || {
-                let _slot = ActiveGuard(&conn_shared.active);
-                serve(&conn_shared, &tcp);
+                let _slot = ActiveGuard {
+                    shared: &conn_shared,
+                    id,
+                };
+                serve(&conn_shared, id, &tcp);
             });
         if spawned.is_err() {
+            shared.done_waiting(id);
             shared.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-struct ActiveGuard<'a>(&'a AtomicUsize);
+/// Frees a connection's slot however serving ends.
+struct ActiveGuard<'a> {
+    shared: &'a AdminShared,
+    id: u64,
+}
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.shared.done_waiting(self.id);
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-fn serve(shared: &AdminShared, tcp: &TcpStream) {
+fn serve(shared: &AdminShared, id: u64, tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + ADMIN_TIMEOUT;
     let mut reader = RequestReader::new(ADMIN_LIMITS);
@@ -170,6 +226,7 @@ fn serve(shared: &AdminShared, tcp: &TcpStream) {
         buf.drain(..used);
         match step {
             Step::Complete(req) => {
+                shared.done_waiting(id);
                 let head_only = req.head.method == "HEAD";
                 let rid = wire::request_id(&req.head.headers);
                 break (
@@ -225,7 +282,7 @@ fn serve(shared: &AdminShared, tcp: &TcpStream) {
     linger(tcp);
     log::debug!(
         "event=admin.request rid={} status={}",
-        wire::log_value(&rid),
+        Rid(&rid),
         resp.status
     );
 }

@@ -2,10 +2,16 @@
 //! and the mTLS client.
 //!
 //! The server ([`Server`]) is a bounded worker pool over a `TcpListener`: one thread per open
-//! connection, created on demand up to [`Limits::max_connections`] and reused when idle; at
-//! the cap a new connection is closed at once. Each connection does its TLS handshake under
-//! its own deadline, then reads requests with the sans-IO [`parse::RequestReader`], hands
-//! them to the application's [`Handler`] and writes each response as one buffer.
+//! connection, created on demand up to [`Limits::max_connections`] and reused when idle.
+//! Which connection may hold a slot is decided by the pure `admission` module: each
+//! unfinished TLS handshake has [`Limits::handshake_timeout`], one source address holds at
+//! most [`Limits::max_handshakes_per_source`] of them, and handshakes from addresses that
+//! have not recently completed one with a client certificate leave
+//! [`Limits::reserved_connections`] to those that have. A connection that does not fit
+//! displaces the oldest unfinished handshake of the busiest address, or is closed at once
+//! when only established connections are in its way. Each connection then reads requests
+//! with the sans-IO [`parse::RequestReader`], hands them to the application's [`Handler`]
+//! and writes each response as one buffer.
 //!
 //! What the server guarantees the handler:
 //! - the peer presented a certificate chain accepted by the `ServerConfig` in the
@@ -36,9 +42,13 @@
 //! Logging: one `info` line per request (`event=http.request`) with request id, method
 //! (a fixed set, else `other`), endpoint label, status, milliseconds, body bytes and peer
 //! address. Never the request-target, query, headers or body. Handshake and connection
-//! failures are logged at `debug` with a reason label.
+//! failures are logged at `debug` with a reason label. Connections closed by the admission
+//! rules are counted, not logged one by one: one `warn` summary
+//! (`event=http.connection_refused`) at the first, then at most one per
+//! [`Limits::refusal_log_interval`], with the counts and the most refused addresses.
 
 pub mod admin;
+mod admission;
 pub mod client;
 pub mod parse;
 pub mod partners;
@@ -212,10 +222,20 @@ pub trait Handler: Send + Sync + 'static {
 /// cannot extend it by trickling bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Open connections (each holds one worker thread); more are closed at once.
+    /// Open connections, unfinished handshakes included (each holds one worker thread).
     pub max_connections: usize,
+    /// Of `max_connections`, the slots unfinished handshakes may not take unless their
+    /// address completed a handshake with a client certificate within the last day: room
+    /// for established connections and known partners under a flood. Below
+    /// `max_connections`.
+    pub reserved_connections: usize,
+    /// Unfinished handshakes one address (an IPv6 /64) may hold; its next connection
+    /// closes its oldest.
+    pub max_handshakes_per_source: usize,
     /// Deadline for the TLS handshake, from accept.
     pub handshake_timeout: Duration,
+    /// At most one summary of the connections closed by the admission rules per interval.
+    pub refusal_log_interval: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
     /// Longest wait for any single read while a request is arriving.
@@ -244,11 +264,15 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// Production defaults: `NP_MAX_CONNECTIONS` 256 and `NP_MAX_BODY` 16 MiB.
+    /// Production defaults: `NP_MAX_CONNECTIONS` 256 (a quarter reserved), 16 unfinished
+    /// handshakes per address, 5 s per handshake and `NP_MAX_BODY` 16 MiB.
     fn default() -> Self {
         Limits {
             max_connections: 256,
-            handshake_timeout: Duration::from_secs(10),
+            reserved_connections: 64,
+            max_handshakes_per_source: 16,
+            handshake_timeout: Duration::from_secs(5),
+            refusal_log_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
@@ -270,8 +294,13 @@ impl Limits {
         let zero = |d: Duration| d.is_zero();
         let problem = if self.max_connections == 0 {
             Some("max_connections must be at least 1")
+        } else if self.reserved_connections >= self.max_connections {
+            Some("reserved_connections must be below max_connections")
+        } else if self.max_handshakes_per_source == 0 {
+            Some("max_handshakes_per_source must be at least 1")
         } else if [
             self.handshake_timeout,
+            self.refusal_log_interval,
             self.idle_timeout,
             self.read_timeout,
             self.header_timeout,
@@ -282,7 +311,7 @@ impl Limits {
         .into_iter()
         .any(zero)
         {
-            Some("timeouts and max_connection_age must be above zero")
+            Some("timeouts, intervals and max_connection_age must be above zero")
         } else if self.max_headers == 0 {
             Some("max_headers must be at least 1")
         } else if self.max_header_bytes < 64 {
@@ -297,6 +326,14 @@ impl Limits {
         match problem {
             Some(p) => Err(format!("http limits: {p}")),
             None => Ok(()),
+        }
+    }
+
+    pub(crate) fn admission(&self) -> admission::Rules {
+        admission::Rules {
+            max_connections: self.max_connections,
+            reserved: self.reserved_connections,
+            per_source: self.max_handshakes_per_source,
         }
     }
 
@@ -396,6 +433,20 @@ mod tests {
             ..Limits::default()
         };
         assert!(bad.validate().is_err_and(|e| e.contains("max_connections")));
+        let bad = Limits {
+            max_connections: 4,
+            reserved_connections: 4,
+            ..Limits::default()
+        };
+        assert!(
+            bad.validate()
+                .is_err_and(|e| e.contains("reserved_connections"))
+        );
+        let bad = Limits {
+            max_handshakes_per_source: 0,
+            ..Limits::default()
+        };
+        assert!(bad.validate().is_err());
         let bad = Limits {
             idle_timeout: Duration::ZERO,
             ..Limits::default()

@@ -1,8 +1,14 @@
 //! The partner listener: accept loop, bounded worker pool, TLS I/O and the request loop.
 //!
-//! Threads: one acceptor, plus at most `max_connections` workers. A worker serves one
-//! connection from accept to close, then waits (up to [`WORKER_IDLE_TTL`]) for the next one
-//! before it exits. At the cap a new connection is closed at once: nothing queues.
+//! Threads: one acceptor, one reporter (the rate-limited summary of refused connections),
+//! plus at most `max_connections` workers. A worker serves one connection from accept to
+//! close, then waits (up to [`WORKER_IDLE_TTL`]) for the next one before it exits.
+//!
+//! The acceptor asks [`Admission`] about each new connection (see `admission` for the
+//! rules): it is refused (closed at once: nothing queues for a slot), or admitted, possibly
+//! after closing unfinished handshakes that it displaces (their sockets are shut down; their
+//! workers see the handshake fail and end). A worker tells [`Admission`] when its handshake
+//! completes; a displaced connection learns there that it has to close.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -15,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection};
 
+use super::admission::{Admission, Closed, Decision, RefusalTally, Source};
 use super::parse::{ParsedRequest, Reject, RequestReader, Step};
 use super::wire::{self, Framing};
 use super::{Handler, Limits, Peer, Request, Response};
+use crate::ops::logging::Rid;
 use crate::ops::metrics::Metrics;
 use crate::util::time;
 
@@ -71,6 +79,7 @@ pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
+    reporter: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for Server {
@@ -109,25 +118,46 @@ impl Server {
         let shared = Arc::new(Shared {
             tls,
             handler,
-            limits,
             metrics,
             classify,
             stopping: AtomicBool::new(false),
-            pool: Mutex::new(PoolState::default()),
+            pool: Mutex::new(PoolState {
+                open: 0,
+                threads: 0,
+                idle: 0,
+                queue: VecDeque::new(),
+                stopping: false,
+                admission: Admission::new(limits.admission()),
+            }),
             work: Condvar::new(),
             drained: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            tally: Mutex::new(RefusalTally::new(limits.refusal_log_interval)),
+            report: Condvar::new(),
+            limits,
         });
+        let reporter_shared = Arc::clone(&shared);
+        let reporter = thread::Builder::new()
+            .name("np-http-report".into())
+            .spawn(move || report_loop(&reporter_shared))?;
         let acceptor_shared = Arc::clone(&shared);
         let acceptor = thread::Builder::new()
             .name("np-http-accept".into())
-            .spawn(move || accept_loop(&acceptor_shared, &listener))?;
+            .spawn(move || accept_loop(&acceptor_shared, &listener));
+        let acceptor = match acceptor {
+            Ok(acceptor) => acceptor,
+            Err(e) => {
+                shared.stop_reporter(reporter);
+                return Err(e);
+            }
+        };
         log::info!("event=http.listening addr={addr}");
         Ok(Server {
             addr,
             shared,
             acceptor: Some(acceptor),
+            reporter: Some(reporter),
         })
     }
 
@@ -166,6 +196,9 @@ impl Server {
                     self.addr
                 );
             }
+        }
+        if let Some(reporter) = self.reporter.take() {
+            self.shared.stop_reporter(reporter);
         }
     }
 }
@@ -244,14 +277,18 @@ struct Shared {
     work: Condvar,
     /// Signals that a connection finished.
     drained: Condvar,
-    /// Open connections, so shutdown can close them.
+    /// Open connections (queued ones included), so shutdown and eviction can close them.
     conns: Mutex<HashMap<u64, Arc<Tracked>>>,
     next_conn: AtomicU64,
+    /// Connections closed by the admission rules, for the reporter.
+    tally: Mutex<RefusalTally>,
+    /// Signals the reporter: something was counted, or the server stops.
+    report: Condvar,
 }
 
-#[derive(Default)]
 struct PoolState {
-    /// Connections queued or being served; never above `max_connections`.
+    /// Connections queued or being served; above `max_connections` only for the moment
+    /// that displaced connections take to end.
     open: usize,
     /// Worker threads alive; never above `max_connections`.
     threads: usize,
@@ -259,10 +296,13 @@ struct PoolState {
     idle: usize,
     queue: VecDeque<Job>,
     stopping: bool,
+    /// Which connection holds which slot.
+    admission: Admission,
 }
 
 struct Job {
-    tcp: TcpStream,
+    id: u64,
+    tracked: Arc<Tracked>,
     addr: SocketAddr,
     accepted: Instant,
 }
@@ -281,6 +321,32 @@ impl Shared {
 
     fn lock_conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_tally(&self) -> MutexGuard<'_, RefusalTally> {
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts connections closed by the admission rules and wakes the reporter.
+    fn closed_by_admission(&self, closed: &[Source], how: Closed) {
+        if closed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut tally = self.lock_tally();
+        for source in closed {
+            self.metrics.connection_refused();
+            tally.record(*source, how, now);
+        }
+        drop(tally);
+        self.report.notify_one();
+    }
+
+    /// Makes the reporter write what is left and end (`stopping` must be set).
+    fn stop_reporter(&self, reporter: JoinHandle<()>) {
+        drop(self.lock_tally());
+        self.report.notify_all();
+        let _ = reporter.join();
     }
 
     /// Shuts down the sockets of idle connections (all of them with `all`): blocked reads
@@ -318,14 +384,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             return;
         }
         match accepted {
-            Ok((tcp, addr)) => dispatch(
-                shared,
-                Job {
-                    tcp,
-                    addr,
-                    accepted: Instant::now(),
-                },
-            ),
+            Ok((tcp, addr)) => dispatch(shared, tcp, addr),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -347,32 +406,62 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
-/// Hands a connection to a worker, or closes it at once when the cap is reached.
-fn dispatch(shared: &Arc<Shared>, job: Job) {
+/// Admits a connection and hands it to a worker (closing the handshakes it displaces), or
+/// closes it at once.
+fn dispatch(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     let max = shared.limits.max_connections;
+    let accepted = Instant::now();
+    let source = Source::of(addr);
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut pool = shared.lock_pool();
-    if pool.stopping || pool.open >= max {
-        drop(pool);
-        shared.metrics.connection_refused();
-        log::debug!(
-            "event=http.connection_refused peer={} reason=limit",
-            job.addr
-        );
+    if pool.stopping {
         return;
     }
+    let evict = match pool.admission.admit(id, source, accepted) {
+        Decision::Admit { evict } => evict,
+        Decision::Refuse => {
+            drop(pool);
+            drop(tcp);
+            shared.closed_by_admission(&[source], Closed::Refused);
+            return;
+        }
+    };
+    let tracked = Arc::new(Tracked {
+        tcp,
+        busy: AtomicBool::new(true),
+    });
+    // Registered before a worker can see the job, so it can be displaced from the queue.
+    let displaced: Vec<Arc<Tracked>> = {
+        let mut conns = shared.lock_conns();
+        conns.insert(id, Arc::clone(&tracked));
+        evict
+            .iter()
+            .filter_map(|(victim, _)| conns.get(victim).cloned())
+            .collect()
+    };
     pool.open += 1;
     shared.metrics.connection_accepted();
     shared.metrics.connection_opened();
-    pool.queue.push_back(job);
+    pool.queue.push_back(Job {
+        id,
+        tracked,
+        addr,
+        accepted,
+    });
     // Enough waiting workers for the queue: wake one. Otherwise add a thread while under
     // the cap; at the cap a worker is between connections and takes the job (jobs queued
-    // plus running never exceed `max` = threads).
+    // plus running never exceed `max` = threads, but for displaced ones ending).
     let spawn = pool.queue.len() > pool.idle && pool.threads < max;
     if spawn {
         pool.threads += 1;
     }
     drop(pool);
     shared.work.notify_one();
+    for victim in &displaced {
+        let _ = victim.tcp.shutdown(Shutdown::Both);
+    }
+    let sources: Vec<Source> = evict.iter().map(|(_, source)| *source).collect();
+    shared.closed_by_admission(&sources, Closed::Evicted);
     if spawn {
         let worker_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
@@ -388,7 +477,15 @@ fn dispatch(shared: &Arc<Shared>, job: Job) {
                 Vec::new()
             };
             pool.open -= orphans.len();
+            for orphan in &orphans {
+                pool.admission.release(orphan.id);
+            }
             drop(pool);
+            let mut conns = shared.lock_conns();
+            for orphan in &orphans {
+                conns.remove(&orphan.id);
+            }
+            drop(conns);
             for _ in &orphans {
                 shared.metrics.connection_closed();
                 shared.metrics.connection_refused();
@@ -401,6 +498,38 @@ fn dispatch(shared: &Arc<Shared>, job: Job) {
     }
 }
 
+/// Writes the summary of connections closed by the admission rules: the first at once,
+/// then at most one per `refusal_log_interval`; what is left when the server stops.
+fn report_loop(shared: &Shared) {
+    let mut tally = shared.lock_tally();
+    loop {
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        if let Some(summary) = tally.take(Instant::now(), stopping) {
+            drop(tally);
+            log::warn!("event=http.connection_refused {}", summary.fields());
+            tally = shared.lock_tally();
+            continue;
+        }
+        if stopping {
+            return;
+        }
+        tally = match tally.due() {
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                shared
+                    .report
+                    .wait_timeout(tally, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => shared
+                .report
+                .wait(tally)
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+    }
+}
+
 /// A worker thread: serves connections until it has been idle for [`WORKER_IDLE_TTL`].
 fn worker(shared: &Arc<Shared>) {
     let mut thread_guard = ThreadGuard {
@@ -410,7 +539,7 @@ fn worker(shared: &Arc<Shared>) {
     loop {
         match next_job(shared) {
             Some(job) => {
-                let _slot = SlotGuard { shared };
+                let _slot = SlotGuard { shared, id: job.id };
                 serve(shared, job);
             }
             None => {
@@ -450,11 +579,15 @@ fn next_job(shared: &Shared) -> Option<Job> {
 /// Releases a connection slot however serving ends, a panic included.
 struct SlotGuard<'a> {
     shared: &'a Shared,
+    id: u64,
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        self.shared.lock_pool().open -= 1;
+        let mut pool = self.shared.lock_pool();
+        pool.open -= 1;
+        pool.admission.release(self.id);
+        drop(pool);
         self.shared.metrics.connection_closed();
         self.shared.drained.notify_all();
     }
@@ -490,18 +623,13 @@ impl Drop for Registration<'_> {
 /// Serves one connection from handshake to close.
 fn serve(shared: &Shared, job: Job) {
     let Job {
-        tcp,
+        id,
+        tracked,
         addr,
         accepted,
     } = job;
-    let _ = tcp.set_nodelay(true);
-    let tracked = Arc::new(Tracked {
-        tcp,
-        busy: AtomicBool::new(true),
-    });
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    shared.lock_conns().insert(id, Arc::clone(&tracked));
     let _registration = Registration { shared, id };
+    let _ = tracked.tcp.set_nodelay(true);
     if shared.stopping.load(Ordering::SeqCst) {
         return;
     }
@@ -510,17 +638,29 @@ fn serve(shared: &Shared, job: Job) {
     let mut conn = match Conn::handshake(&tracked.tcp, shared.tls.get(), deadline) {
         Ok(conn) => conn,
         Err(e) => {
-            let reason = match &e {
-                IoFail::Timeout => "timeout",
-                IoFail::Eof => "eof",
-                IoFail::Io(_) => "io",
-                IoFail::Tls(t) => (shared.classify)(t),
-            };
-            shared.metrics.tls_handshake_failure(reason);
-            log::debug!("event=tls.handshake_failed peer={addr} reason={reason}");
+            // A displaced handshake (no longer booked) was counted when it was closed.
+            if shared.lock_pool().admission.release(id) {
+                let reason = match &e {
+                    IoFail::Timeout => "timeout",
+                    IoFail::Eof => "eof",
+                    IoFail::Io(_) => "io",
+                    IoFail::Tls(t) => (shared.classify)(t),
+                };
+                shared.metrics.tls_handshake_failure(reason);
+                log::debug!("event=tls.handshake_failed peer={addr} reason={reason}");
+            }
             return;
         }
     };
+    let certificate = conn.tls.peer_certificates().is_some_and(|c| !c.is_empty());
+    if !shared
+        .lock_pool()
+        .admission
+        .established(id, certificate, Instant::now())
+    {
+        // Displaced while its handshake finished: it was counted when it was closed.
+        return;
+    }
     let peer = Peer {
         addr,
         certs: Arc::new(
@@ -708,7 +848,7 @@ fn send_answer(
         Err(why) => {
             log::warn!(
                 "event=http.invalid_response rid={} endpoint={} reason={}",
-                wire::log_value(rid),
+                Rid(rid),
                 wire::log_value(answer.endpoint),
                 wire::log_value(why)
             );
@@ -733,7 +873,7 @@ fn send_answer(
         .map(|r| format!(" reason={}", wire::log_value(r)));
     log::info!(
         "event=http.request rid={} method={} endpoint={} status={status} ms={} bytes={} peer={}{}",
-        wire::log_value(rid),
+        Rid(rid),
         answer.method,
         wire::log_value(answer.endpoint),
         started.elapsed().as_millis(),

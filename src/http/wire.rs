@@ -133,18 +133,22 @@ pub(crate) fn valid_request_id(id: &[u8]) -> bool {
     (1..=MAX_REQUEST_ID).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
-/// 32 random hex digits. Should the system RNG fail, a process-unique counter keeps ids
-/// unique (they are correlation ids, not secrets).
+/// 32 random hex digits, drawn again while they hold a run of digits the log would mask
+/// as a possible BSN ([`crate::util::untrusted`]), so our own ids are logged as sent.
+/// Should the system RNG fail, a process-unique counter keeps ids unique (they are
+/// correlation ids, not secrets).
 pub(crate) fn new_request_id() -> String {
     static FALLBACK: AtomicU64 = AtomicU64::new(0);
-    match random::bytes::<16>() {
-        Ok(b) => b64::hex(&b),
-        Err(_) => format!(
+    let drawn = (0..16)
+        .map_while(|_| random::bytes::<16>().ok().map(|b| b64::hex(&b)))
+        .find(|id| crate::util::untrusted::reduced(id) == id.as_str());
+    drawn.unwrap_or_else(|| {
+        format!(
             "{:016x}{:016x}",
             time::now_unix_ms() as u64,
             FALLBACK.fetch_add(1, Ordering::Relaxed)
-        ),
-    }
+        )
+    })
 }
 
 /// A value for a logfmt line: as is when it is plain, else quoted with `\` and `"` escaped
@@ -312,6 +316,11 @@ mod tests {
         two.extend(h(b"b"));
         assert_eq!(request_id(&two).len(), 32);
         assert_ne!(new_request_id(), new_request_id());
+        // Our own ids are logged as they are sent.
+        for _ in 0..200 {
+            let id = new_request_id();
+            assert_eq!(crate::util::untrusted::reduced(&id), id.as_str());
+        }
     }
 
     #[test]

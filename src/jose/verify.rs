@@ -542,7 +542,7 @@ mod tests {
         );
         let forged = forge(&key, r#"{"alg":"ES256","kid":"x\u001b[31m"}"#, "e30");
         let text = err(&forged, &set(&[&key])).to_string();
-        assert_eq!(text, "jws kid \"x\\u{1b}[31m\" is not in the key set");
+        assert_eq!(text, "jws kid \"x__31m\" is not in the key set");
         assert_eq!(
             err(&token, &Jwks::default()),
             JoseError::UnknownKid {

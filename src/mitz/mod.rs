@@ -42,7 +42,7 @@ use crate::config::{Config, MitzPartner};
 use crate::fhir::wire::{self, Release};
 use crate::fhir::{self, FhirVersion, Format, IssueType, Refusal};
 use crate::http::{Request, Response};
-use crate::ops::logging::Q;
+use crate::ops::logging::{P, Q, Rid};
 use crate::spool::{Item, Outcome, Spool};
 use crate::util::durable::DurableError;
 use crate::util::{random, time};
@@ -321,7 +321,7 @@ impl Mitz {
             log::warn!(
                 "event=mitz.unknown_profile partner={} item={id} rid={} action=stored_without_interpretation",
                 partner.name,
-                Q(&req.request_id)
+                Rid(&req.request_id)
             );
         }
         log::info!(
@@ -332,7 +332,7 @@ impl Mitz {
             n.consents.len(),
             profile_label(n.profile),
             aorta_fields(aorta.as_ref()),
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
         Intake {
             queued: true,
@@ -371,7 +371,7 @@ impl Mitz {
             "event=mitz.duplicate partner={} item={id}{} rid={} status=200",
             partner.name,
             aorta_fields(aorta),
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
     }
 
@@ -475,7 +475,7 @@ impl Mitz {
         log::info!(
             "event=mitz.refused partner={} rid={} status={} code={} at={} reason={}",
             partner.name,
-            Q(&req.request_id),
+            Rid(&req.request_id),
             r.status,
             r.code.as_str(),
             Q(r.expression.as_deref().unwrap_or("-")),
@@ -589,8 +589,10 @@ fn aorta_fields(a: Option<&AortaId>) -> String {
     match a {
         Some(a) => format!(
             " aorta_initial={} aorta_request={}",
-            a.initial.as_deref().unwrap_or("-"),
-            a.request
+            a.initial
+                .as_deref()
+                .map_or_else(|| "-".to_string(), |i| P(i).to_string()),
+            P(&a.request)
         ),
         None => String::new(),
     }

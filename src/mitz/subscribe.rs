@@ -37,7 +37,7 @@ use crate::audit::{AuditLog, Event};
 use crate::config::{Config, MitzApi};
 use crate::http::partners::PartnerHttp;
 use crate::ids::Bsn;
-use crate::ops::logging::Q;
+use crate::ops::logging::{P, Q};
 use crate::sender::AfterPublish;
 use crate::spool::{Item, Outcome, Spool, SpoolError};
 use crate::util::durable::{self, DurableError};
@@ -371,7 +371,7 @@ impl Subscriptions {
                 log::info!(
                     "event=mitz.subscribed partner={} status={status} subscription={} item={} origin={} rid={rid} ms={ms}",
                     api.name,
-                    Q(id),
+                    P(id),
                     item.id,
                     body.origin.label()
                 );

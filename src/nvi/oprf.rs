@@ -181,9 +181,15 @@ impl Blinded {
 /// `Scalar::random` does). The same seed gives the same blinding, so tests
 /// can fix it; production passes fresh random bytes every time.
 pub fn blind(input: &Input, seed: [u8; 64]) -> Result<Blinded, OprfError> {
+    blind_message(input.as_bytes(), seed)
+}
+
+/// [`blind`] of any message (RFC 9497's test vectors blind other inputs
+/// than ours).
+fn blind_message(message: &[u8], seed: [u8; 64]) -> Result<Blinded, OprfError> {
     let mut rng = SeededRng::new(seed);
-    let result = OprfClient::<Ristretto255>::blind(input.as_bytes(), &mut rng)
-        .map_err(|_| OprfError::Blind)?;
+    let result =
+        OprfClient::<Ristretto255>::blind(message, &mut rng).map_err(|_| OprfError::Blind)?;
     let mut element = [0u8; ELEMENT_LEN];
     element.copy_from_slice(&result.message.serialize());
     let mut r = result.state.serialize();
@@ -426,6 +432,54 @@ mod tests {
             "padding optional on the way in"
         );
         assert!(BlindFactor::from_wire("AAAA").is_err());
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 9497 Appendix A.1.1, OPRF(ristretto255, SHA-512), OPRF mode,
+    /// test vector 1: our blinding (the seed's first half is the RFC's
+    /// blind, which the wide reduction leaves as it is), a PRS's
+    /// evaluation, and the recipient's unblinding, whose point the RFC's
+    /// Finalize hashes to the RFC's output.
+    #[test]
+    fn rfc9497_test_vector_1_through_blind_evaluate_and_unblind() {
+        let sk: [u8; 32] =
+            unhex("5ebcea5ee37023ccb9fc2d2019f9d7737be85591ae8652ffa9ef0f4d37063b0e")
+                .try_into()
+                .unwrap();
+        let input = [0u8];
+        let r = unhex("64d37aed22a27f5191de1c1d69fadb899d8862b58eb4220029e036ec4c1f6706");
+        let mut seed = [0u8; 64];
+        seed[..32].copy_from_slice(&r);
+        let b = blind_message(&input, seed).unwrap();
+        assert_eq!(b.factor.to_wire(), URL_SAFE.encode(&r));
+        assert_eq!(
+            crate::util::b64::hex(&b.element),
+            "609a0ae68c15a3cf6903766461307e5c8bb2f95e7e6550e1ffa2dc99e412803c"
+        );
+        let z = evaluate(&sk, &b.element_wire());
+        assert_eq!(
+            crate::util::b64::hex(&URL_SAFE.decode(&z).unwrap()),
+            "7ec6578ae5120958eb2db1745758ff379e77cb64fe77b0b2d8cc917ea0869c7e"
+        );
+        let n = unblind(&b.factor, &z).unwrap();
+        // Finalize: SHA-512(len(input) ‖ input ‖ len(N) ‖ N ‖ "Finalize").
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
+        ctx.update(&[0, 1]);
+        ctx.update(&input);
+        ctx.update(&[0, 32]);
+        ctx.update(&n);
+        ctx.update(b"Finalize");
+        assert_eq!(
+            crate::util::b64::hex(ctx.finish().as_ref()),
+            "527759c3d9366f277d8c6020418d96bb393ba2afb20ff90df23fb7708264e2f3\
+             ab9135e3bd69955851de4b1f9fe8a0973396719b7912ba9ee8aa7d0b5e24bcf6"
+        );
     }
 
     #[test]

@@ -307,7 +307,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "partner prs: token endpoint https://t/token answered 400 invalid_scope (no)"
+            "partner prs: token endpoint https://t/token answered 400 invalid_scope (p:no)"
         );
         assert!(!e.is_transient());
         let e = read_answer("prs", "https://t/token", 503, b"", Some("5".into()), 0).unwrap_err();

@@ -54,6 +54,16 @@ pub enum TokenClientError {
     Local { partner: String, detail: String },
 }
 
+/// The error codes of RFC 6749 §5.2.
+const OAUTH_ERRORS: [&str; 6] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
+
 impl std::fmt::Display for TokenClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -86,11 +96,15 @@ impl std::fmt::Display for TokenClientError {
                     f,
                     "partner {partner}: token endpoint {endpoint} answered {status}"
                 )?;
-                if let Some(e) = error {
-                    write!(f, " {e}")?;
+                // The partner's words reach logs: an RFC 6749 code as it
+                // is, anything else marked and reduced.
+                match error.as_deref() {
+                    Some(e) if OAUTH_ERRORS.contains(&e) => write!(f, " {e}")?,
+                    Some(e) => write!(f, " {}", crate::ops::logging::P(e))?,
+                    None => {}
                 }
                 if let Some(d) = description {
-                    write!(f, " ({d})")?;
+                    write!(f, " ({})", crate::ops::logging::P(d))?;
                 }
                 Ok(())
             }
@@ -483,6 +497,30 @@ mod tests {
     use super::*;
     use crate::config::Vars;
     use crate::ids::IdScheme;
+
+    #[test]
+    fn a_refusal_names_the_partners_words_marked_and_reduced() {
+        let refused = |error: &str, description: Option<&str>| {
+            TokenClientError::Refused {
+                partner: "vip".into(),
+                endpoint: "https://vip.example/token".into(),
+                status: 400,
+                error: Some(error.into()),
+                description: description.map(str::to_string),
+                retry_after: None,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused("invalid_grant", Some("base 999999151 level=error event=x")),
+            "partner vip: token endpoint https://vip.example/token answered 400 invalid_grant \
+             (p:base_#_level_error_event_x)"
+        );
+        assert_eq!(
+            refused("x level=error", None),
+            "partner vip: token endpoint https://vip.example/token answered 400 p:x_level_error"
+        );
+    }
 
     struct NoNetwork;
 

@@ -5,8 +5,9 @@
 //! address, the `Content-Type` and the body, and answers steps 1–2 (who asks,
 //! from where, and is the request well-formed) with an [`Admitted`] request.
 //! [`decide`] takes that request, the partner's keys, the authorization-base
-//! lookup, the `jti` lookup and `now`, and answers steps 3–6 with a
-//! [`Decision`] or a typed [`Refusal`]. Neither reads a file, a socket or a
+//! lookup, the `jti` lookup, the client certificate's SHA-256 and `now`, and
+//! answers steps 3–6 with a [`Decision`] (its grant bound to that
+//! certificate) or a typed [`Refusal`]. Neither reads a file, a socket or a
 //! clock: the caller (`endpoint.rs`) fetches keys, records the `jti`s, stores
 //! the token and writes the audit.
 //!
@@ -597,6 +598,9 @@ pub struct Context<'a> {
     pub keys: &'a Jwks,
     pub bases: &'a dyn BaseRegistry,
     pub jtis: &'a dyn JtiLookup,
+    /// SHA-256 of the DER of the TLS client certificate the request came
+    /// over: the grant is bound to it (RFC 8705).
+    pub cert_sha256: [u8; 32],
     pub now: i64,
 }
 
@@ -622,7 +626,7 @@ pub struct Decision {
 
 /// Steps 3–6 of an admitted request.
 pub fn decide(admitted: &Admitted<'_>, cx: &Context<'_>) -> Result<Decision, Refusal> {
-    match (&admitted.request, &admitted.partner.kind) {
+    let decision = match (&admitted.request, &admitted.partner.kind) {
         (
             GrantRequest::JwtBearer {
                 client_assertion,
@@ -664,7 +668,11 @@ pub fn decide(admitted: &Admitted<'_>, cx: &Context<'_>) -> Result<Decision, Ref
                 ),
             ))
         }
-    }
+    }?;
+    Ok(Decision {
+        grant: decision.grant.bound_to(cx.cert_sha256),
+        ..decision
+    })
 }
 
 /// Our token endpoint and the partner's aliases: the accepted `aud` values.

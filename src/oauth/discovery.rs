@@ -19,6 +19,8 @@ pub fn document(cfg: &Config) -> String {
         "grant_types_supported": grants,
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
+        // RFC 8705 §3.3: every token is bound to the client certificate.
+        "tls_client_certificate_bound_access_tokens": true,
         "capabilities": [],
     })
     .to_string()
@@ -50,5 +52,6 @@ mod tests {
             d["token_endpoint_auth_signing_alg_values_supported"],
             serde_json::json!(["PS256", "PS384", "PS512", "ES256", "ES384", "ES512"])
         );
+        assert_eq!(d["tls_client_certificate_bound_access_tokens"], true);
     }
 }

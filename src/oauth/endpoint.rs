@@ -12,7 +12,9 @@
 //! | audit | [`AuditLog::record`] | append + fsync |
 //!
 //! The router resolves the TLS client certificate to a configured partner
-//! and hands over the peer address and the body; `now` is passed in.
+//! and hands over the certificate's SHA-256, the peer address and the body;
+//! `now` is passed in. The token is bound to that certificate (RFC 8705) and
+//! the answer says so in `cnf.x5t#S256`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,12 +29,15 @@ use crate::oauth::decide::{
 };
 use crate::oauth::grants::{Issued, TokenKind, TokenStore};
 use crate::oauth::keycache::KeyCache;
-use crate::oauth::messages::{self, ErrorOut, TokenResponseOut};
-use crate::ops::logging::Q;
+use crate::oauth::messages::{self, Confirmation, ErrorOut, TokenResponseOut};
+use crate::ops::logging::{Q, Rid};
+use crate::util::b64;
 
 /// An incoming token request, with the partner its TLS certificate maps to.
 pub struct TokenRequest<'a> {
     pub partner: Option<&'a Partner>,
+    /// SHA-256 of the DER of the TLS client certificate the request came over.
+    pub cert_sha256: Option<[u8; 32]>,
     /// The address the request came from (for the partner's `ALLOW_FROM`).
     pub peer: IpAddr,
     pub content_type: Option<&'a str>,
@@ -81,7 +86,7 @@ impl TokenService {
         let partner_name = req.partner.map(|p| p.name.as_str()).unwrap_or("-");
         log::debug!(
             "event=token.request rid={} partner={} bytes={}",
-            Q(req.request_id),
+            Rid(req.request_id),
             partner_name,
             req.body.len()
         );
@@ -91,16 +96,20 @@ impl TokenService {
                 let ttl = grant.expires_at() - grant.issued_at();
                 log::info!(
                     "event=token.issued rid={} partner={} kind={} ttl={ttl}",
-                    Q(req.request_id),
+                    Rid(req.request_id),
                     grant.partner(),
                     grant.kind().name(),
                 );
                 let scope = grant.zorgviewer_access().map(|z| z.scopes().to_string());
+                let thumbprint = grant.cert_sha256().map(|h| b64::encode(h));
                 let body = messages::to_json(&TokenResponseOut {
                     access_token: &issued.access_token,
                     token_type: "Bearer",
                     expires_in: ttl,
                     scope: scope.as_deref(),
+                    cnf: thumbprint
+                        .as_deref()
+                        .map(|x5t_s256| Confirmation { x5t_s256 }),
                 });
                 TokenReply {
                     status: 200,
@@ -112,7 +121,7 @@ impl TokenService {
             Err(r) => {
                 log::info!(
                     "event=token.refused rid={} partner={partner_name} error={} reason={} detail={}",
-                    Q(req.request_id),
+                    Rid(req.request_id),
                     r.error(),
                     r.reason.label(),
                     Q(&r.description)
@@ -133,7 +142,14 @@ impl TokenService {
     /// The decision, then what makes it durable: `jti`s, token, audit.
     fn issue(&self, req: &TokenRequest<'_>, now: i64) -> Result<Issued, Refusal> {
         let admitted = decide::admit(req.partner, req.peer, req.content_type, req.body)?;
-        let decision = self.decide(&admitted, now)?;
+        // A partner is known only through its certificate, so it is there.
+        let cert_sha256 = req.cert_sha256.ok_or_else(|| {
+            Refusal::new(
+                Reason::NoPartner,
+                "the request came without a TLS client certificate",
+            )
+        })?;
+        let decision = self.decide(&admitted, cert_sha256, now)?;
         for j in &decision.jtis {
             let horizon = j.forget_after;
             match self
@@ -185,7 +201,12 @@ impl TokenService {
 
     /// The decision with the partner's keys; an unknown `kid` refetches
     /// them once (the key cache limits how often) and decides again.
-    fn decide(&self, admitted: &Admitted<'_>, now: i64) -> Result<Decision, Refusal> {
+    fn decide(
+        &self,
+        admitted: &Admitted<'_>,
+        cert_sha256: [u8; 32],
+        now: i64,
+    ) -> Result<Decision, Refusal> {
         let name = &admitted.partner.name;
         let unavailable = |e: String| {
             Refusal::new(
@@ -207,6 +228,7 @@ impl TokenService {
                     keys,
                     bases: self.bases.as_ref(),
                     jtis: &self.replay,
+                    cert_sha256,
                     now,
                 },
             )

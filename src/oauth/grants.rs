@@ -4,6 +4,12 @@
 //! in memory for lookups and as `<state>/tokens/<hex>.json` (written through
 //! the durable-write function) so that a restart does not log partners out.
 //! [`TokenStore::check`] is the one function the FHIR side asks.
+//!
+//! Tokens are certificate-bound (RFC 8705 §3): a grant remembers the SHA-256
+//! of the TLS client certificate it was issued over ([`Grant::bound_to`]),
+//! and [`TokenStore::check`] refuses it over any other certificate, even one
+//! of the same partner. A grant without that binding is never stored and a
+//! token file without it is not loaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +58,8 @@ pub struct Grant {
     /// `sub` of the client assertion.
     client_id: String,
     access: Access,
+    /// SHA-256 of the DER of the TLS client certificate the token was issued over.
+    cert_sha256: Option<[u8; 32]>,
     issued_at: i64,
     expires_at: i64,
 }
@@ -168,6 +176,7 @@ impl Grant {
                 patient,
                 pull: None,
             },
+            cert_sha256: None,
             issued_at: 0,
             expires_at: 0,
         }
@@ -191,6 +200,7 @@ impl Grant {
                 patient: Some(patient),
                 pull: Some(binding),
             },
+            cert_sha256: None,
             issued_at: 0,
             expires_at: 0,
         }
@@ -202,9 +212,22 @@ impl Grant {
             partner: partner.into(),
             client_id: client_id.into(),
             access: Access::Zorgviewer(access),
+            cert_sha256: None,
             issued_at: 0,
             expires_at: 0,
         }
+    }
+
+    /// The same grant, usable only over the TLS client certificate whose DER
+    /// has SHA-256 `cert_sha256` (the one the token request came over).
+    pub fn bound_to(mut self, cert_sha256: [u8; 32]) -> Grant {
+        self.cert_sha256 = Some(cert_sha256);
+        self
+    }
+
+    /// The SHA-256 of the client certificate the grant is bound to.
+    pub fn cert_sha256(&self) -> Option<&[u8; 32]> {
+        self.cert_sha256.as_ref()
     }
 
     /// The same grant valid from `issued_at` to `expires_at`.
@@ -323,6 +346,9 @@ struct Record {
     case_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     zorgviewer: Option<ZorgviewerRecord>,
+    /// Hex SHA-256 of the client certificate; a file without it grants nothing.
+    #[serde(default)]
+    cert_sha256: Option<String>,
     issued_at: i64,
     expires_at: i64,
 }
@@ -355,6 +381,7 @@ impl From<&Grant> for Record {
                 subject_name: z.subject_name.clone(),
                 subject_role: z.subject_role.clone(),
             }),
+            cert_sha256: g.cert_sha256.as_ref().map(|h| b64::hex(h)),
             issued_at: g.issued_at,
             expires_at: g.expires_at,
         }
@@ -362,12 +389,23 @@ impl From<&Grant> for Record {
 }
 
 impl Record {
-    /// The grant back, or `None` when a field does not parse (the file is
-    /// then treated as unreadable).
+    /// The grant back, or `None` when a field does not parse or the
+    /// certificate binding is missing (the file is then treated as unreadable).
     fn into_grant(self) -> Option<Grant> {
-        if self.kind == TokenKind::Zorgviewer {
-            return self.into_zorgviewer_grant();
-        }
+        let cert = self
+            .cert_sha256
+            .as_deref()
+            .and_then(b64::parse_hex)
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())?;
+        let grant = if self.kind == TokenKind::Zorgviewer {
+            self.into_zorgviewer_grant()
+        } else {
+            self.into_twiin_grant()
+        };
+        grant.map(|g| g.bound_to(cert))
+    }
+
+    fn into_twiin_grant(self) -> Option<Grant> {
         // Stored in claim form (OIDs), which needs no id scheme to read.
         let org = |s: &str| ids::parse_org(s, IdScheme::Ura);
         let requesting_org = org(&self.requesting_org)?;
@@ -441,6 +479,9 @@ pub enum TokenRejection {
     Expired,
     /// Presented over another partner's TLS connection.
     WrongPartner,
+    /// Presented over a TLS client certificate other than the one it was
+    /// issued over (the same partner's other certificate included).
+    WrongCertificate,
 }
 
 impl TokenRejection {
@@ -449,6 +490,9 @@ impl TokenRejection {
             TokenRejection::Unknown => "unknown token",
             TokenRejection::Expired => "token expired",
             TokenRejection::WrongPartner => "token was issued to another partner",
+            TokenRejection::WrongCertificate => {
+                "token was issued over another TLS client certificate"
+            }
         }
     }
 }
@@ -515,8 +559,14 @@ impl TokenStore {
     }
 
     /// Issues a token for `grant` (its `issued_at`/`expires_at` are set here),
-    /// stored durably before it is returned.
+    /// stored durably before it is returned. The grant must be bound to a
+    /// client certificate ([`Grant::bound_to`]).
     pub fn issue(&self, mut grant: Grant, now: i64) -> Result<Issued, StoreError> {
+        if grant.cert_sha256.is_none() {
+            return Err(StoreError(
+                "a token must be bound to a TLS client certificate".into(),
+            ));
+        }
         let secret = random::bytes::<32>().map_err(|e| StoreError(e.to_string()))?;
         let access_token = b64::encode(&secret);
         let hash = hash_token(&access_token);
@@ -535,8 +585,15 @@ impl TokenStore {
         })
     }
 
-    /// The grant of a bearer token presented by `partner` at `now`.
-    pub fn check(&self, token: &str, partner: &str, now: i64) -> Result<Grant, TokenRejection> {
+    /// The grant of a bearer token presented by `partner` over the TLS
+    /// client certificate whose DER has SHA-256 `cert_sha256`, at `now`.
+    pub fn check(
+        &self,
+        token: &str,
+        partner: &str,
+        cert_sha256: &[u8; 32],
+        now: i64,
+    ) -> Result<Grant, TokenRejection> {
         let hash = hash_token(token);
         let map = self.by_hash.read().map_err(|_| TokenRejection::Unknown)?;
         let grant = map.get(&hash).ok_or(TokenRejection::Unknown)?;
@@ -545,6 +602,9 @@ impl TokenStore {
         }
         if grant.partner != partner {
             return Err(TokenRejection::WrongPartner);
+        }
+        if grant.cert_sha256.as_ref() != Some(cert_sha256) {
+            return Err(TokenRejection::WrongCertificate);
         }
         Ok(grant.clone())
     }
@@ -616,7 +676,14 @@ mod tests {
         d
     }
 
+    /// The client certificate the test tokens are issued over.
+    const CERT: [u8; 32] = [0xc1; 32];
+
     fn grant(kind: TokenKind, base: Option<&str>) -> Grant {
+        unbound(kind, base).bound_to(CERT)
+    }
+
+    fn unbound(kind: TokenKind, base: Option<&str>) -> Grant {
         let org = OrgId::Ura("87654321".into());
         let authorizer = Some(OrgId::Ura("12345678".into()));
         let bsn = Bsn::parse("999999151").unwrap();
@@ -644,19 +711,28 @@ mod tests {
         assert_eq!(t.access_token.len(), 43, "256 bits base64url");
         assert_eq!(t.grant.expires_at(), 1_300);
         assert_eq!(
-            store.check(&t.access_token, "hospb", 1_299).unwrap().kind(),
+            store
+                .check(&t.access_token, "hospb", &CERT, 1_299)
+                .unwrap()
+                .kind(),
             TokenKind::Notify
         );
         assert_eq!(
-            store.check(&t.access_token, "hospb", 1_300),
+            store.check(&t.access_token, "hospb", &CERT, 1_300),
             Err(TokenRejection::Expired)
         );
         assert_eq!(
-            store.check(&t.access_token, "other", 1_100),
+            store.check(&t.access_token, "other", &CERT, 1_100),
             Err(TokenRejection::WrongPartner)
         );
+        // The same partner over another certificate.
         assert_eq!(
-            store.check("not-a-token", "hospb", 1_100),
+            store.check(&t.access_token, "hospb", &[0xc2; 32], 1_100),
+            Err(TokenRejection::WrongCertificate)
+        );
+        assert_eq!(t.grant.cert_sha256(), Some(&CERT));
+        assert_eq!(
+            store.check("not-a-token", "hospb", &CERT, 1_100),
             Err(TokenRejection::Unknown)
         );
         // Nothing on disk holds the token itself.
@@ -679,14 +755,56 @@ mod tests {
         drop(store);
         let reopened = TokenStore::open(&dir, 1_000).unwrap();
         assert_eq!(reopened.len(), 1);
-        let g = reopened.check(&live.access_token, "hospb", 1_001).unwrap();
+        let g = reopened
+            .check(&live.access_token, "hospb", &CERT, 1_001)
+            .unwrap();
         assert_eq!(g.authorization_base(), Some("base-1"));
         assert_eq!(g, live.grant, "every field survives the file");
         assert_eq!(
-            reopened.check(&old.access_token, "hospb", 1_001),
+            reopened.check(&old.access_token, "hospb", &CERT, 1_001),
             Err(TokenRejection::Unknown)
         );
         assert_eq!(std::fs::read_dir(dir.join("tokens")).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_grant_without_a_certificate_is_not_issued() {
+        let dir = state();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        let err = store
+            .issue(unbound(TokenKind::Notify, None), 1_000)
+            .err()
+            .unwrap();
+        assert!(err.0.contains("bound to a TLS client certificate"), "{err}");
+        assert!(store.is_empty());
+        assert_eq!(std::fs::read_dir(dir.join("tokens")).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn token_files_without_a_certificate_binding_grant_nothing() {
+        let dir = state();
+        let store = TokenStore::open(&dir, 1_000).unwrap();
+        let t = store.issue(grant(TokenKind::Notify, None), 1_000).unwrap();
+        drop(store);
+        let file = std::fs::read_dir(dir.join("tokens"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(record["cert_sha256"], b64::hex(&CERT).as_str());
+        record.as_object_mut().unwrap().remove("cert_sha256");
+        std::fs::write(&file, serde_json::to_vec(&record).unwrap()).unwrap();
+        let reopened = TokenStore::open(&dir, 1_000).unwrap();
+        assert_eq!(
+            reopened.check(&t.access_token, "hospb", &CERT, 1_001),
+            Err(TokenRejection::Unknown)
+        );
+        assert!(!file.exists(), "removed like any unreadable token file");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -706,6 +824,7 @@ mod tests {
                 vec!["309343006".into()],
             ),
         )
+        .bound_to(CERT)
     }
 
     #[test]
@@ -749,14 +868,16 @@ mod tests {
         drop(store);
         let reopened = TokenStore::open(&dir, 1_000).unwrap();
         assert_eq!(reopened.len(), 2);
-        let g = reopened.check(&zv.access_token, "zv", 1_001).unwrap();
+        let g = reopened
+            .check(&zv.access_token, "zv", &CERT, 1_001)
+            .unwrap();
         assert_eq!(g, zv.grant, "every field survives the file");
         assert_eq!(
             g.zorgviewer_access().unwrap().scopes().to_string(),
             "user/Patient.read user/Observation.search system/Binary.read"
         );
         let n = reopened
-            .check(&notify.access_token, "hospb", 1_001)
+            .check(&notify.access_token, "hospb", &CERT, 1_001)
             .unwrap();
         assert_eq!(n, notify.grant);
         std::fs::remove_dir_all(dir).unwrap();
@@ -767,17 +888,20 @@ mod tests {
         // A notify file as written before Zorgviewer grants existed.
         let old_notify = r#"{"kind":"notify","partner":"hospb","client_id":"c",
             "requesting_org":"urn:oid:2.16.528.1.1007.3.3.87654321","authorizer":null,
-            "patient":null,"authorization_base":null,"case_id":null,"issued_at":1,"expires_at":2}"#;
+            "patient":null,"authorization_base":null,"case_id":null,"issued_at":1,"expires_at":2,
+            "cert_sha256":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1"}"#;
         let g = serde_json::from_str::<Record>(old_notify)
             .unwrap()
             .into_grant()
             .unwrap();
         assert_eq!(g.kind(), TokenKind::Notify);
+        assert_eq!(g.cert_sha256(), Some(&CERT));
         let zv = r#"{"kind":"zorgviewer","partner":"zv","client_id":"c",
             "requesting_org":"urn:oid:2.16.840.1.113883.2.4.3.8","authorizer":null,
             "patient":null,"authorization_base":null,"case_id":null,
             "zorgviewer":{"scope":"user/Patient.read","subject_organization":null,"subject_name":null},
-            "issued_at":1,"expires_at":2}"#;
+            "issued_at":1,"expires_at":2,
+            "cert_sha256":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1"}"#;
         let g = serde_json::from_str::<Record>(zv)
             .unwrap()
             .into_grant()
@@ -791,6 +915,10 @@ mod tests {
             zv.replace("user/Patient.read", "user/Nope.read"),
             zv.replace("urn:oid:2.16.840.1.113883.2.4.3.8", "2.16.840.1.113883.2.4.3.8"),
             zv.replace("urn:oid:2.16.840.1.113883.2.4.3.8", "urn:oid:UMCG"),
+            // Without the certificate binding, or with a malformed one.
+            old_notify.replace(r#""cert_sha256":"c1c1"#, r#""other":"c1c1"#),
+            zv.replace(r#""cert_sha256":"c1c1"#, r#""other":"c1c1"#),
+            old_notify.replace(r#""cert_sha256":"c1c1"#, r#""cert_sha256":"c1"#),
             // A notify grant carrying Zorgviewer fields.
             old_notify.replace(
                 r#""case_id":null"#,
@@ -814,10 +942,10 @@ mod tests {
             .unwrap();
         assert_eq!(store.revoke_base("base-1"), 1);
         assert_eq!(
-            store.check(&a.access_token, "hospb", 1_001),
+            store.check(&a.access_token, "hospb", &CERT, 1_001),
             Err(TokenRejection::Unknown)
         );
-        assert!(store.check(&b.access_token, "hospb", 1_001).is_ok());
+        assert!(store.check(&b.access_token, "hospb", &CERT, 1_001).is_ok());
         assert_eq!(store.sweep(1_300), 1);
         assert!(store.is_empty());
         std::fs::remove_dir_all(dir).unwrap();

@@ -161,6 +161,18 @@ pub struct TokenResponseOut<'a> {
     /// The granted scope (RFC 6749 §5.1), for grants that have one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<&'a str>,
+    /// The certificate the token is bound to (RFC 8705 §3.1, RFC 7800), as
+    /// an introspection answer would carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation<'a>>,
+}
+
+/// RFC 8705's confirmation claim: `x5t#S256`, the base64url (no padding)
+/// SHA-256 of the DER of the client certificate.
+#[derive(Serialize)]
+pub struct Confirmation<'a> {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: &'a str,
 }
 
 /// The body of our OAuth error responses.
@@ -370,6 +382,9 @@ mod tests {
             token_type: "Bearer",
             expires_in: 300,
             scope: Some(&scope),
+            cnf: Some(Confirmation {
+                x5t_s256: &"A".repeat(43),
+            }),
         });
         let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(back["scope"], scope.as_str());
@@ -389,6 +404,7 @@ mod tests {
             token_type: "Bearer",
             expires_in: 300,
             scope: None,
+            cnf: None,
         });
         assert_eq!(
             out,
@@ -399,10 +415,17 @@ mod tests {
             token_type: "Bearer",
             expires_in: 300,
             scope: Some("user/Patient.read user/Binary.read"),
+            cnf: Some(Confirmation { x5t_s256: "x5t" }),
         });
         assert_eq!(
             out,
-            br#"{"access_token":"abc","token_type":"Bearer","expires_in":300,"scope":"user/Patient.read user/Binary.read"}"#
+            br#"{"access_token":"abc","token_type":"Bearer","expires_in":300,"scope":"user/Patient.read user/Binary.read","cnf":{"x5t#S256":"x5t"}}"#
+        );
+        // Our own client reads such an answer (the `cnf` member is skipped).
+        let back = parse_token_response(&out).unwrap();
+        assert_eq!(
+            (back.access_token.as_str(), back.expires_in),
+            ("abc", Some(300))
         );
         let err = to_json(&ErrorOut {
             error: "invalid_client",

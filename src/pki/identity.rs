@@ -1,7 +1,8 @@
 //! Who a certificate names: URA from a UZI server certificate, Subject
 //! serialNumber from a PKIoverheid certificate, DNS names, and the SHA-256 of
 //! the DER; plus the selectors (`NP_PARTNER_<NAME>_CERT`) that map a
-//! certificate to a configured partner.
+//! certificate to a configured partner, optionally only when a pinned CA
+//! certificate issued it ([`super::issuer`]).
 //!
 //! Only call [`peer_identity`] on a certificate the TLS layer has verified:
 //! these fields are as trustworthy as the CA that signed them. Every CA in
@@ -17,6 +18,7 @@ use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
 use super::PkiError;
+use super::issuer::IssuerCheck;
 use crate::util::b64;
 
 /// `otherName` type-id of the UZI-register name in the SAN (spec §11.2).
@@ -107,7 +109,7 @@ impl UziName {
 /// with different URAs give `ura: None`; several Subject serialNumbers give
 /// `serial_number: None`.
 pub fn peer_identity(end_entity_der: &[u8]) -> Result<PeerIdentity, PkiError> {
-    let sha256 = sha256(end_entity_der);
+    let sha256 = certificate_sha256(end_entity_der);
     let cert = x509_cert::Certificate::from_der(end_entity_der).map_err(|e| {
         PkiError::PeerCertificate {
             reason: format!("does not decode: {e}"),
@@ -176,52 +178,87 @@ pub enum CertSelector {
     Dns(String),
     /// `sha256:<64 hex digits>` (`:` separators allowed): the whole certificate.
     Sha256([u8; 32]),
+    /// `<selector>@sha256:<64 hex digits>`: what `subject` selects, and only
+    /// when issued directly by the CA certificate with that SHA-256 (of its
+    /// DER), sent by the peer in its chain or held in the trust bundle.
+    IssuedBy {
+        subject: Box<CertSelector>,
+        ca_sha256: [u8; 32],
+    },
 }
 
 const SELECTOR_FORMS: &str = "expected ura:<8 digits>, serial:<Subject serialNumber>, \
-                              dns:<name> or sha256:<64 hex digits>";
+                              dns:<name> or sha256:<64 hex digits>, optionally followed by \
+                              @sha256:<64 hex digits of the issuing CA certificate>";
+
+/// What separates a selector from the pin of its issuing CA.
+const CA_PIN: &str = "@sha256:";
 
 impl FromStr for CertSelector {
     type Err = PkiError;
 
+    /// A selector, with the issuing CA pinned when it ends in
+    /// `@sha256:<hex>` (a Subject serialNumber may itself hold `@`: only the
+    /// last `@sha256:` counts).
     fn from_str(input: &str) -> Result<Self, PkiError> {
+        let Some(at) = input.rfind(CA_PIN) else {
+            return subject_selector(input, input);
+        };
         let fail = |reason: &str| PkiError::Selector {
             input: input.to_string(),
             reason: reason.to_string(),
         };
-        let Some((kind, value)) = input.split_once(':') else {
-            return Err(fail(SELECTOR_FORMS));
-        };
-        match kind {
-            "ura" if is_ura(value) => Ok(CertSelector::Ura(value.to_string())),
-            "ura" => Err(fail("expected ura:<8 digits>, e.g. ura:90000123")),
-            "serial"
-                if !value.is_empty()
-                    && value.len() <= MAX_NAME_LEN
-                    && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
-                    && value.trim() == value =>
-            {
-                Ok(CertSelector::Serial(value.to_string()))
-            }
-            "serial" => Err(fail(
-                "expected serial:<Subject serialNumber>: 1 to 256 printable ASCII characters",
-            )),
-            "dns" if is_dns_name(value) => Ok(CertSelector::Dns(
-                value.trim_end_matches('.').to_ascii_lowercase(),
-            )),
-            "dns" => Err(fail(
-                "expected dns:<name>: letters, digits, '-', '.', '_' or a leading '*.'",
-            )),
-            "sha256" => match b64::parse_hex(value) {
-                Some(bytes) => <[u8; 32]>::try_from(bytes)
-                    .map(CertSelector::Sha256)
-                    .map_err(|_| fail("expected sha256:<64 hex digits> (':' separators allowed)")),
-                None => Err(fail(
-                    "expected sha256:<64 hex digits> (':' separators allowed)",
-                )),
-            },
-            _ => Err(fail(SELECTOR_FORMS)),
+        let subject = subject_selector(&input[..at], input)?;
+        let ca_sha256 = b64::parse_hex(&input[at + CA_PIN.len()..])
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                fail("the issuing CA is pinned as @sha256:<64 hex digits of its certificate's DER>")
+            })?;
+        Ok(CertSelector::IssuedBy {
+            subject: Box::new(subject),
+            ca_sha256,
+        })
+    }
+}
+
+/// A selector without a CA pin; errors name the whole `input`.
+fn subject_selector(selector: &str, input: &str) -> Result<CertSelector, PkiError> {
+    let fail = |reason: &str| PkiError::Selector {
+        input: input.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some((kind, value)) = selector.split_once(':') else {
+        return Err(fail(SELECTOR_FORMS));
+    };
+    match kind {
+        "ura" if is_ura(value) => Ok(CertSelector::Ura(value.to_string())),
+        "ura" => Err(fail("expected ura:<8 digits>, e.g. ura:90000123")),
+        "serial"
+            if !value.is_empty()
+                && value.len() <= MAX_NAME_LEN
+                && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+                && value.trim() == value =>
+        {
+            Ok(CertSelector::Serial(value.to_string()))
         }
+        "serial" => Err(fail(
+            "expected serial:<Subject serialNumber>: 1 to 256 printable ASCII characters",
+        )),
+        "dns" if is_dns_name(value) => Ok(CertSelector::Dns(
+            value.trim_end_matches('.').to_ascii_lowercase(),
+        )),
+        "dns" => Err(fail(
+            "expected dns:<name>: letters, digits, '-', '.', '_' or a leading '*.'",
+        )),
+        "sha256" => match b64::parse_hex(value) {
+            Some(bytes) => <[u8; 32]>::try_from(bytes)
+                .map(CertSelector::Sha256)
+                .map_err(|_| fail("expected sha256:<64 hex digits> (':' separators allowed)")),
+            None => Err(fail(
+                "expected sha256:<64 hex digits> (':' separators allowed)",
+            )),
+        },
+        _ => Err(fail(SELECTOR_FORMS)),
     }
 }
 
@@ -232,13 +269,17 @@ impl fmt::Display for CertSelector {
             CertSelector::Serial(s) => write!(f, "serial:{s}"),
             CertSelector::Dns(d) => write!(f, "dns:{d}"),
             CertSelector::Sha256(h) => write!(f, "sha256:{}", b64::hex(h)),
+            CertSelector::IssuedBy { subject, ca_sha256 } => {
+                write!(f, "{subject}{CA_PIN}{}", b64::hex(ca_sha256))
+            }
         }
     }
 }
 
 impl CertSelector {
-    /// True when the certificate described by `id` is the one selected.
-    pub fn matches(&self, id: &PeerIdentity) -> bool {
+    /// True when the certificate described by `id` is the one selected;
+    /// `issuer` answers for a pinned CA (see [`IssuerCheck::issued_by`]).
+    pub fn matches(&self, id: &PeerIdentity, issuer: &IssuerCheck<'_>) -> bool {
         match self {
             CertSelector::Ura(u) => id.ura.as_deref() == Some(u.as_str()),
             CertSelector::Serial(s) => id.serial_number.as_deref() == Some(s.as_str()),
@@ -247,11 +288,24 @@ impl CertSelector {
                 .iter()
                 .any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(d)),
             CertSelector::Sha256(h) => &id.sha256 == h,
+            CertSelector::IssuedBy { subject, ca_sha256 } => {
+                subject.matches(id, issuer) && issuer.issued_by(ca_sha256)
+            }
+        }
+    }
+
+    /// The SHA-256 of the pinned issuing CA certificate, when there is a pin.
+    pub fn ca_sha256(&self) -> Option<&[u8; 32]> {
+        match self {
+            CertSelector::IssuedBy { ca_sha256, .. } => Some(ca_sha256),
+            _ => None,
         }
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+/// SHA-256 of a certificate's DER: what `sha256:` selectors, CA pins and
+/// certificate-bound tokens compare.
+pub fn certificate_sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
@@ -291,6 +345,7 @@ fn directory_string(tag: Tag, value: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::issuer::CaCerts;
     use crate::pki::throwaway::{Ca, LeafSpec, OtherNameEncoding, UziOtherName};
 
     const URA: &str = "90000123";
@@ -509,7 +564,9 @@ mod tests {
             dns_names: vec!["NP.hospital.example".into(), "*.wild.example".into()],
             uzi: None,
         };
-        let yes = |s: &str| s.parse::<CertSelector>().unwrap().matches(&id);
+        let trusted = CaCerts::default();
+        let no_chain = IssuerCheck::new(&[], &trusted);
+        let yes = |s: &str| s.parse::<CertSelector>().unwrap().matches(&id, &no_chain);
         assert!(yes("ura:90000123"));
         assert!(!yes("ura:90000124"));
         assert!(yes("serial:00000001003214345000"));
@@ -530,8 +587,119 @@ mod tests {
             !"ura:90000123"
                 .parse::<CertSelector>()
                 .unwrap()
-                .matches(&none)
+                .matches(&none, &no_chain)
         );
-        assert!(!"serial:x".parse::<CertSelector>().unwrap().matches(&none));
+        assert!(
+            !"serial:x"
+                .parse::<CertSelector>()
+                .unwrap()
+                .matches(&none, &no_chain)
+        );
+        // A pinned CA that is nowhere to be found: no match.
+        assert!(!yes(&format!("ura:90000123@sha256:{}", "07".repeat(32))));
+    }
+
+    #[test]
+    fn selector_with_a_pinned_ca() {
+        let hex = "ab".repeat(32);
+        let pinned = |s: CertSelector| CertSelector::IssuedBy {
+            subject: Box::new(s),
+            ca_sha256: [0xab; 32],
+        };
+        let cases = [
+            (
+                format!("ura:90000123@sha256:{hex}"),
+                pinned(CertSelector::Ura(URA.into())),
+            ),
+            (
+                format!(
+                    "serial:00000001003214345000@sha256:{}",
+                    ["AB"; 32].join(":")
+                ),
+                pinned(CertSelector::Serial("00000001003214345000".into())),
+            ),
+            (
+                format!("dns:np.hospital.example@sha256:{hex}"),
+                pinned(CertSelector::Dns("np.hospital.example".into())),
+            ),
+            (
+                format!("sha256:{}@sha256:{hex}", "cd".repeat(32)),
+                pinned(CertSelector::Sha256([0xcd; 32])),
+            ),
+            // Only the last @sha256: is the pin; a serialNumber may hold '@'.
+            (
+                format!("serial:a@b@sha256:{hex}"),
+                pinned(CertSelector::Serial("a@b".into())),
+            ),
+            ("serial:a@b".into(), CertSelector::Serial("a@b".into())),
+        ];
+        for (input, want) in cases {
+            let got = input.parse::<CertSelector>().unwrap();
+            assert_eq!(got, want, "{input}");
+            assert_eq!(got.ca_sha256().is_some(), input.contains("@sha256:"));
+            // Display round-trips.
+            assert_eq!(got.to_string().parse::<CertSelector>().unwrap(), got);
+        }
+        assert_eq!(
+            format!("ura:90000123@sha256:{hex}")
+                .parse::<CertSelector>()
+                .unwrap()
+                .to_string(),
+            format!("ura:90000123@sha256:{hex}")
+        );
+        assert_eq!(CertSelector::Ura(URA.into()).ca_sha256(), None);
+        for (input, expected) in [
+            (
+                format!("ura:90000123@sha256:{}", "ab".repeat(31)),
+                "@sha256:<64 hex digits",
+            ),
+            ("ura:90000123@sha256:".to_string(), "@sha256:<64 hex digits"),
+            (
+                format!("ura:90000123@sha256:{}", "zz".repeat(32)),
+                "@sha256:<64 hex digits",
+            ),
+            (
+                format!("ura:9000012@sha256:{hex}"),
+                "expected ura:<8 digits>",
+            ),
+            (format!("@sha256:{hex}"), "expected ura:<8 digits>, serial:"),
+            (
+                format!("ura:90000123@sha256:{hex}@sha256:{hex}"),
+                "expected ura:<8 digits>",
+            ),
+            ("ura:90000123@x".to_string(), "expected ura:<8 digits>"),
+        ] {
+            let msg = input.parse::<CertSelector>().unwrap_err().to_string();
+            assert!(msg.contains(expected), "{input}: {msg}");
+            assert!(msg.contains(&input), "the whole selector is named: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_pinned_selector_matches_only_certificates_of_that_ca() {
+        let uzi_ca = Ca::new("uzi server ca").unwrap();
+        let other_ca = Ca::new("another trusted ca").unwrap();
+        let spec = LeafSpec {
+            uzi: Some(UziOtherName::server(URA, "12345678")),
+            ..LeafSpec::localhost("uzi")
+        };
+        let ours = uzi_ca.issue(&spec).unwrap();
+        let theirs = other_ca.issue(&spec).unwrap();
+        let trusted = CaCerts::new(vec![uzi_ca.cert_der().clone(), other_ca.cert_der().clone()]);
+        let pin = b64::hex(&certificate_sha256(uzi_ca.cert_der()));
+        let plain: CertSelector = "ura:90000123".parse().unwrap();
+        let pinned: CertSelector = format!("ura:90000123@sha256:{pin}").parse().unwrap();
+        let wrong_ura: CertSelector = format!("ura:90000124@sha256:{pin}").parse().unwrap();
+        let matches = |sel: &CertSelector, leaf: &crate::pki::throwaway::Issued| {
+            let chain = [leaf.der.clone()];
+            sel.matches(
+                &peer_identity(&leaf.der).unwrap(),
+                &IssuerCheck::new(&chain, &trusted),
+            )
+        };
+        assert!(matches(&plain, &ours) && matches(&plain, &theirs));
+        assert!(matches(&pinned, &ours));
+        assert!(!matches(&pinned, &theirs), "same URA, another CA");
+        assert!(!matches(&wrong_ura, &ours));
     }
 }

@@ -20,6 +20,7 @@ use x509_cert::certificate::Rfc5280;
 use x509_cert::der::Decode;
 
 use super::identity::{PeerIdentity, peer_identity};
+use super::issuer::CaCerts;
 use super::{FileRole, PkiError};
 
 /// Largest certificate chain, key or trust bundle file we read.
@@ -51,6 +52,8 @@ pub struct TlsMaterial {
     pub key: PrivateKeyDer<'static>,
     /// The trust anchors for peers.
     pub roots: Arc<RootCertStore>,
+    /// The same certificates whole, for selectors that pin the issuing CA.
+    pub trust_certs: CaCerts,
     /// Every CRL found in the CRL directory (empty when none is configured).
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// `notAfter` of our end-entity certificate, Unix seconds.
@@ -94,7 +97,8 @@ impl TlsMaterial {
             path: files.cert.clone(),
             reason: format!("first certificate: {e}"),
         })?;
-        let roots = Arc::new(load_trust(&files.trust)?);
+        let (roots, trust_certs) = load_trust(&files.trust)?;
+        let roots = Arc::new(roots);
         let (crls, crl_next_update) = match &files.crl_dir {
             Some(dir) => {
                 let crls = load_crl_dir(dir, &roots)?;
@@ -107,6 +111,7 @@ impl TlsMaterial {
             chain,
             key,
             roots,
+            trust_certs,
             crls,
             leaf_not_after,
             crl_next_update,
@@ -267,7 +272,7 @@ fn check_key_matches(
     }
 }
 
-fn load_trust(path: &Path) -> Result<RootCertStore, PkiError> {
+fn load_trust(path: &Path) -> Result<(RootCertStore, CaCerts), PkiError> {
     let bytes = read_file(path, FileRole::Trust, MAX_PEM_FILE)?;
     let content = |reason: String| PkiError::Content {
         role: FileRole::Trust,
@@ -275,8 +280,10 @@ fn load_trust(path: &Path) -> Result<RootCertStore, PkiError> {
         reason,
     };
     let mut roots = RootCertStore::empty();
+    let mut certs = Vec::new();
     for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
         let cert = cert.map_err(|e| content(pem_reason(&e)))?;
+        certs.push(cert.clone());
         roots.add(cert).map_err(|e| {
             content(format!(
                 "certificate {}: not usable as trust anchor: {e}",
@@ -287,7 +294,7 @@ fn load_trust(path: &Path) -> Result<RootCertStore, PkiError> {
     if roots.is_empty() {
         return Err(content("holds no CERTIFICATE section".into()));
     }
-    Ok(roots)
+    Ok((roots, CaCerts::new(certs)))
 }
 
 struct LoadedCrl {

@@ -148,7 +148,8 @@ impl UziOtherName {
 
 impl LeafSpec {
     /// CN `common_name`, O "np-agent throwaway PKI", SAN `DNS:localhost` and
-    /// `IP:127.0.0.1`, an ECDSA P-256 key, valid from an hour ago for 30 days.
+    /// `IP:127.0.0.1`, an ECDSA P-256 key, valid from an hour ago for 90 days
+    /// (beyond the 30 days before expiry in which doctor and the daemon warn).
     pub fn localhost(common_name: &str) -> Self {
         let now = time::now_unix();
         LeafSpec {
@@ -159,7 +160,7 @@ impl LeafSpec {
             ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             uzi: None,
             not_before: now - HOUR,
-            not_after: now + 30 * DAY,
+            not_after: now + 90 * DAY,
             key: LeafKey::EcdsaP256,
         }
     }

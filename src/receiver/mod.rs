@@ -36,7 +36,7 @@ use crate::http::{Request, Response};
 use crate::ids::OrgId;
 use crate::ids::URI_SYSTEM;
 use crate::oauth::grants::{Grant, TokenKind};
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::spool::{self, Item, Spool};
 use crate::util::durable::{self, DurableError};
 use crate::util::percent;
@@ -417,7 +417,7 @@ impl Receiver {
             order.plan.reads.len(),
             order.plan.queries.len(),
             order.get_workflow_task,
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
         let location = format!("{}/fhir/Task/{id}", self.config.public_url);
         wire::resource_response(201, &with_id(order.task, &id), out.format, out.version)
@@ -435,17 +435,29 @@ impl Receiver {
         id: &str,
         out: Answer,
     ) -> Response {
-        let Some(order) = self.order(id) else {
-            return self.fail(partner, req, id, "the stored Task could not be read", out);
+        let (task, inbox_task) = match self.order(id) {
+            Some(order) => (order.task, order.inbox_task),
+            // Finished so long ago that only its identity is kept
+            // (`spool::retention`): the same Task, answered as it came.
+            None if self
+                .load_any(id)
+                .as_ref()
+                .and_then(spool::retention::Stub::of)
+                .is_some() =>
+            {
+                (v.resource().clone(), v.identifier().inbox_name())
+            }
+            None => {
+                return self.fail(partner, req, id, "the stored Task could not be read", out);
+            }
         };
         self.audit_task(partner, grant, req, "task.duplicate", v.bsn().as_str(), id);
         log::info!(
-            "event=task.duplicate partner={} item={id} task={} rid={} status=200",
+            "event=task.duplicate partner={} item={id} task={inbox_task} rid={} status=200",
             partner.name,
-            order.inbox_task,
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
-        wire::resource_response(200, &with_id(order.task, id), out.format, out.version)
+        wire::resource_response(200, &with_id(task, id), out.format, out.version)
     }
 
     // ---- cancellation ----
@@ -555,7 +567,7 @@ impl Receiver {
             item.id,
             order.inbox_group,
             order.inbox_task,
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
         let mut task = with_id(order.task, &item.id);
         if let Some(obj) = task.as_object_mut() {
@@ -634,7 +646,7 @@ impl Receiver {
             r.status,
             Q(r.expression.as_deref().unwrap_or("-")),
             Q(&r.diagnostics()),
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
         wire::refusal_response(r, out.format)
     }
@@ -651,7 +663,7 @@ impl Receiver {
             "event=task.failed partner={} item={item} reason={} rid={}",
             partner.name,
             Q(why),
-            Q(&req.request_id)
+            Rid(&req.request_id)
         );
         wire::refusal_response(&Refusal::exception(why), out.format)
     }

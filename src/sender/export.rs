@@ -324,6 +324,101 @@ pub fn display_name(name: &[u8]) -> String {
         .collect()
 }
 
+/// Longest name a refused file keeps in `.rejected`. Longer names get a
+/// generated one ([`RejectedName`]): the stored name, a timestamp suffix
+/// that keeps it unique, `.error.txt` and the durable writer's temp name
+/// around it must stay under `NAME_MAX` (255 bytes).
+pub const MAX_KEPT_NAME: usize = 128;
+
+/// Prefix of a generated name in `.rejected`.
+pub const GENERATED_PREFIX: &str = "bad-name-";
+
+/// The name a refused file gets in `.rejected`: its own when that is
+/// printable UTF-8 of at most [`MAX_KEPT_NAME`] bytes, else
+/// `bad-name-<16 hex digits of the SHA-256 of the raw name>`. Only
+/// [`RejectedName::for_file`] builds one, so every name used there is
+/// valid UTF-8, one line, and short enough for every suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedName {
+    name: String,
+    generated: bool,
+}
+
+impl RejectedName {
+    pub fn for_file(raw: &[u8]) -> RejectedName {
+        let kept = std::str::from_utf8(raw).ok().filter(|s| {
+            !s.is_empty()
+                && s.len() <= MAX_KEPT_NAME
+                && !s.starts_with('.')
+                && !s.chars().any(|c| c.is_control() || c == '/')
+        });
+        match kept {
+            Some(s) => RejectedName {
+                name: s.to_string(),
+                generated: false,
+            },
+            None => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, raw);
+                let hex = crate::util::b64::hex(digest.as_ref().get(..8).unwrap_or_default());
+                RejectedName {
+                    name: format!("{GENERATED_PREFIX}{hex}"),
+                    generated: true,
+                }
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// True when the file's own name could not be kept.
+    pub fn is_generated(&self) -> bool {
+        self.generated
+    }
+}
+
+/// A file name written so that every byte of it can be recovered and the
+/// text stays one printable line: printable UTF-8 as it is, `\` as `\\`,
+/// every other byte (invalid UTF-8, control characters) as `\xNN`. Never
+/// shortened.
+pub fn escape_name(name: &[u8]) -> String {
+    let hex = |out: &mut String, b: u8| {
+        out.push_str("\\x");
+        out.push_str(&crate::util::b64::hex(&[b]));
+    };
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else if c.is_control() {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    hex(&mut out, b);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            hex(&mut out, *b);
+        }
+    }
+    out
+}
+
+/// A file name for a log line (`file=`): a name the folder contract accepts
+/// (`<case-id>.json|.xml|.cancel`, whose case id the log names as `case=`)
+/// as it is, any other name marked and reduced like every value chosen outside
+/// the agent ([`crate::ops::logging::P`]): it cannot add a field or carry a BSN.
+pub fn log_name(name: &[u8]) -> String {
+    match classify(name) {
+        Ok(Name::Data { .. } | Name::Cancel { .. }) => display_name(name),
+        _ => crate::ops::logging::P(&display_name(name)).to_string(),
+    }
+}
+
 /// An export that passed every rule. Only [`validate`] builds one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
@@ -960,5 +1055,18 @@ mod tests {
         assert!(!r.to_string().contains('\n'));
         assert!(r.to_string().starts_with("c?1?.json: "));
         assert_eq!(display_name(b"\xffa"), "?a");
+    }
+
+    #[test]
+    fn escaped_names_keep_every_byte_on_one_line() {
+        assert_eq!(escape_name(b"c1.json"), "c1.json");
+        assert_eq!(
+            escape_name(b"a\\b\n\r\t\x7f\xff\xc3\xa9\xc3.json"),
+            "a\\\\b\\x0a\\x0d\\x09\\x7f\\xff\u{e9}\\xc3.json"
+        );
+        // A C1 control character: both of its bytes.
+        assert_eq!(escape_name("x\u{85}".as_bytes()), "x\\xc2\\x85");
+        let long = "n".repeat(300);
+        assert_eq!(escape_name(long.as_bytes()), long, "never shortened");
     }
 }

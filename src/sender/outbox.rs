@@ -38,7 +38,13 @@
 //!    with `<name>.error.txt` (one line: file and reason) beside it, written
 //!    first so that no rejected file is ever without its reason. An earlier
 //!    rejected file of the same name is never overwritten: the new one gets a
-//!    UTC timestamp before its extension.
+//!    UTC timestamp before its extension. A name that cannot be kept (not
+//!    UTF-8, control characters, over 128 bytes: the suffixes would pass
+//!    `NAME_MAX`) is stored as `bad-name-<hash of the name>`; the reason line
+//!    names every file as it was, escaped (`\xNN`). A quarantine that fails
+//!    (permissions, a full disk) leaves the file where it is, is tried again
+//!    after the back-off of point 5, and is logged at error once per folder
+//!    until a quarantine there succeeds.
 //! 5. A transient failure (disk, randomness) leaves the file claimed and
 //!    remembers `(size, mtime, inode)`: an unchanged file is not read again
 //!    before its back-off (30 s doubling to 15 min) has passed.
@@ -47,7 +53,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -61,7 +67,9 @@ use crate::ids::{self, Bsn};
 use crate::oauth::TokenStore;
 use crate::ops::logging::Q;
 use crate::records::RecordStore;
-use crate::sender::export::{self, Accepted, CaseId, Data, Kind, Name, Problem, Rejected, Rules};
+use crate::sender::export::{
+    self, Accepted, CaseId, Data, Kind, Name, Problem, Rejected, RejectedName, Rules,
+};
 use crate::sender::task::{self, Notification};
 use crate::spool::{Item, Spool, SpoolError, State};
 use crate::util::{durable, random, time};
@@ -151,6 +159,12 @@ pub fn cancel_item_id(task_id: &str) -> String {
 pub struct ScanState {
     deferred: HashMap<PathBuf, Deferral>,
     warned: HashSet<PathBuf>,
+    /// Refused files whose move to `.rejected` failed: not tried again
+    /// before their back-off has passed.
+    quarantine_retry: HashMap<PathBuf, QuarantineRetry>,
+    /// Folders whose failing quarantine was reported; reported again only
+    /// after a quarantine there succeeded.
+    quarantine_alerted: HashSet<PathBuf>,
     /// Every case's latest Task was checked to be queued (done once, in
     /// the first pass that manages it).
     requeue_checked: bool,
@@ -163,6 +177,12 @@ struct Deferral {
     next_try: i64,
     /// The content is stored and queued; only the removal is left to do.
     stored: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QuarantineRetry {
+    attempts: u32,
+    next_try: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +349,18 @@ impl Scanner<'_> {
         }
         let seen = std::mem::take(&mut pass.seen);
         pass.state.deferred.retain(|path, _| seen.contains(path));
+        pass.state
+            .quarantine_retry
+            .retain(|path, _| seen.contains(path));
+        // A folder with no failing file left (removed by hand, say) alerts
+        // again on its next failure.
+        let failing = &pass.state.quarantine_retry;
+        pass.state.quarantine_alerted.retain(|dir| {
+            failing
+                .keys()
+                .filter_map(|path| path.parent())
+                .any(|parent| parent == dir.as_path() || parent == dir.join(CLAIMED_DIR).as_path())
+        });
         pass.report
     }
 
@@ -397,7 +429,7 @@ impl Scanner<'_> {
             {
                 log::error!(
                     "event=outbox.claim_failed partner={partner} file={} error={}",
-                    Q(&export::display_name(entry.name.as_bytes())),
+                    export::log_name(entry.name.as_bytes()),
                     Q(&e.to_string())
                 );
                 waiting.insert(case);
@@ -426,6 +458,9 @@ impl Scanner<'_> {
     /// in place for a later pass.
     fn process(&self, partner: &str, dir: &Path, entry: &Entry, pass: &mut Pass<'_>) -> bool {
         let now = pass.now;
+        if pass.quarantine_waits(&entry.path) {
+            return false;
+        }
         let fingerprint = Fingerprint::of(&entry.meta);
         let earlier = pass.state.deferred.get(&entry.path).copied();
         if let Some(d) = earlier.filter(|d| d.fingerprint == fingerprint) {
@@ -474,7 +509,7 @@ impl Scanner<'_> {
                 Err(e) => {
                     log::error!(
                         "event=outbox.remove_failed partner={partner} file={} error={}",
-                        Q(&export::display_name(name)),
+                        export::log_name(name),
                         Q(&e.to_string())
                     );
                     pass.state.deferred.insert(
@@ -497,12 +532,10 @@ impl Scanner<'_> {
             }
             Some(Err(Fail::Transient(reason))) => {
                 let attempts = earlier.map_or(0, |d| d.attempts).saturating_add(1);
-                let wait = DEFER_FIRST_SECS
-                    .saturating_mul(1_i64 << attempts.saturating_sub(1).min(20))
-                    .min(DEFER_CAP_SECS);
+                let wait = defer_secs(attempts);
                 log::warn!(
                     "event=outbox.deferred partner={partner} file={} reason={} retry_in_s={wait}",
-                    Q(&export::display_name(name)),
+                    export::log_name(name),
                     Q(&reason)
                 );
                 pass.state.deferred.insert(
@@ -812,7 +845,9 @@ impl Scanner<'_> {
             case.expires_at
         };
         if period_end <= now {
-            log::warn!(
+            // Also every delivered notification once its finished item is
+            // pruned (`NP_DEDUPE_RETENTION`): nothing to tell.
+            log::debug!(
                 "event=outbox.requeue_skipped partner={} case={} version={} reason=\"restriction.period.end passed\"",
                 case.partner,
                 case.case_id,
@@ -1067,41 +1102,94 @@ impl Scanner<'_> {
         });
     }
 
-    /// Moves a file to `<dir>/.rejected/` with its reason beside it.
-    /// Returns `false` when that failed and the file stays where it is.
+    /// Moves a file to `<dir>/.rejected/` with its reason beside it, under
+    /// its own name or a generated one ([`RejectedName`]); the reason names
+    /// the file as it was, escaped ([`export::escape_name`]). Returns `false`
+    /// when that failed and the file stays where it is: it is tried again
+    /// after a back-off, and the failure is logged at error once per folder
+    /// until a quarantine there succeeds.
     fn reject(&self, dir: &Path, entry: &Entry, rejected: &Rejected, pass: &mut Pass<'_>) -> bool {
-        match quarantine(
-            dir,
-            &entry.path,
-            &entry.name,
-            &rejected.to_string(),
-            pass.now,
-        ) {
+        pass.seen.insert(entry.path.clone());
+        if pass.quarantine_waits(&entry.path) {
+            return false;
+        }
+        let raw = entry.name.as_bytes();
+        let name = RejectedName::for_file(raw);
+        let reason = format!("{}: {}", export::escape_name(raw), rejected.problem);
+        let folder = export::display_name(dir.file_name().map(OsStr::as_bytes).unwrap_or_default());
+        match quarantine(dir, &entry.path, &name, &reason, pass.now) {
             Ok(stored_as) => {
                 pass.report.rejected += 1;
+                pass.state.quarantine_retry.remove(&entry.path);
+                pass.state.quarantine_alerted.remove(dir);
                 log::warn!(
                     "event=outbox.rejected folder={} file={} stored_as={} reason={}",
-                    Q(&export::display_name(
-                        dir.file_name().map(OsStr::as_bytes).unwrap_or_default()
-                    )),
-                    Q(&rejected.file),
-                    Q(&export::display_name(stored_as.as_bytes())),
+                    log_folder(&folder, &rejected.problem),
+                    export::log_name(raw),
+                    export::log_name(stored_as.as_bytes()),
                     Q(&rejected.problem.to_string())
                 );
                 true
             }
             Err(e) => {
                 pass.report.deferred += 1;
-                log::error!(
-                    "event=outbox.quarantine_failed file={} reason={} error={}",
-                    Q(&rejected.file),
+                let attempts = pass
+                    .state
+                    .quarantine_retry
+                    .get(&entry.path)
+                    .map_or(0, |r| r.attempts)
+                    .saturating_add(1);
+                let wait = defer_secs(attempts);
+                pass.state.quarantine_retry.insert(
+                    entry.path.clone(),
+                    QuarantineRetry {
+                        attempts,
+                        next_try: pass.now.saturating_add(wait),
+                    },
+                );
+                let first = pass.state.quarantine_alerted.insert(dir.to_path_buf());
+                let level = if first {
+                    log::Level::Error
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "event=outbox.quarantine_failed folder={} file={} reason={} error={} retry_in_s={wait} repeat={}",
+                    log_folder(&folder, &rejected.problem),
+                    export::log_name(raw),
                     Q(&rejected.problem.to_string()),
-                    Q(&e.to_string())
+                    Q(&e.to_string()),
+                    !first
                 );
                 false
             }
         }
     }
+}
+
+impl Pass<'_> {
+    /// True (and counted as deferred) while a file whose quarantine failed
+    /// waits for its next try.
+    fn quarantine_waits(&mut self, path: &Path) -> bool {
+        let waits = self
+            .state
+            .quarantine_retry
+            .get(path)
+            .is_some_and(|r| self.now < r.next_try);
+        if waits {
+            self.report.deferred += 1;
+        }
+        waits
+    }
+}
+
+/// Back-off before a file left after its `attempts`-th failure is tried
+/// again: [`DEFER_FIRST_SECS`] doubling up to [`DEFER_CAP_SECS`].
+fn defer_secs(attempts: u32) -> i64 {
+    DEFER_FIRST_SECS
+        .saturating_mul(1_i64 << attempts.saturating_sub(1).min(20))
+        .min(DEFER_CAP_SECS)
 }
 
 /// `Task.owner` towards a partner: its organisation, unless it is
@@ -1208,18 +1296,16 @@ fn type_name(meta: &Metadata) -> &'static str {
 fn quarantine(
     dir: &Path,
     from: &Path,
-    name: &OsStr,
+    name: &RejectedName,
     reason: &str,
     now: i64,
-) -> Result<OsString, durable::DurableError> {
+) -> Result<String, durable::DurableError> {
     let rejected = dir.join(REJECTED_DIR);
     durable::create_dir_all(&rejected)?;
     let group = group_bits(dir);
     set_mode(&rejected, 0o700 | (group & 0o070));
-    let target = free_name(&rejected, name, now);
-    let mut error_name = target.clone();
-    error_name.push(".error.txt");
-    let error_path = rejected.join(&error_name);
+    let target = free_name(&rejected, name.as_str(), now);
+    let error_path = rejected.join(format!("{target}.error.txt"));
     let line = reason.replace(['\n', '\r'], " ");
     durable::write_atomic(&error_path, format!("{line}\n").as_bytes())?;
     set_mode(&error_path, 0o600 | (group & 0o040));
@@ -1244,44 +1330,46 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 /// `name` when neither it nor its `.error.txt` exists in `dir`; else the name
-/// with `.<UTC timestamp>[-n]` before its extension.
-fn free_name(dir: &Path, name: &OsStr, now: i64) -> OsString {
-    let taken = |n: &OsStr| {
-        let mut err = n.to_os_string();
-        err.push(".error.txt");
-        dir.join(n).symlink_metadata().is_ok() || dir.join(&err).symlink_metadata().is_ok()
+/// with `.<UTC timestamp>[-n]` before its extension. A [`RejectedName`] is
+/// short enough for every suffix added here.
+fn free_name(dir: &Path, name: &str, now: i64) -> String {
+    let taken = |n: &str| {
+        dir.join(n).symlink_metadata().is_ok()
+            || dir
+                .join(format!("{n}.error.txt"))
+                .symlink_metadata()
+                .is_ok()
     };
     if !taken(name) {
-        return name.to_os_string();
+        return name.to_string();
     }
-    let bytes = name.as_bytes();
-    let (stem, ext) = match bytes.iter().rposition(|b| *b == b'.') {
-        Some(i) if i > 0 => (&bytes[..i], &bytes[i..]),
-        _ => (bytes, &b""[..]),
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
     };
-    // Keep room for the suffix under NAME_MAX (255).
-    let stem = &stem[..stem.len().min(180)];
-    let ext = &ext[..ext.len().min(20)];
     let stamp = time::compact(now);
     for n in 1..1000u32 {
-        let suffix = if n == 1 {
-            format!(".{stamp}")
+        let candidate = if n == 1 {
+            format!("{stem}.{stamp}{ext}")
         } else {
-            format!(".{stamp}-{n}")
+            format!("{stem}.{stamp}-{n}{ext}")
         };
-        let mut candidate = stem.to_vec();
-        candidate.extend_from_slice(suffix.as_bytes());
-        candidate.extend_from_slice(ext);
-        let candidate = OsString::from_vec(candidate);
         if !taken(&candidate) {
             return candidate;
         }
     }
     let nonce = random::bytes::<8>().map_or_else(|_| "x".into(), |b| crate::util::b64::hex(&b));
-    let mut candidate = stem.to_vec();
-    candidate.extend_from_slice(format!(".{stamp}-{nonce}").as_bytes());
-    candidate.extend_from_slice(ext);
-    OsString::from_vec(candidate)
+    format!("{stem}.{stamp}-{nonce}{ext}")
+}
+
+/// A folder's name for a log line: an unknown folder's name is the EHR's
+/// choice, not ours, so it is marked and reduced like every value chosen
+/// outside the agent.
+fn log_folder(folder: &str, problem: &Problem) -> String {
+    match problem {
+        Problem::UnknownPartner => crate::ops::logging::P(folder).to_string(),
+        _ => Q(folder).to_string(),
+    }
 }
 
 mod publish;

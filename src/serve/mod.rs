@@ -67,7 +67,7 @@ use crate::cases::{Case, CaseStatus, CaseStore};
 use crate::fhir::{FhirVersion, Refusal};
 use crate::http::Response;
 use crate::oauth::grants::Grant;
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::util::percent;
 
 /// One FHIR data request, as the router saw it.
@@ -176,7 +176,7 @@ fn serve(
     if view.hidden > 0 {
         log::debug!(
             "event=fhir.hidden rid={} partner={} case={} version={} hidden={}",
-            Q(req.request_id),
+            Rid(req.request_id),
             Q(&case.partner),
             Q(&case.case_id),
             case.version,
@@ -868,7 +868,7 @@ impl<'a> Cx<'a> {
         self.record("refused", Some(&diagnostics), r.status);
         log::info!(
             "event=fhir.refused rid={} partner={} case={} action={} status={} reason={}",
-            Q(self.req.request_id),
+            Rid(self.req.request_id),
             Q(self.who.partner),
             Q(&self.who.label),
             self.action.name(self.who.family),
@@ -882,7 +882,7 @@ impl<'a> Cx<'a> {
     fn fail(&self, r: Refusal, detail: &str) -> Response {
         log::error!(
             "event=fhir.failed rid={} partner={} case={} status={} error={}",
-            Q(self.req.request_id),
+            Rid(self.req.request_id),
             Q(self.who.partner),
             Q(&self.who.label),
             r.status,
@@ -899,7 +899,7 @@ impl<'a> Cx<'a> {
             Err(e) => {
                 log::warn!(
                     "event=fhir.render_failed rid={} case={} error={}",
-                    Q(self.req.request_id),
+                    Rid(self.req.request_id),
                     Q(&self.who.label),
                     Q(&e)
                 );
@@ -934,7 +934,7 @@ impl<'a> Cx<'a> {
         }
         log::debug!(
             "event=fhir.served rid={} partner={} case={} action={} results={results}",
-            Q(self.req.request_id),
+            Rid(self.req.request_id),
             Q(self.who.partner),
             Q(&self.who.label),
             self.action.name(self.who.family)

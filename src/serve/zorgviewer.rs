@@ -176,7 +176,7 @@ pub fn handle(
             Some((Answer::Unavailable(why), _)) => {
                 log::warn!(
                     "event=zorgviewer.consent_unavailable rid={} partner={} error={}",
-                    crate::ops::logging::Q(req.request_id),
+                    crate::ops::logging::Rid(req.request_id),
                     zv.partner,
                     crate::ops::logging::Q(why)
                 );

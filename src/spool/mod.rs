@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::util::durable::{self, DurableError};
 
+pub mod retention;
+
 /// The state folders, in recovery precedence (highest first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum State {
@@ -474,9 +476,12 @@ impl Spool {
         })
     }
 
-    /// Finishes an in-flight item: it moves to `done` (with its final content).
+    /// Finishes an in-flight item: it moves to `done` with its final
+    /// content, or only its stub when nothing reads that content any more
+    /// ([`retention::done_form`]).
     pub fn complete(&self, item: &Item) -> Result<(), SpoolError> {
-        self.finish(item, State::Done)
+        let now = crate::util::time::now_unix();
+        self.finish(&retention::done_form(item, now), State::Done)
     }
 
     /// Schedules an in-flight item for another attempt.

@@ -137,7 +137,10 @@ impl World {
 pub fn test_limits() -> Limits {
     Limits {
         max_connections: 16,
+        reserved_connections: 0,
+        max_handshakes_per_source: 16,
         handshake_timeout: Duration::from_secs(5),
+        refusal_log_interval: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(5),
         header_timeout: Duration::from_secs(5),

@@ -15,7 +15,8 @@
 //!   RSA key with the claims of the PoC (`subject` `pseudonym:eval:<Z>`,
 //!   `aud`, `scope`, `version`, `iat`, `exp` = `iat` + 300). An
 //!   organisation without `oin:` is `400`; one without a key for the scope
-//!   `404`.
+//!   `404`. The NVI's key is registered for scope `nvi`, and for more
+//!   scopes on demand ([`StandIns::register_scope`]).
 //! - **NVI**: decrypts the JWE with its private key, checks `aud` and
 //!   `exp`, unblinds (`N = r⁻¹·Z`) and keeps referrals by `N`: `POST
 //!   /fhir/List` (`201`; the custodian must be the token's URA, else `403`),
@@ -31,7 +32,7 @@
 //! ([`StandIns::pseudonyms`]) show what the OPRF promises: one BSN, however
 //! often blinded, is one `N`; two BSNs are two.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,6 +136,8 @@ struct State {
     /// Every pseudonym the NVI derived, in order, with the call that did.
     derived: Vec<(String, String)>,
     next_id: u64,
+    /// The recipient scopes the NVI's key is registered for at the PRS.
+    scopes: BTreeSet<String>,
 }
 
 struct Shared {
@@ -158,10 +161,30 @@ impl StandIns {
         let seed = random::bytes::<32>().map_err(|e| e.to_string())?;
         let oprf_key = OprfServer::<Ristretto255>::new_from_seed(&seed, b"np-agent stand-in PRS")
             .map_err(|_| "OPRF key".to_string())?;
+        StandIns::start_with(material, oprf_key)
+    }
+
+    /// As [`StandIns::start`], with the PRS's OPRF key `k` fixed (32
+    /// little-endian bytes of a canonical non-zero scalar): the pseudonyms
+    /// the NVI derives are then fixed vectors.
+    pub fn start_with_oprf_key(material: &TlsMaterial, key: &[u8; 32]) -> Result<StandIns, String> {
+        let oprf_key = OprfServer::<Ristretto255>::new_with_key(key)
+            .map_err(|_| "OPRF key: not a canonical non-zero scalar".to_string())?;
+        StandIns::start_with(material, oprf_key)
+    }
+
+    fn start_with(
+        material: &TlsMaterial,
+        oprf_key: OprfServer<Ristretto255>,
+    ) -> Result<StandIns, String> {
         let nvi_key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048)
             .map_err(|e| format!("NVI key: {e}"))?;
+        let state = State {
+            scopes: BTreeSet::from([PSEUDONYM_SCOPE.to_string()]),
+            ..State::default()
+        };
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             oprf_key,
             nvi_key,
         });
@@ -224,6 +247,13 @@ impl StandIns {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+    }
+
+    /// Registers the NVI's key at the PRS for one more recipient scope, as
+    /// `POST /administration/register/certificate` does: the PRS then
+    /// evaluates for `oin:<NVI_OIN>` and `scope`.
+    pub fn register_scope(&self, scope: &str) {
+        self.state().scopes.insert(scope.to_string());
     }
 
     /// Answers the next requests to `service` with `faults`, in order.
@@ -494,7 +524,8 @@ impl Api {
         if !org.starts_with("oin:") {
             return self.error(req, 400, "recipientOrganization must be oin:<OIN>");
         }
-        if org != format!("oin:{NVI_OIN}") || scope != PSEUDONYM_SCOPE {
+        let known = self.state().scopes.contains(&scope);
+        if org != format!("oin:{NVI_OIN}") || !known {
             return Response::new(404).body(
                 "application/json",
                 json!({"error": "No public key found for this organization and/or scope"})

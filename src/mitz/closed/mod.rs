@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use crate::consent::{Answer, ConsentCheck, Question, Source};
 use crate::http::partners::{HttpReply, Outgoing, PartnerHttp};
 use crate::ids::Bsn;
-use crate::ops::logging::Q;
+use crate::ops::logging::{Q, Rid};
 use crate::ops::metrics::{self, Metrics};
 use crate::util::random;
 
@@ -223,7 +223,8 @@ impl ClosedQuestion {
                     log::debug!(
                         "event=mitz.closed_question partner={} rid={} request_id={message_id} requester={} category={} decision=permit ms={ms}",
                         self.partner,
-                        Q(q.request_id.unwrap_or("-")),
+                        q.request_id
+                            .map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
                         Q(q.requester),
                         Q(q.data_category),
                     );
@@ -231,7 +232,8 @@ impl ClosedQuestion {
                     log::warn!(
                         "event=mitz.closed_question partner={} rid={} request_id={message_id} requester={} category={} decision={} reason={} ms={ms}",
                         self.partner,
-                        Q(q.request_id.unwrap_or("-")),
+                        q.request_id
+                            .map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
                         Q(q.requester),
                         Q(q.data_category),
                         decision.label(),
@@ -263,7 +265,8 @@ impl ClosedQuestion {
         log::warn!(
             "event=mitz.closed_question partner={} rid={} request_id={message_id} requester={} category={} decision={} reason={}",
             self.partner,
-            Q(q.request_id.unwrap_or("-")),
+            q.request_id
+                .map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
             Q(q.requester),
             Q(q.data_category),
             failure.label(),

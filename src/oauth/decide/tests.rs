@@ -352,11 +352,15 @@ impl Fx {
                 keys,
                 bases: &self.bases,
                 jtis: &self.used,
+                cert_sha256: CLIENT_CERT,
                 now: NOW,
             },
         )
     }
 }
+
+/// SHA-256 of the TLS client certificate every test request comes over.
+const CLIENT_CERT: [u8; 32] = [0x5c; 32];
 
 fn unsigned(header: &str, claims: &Value) -> String {
     format!(
@@ -1568,6 +1572,11 @@ fn a_zorgviewer_decision_carries_scopes_and_iua_claims() {
     assert_eq!((g.partner(), g.client_id()), ("zv", ZV_CLIENT));
     assert_eq!(g.requesting_org_claim(), ZV_ORG);
     assert_eq!(g.patient(), None);
+    assert_eq!(
+        g.cert_sha256(),
+        Some(&CLIENT_CERT),
+        "bound to the certificate"
+    );
     let z = g.zorgviewer_access().unwrap();
     assert_eq!(
         z.scopes().to_string(),
@@ -1680,6 +1689,11 @@ fn a_decision_names_what_the_caller_records() {
     assert_eq!(
         (g.authorization_base(), g.case_id()),
         (Some(LIVE_BASE), Some("c-1"))
+    );
+    assert_eq!(
+        g.cert_sha256(),
+        Some(&CLIENT_CERT),
+        "bound to the certificate"
     );
 }
 

@@ -338,7 +338,8 @@ fn cancel_revokes_and_queues_one_cancellation_per_live_task() {
             case_id: "c1".into(),
         },
         Bsn::parse(BSN).unwrap(),
-    );
+    )
+    .bound_to([1; 32]);
     let issued = f.tokens.issue(grant, NOW).unwrap();
 
     f.put("hospb", "c1.cancel", b"");
@@ -350,7 +351,7 @@ fn cancel_revokes_and_queues_one_cancellation_per_live_task() {
     assert!(case.tasks.iter().all(|t| t.status == "cancelled"));
     assert!(
         f.tokens
-            .check(&issued.access_token, "hospb", NOW + 10)
+            .check(&issued.access_token, "hospb", &[1; 32], NOW + 10)
             .is_err()
     );
     let mut cancels: Vec<String> = f
@@ -922,7 +923,8 @@ fn a_crash_while_cancelling_is_finished_on_the_next_pass() {
             case_id: "c1".into(),
         },
         Bsn::parse(BSN).unwrap(),
-    );
+    )
+    .bound_to([1; 32]);
     let issued = f.tokens.issue(grant, NOW).unwrap();
     f.put("hospb", "c1.cancel", b"");
     assert_eq!(f.scan_until(NOW + 1, Step::CaseCancelled).cancelled, 0);
@@ -934,7 +936,7 @@ fn a_crash_while_cancelling_is_finished_on_the_next_pass() {
     assert_eq!(f.scan(NOW + 2).cancelled, 1);
     assert!(
         f.tokens
-            .check(&issued.access_token, "hospb", NOW + 2)
+            .check(&issued.access_token, "hospb", &[1; 32], NOW + 2)
             .is_err()
     );
     let cancels: Vec<Item> = f
@@ -982,18 +984,19 @@ fn free_names_keep_the_extension() {
     let f = fixture();
     let dir = f.site.dir.join("rej");
     fs::create_dir_all(&dir).unwrap();
-    assert_eq!(free_name(&dir, OsStr::new("a.json"), NOW), "a.json");
+    assert_eq!(free_name(&dir, "a.json", NOW), "a.json");
     fs::write(dir.join("a.json.error.txt"), b"").unwrap();
     assert_eq!(
-        free_name(&dir, OsStr::new("a.json"), NOW),
-        format!("a.{}.json", time::compact(NOW)).as_str()
+        free_name(&dir, "a.json", NOW),
+        format!("a.{}.json", time::compact(NOW))
     );
     fs::write(dir.join("noext"), b"").unwrap();
     assert_eq!(
-        free_name(&dir, OsStr::new("noext"), NOW),
-        format!("noext.{}", time::compact(NOW)).as_str()
+        free_name(&dir, "noext", NOW),
+        format!("noext.{}", time::compact(NOW))
     );
 }
 
 mod publication;
 mod publish;
+mod names;
