@@ -14,6 +14,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,16 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::TempDir;
 use common::agent::{AgentSetup, Party, World};
-
-const SAMPLE: &str = include_str!("../src/mitz/sample-notification.json");
-
-fn inbox_count(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| {
-        d.flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .count()
-    })
-}
+use support::visible_files as inbox_count;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -69,11 +62,8 @@ fn main() {
                     let http = broker.client();
                     for _ in 0..per_thread {
                         // Distinct bytes: a newer consent state each time.
-                        let n = serial.fetch_add(1, Ordering::Relaxed);
-                        let body = SAMPLE.replace(
-                            "2026-11-18T10:51:16.8967927Z",
-                            &format!("2026-11-18T10:51:16.{n:07}Z"),
-                        );
+                        let body =
+                            support::mitz_notification(serial.fetch_add(1, Ordering::Relaxed));
                         let resp = http
                             .post(&url)
                             .header("Content-Type", "application/fhir+json")

@@ -11,6 +11,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +21,7 @@ use std::time::{Duration, Instant};
 use common::TempDir;
 use common::agent::{AgentSetup, Party, World};
 use np_agent::jose::Alg;
-use np_agent::util::percent::encode_form as encode;
-use np_agent::util::{random, time::now_unix};
-use serde_json::json;
+use support::TokenRequest;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -51,40 +51,21 @@ fn main() {
         let started = Instant::now();
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (b, endpoint, issuer, done, stop) =
-                    (b.clone(), endpoint.clone(), issuer.clone(), done.clone(), stop.clone());
+                let (b, endpoint, issuer, done, stop) = (
+                    b.clone(),
+                    endpoint.clone(),
+                    issuer.clone(),
+                    done.clone(),
+                    stop.clone(),
+                );
                 std::thread::spawn(move || {
                     // One agent per thread: its connection is kept alive across requests.
                     let http = b.client();
                     let key = b.key(Alg::Es256);
                     let mut n = 0;
                     loop {
-                        let now = now_unix();
-                        let claims = |sub: &str, extra: serde_json::Value| {
-                            let mut c = json!({"iss": issuer, "sub": sub, "aud": endpoint,
-                                "iat": now, "exp": now + 60, "jti": random::uuid_v4().unwrap()});
-                            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-                            key.sign_jwt(c.to_string().as_bytes()).unwrap()
-                        };
-                        let client = claims("hospb-client", json!({}));
-                        let authz = claims(
-                            "urn:oid:2.16.528.1.1007.3.3.87654321",
-                            json!({"authorizer": "urn:oid:2.16.528.1.1007.3.3.12345678"}),
-                        );
-                        let body = format!(
-                            "grant_type={}&assertion={}&client_assertion_type={}&client_assertion={}",
-                            encode("urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                            authz,
-                            encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-                            client
-                        );
-                        let resp = http
-                            .post(&endpoint)
-                            .header("Content-Type", "application/x-www-form-urlencoded")
-                            .send(body.as_bytes())
-                            .unwrap();
-                        assert_eq!(resp.status().as_u16(), 200);
-                        let _ = resp.into_body().read_to_vec().unwrap();
+                        let request = TokenRequest::new(&b, key, &issuer, &endpoint, "12345678");
+                        assert_eq!(request.post(&http, &endpoint), 200);
                         n += 1;
                         done.fetch_add(1, Ordering::Relaxed);
                         if stop.load(Ordering::Relaxed) || (n >= 3 && budget.is_zero()) {

@@ -17,6 +17,15 @@ use np_agent::ops::metrics::Metrics;
 use np_agent::pki::throwaway::{Ca, Issued, LeafSpec, UziOtherName, write_files};
 use np_agent::pki::{self, MinVersion, TlsFiles, TlsMaterial};
 
+/// The binary the helpers start: this build's `np-agent`, or the one
+/// `NP_BENCH_AGENT_BIN` names (`bench/run` sets it to its release build).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("NP_BENCH_AGENT_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_np-agent")),
+        PathBuf::from,
+    )
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released: the kernel does not hand
 /// it out again at once).
 pub fn free_port() -> u16 {
@@ -405,7 +414,7 @@ impl AgentProcess {
             .unwrap();
         let log_path = dir.join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_np-agent"))
+        let child = Command::new(agent_bin())
             .arg("run")
             .arg("--env-file")
             .arg(env_file)
@@ -448,7 +457,7 @@ impl AgentProcess {
         let n = np_agent::util::b64::hex(&np_agent::util::random::bytes::<4>().unwrap());
         let log_path = dir.join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_np-agent"))
+        let child = Command::new(agent_bin())
             .arg("run")
             .arg("--env-file")
             .arg(env_file)

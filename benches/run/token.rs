@@ -1,0 +1,139 @@
+//! The token endpoint: jwt-bearer requests with two fresh ES256 assertions
+//! each from 1, 4 and 16 client threads over kept-alive mutual TLS, against
+//! the crypto bound of the same run: ring verifying the same two signatures
+//! on one thread (the other core runs the clients, which sign).
+//!
+//! For the record, not a target: the flushes each request costs (strace on
+//! the agent over 200 requests from 4 clients) and the fsync bound they
+//! imply (two flushes per raw durable write of the agent's state directory).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use np_agent::jose::Alg;
+
+use crate::Options;
+use crate::common::TempDir;
+use crate::common::agent::{AgentSetup, Party, World};
+use crate::report::Run;
+use crate::support::TokenRequest;
+use crate::support::raw::{Raw, durable_writes_per_sec, jws_parts, rate};
+use crate::tools::{FlushCount, total};
+
+const A_URA: &str = "12345678";
+const CLIENTS: &[usize] = &[1, 4, 16];
+/// Requests counted under strace.
+const TRACED: usize = 200;
+
+pub fn measure(opts: &Options) -> Vec<Run> {
+    let tmp = TempDir::new("bench-token");
+    let world = World::new();
+    let b = Party::new(&world, tmp.path(), "hospb", "87654321", &[Alg::Es256]);
+    let jwks = b.serve_jwks();
+    let mut setup = AgentSetup::new(&world, tmp.path(), "hospa", A_URA);
+    setup.add_partner(&b, &jwks);
+    setup.env.set("NP_LOG", "warn");
+    let agent = setup.start();
+    let state = setup.dir.join("state");
+    let target = Target {
+        party: Arc::new(b),
+        endpoint: setup.token_endpoint(),
+        issuer: jwks.base(),
+    };
+    let mut runs = Vec::new();
+    for i in 0..opts.runs {
+        eprintln!("bench: token run {}/{}", i + 1, opts.runs);
+        let mut run = Run::default();
+        let sample = target.request();
+        let raw = Raw::new(target.party.pem(Alg::Es256), Alg::Es256).unwrap();
+        let (client, authz) = (
+            jws_parts(&sample.client).unwrap(),
+            jws_parts(&sample.authz).unwrap(),
+        );
+        let pairs = rate(Duration::from_secs(1), || {
+            raw.verify(&client.0, &client.1)?;
+            raw.verify(&authz.0, &authz.1)
+        })
+        .unwrap();
+        run.set("token.es256_verify_per_s", pairs * 2.0);
+        run.set("token.crypto_bound_req_per_s", pairs);
+        for &c in CLIENTS {
+            let per_s = target.load(c, opts.load, None);
+            run.set(&format!("token.c{c}.req_per_s"), per_s);
+            run.set(&format!("token.c{c}.ratio_to_crypto_bound"), per_s / pairs);
+        }
+        let count = FlushCount::attach(&opts.tools, &[agent.pid], tmp.path());
+        target.load(4, Duration::ZERO, Some(TRACED / 4));
+        let flushes = total(&count.finish()) / TRACED as f64;
+        let writes = durable_writes_per_sec(&state, 2048, Duration::from_secs(2)).unwrap();
+        run.set("token.fsyncs_per_request", flushes);
+        run.set("token.durable_writes_per_s", writes);
+        run.set("token.fsync_bound_req_per_s", 2.0 * writes / flushes);
+        run.set("token.agent_rss_mib", crate::tools::rss_mib(agent.pid));
+        runs.push(run);
+    }
+    assert!(agent.stop().success());
+    runs
+}
+
+/// The agent's token endpoint and the partner that asks it.
+struct Target {
+    party: Arc<Party>,
+    endpoint: String,
+    issuer: String,
+}
+
+impl Target {
+    fn request(&self) -> TokenRequest {
+        TokenRequest::new(
+            &self.party,
+            self.party.key(Alg::Es256),
+            &self.issuer,
+            &self.endpoint,
+            A_URA,
+        )
+    }
+
+    /// `threads` clients, each on its own kept-alive connection, for
+    /// `budget` (or `each` requests per client); returns requests per second.
+    fn load(&self, threads: usize, budget: Duration, each: Option<usize>) -> f64 {
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (party, endpoint, issuer, done, stop) = (
+                    self.party.clone(),
+                    self.endpoint.clone(),
+                    self.issuer.clone(),
+                    done.clone(),
+                    stop.clone(),
+                );
+                std::thread::spawn(move || {
+                    let target = Target {
+                        party,
+                        endpoint,
+                        issuer,
+                    };
+                    let http = target.party.client();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) && each.is_none_or(|e| n < e) {
+                        let status = target.request().post(&http, &target.endpoint);
+                        assert_eq!(status, 200, "token request refused");
+                        n += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        if each.is_none() {
+            std::thread::sleep(budget);
+            stop.store(true, Ordering::Relaxed);
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    }
+}
