@@ -739,7 +739,7 @@ fn load(dir: &Path) -> Result<(Vec<PathBuf>, ByHash, usize), StoreError> {
     for line in &contents.records {
         match parse_line(line) {
             Some(Change::Issued(h, g)) => {
-                by_hash.insert(h, g);
+                by_hash.insert(h, *g);
             }
             Some(Change::Revoked(h)) => {
                 by_hash.remove(&h);
@@ -750,9 +750,9 @@ fn load(dir: &Path) -> Result<(Vec<PathBuf>, ByHash, usize), StoreError> {
     Ok((files, by_hash, skipped))
 }
 
-/// One line of the token journal.
+/// One line of the token journal (read once at start: the box costs nothing).
 enum Change {
-    Issued([u8; 32], Grant),
+    Issued([u8; 32], Box<Grant>),
     Revoked([u8; 32]),
 }
 
@@ -772,7 +772,7 @@ fn parse_line(line: &str) -> Option<Change> {
     if let Some(rest) = line.strip_prefix('+') {
         let (hash, json) = rest.split_once(' ')?;
         let grant = serde_json::from_str::<Record>(json).ok()?.into_grant()?;
-        return Some(Change::Issued(parse_hash(hash)?, grant));
+        return Some(Change::Issued(parse_hash(hash)?, Box::new(grant)));
     }
     Some(Change::Revoked(parse_hash(line.strip_prefix('-')?)?))
 }
