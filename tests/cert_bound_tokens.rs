@@ -8,16 +8,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::TempDir;
 use common::agent::{AgentSetup, Party, World};
 use common::folders::{export, wait_files};
-use np_agent::config::{self, Source};
+use np_agent::config::{self};
 use np_agent::http::client::ClientTimeouts;
-use np_agent::http::partners::Partners;
 use np_agent::ids::{Bsn, OrgId};
-use np_agent::jose::{Alg, SigningKey};
+use np_agent::jose::Alg;
 use np_agent::oauth::client::{Purpose, TokenClient};
 use np_agent::oauth::decide::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER};
 use np_agent::pki::throwaway::{Ca, LeafSpec, UziOtherName, write_files};
@@ -43,24 +40,15 @@ struct AsB {
 
 impl AsB {
     fn over(b: &AgentSetup, tls: &TlsFiles) -> AsB {
-        let cfg = config::load(&Source::File(b.env_file())).unwrap();
-        let material = TlsMaterial::load(tls).unwrap();
-        let cert_sha256 = pki::certificate_sha256(material.chain[0].as_ref());
-        let tls = pki::client_config(&material, MinVersion::Tls13).unwrap();
-        let key = SigningKey::from_pkcs8_pem(
-            &std::fs::read_to_string(&cfg.signing_key).unwrap(),
-            Alg::Es256,
-            None,
-        )
-        .unwrap();
-        let client = TokenClient::new(
-            Arc::new(cfg.clone()),
-            Arc::new(key),
-            Arc::new(Partners::new(tls.clone(), ClientTimeouts::default())),
-        );
+        let common::agent::AsAgent {
+            cfg,
+            client,
+            http,
+            cert_sha256,
+        } = b.as_client_over(tls);
         AsB {
             client,
-            http: np_agent::http::client::agent(tls, ClientTimeouts::default()),
+            http,
             cfg,
             cert_sha256,
         }

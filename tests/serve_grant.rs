@@ -6,20 +6,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
 use common::agent::{AgentSetup, World};
 use common::folders::{export, wait_files};
-use np_agent::config::{self, Source};
-use np_agent::http::client::ClientTimeouts;
-use np_agent::http::partners::Partners;
+use np_agent::config::{self};
 use np_agent::ids::Bsn;
 use np_agent::ids::OrgId;
-use np_agent::jose::{Alg, SigningKey};
 use np_agent::oauth::client::{Purpose, TokenClient};
-use np_agent::pki::{self, MinVersion, TlsMaterial};
 use np_agent::util::time::now_unix;
 use serde_json::{Value, json};
 
@@ -77,31 +72,10 @@ struct AsB {
 impl AsB {
     /// Hospital B's own identity, loaded from B's env file and key files.
     fn new(b: &AgentSetup) -> AsB {
-        let cfg = config::load(&Source::File(b.env_file())).unwrap();
-        let material = TlsMaterial::load(&pki::TlsFiles {
-            cert: cfg.tls_cert.clone(),
-            key: cfg.tls_key.clone(),
-            trust: cfg.tls_trust.clone(),
-            crl_dir: None,
-        })
-        .unwrap();
-        let tls = pki::client_config(&material, MinVersion::Tls13).unwrap();
-        let key = SigningKey::from_pkcs8_pem(
-            &std::fs::read_to_string(&cfg.signing_key).unwrap(),
-            Alg::Es256,
-            None,
-        )
-        .unwrap();
-        let client = TokenClient::new(
-            Arc::new(cfg.clone()),
-            Arc::new(key),
-            Arc::new(Partners::new(tls.clone(), ClientTimeouts::default())),
-        );
-        AsB {
-            client,
-            http: np_agent::http::client::agent(tls, ClientTimeouts::default()),
-            cfg,
-        }
+        let common::agent::AsAgent {
+            cfg, client, http, ..
+        } = b.as_client();
+        AsB { client, http, cfg }
     }
 
     fn pull_token(&self, base: &str, bsn: &Bsn) -> Result<String, String> {

@@ -15,14 +15,12 @@ use std::sync::Arc;
 
 use np_agent::audit::AuditLog;
 use np_agent::cases::CaseStore;
-use np_agent::config::{self, Config, Source, Vars};
-use np_agent::http::client::ClientTimeouts;
-use np_agent::http::partners::Partners;
+use np_agent::config::{self, Config, Vars};
 use np_agent::ids::{Bsn, OrgId};
-use np_agent::jose::{Alg, SigningKey};
+use np_agent::jose::SigningKey;
 use np_agent::oauth::TokenStore;
 use np_agent::oauth::client::{Purpose, TokenClient};
-use np_agent::pki::{self, MinVersion, TlsFiles, TlsMaterial};
+use np_agent::pki::TlsFiles;
 use np_agent::records::RecordStore;
 use np_agent::sender::{ScanReport, Sender};
 use np_agent::spool::Spool;
@@ -241,26 +239,7 @@ impl PulledCase {
             .and_then(|i| i["valueString"].as_str())
             .unwrap_or_else(|| panic!("no authorization base in the Task: {task}"))
             .to_string();
-        let cfg = config::load(&Source::File(b.env_file())).unwrap();
-        let material = TlsMaterial::load(&TlsFiles {
-            cert: cfg.tls_cert.clone(),
-            key: cfg.tls_key.clone(),
-            trust: cfg.tls_trust.clone(),
-            crl_dir: None,
-        })
-        .unwrap();
-        let tls = pki::client_config(&material, MinVersion::Tls13).unwrap();
-        let key = SigningKey::from_pkcs8_pem(
-            &std::fs::read_to_string(&cfg.signing_key).unwrap(),
-            Alg::Es256,
-            None,
-        )
-        .unwrap();
-        let client = TokenClient::new(
-            Arc::new(cfg.clone()),
-            Arc::new(key),
-            Arc::new(Partners::new(tls, ClientTimeouts::default())),
-        );
+        let crate::common::agent::AsAgent { cfg, client, .. } = b.as_client();
         PulledCase {
             client,
             cfg,

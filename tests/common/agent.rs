@@ -397,6 +397,60 @@ impl AgentSetup {
     }
 }
 
+/// An agent's outgoing side built from its own env and key files, for a
+/// test that acts as that agent towards another: its configuration, its
+/// token client, an HTTP agent over its TLS client configuration, and the
+/// SHA-256 of the certificate it presents.
+pub struct AsAgent {
+    pub cfg: np_agent::config::Config,
+    pub client: np_agent::oauth::client::TokenClient,
+    pub http: ureq::Agent,
+    pub cert_sha256: [u8; 32],
+}
+
+impl AgentSetup {
+    /// This agent's outgoing side over its own certificate.
+    pub fn as_client(&self) -> AsAgent {
+        let cfg = np_agent::config::load(&np_agent::config::Source::File(self.env_file())).unwrap();
+        let files = TlsFiles {
+            cert: cfg.tls_cert.clone(),
+            key: cfg.tls_key.clone(),
+            trust: cfg.tls_trust.clone(),
+            crl_dir: None,
+        };
+        self.as_client_over(&files)
+    }
+
+    /// This agent's outgoing side presenting the certificate in `tls`.
+    pub fn as_client_over(&self, tls: &TlsFiles) -> AsAgent {
+        use np_agent::http::client::ClientTimeouts;
+        let cfg = np_agent::config::load(&np_agent::config::Source::File(self.env_file())).unwrap();
+        let material = TlsMaterial::load(tls).unwrap();
+        let cert_sha256 = pki::certificate_sha256(material.chain[0].as_ref());
+        let tls = pki::client_config(&material, MinVersion::Tls13).unwrap();
+        let key = SigningKey::from_pkcs8_pem(
+            &std::fs::read_to_string(&cfg.signing_key).unwrap(),
+            Alg::Es256,
+            None,
+        )
+        .unwrap();
+        let client = np_agent::oauth::client::TokenClient::new(
+            Arc::new(cfg.clone()),
+            Arc::new(key),
+            Arc::new(np_agent::http::partners::Partners::new(
+                tls.clone(),
+                ClientTimeouts::default(),
+            )),
+        );
+        AsAgent {
+            cfg,
+            client,
+            http: np_agent::http::client::agent(tls, ClientTimeouts::default()),
+            cert_sha256,
+        }
+    }
+}
+
 /// A running `np-agent run` child process.
 pub struct AgentProcess {
     child: Option<Child>,
