@@ -528,6 +528,22 @@ fn open_spool(cfg: &config::Config) -> Result<crate::spool::Spool, i32> {
     })
 }
 
+/// The spool for a command that queues work beside the daemon: refused,
+/// with nothing queued, while the state folder's disk is below
+/// `NP_MIN_FREE_DISK`, as the daemon's own intake is.
+fn open_spool_to_queue(cfg: &config::Config, cmd: &str) -> Result<crate::spool::Spool, i32> {
+    if let Ok(free) = crate::backpressure::free_bytes(&cfg.state_dir) {
+        if crate::backpressure::decide(free, cfg.min_free_disk, false) {
+            eprintln!(
+                "{cmd}: NP_STATE_DIR has {free} bytes free, below NP_MIN_FREE_DISK ({}): nothing queued; try again when space returns",
+                cfg.min_free_disk
+            );
+            return Err(EXIT_FAILURE);
+        }
+    }
+    open_spool(cfg)
+}
+
 fn status(opts: &Options) -> i32 {
     let cfg = match load_config(opts) {
         Ok(c) => c,
@@ -682,17 +698,7 @@ fn mitz_subscribe(opts: &Options, usage: &str) -> i32 {
         );
         return EXIT_CONFIG;
     }
-    match crate::backpressure::free_bytes(&cfg.state_dir) {
-        Ok(free) if crate::backpressure::decide(free, cfg.min_free_disk, false) => {
-            eprintln!(
-                "{CMD}: NP_STATE_DIR has {free} bytes free, below NP_MIN_FREE_DISK ({}): nothing queued; try again when space returns",
-                cfg.min_free_disk
-            );
-            return EXIT_FAILURE;
-        }
-        _ => {}
-    }
-    let spool = match open_spool(&cfg) {
+    let spool = match open_spool_to_queue(&cfg, CMD) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -799,17 +805,7 @@ fn nvi_queue(opts: &Options, cmd: &Command) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::backpressure::free_bytes(&cfg.state_dir) {
-        Ok(free) if crate::backpressure::decide(free, cfg.min_free_disk, false) => {
-            eprintln!(
-                "{name}: NP_STATE_DIR has {free} bytes free, below NP_MIN_FREE_DISK ({}): nothing queued; try again when space returns",
-                cfg.min_free_disk
-            );
-            return EXIT_FAILURE;
-        }
-        _ => {}
-    }
-    let spool = match open_spool(&cfg) {
+    let spool = match open_spool_to_queue(&cfg, &name) {
         Ok(s) => s,
         Err(code) => return code,
     };
