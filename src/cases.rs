@@ -276,6 +276,24 @@ impl CaseStore {
         Ok(())
     }
 
+    /// Writes a case record into `batch` (layer `layer`), unflushed: it is
+    /// saved once the batch installs that layer, and only then indexed
+    /// with [`CaseStore::saved`].
+    pub fn stage(
+        &self,
+        batch: &mut durable::Batch,
+        layer: usize,
+        case: &Case,
+    ) -> Result<(), CaseError> {
+        self.folders
+            .stage(batch, layer, &case.partner, &case.case_id, CASE_FILE, case)
+    }
+
+    /// Indexes a case whose record a batch has installed ([`CaseStore::stage`]).
+    pub fn saved(&self, case: Case) {
+        self.index(case);
+    }
+
     /// Path of version `version` of a case's data.
     pub fn data_path(&self, partner: &str, case_id: &str, version: u32) -> PathBuf {
         self.folders.data_path(partner, case_id, version)
@@ -290,6 +308,21 @@ impl CaseStore {
         json: &[u8],
     ) -> Result<(), CaseError> {
         self.folders.write_data(partner, case_id, version, json)
+    }
+
+    /// Writes version `version` of a case's data into `batch` (layer
+    /// `layer`), unflushed: it is stored once the batch installs that layer.
+    pub fn stage_data(
+        &self,
+        batch: &mut durable::Batch,
+        layer: usize,
+        partner: &str,
+        case_id: &str,
+        version: u32,
+        json: &[u8],
+    ) -> Result<(), CaseError> {
+        self.folders
+            .stage_data(batch, layer, partner, case_id, version, json)
     }
 
     /// Version `version` of a case's data, parsed (cached).
@@ -429,6 +462,26 @@ impl ExportFolders {
         Ok(())
     }
 
+    /// [`ExportFolders::save`] into `batch` (layer `layer`), unflushed.
+    pub fn stage<T: Serialize>(
+        &self,
+        batch: &mut durable::Batch,
+        layer: usize,
+        partner: &str,
+        id: &str,
+        file: &str,
+        record: &T,
+    ) -> Result<(), CaseError> {
+        let dir = self.dir(partner, id);
+        batch.create_dir_all(layer, &dir)?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| CaseError::Corrupt {
+            path: dir.join(file),
+            reason: e.to_string(),
+        })?;
+        batch.write(layer, &dir.join(file), &bytes)?;
+        Ok(())
+    }
+
     fn dir(&self, partner: &str, id: &str) -> PathBuf {
         self.root.join(partner).join(id)
     }
@@ -453,6 +506,21 @@ impl ExportFolders {
     ) -> Result<(), CaseError> {
         durable::create_dir_all(&self.dir(partner, id))?;
         durable::write_atomic(&self.data_path(partner, id, version), json)?;
+        Ok(())
+    }
+
+    /// [`ExportFolders::write_data`] into `batch` (layer `layer`), unflushed.
+    pub fn stage_data(
+        &self,
+        batch: &mut durable::Batch,
+        layer: usize,
+        partner: &str,
+        id: &str,
+        version: u32,
+        json: &[u8],
+    ) -> Result<(), CaseError> {
+        batch.create_dir_all(layer, &self.dir(partner, id))?;
+        batch.write(layer, &self.data_path(partner, id, version), json)?;
         Ok(())
     }
 

@@ -278,7 +278,14 @@ impl AuditLog {
     /// Appends an event (its `when` is filled in when empty) durably: on
     /// return its line is written and flushed, together with the lines of
     /// the records that came at the same time.
-    pub fn record(&self, mut event: Event<'_>) -> Result<(), durable::DurableError> {
+    pub fn record(&self, event: Event<'_>) -> Result<(), durable::DurableError> {
+        let line = self.line(event)?;
+        self.append(line)
+    }
+
+    /// An event (its `when` filled in when empty) as a line for
+    /// [`AuditLog::record_all`]: the day file it goes to, and the line.
+    pub fn line(&self, mut event: Event<'_>) -> Result<AuditLine, durable::DurableError> {
         let now = time::now_unix();
         if event.when.is_empty() {
             event.when = time::rfc3339(now);
@@ -289,8 +296,29 @@ impl AuditLog {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
+        Ok(AuditLine {
+            day: time::date(now),
+            line,
+        })
+    }
+
+    /// Appends many lines durably with one flush (one per day file they
+    /// fall in): on return every line is on disk, or none is answered as
+    /// written.
+    pub fn record_all(&self, lines: Vec<AuditLine>) -> Result<(), durable::DurableError> {
+        let mut days: Vec<AuditLine> = Vec::new();
+        for l in lines {
+            match days.iter_mut().find(|d| d.day == l.day) {
+                Some(d) => d.line.extend_from_slice(&l.line),
+                None => days.push(l),
+            }
+        }
+        days.into_iter().try_for_each(|d| self.append(d))
+    }
+
+    fn append(&self, line: AuditLine) -> Result<(), durable::DurableError> {
         self.commit
-            .commit((time::date(now), line))
+            .commit((line.day, line.line))
             .map_err(|reason| durable::DurableError {
                 path: self.dir.clone(),
                 step: "append",
@@ -302,6 +330,13 @@ impl AuditLog {
     pub fn flushes(&self) -> u64 {
         self.commit.batches()
     }
+}
+
+/// One event serialised ([`AuditLog::line`]), to be written with others.
+#[derive(Debug, Clone)]
+pub struct AuditLine {
+    day: String,
+    line: Vec<u8>,
 }
 
 /// The day files of the trail, written only by the leader of a batch.

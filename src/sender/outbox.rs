@@ -86,6 +86,14 @@ pub const KIND_CANCEL: &str = "cancel";
 pub const TASK_REQUESTED: &str = "requested";
 pub const TASK_CANCELLED: &str = "cancelled";
 
+/// Most data exports of one partner folder stored under one durability
+/// barrier ([`durable::Batch`]).
+pub const BATCH_FILES: usize = 256;
+/// The layers of an intake batch: data versions and case records first,
+/// then the spool items that announce them, never durable before them.
+const LAYER_STORE: usize = 0;
+const LAYER_QUEUE: usize = 1;
+
 /// First and longest wait before an unchanged deferred file is read again.
 pub const DEFER_FIRST_SECS: i64 = 30;
 pub const DEFER_CAP_SECS: i64 = 900;
@@ -168,6 +176,9 @@ pub struct ScanState {
     /// Every case's latest Task was checked to be queued (done once, in
     /// the first pass that manages it).
     requeue_checked: bool,
+    /// Intake barriers still to fail, as a failing disk would.
+    #[cfg(test)]
+    insecure_test_fail_barriers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +239,9 @@ enum Fail {
 
 /// How a claimed file ended.
 enum Done {
+    /// A data export written into the pass's batch, not yet durable:
+    /// [`Scanner::finish_intake`] finishes it.
+    Staged(Box<StoredExport>),
     Accepted,
     Updated,
     Cancelled,
@@ -247,12 +261,64 @@ enum Done {
     Withdrawn,
 }
 
+/// What [`Scanner::accept`] wrote into the batch for one data export.
+struct StoredExport {
+    /// The case record as saved, the new Task last.
+    case: Case,
+    /// Its notification, and whether it was written (a new id always is).
+    item: Item,
+    queued: bool,
+    /// A new version of a known case.
+    update: bool,
+    patient: Bsn,
+    /// Resources in the export, for the log.
+    resources: usize,
+}
+
+/// Data exports of a partner folder written in this pass and not yet
+/// durable: one barrier makes them all durable ([`Scanner::finish_intake`]).
+#[derive(Default)]
+struct Intake {
+    batch: durable::Batch,
+    files: Vec<Staged>,
+    /// Cases of the files in the batch (their [`case_key`]): a later file of
+    /// one of them is taken only after the batch is finished, so a case's
+    /// files keep their order (an export and its `.cancel`, say).
+    cases: HashSet<Vec<u8>>,
+}
+
+/// A claimed data export in the batch.
+struct Staged {
+    entry: Entry,
+    fingerprint: Fingerprint,
+    /// Its deferral before this pass, for the back-off should it fail.
+    earlier: Option<Deferral>,
+    stored: StoredExport,
+}
+
+impl Intake {
+    fn has(&self, case: &[u8]) -> bool {
+        self.cases.contains(case)
+    }
+
+    fn full(&self) -> bool {
+        self.files.len() >= BATCH_FILES
+    }
+}
+
 /// Test hook: stop after this step, as a crash would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Step {
     Claimed,
+    /// A data export's data version written into the batch, unflushed.
     DataWritten,
+    /// Every file of the batch written, unflushed; the barrier not run. As
+    /// after a power cut, not even the batch's cleanup runs.
+    Staged,
+    /// The batch's data versions and case records durable (the barrier and
+    /// its first layer), their notifications not yet queued.
     CaseSaved,
+    /// The batch's notifications queued, the exports not yet removed.
     Enqueued,
     /// A `.cancel`: the case record saved as cancelled, nothing else done.
     CaseCancelled,
@@ -382,9 +448,13 @@ impl Scanner<'_> {
     /// A partner folder: claimed leftovers first, then new files, oldest
     /// first. Once a file of a case is left for later, every later file of
     /// that case waits too, so an export and its `.cancel` keep their order.
+    /// Data exports are stored in batches of up to [`BATCH_FILES`], each
+    /// made durable by one barrier ([`Scanner::finish_intake`]); a file of a
+    /// case already in the batch waits for the batch to finish.
     fn scan_partner(&self, partner: &str, dir: &Path, pass: &mut Pass<'_>) {
         let claimed_dir = dir.join(CLAIMED_DIR);
         let mut waiting: HashSet<Vec<u8>> = HashSet::new();
+        let mut intake = Intake::default();
         if let Ok(leftovers) = list(&claimed_dir) {
             for entry in leftovers {
                 if entry.meta.is_dir() {
@@ -392,12 +462,18 @@ impl Scanner<'_> {
                 }
                 pass.seen.insert(entry.path.clone());
                 let case = case_key(&entry.name);
+                if intake.has(&case) {
+                    self.finish_intake(&mut intake, &mut waiting, pass);
+                }
                 if waiting.contains(&case) {
                     pass.report.deferred += 1;
                     continue;
                 }
-                if !self.process(partner, dir, &entry, pass) {
+                if !self.process(partner, dir, &entry, pass, &mut intake) {
                     waiting.insert(case);
+                }
+                if intake.full() {
+                    self.finish_intake(&mut intake, &mut waiting, pass);
                 }
             }
         }
@@ -408,6 +484,7 @@ impl Scanner<'_> {
                     "event=outbox.unreadable partner={partner} error={}",
                     Q(&e.to_string())
                 );
+                self.finish_intake(&mut intake, &mut waiting, pass);
                 return;
             }
         };
@@ -416,6 +493,9 @@ impl Scanner<'_> {
                 continue;
             }
             let case = case_key(&entry.name);
+            if intake.has(&case) {
+                self.finish_intake(&mut intake, &mut waiting, pass);
+            }
             let target = claimed_dir.join(&entry.name);
             // An earlier file of this case (or of this very name) is still
             // being worked on: this one waits, unclaimed.
@@ -424,8 +504,16 @@ impl Scanner<'_> {
                 pass.report.deferred += 1;
                 continue;
             }
+            // The claim is not flushed: lost in a crash, it leaves the file
+            // in the outbox under its own name, the same inode, size and
+            // modification time, and the next pass claims it again. Whatever
+            // was stored from it meanwhile is durable and names it by exactly
+            // that identity (`ExportSource` in the case or published record),
+            // so it is only finished then, never stored twice; a `.cancel`
+            // is repeated, which cancelling allows. The file's next move
+            // (stored, or quarantined by a durable rename) comes after.
             if let Err(e) = durable::create_dir_all(&claimed_dir)
-                .and_then(|()| durable::rename(&entry.path, &target))
+                .and_then(|()| durable::rename_folders_unsynced(&entry.path, &target))
             {
                 log::error!(
                     "event=outbox.claim_failed partner={partner} file={} error={}",
@@ -448,15 +536,27 @@ impl Scanner<'_> {
                 meta,
             };
             pass.seen.insert(claimed.path.clone());
-            if !self.process(partner, dir, &claimed, pass) {
+            if !self.process(partner, dir, &claimed, pass, &mut intake) {
                 waiting.insert(case);
             }
+            if intake.full() {
+                self.finish_intake(&mut intake, &mut waiting, pass);
+            }
         }
+        self.finish_intake(&mut intake, &mut waiting, pass);
     }
 
-    /// Carries out one claimed file. Returns `false` when the file was left
-    /// in place for a later pass.
-    fn process(&self, partner: &str, dir: &Path, entry: &Entry, pass: &mut Pass<'_>) -> bool {
+    /// Carries out one claimed file, or writes it into `intake`'s batch (a
+    /// data export for a Twiin partner). Returns `false` when the file was
+    /// left in place for a later pass.
+    fn process(
+        &self,
+        partner: &str,
+        dir: &Path,
+        entry: &Entry,
+        pass: &mut Pass<'_>,
+        intake: &mut Intake,
+    ) -> bool {
         let now = pass.now;
         if pass.quarantine_waits(&entry.path) {
             return false;
@@ -465,8 +565,9 @@ impl Scanner<'_> {
         let earlier = pass.state.deferred.get(&entry.path).copied();
         if let Some(d) = earlier.filter(|d| d.fingerprint == fingerprint) {
             if d.stored {
-                // Stored and queued already: only the removal is left.
-                return match durable::remove(&entry.path) {
+                // Stored and queued already: only the removal is left (not
+                // flushed, for the reason in `finish_file`).
+                return match durable::remove_folder_unsynced(&entry.path) {
                     Ok(()) => {
                         pass.state.deferred.remove(&entry.path);
                         true
@@ -483,72 +584,220 @@ impl Scanner<'_> {
             }
         }
         let name = entry.name.as_bytes();
-        match self.carry_out(partner, entry, now, pass.stop) {
+        match self.carry_out(partner, entry, now, pass.stop, &mut intake.batch) {
             // Stopped by the test hook, as by a crash.
             None => false,
-            Some(Ok(done)) => match durable::remove(&entry.path) {
-                Ok(()) => {
-                    pass.state.deferred.remove(&entry.path);
-                    match done {
-                        Done::Accepted => pass.report.accepted += 1,
-                        Done::Updated => pass.report.updated += 1,
-                        Done::Cancelled => pass.report.cancelled += 1,
-                        Done::AlreadyAccepted => pass.report.already_accepted += 1,
-                        Done::Published { subscriptions } => {
-                            pass.report.published += 1;
-                            pass.report.subscriptions += subscriptions;
-                        }
-                        Done::AlreadyPublished { subscriptions } => {
-                            pass.report.already_accepted += 1;
-                            pass.report.subscriptions += subscriptions;
-                        }
-                        Done::Withdrawn => pass.report.withdrawn += 1,
-                    }
-                    true
-                }
-                Err(e) => {
-                    log::error!(
-                        "event=outbox.remove_failed partner={partner} file={} error={}",
-                        export::log_name(name),
-                        Q(&e.to_string())
-                    );
-                    pass.state.deferred.insert(
-                        entry.path.clone(),
-                        Deferral {
-                            fingerprint,
-                            attempts: 0,
-                            next_try: now,
-                            stored: true,
-                        },
-                    );
-                    pass.report.deferred += 1;
-                    false
-                }
-            },
+            Some(Ok(Done::Staged(stored))) => {
+                intake.cases.insert(case_key(&entry.name));
+                intake.files.push(Staged {
+                    entry: entry.clone(),
+                    fingerprint,
+                    earlier,
+                    stored: *stored,
+                });
+                true
+            }
+            Some(Ok(done)) => self.finish_file(partner, entry, fingerprint, done, pass),
             Some(Err(Fail::Reject(problem))) => {
                 pass.state.deferred.remove(&entry.path);
                 let rejected = Rejected::new(name, problem);
                 self.reject(dir, entry, &rejected, pass)
             }
             Some(Err(Fail::Transient(reason))) => {
-                let attempts = earlier.map_or(0, |d| d.attempts).saturating_add(1);
-                let wait = defer_secs(attempts);
-                log::warn!(
-                    "event=outbox.deferred partner={partner} file={} reason={} retry_in_s={wait}",
-                    export::log_name(name),
-                    Q(&reason)
+                pass.defer(partner, entry, fingerprint, earlier, &reason);
+                false
+            }
+        }
+    }
+
+    /// Removes a claimed file whose content is stored and counts it.
+    /// Returns `false` when the removal failed: the file is left, and only
+    /// its removal is tried again.
+    ///
+    /// The removal is not flushed. What it answers is durable before it:
+    /// the case record (or published record) that names the file's identity
+    /// (`ExportSource`), the notification queued, or the cancellation or
+    /// withdrawal saved. Lost in a crash, the removal leaves the file
+    /// claimed, and the next pass recognises it (`outbox.already_accepted`,
+    /// or a repeated `.cancel`) and only removes it again: nothing is
+    /// announced twice.
+    fn finish_file(
+        &self,
+        partner: &str,
+        entry: &Entry,
+        fingerprint: Fingerprint,
+        done: Done,
+        pass: &mut Pass<'_>,
+    ) -> bool {
+        match durable::remove_folder_unsynced(&entry.path) {
+            Ok(()) => {
+                pass.state.deferred.remove(&entry.path);
+                match done {
+                    Done::Accepted => pass.report.accepted += 1,
+                    Done::Updated => pass.report.updated += 1,
+                    Done::Cancelled => pass.report.cancelled += 1,
+                    Done::AlreadyAccepted => pass.report.already_accepted += 1,
+                    Done::Published { subscriptions } => {
+                        pass.report.published += 1;
+                        pass.report.subscriptions += subscriptions;
+                    }
+                    Done::AlreadyPublished { subscriptions } => {
+                        pass.report.already_accepted += 1;
+                        pass.report.subscriptions += subscriptions;
+                    }
+                    Done::Withdrawn => pass.report.withdrawn += 1,
+                    // Finished by `finish_intake`, never removed before.
+                    Done::Staged(_) => {}
+                }
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "event=outbox.remove_failed partner={partner} file={} error={}",
+                    export::log_name(entry.name.as_bytes()),
+                    Q(&e.to_string())
                 );
                 pass.state.deferred.insert(
                     entry.path.clone(),
                     Deferral {
                         fingerprint,
-                        attempts,
-                        next_try: now + wait,
-                        stored: false,
+                        attempts: 0,
+                        next_try: pass.now,
+                        stored: true,
                     },
                 );
                 pass.report.deferred += 1;
                 false
+            }
+        }
+    }
+
+    /// Makes the batch's data exports durable and finishes them, in this
+    /// order: the barrier (every data version, case record and notification
+    /// flushed at once) → data versions and case records installed, their
+    /// folders flushed, the cases indexed → notifications installed in
+    /// `queued` (from here the worker sees them) → the publication hook, the
+    /// log and the audit lines (one flush) → the claimed files removed. A
+    /// failed barrier or install defers every file of the batch (the
+    /// back-off of a transient failure) and queues nothing of it: the files
+    /// stay claimed and are stored again, or, when their case records were
+    /// installed, found accepted and queued then.
+    fn finish_intake(
+        &self,
+        intake: &mut Intake,
+        waiting: &mut HashSet<Vec<u8>>,
+        pass: &mut Pass<'_>,
+    ) {
+        let Intake {
+            mut batch,
+            files,
+            cases,
+        } = std::mem::take(intake);
+        if files.is_empty() {
+            return;
+        }
+        let Some(partner) = files
+            .first()
+            .and_then(|f| self.config.twiin_partner(&f.stored.case.partner))
+        else {
+            return;
+        };
+        let fail_all =
+            |files: &[Staged], pass: &mut Pass<'_>, what: &str, e: &dyn std::fmt::Display| {
+                let reason = format!("{what}: {e}");
+                for f in files {
+                    pass.defer(partner.name, &f.entry, f.fingerprint, f.earlier, &reason);
+                }
+            };
+        if pass.stop == Some(Step::Staged) {
+            waiting.extend(cases);
+            std::mem::forget(batch);
+            return;
+        }
+        #[cfg(test)]
+        if pass.state.insecure_test_fail_barriers > 0 {
+            pass.state.insecure_test_fail_barriers -= 1;
+            batch.insecure_test_fail_flushes(1);
+        }
+        if let Err(e) = batch.install(LAYER_STORE) {
+            fail_all(&files, pass, "store", &e);
+            waiting.extend(cases);
+            return;
+        }
+        for f in &files {
+            self.cases.saved(f.stored.case.clone());
+        }
+        if pass.stop == Some(Step::CaseSaved) {
+            waiting.extend(cases);
+            return;
+        }
+        if let Err(e) = batch.install(LAYER_QUEUE) {
+            fail_all(&files, pass, "queue notification", &e);
+            waiting.extend(cases);
+            return;
+        }
+        for f in files.iter().filter(|f| f.stored.queued) {
+            self.spool.enqueued(&f.stored.item);
+        }
+        if pass.stop == Some(Step::Enqueued) {
+            waiting.extend(cases);
+            return;
+        }
+        let org = self
+            .config
+            .our_org(partner.id_scheme)
+            .map(|o| ids::org_claim(&o));
+        let mut lines = Vec::with_capacity(files.len());
+        let mut finished = Vec::with_capacity(files.len());
+        for f in files {
+            let s = &f.stored;
+            if let Err(fail) = self.published(&s.patient, pass.now) {
+                let reason = match fail {
+                    Fail::Transient(r) => r,
+                    Fail::Reject(p) => p.to_string(),
+                };
+                pass.defer(partner.name, &f.entry, f.fingerprint, f.earlier, &reason);
+                waiting.insert(case_key(&f.entry.name));
+                continue;
+            }
+            let Some(sent) = s.case.tasks.last() else {
+                continue;
+            };
+            let event = if s.update {
+                "export.updated"
+            } else {
+                "export.accepted"
+            };
+            log::info!(
+                "event={event} partner={} case={} version={} task=urn:uuid:{} resources={}",
+                partner.name,
+                s.case.case_id,
+                s.case.version,
+                sent.task_id,
+                s.resources
+            );
+            let object = format!(
+                "case {} version {} task urn:uuid:{}",
+                s.case.case_id, s.case.version, sent.task_id
+            );
+            let audited = self.event_of(partner.name, org.as_deref(), event, &s.patient, &object);
+            match self.audit.line(audited) {
+                Ok(line) => lines.push(line),
+                Err(e) => audit_failed(event, partner.name, &e),
+            }
+            finished.push(f);
+        }
+        if let Err(e) = self.audit.record_all(lines) {
+            audit_failed("export.accepted", partner.name, &e);
+        }
+        for f in finished {
+            let done = if f.stored.update {
+                Done::Updated
+            } else {
+                Done::Accepted
+            };
+            if !self.finish_file(partner.name, &f.entry, f.fingerprint, done, pass) {
+                waiting.insert(case_key(&f.entry.name));
             }
         }
     }
@@ -561,6 +810,7 @@ impl Scanner<'_> {
         entry: &Entry,
         now: i64,
         stop: Option<Step>,
+        batch: &mut durable::Batch,
     ) -> Option<Result<Done, Fail>> {
         let name = entry.name.as_bytes();
         let kind = match export::classify(name) {
@@ -595,7 +845,7 @@ impl Scanner<'_> {
         };
         drop(bytes);
         if let Some(p) = self.config.twiin_partner(partner) {
-            return self.store(p, accepted, source, now, stop);
+            return self.store(p, accepted, source, now, stop, batch);
         }
         if let Some(p) = publish::zorgviewer_partner(self.config, partner) {
             return self.publish(p, accepted, source, now, stop);
@@ -610,10 +860,11 @@ impl Scanner<'_> {
         source: ExportSource,
         now: i64,
         stop: Option<Step>,
+        batch: &mut durable::Batch,
     ) -> Option<Result<Done, Fail>> {
         let (case_id, kind) = accepted.into_parts();
         match kind {
-            Kind::Data(data) => self.accept(partner, &case_id, &data, source, now, stop),
+            Kind::Data(data) => self.accept(partner, &case_id, &data, source, now, stop, batch),
             Kind::Cancel => match self.cancel(partner, &case_id, now, stop) {
                 Ok(Some(done)) => Some(Ok(done)),
                 Ok(None) => None,
@@ -622,9 +873,12 @@ impl Scanner<'_> {
         }
     }
 
-    /// Stores a data export and queues its notification; for a file that
-    /// was accepted before (a crash came before its removal) only makes sure
-    /// its notification is queued.
+    /// Writes a data export's data version, case record and notification
+    /// into `batch` ([`Done::Staged`]; [`Scanner::finish_intake`] makes them
+    /// durable and finishes the file); for a file that was accepted before
+    /// (a crash came before its removal) only makes sure its notification
+    /// is queued.
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &self,
         partner: TwiinPartner<'_>,
@@ -633,6 +887,7 @@ impl Scanner<'_> {
         source: ExportSource,
         now: i64,
         stop: Option<Step>,
+        batch: &mut durable::Batch,
     ) -> Option<Result<Done, Fail>> {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             Some(Err(Fail::Transient(format!("{what}: {e}"))))
@@ -691,10 +946,14 @@ impl Scanner<'_> {
             Err(e) => return transient("task id", &e),
         };
         let json = crate::fhir::to_json_string(data.bundle()).into_bytes();
-        if let Err(e) = self
-            .cases
-            .write_data(partner.name, case_id.as_str(), case.version, &json)
-        {
+        if let Err(e) = self.cases.stage_data(
+            batch,
+            LAYER_STORE,
+            partner.name,
+            case_id.as_str(),
+            case.version,
+            &json,
+        ) {
             return transient("store data", &e);
         }
         if stop == Some(Step::DataWritten) {
@@ -714,37 +973,21 @@ impl Scanner<'_> {
             Ok(i) => i,
             Err(f) => return Some(Err(f)),
         };
-        if let Err(e) = self.cases.save(&case) {
+        if let Err(e) = self.cases.stage(batch, LAYER_STORE, &case) {
             return transient("save case", &e);
         }
-        if stop == Some(Step::CaseSaved) {
-            return None;
-        }
-        if let Err(e) = self.spool.enqueue(&item) {
-            return transient("queue notification", &e);
-        }
-        if stop == Some(Step::Enqueued) {
-            return None;
-        }
-        if let Err(f) = self.published(patient, now) {
-            return Some(Err(f));
-        }
-        let event = match done {
-            Done::Accepted => "export.accepted",
-            _ => "export.updated",
+        let queued = match self.spool.stage_enqueue(batch, LAYER_QUEUE, &item) {
+            Ok(q) => q,
+            Err(e) => return transient("queue notification", &e),
         };
-        log::info!(
-            "event={event} partner={} case={case_id} version={} task=urn:uuid:{task_id} resources={}",
-            partner.name,
-            case.version,
-            data.resources().len()
-        );
-        let object = format!(
-            "case {case_id} version {} task urn:uuid:{task_id}",
-            case.version
-        );
-        self.audit_event(partner, event, patient, &object);
-        Some(Ok(done))
+        Some(Ok(Done::Staged(Box::new(StoredExport {
+            case,
+            item,
+            queued,
+            update: matches!(done, Done::Updated),
+            patient: patient.clone(),
+            resources: data.resources().len(),
+        }))))
     }
 
     /// A file whose acceptance a crash interrupted after the case record was
@@ -1090,16 +1333,30 @@ impl Scanner<'_> {
         object: &str,
     ) {
         let org = org.map(ids::org_claim);
-        self.audit.record_or_log(audit::Event {
+        let event = self.event_of(partner, org.as_deref(), action, patient, object);
+        self.audit.record_or_log(event);
+    }
+
+    /// The audit event of ours (`who_org` in claim form) about a partner's
+    /// patient.
+    fn event_of<'e>(
+        &'e self,
+        partner: &'e str,
+        who_org: Option<&'e str>,
+        action: &'e str,
+        patient: &'e Bsn,
+        object: &'e str,
+    ) -> audit::Event<'e> {
+        audit::Event {
             action,
             outcome: "success",
             partner: Some(partner),
-            who_org: org.as_deref(),
+            who_org,
             who_system: Some(&self.config.system_id),
             patient: Some(patient.as_str()),
             object: Some(object),
             ..audit::Event::default()
-        });
+        }
     }
 
     /// Moves a file to `<dir>/.rejected/` with its reason beside it, under
@@ -1169,6 +1426,35 @@ impl Scanner<'_> {
 }
 
 impl Pass<'_> {
+    /// Leaves a file for a later pass after a transient failure (ours or the
+    /// system's): not read again, unchanged, before its back-off.
+    fn defer(
+        &mut self,
+        partner: &str,
+        entry: &Entry,
+        fingerprint: Fingerprint,
+        earlier: Option<Deferral>,
+        reason: &str,
+    ) {
+        let attempts = earlier.map_or(0, |d| d.attempts).saturating_add(1);
+        let wait = defer_secs(attempts);
+        log::warn!(
+            "event=outbox.deferred partner={partner} file={} reason={} retry_in_s={wait}",
+            export::log_name(entry.name.as_bytes()),
+            Q(reason)
+        );
+        self.state.deferred.insert(
+            entry.path.clone(),
+            Deferral {
+                fingerprint,
+                attempts,
+                next_try: self.now + wait,
+                stored: false,
+            },
+        );
+        self.report.deferred += 1;
+    }
+
     /// True (and counted as deferred) while a file whose quarantine failed
     /// waits for its next try.
     fn quarantine_waits(&mut self, path: &Path) -> bool {
@@ -1182,6 +1468,15 @@ impl Pass<'_> {
         }
         waits
     }
+}
+
+/// An audit line that could not be written, logged as
+/// [`AuditLog::record_or_log`] does.
+fn audit_failed(action: &str, partner: &str, e: &durable::DurableError) {
+    log::error!(
+        "event=audit.failed action={action} partner={partner} rid=- error={}",
+        Q(&e.to_string())
+    );
 }
 
 /// Back-off before a file left after its `attempts`-th failure is tried
@@ -1199,6 +1494,7 @@ fn owner_of(partner: TwiinPartner<'_>) -> Option<&OrgId> {
 }
 
 /// A directory entry and its `lstat`.
+#[derive(Clone)]
 struct Entry {
     name: OsString,
     path: PathBuf,

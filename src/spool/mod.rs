@@ -416,6 +416,39 @@ impl Spool {
         Ok(true)
     }
 
+    /// [`Spool::enqueue`] into `batch` (layer `layer`): the item is written
+    /// under a temp name, which workers do not see, and takes its name in
+    /// `queued` when the batch installs that layer; call
+    /// [`Spool::enqueued`] then. Returns `false` (and writes nothing) when
+    /// an item with this id exists in any state, as `enqueue` does.
+    pub fn stage_enqueue(
+        &self,
+        batch: &mut durable::Batch,
+        layer: usize,
+        item: &Item,
+    ) -> Result<bool, SpoolError> {
+        if !valid_id(&item.id) {
+            return Err(SpoolError::BadId(item.id.clone()));
+        }
+        if let Some(state) = self.find(&item.id) {
+            self.folder(state).sync()?;
+            return Ok(false);
+        }
+        let path = self.path(State::Queued, &item.id);
+        let bytes = serde_json::to_vec(item).map_err(|e| SpoolError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        batch.write(layer, &path, &bytes)?;
+        Ok(true)
+    }
+
+    /// An item staged with [`Spool::stage_enqueue`] whose batch installed
+    /// it: the scheduler's index learns of it.
+    pub fn enqueued(&self, item: &Item) {
+        self.remember(State::Queued, item);
+    }
+
     /// The waiting items (`queued` and `retry`) whose time has come, oldest
     /// first, and the earliest `not_before` of those not yet due: what the
     /// scheduler needs, from the folder listings and the in-memory index

@@ -997,6 +997,7 @@ fn free_names_keep_the_extension() {
     );
 }
 
+mod batch;
 mod publication;
 mod publish;
 mod names;
