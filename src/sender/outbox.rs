@@ -20,10 +20,15 @@
 //! 3. A claimed file is opened without following symbolic links and without
 //!    blocking on FIFOs, read up to `NP_MAX_BODY`, validated
 //!    ([`super::export`]), stored, and only then removed:
-//!    data version ([`CaseStore::write_data`]) → case record with the new
-//!    Task and the file's identity ([`CaseStore::save`], [`ExportSource`]) →
-//!    spool item ([`Spool::enqueue`]) → claimed file removed, each step
-//!    durable. A crash anywhere leaves the claimed file, and the next pass
+//!    data version ([`CaseStore::stage_data`]) → case record with the new
+//!    Task and the file's identity ([`CaseStore::stage`], [`ExportSource`]) →
+//!    spool item ([`Spool::stage_enqueue`]) → claimed file removed. The data
+//!    exports of a folder are written in batches of up to [`BATCH_FILES`]
+//!    under temp names, unflushed; one barrier makes a batch durable, then
+//!    its data and case records take their names, then its spool items
+//!    ([`durable::Batch`]), then its files are removed (see
+//!    [`Scanner::finish_intake`]). Neither the claim nor the removal is
+//!    flushed (why: at each). A crash anywhere leaves the claimed file, and the next pass
 //!    finishes the job exactly once: before the case record it stores the
 //!    file again (nothing was announced yet); after it, it finds the file's
 //!    identity in the case record (`event=outbox.already_accepted`), queues
