@@ -515,8 +515,11 @@ impl Scanner<'_> {
             // was stored from it meanwhile is durable and names it by exactly
             // that identity (`ExportSource` in the case or published record),
             // so it is only finished then, never stored twice; a `.cancel`
-            // is repeated, which cancelling allows. The file's next move
-            // (stored, or quarantined by a durable rename) comes after.
+            // is repeated, which cancelling allows. A rename is one atomic
+            // step of the file system's journal, committed in order: the file
+            // is under one name or the other, and a later change to the
+            // outbox folder that is durable (the EHR's next file of this
+            // name) makes this one durable too.
             if let Err(e) = durable::create_dir_all(&claimed_dir)
                 .and_then(|()| durable::rename_folders_unsynced(&entry.path, &target))
             {
