@@ -16,6 +16,7 @@ use np_agent::jose::Alg;
 use crate::Options;
 use crate::common::TempDir;
 use crate::common::agent::{AgentSetup, Party, World};
+use crate::common::observe::cpu_seconds;
 use crate::report::Run;
 use crate::support::TokenRequest;
 use crate::support::raw::{Raw, durable_writes_per_sec, jws_parts, rate};
@@ -59,10 +60,23 @@ pub fn measure(opts: &Options) -> Vec<Run> {
         run.set("token.es256_verify_per_s", pairs * 2.0);
         run.set("token.crypto_bound_req_per_s", pairs);
         for &c in CLIENTS {
-            let per_s = target.load(c, opts.load, None);
+            let (agent_cpu, driver_cpu) = (cpu_seconds(agent.pid), cpu_seconds(std::process::id()));
+            let (per_s, requests) = target.load(c, opts.load, None);
             run.set(&format!("token.c{c}.req_per_s"), per_s);
             run.set(&format!("token.c{c}.ratio_to_crypto_bound"), per_s / pairs);
+            // Where the two cores went: the agent, and this driver (its
+            // clients sign two assertions per request on the same machine).
+            let per_req_us = |s: f64| s / requests.max(1) as f64 * 1e6;
+            run.set(
+                &format!("token.c{c}.agent_cpu_us_per_req"),
+                per_req_us(cpu_seconds(agent.pid) - agent_cpu),
+            );
+            run.set(
+                &format!("token.c{c}.driver_cpu_us_per_req"),
+                per_req_us(cpu_seconds(std::process::id()) - driver_cpu),
+            );
         }
+        run.set("token.verify_us_per_req", 1e6 / pairs);
         let count = FlushCount::attach(&opts.tools, &[agent.pid], tmp.path());
         target.load(4, Duration::ZERO, Some(TRACED / 4));
         let flushes = total(&count.finish()) / TRACED as f64;
@@ -96,8 +110,9 @@ impl Target {
     }
 
     /// `threads` clients, each on its own kept-alive connection, for
-    /// `budget` (or `each` requests per client); returns requests per second.
-    fn load(&self, threads: usize, budget: Duration, each: Option<usize>) -> f64 {
+    /// `budget` (or `each` requests per client); returns requests per second
+    /// and how many were made.
+    fn load(&self, threads: usize, budget: Duration, each: Option<usize>) -> (f64, u64) {
         let done = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
@@ -134,6 +149,7 @@ impl Target {
         for h in handles {
             h.join().unwrap();
         }
-        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+        let n = done.load(Ordering::Relaxed);
+        (n as f64 / started.elapsed().as_secs_f64(), n)
     }
 }
