@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::ops::logging::{Q, Rid};
-use crate::util::group_commit::GroupCommit;
+use crate::util::group_commit::{GroupCommit, Ticket};
 use crate::util::{durable, time};
 
 /// A Zorgviewer read of one resource (`GET <Type>/<id>`, `Binary/<id>`).
@@ -264,12 +264,7 @@ impl AuditLog {
         match self.record(event) {
             Ok(()) => true,
             Err(e) => {
-                log::error!(
-                    "event=audit.failed action={action} partner={} rid={} error={}",
-                    partner.unwrap_or("-"),
-                    rid.map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
-                    Q(&e.to_string())
-                );
+                log_failed(action, partner, rid, &e);
                 false
             }
         }
@@ -278,7 +273,14 @@ impl AuditLog {
     /// Appends an event (its `when` is filled in when empty) durably: on
     /// return its line is written and flushed, together with the lines of
     /// the records that came at the same time.
-    pub fn record(&self, mut event: Event<'_>) -> Result<(), durable::DurableError> {
+    pub fn record(&self, event: Event<'_>) -> Result<(), durable::DurableError> {
+        self.submit(event)?.wait()
+    }
+
+    /// [`Self::record`] without waiting for the disk: the line is queued and
+    /// [`Pending::wait`] returns once it is on disk. A caller whose answer
+    /// also waits on other logs queues in each before it waits for any.
+    pub fn submit(&self, mut event: Event<'_>) -> Result<Pending<'_>, durable::DurableError> {
         let now = time::now_unix();
         if event.when.is_empty() {
             event.when = time::rfc3339(now);
@@ -289,18 +291,50 @@ impl AuditLog {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        self.commit
-            .commit((time::date(now), line))
-            .map_err(|reason| durable::DurableError {
-                path: self.dir.clone(),
-                step: "append",
-                source: std::io::Error::other(reason),
-            })
+        Ok(Pending {
+            dir: &self.dir,
+            ticket: self.commit.submit((time::date(now), line)),
+        })
     }
 
     /// Flushes so far: how many batches the records went to disk in.
     pub fn flushes(&self) -> u64 {
         self.commit.batches()
+    }
+}
+
+/// The error log line of an event that could not be recorded (no content:
+/// action, partner and request id only).
+pub fn log_failed(
+    action: &str,
+    partner: Option<&str>,
+    rid: Option<&str>,
+    e: &durable::DurableError,
+) {
+    log::error!(
+        "event=audit.failed action={action} partner={} rid={} error={}",
+        partner.unwrap_or("-"),
+        rid.map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
+        Q(&e.to_string())
+    );
+}
+
+/// An audit line queued by [`AuditLog::submit`].
+#[must_use = "an audit line is known to be on disk only once waited for"]
+pub struct Pending<'a> {
+    dir: &'a Path,
+    ticket: Ticket<'a, (String, Vec<u8>)>,
+}
+
+impl Pending<'_> {
+    /// Returns once the line is on disk, or with its batch's error.
+    pub fn wait(self) -> Result<(), durable::DurableError> {
+        let dir = self.dir;
+        self.ticket.wait().map_err(|reason| durable::DurableError {
+            path: dir.to_path_buf(),
+            step: "append",
+            source: std::io::Error::other(reason),
+        })
     }
 }
 
