@@ -466,11 +466,11 @@ fn request(method: &str, path: &str, query: Option<&str>, body: Vec<u8>) -> Requ
         headers: vec![("content-type".into(), b"application/fhir+json".to_vec())],
         body,
         request_id: "rid-test".into(),
-        peer: Peer {
-            addr: SocketAddr::from(([127, 0, 0, 1], 40_000)),
-            certs: Arc::new(Vec::new()),
-            tls_version: "TLSv1.3",
-        },
+        peer: Peer::new(
+            SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            Arc::new(Vec::new()),
+            "TLSv1.3",
+        ),
     }
 }
 

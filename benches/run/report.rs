@@ -396,9 +396,16 @@ const ROWS: &[Row] = &[
         values: &[
             ("token.c16.req_per_s", " req/s"),
             ("token.fsyncs_per_request", " fsyncs/req"),
+            ("token.c16.agent_cpu_us_per_req", " µs CPU/req"),
+            ("token.c16.driver_cpu_us_per_req", " µs driver CPU/req"),
         ],
         against: &[
             ("crypto bound", "token.crypto_bound_req_per_s", " req/s"),
+            (
+                "of which verification",
+                "token.verify_us_per_req",
+                " µs/req",
+            ),
             ("fsync bound", "token.fsync_bound_req_per_s", " req/s"),
         ],
         ratio: Some("token.c16.ratio_to_crypto_bound"),

@@ -138,6 +138,22 @@ impl ReplayCache {
         partner: &str,
         entries: &[JtiEntry<'_>],
     ) -> Result<Vec<Seen>, durable::DurableError> {
+        let (outcome, stored) = self.submit_all(partner, entries)?;
+        if let Some(stored) = stored {
+            stored.wait()?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Self::record_all`] without waiting for the disk: the check and the
+    /// insertion happen here, the fresh entries' lines are queued, and the
+    /// caller waits for them ([`journal::Pending::wait`]) before it answers,
+    /// after queueing what else its answer needs.
+    pub fn submit_all(
+        &self,
+        partner: &str,
+        entries: &[JtiEntry<'_>],
+    ) -> Result<(Vec<Seen>, Option<journal::Pending<'_>>), durable::DurableError> {
         let mut outcome = Vec::with_capacity(entries.len());
         let mut fresh = Vec::new();
         {
@@ -156,11 +172,12 @@ impl ReplayCache {
                 }
             }
         }
-        if !fresh.is_empty() {
-            let lines: Vec<&str> = fresh.iter().map(String::as_str).collect();
-            self.inner.journal.append(&lines)?;
+        if fresh.is_empty() {
+            return Ok((outcome, None));
         }
-        Ok(outcome)
+        let lines: Vec<&str> = fresh.iter().map(String::as_str).collect();
+        let stored = self.inner.journal.submit(&lines)?;
+        Ok((outcome, Some(stored)))
     }
 
     /// Whether `jti` is recorded for `partner`/`iss` (a read: [`Self::record`]

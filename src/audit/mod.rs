@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::ops::logging::{Q, Rid};
-use crate::util::group_commit::GroupCommit;
+use crate::util::group_commit::{GroupCommit, Ticket};
 use crate::util::{durable, time};
 
 /// A Zorgviewer read of one resource (`GET <Type>/<id>`, `Binary/<id>`).
@@ -264,12 +264,7 @@ impl AuditLog {
         match self.record(event) {
             Ok(()) => true,
             Err(e) => {
-                log::error!(
-                    "event=audit.failed action={action} partner={} rid={} error={}",
-                    partner.unwrap_or("-"),
-                    rid.map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
-                    Q(&e.to_string())
-                );
+                log_failed(action, partner, rid, &e);
                 false
             }
         }
@@ -279,13 +274,13 @@ impl AuditLog {
     /// return its line is written and flushed, together with the lines of
     /// the records that came at the same time.
     pub fn record(&self, event: Event<'_>) -> Result<(), durable::DurableError> {
-        let line = self.line(event)?;
-        self.append(line)
+        self.submit(event)?.wait()
     }
 
-    /// An event (its `when` filled in when empty) as a line for
-    /// [`AuditLog::record_all`]: the day file it goes to, and the line.
-    pub fn line(&self, mut event: Event<'_>) -> Result<AuditLine, durable::DurableError> {
+    /// [`Self::record`] without waiting for the disk: the line is queued and
+    /// [`Pending::wait`] returns once it is on disk. A caller whose answer
+    /// also waits on other logs queues in each before it waits for any.
+    pub fn submit(&self, mut event: Event<'_>) -> Result<Pending<'_>, durable::DurableError> {
         let now = time::now_unix();
         if event.when.is_empty() {
             event.when = time::rfc3339(now);
@@ -296,34 +291,10 @@ impl AuditLog {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        Ok(AuditLine {
-            day: time::date(now),
-            line,
+        Ok(Pending {
+            dir: &self.dir,
+            ticket: self.commit.submit((time::date(now), line)),
         })
-    }
-
-    /// Appends many lines durably with one flush (one per day file they
-    /// fall in): on return every line is on disk, or none is answered as
-    /// written.
-    pub fn record_all(&self, lines: Vec<AuditLine>) -> Result<(), durable::DurableError> {
-        let mut days: Vec<AuditLine> = Vec::new();
-        for l in lines {
-            match days.iter_mut().find(|d| d.day == l.day) {
-                Some(d) => d.line.extend_from_slice(&l.line),
-                None => days.push(l),
-            }
-        }
-        days.into_iter().try_for_each(|d| self.append(d))
-    }
-
-    fn append(&self, line: AuditLine) -> Result<(), durable::DurableError> {
-        self.commit
-            .commit((line.day, line.line))
-            .map_err(|reason| durable::DurableError {
-                path: self.dir.clone(),
-                step: "append",
-                source: std::io::Error::other(reason),
-            })
     }
 
     /// Flushes so far: how many batches the records went to disk in.
@@ -332,11 +303,39 @@ impl AuditLog {
     }
 }
 
-/// One event serialised ([`AuditLog::line`]), to be written with others.
-#[derive(Debug, Clone)]
-pub struct AuditLine {
-    day: String,
-    line: Vec<u8>,
+/// The error log line of an event that could not be recorded (no content:
+/// action, partner and request id only).
+pub fn log_failed(
+    action: &str,
+    partner: Option<&str>,
+    rid: Option<&str>,
+    e: &durable::DurableError,
+) {
+    log::error!(
+        "event=audit.failed action={action} partner={} rid={} error={}",
+        partner.unwrap_or("-"),
+        rid.map_or_else(|| "-".to_string(), |r| Rid(r).to_string()),
+        Q(&e.to_string())
+    );
+}
+
+/// An audit line queued by [`AuditLog::submit`].
+#[must_use = "an audit line is known to be on disk only once waited for"]
+pub struct Pending<'a> {
+    dir: &'a Path,
+    ticket: Ticket<'a, (String, Vec<u8>)>,
+}
+
+impl Pending<'_> {
+    /// Returns once the line is on disk, or with its batch's error.
+    pub fn wait(self) -> Result<(), durable::DurableError> {
+        let dir = self.dir;
+        self.ticket.wait().map_err(|reason| durable::DurableError {
+            path: dir.to_path_buf(),
+            step: "append",
+            source: std::io::Error::other(reason),
+        })
+    }
 }
 
 /// The day files of the trail, written only by the leader of a batch.

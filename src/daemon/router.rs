@@ -68,14 +68,13 @@ impl Router {
 
     /// The configured partner the peer's certificate belongs to: exactly one, or none.
     fn certified<'a>(&self, shared: &'a Shared, req: &Request) -> Option<&'a Partner> {
-        let leaf = req.peer.certs.first()?;
-        let id = pki::peer_identity(leaf.as_ref()).ok()?;
+        let id = req.peer.identity()?;
         let issuer = pki::IssuerCheck::new(&req.peer.certs, &shared.tls.trust_certs);
         let mut matches = shared
             .config
             .partners
             .iter()
-            .filter(|p| p.cert.as_ref().is_some_and(|c| c.matches(&id, &issuer)));
+            .filter(|p| p.cert.as_ref().is_some_and(|c| c.matches(id, &issuer)));
         let partner = matches.next()?;
         if matches.next().is_some() {
             log::warn!(
@@ -248,12 +247,7 @@ impl Router {
             .map(|a| a.subject_organization_id().as_str().to_string())
             .unwrap_or_default();
         let context = self.zorgviewer_context(shared, req, partner, settings, &token_org, now);
-        let cert_sha256 = req
-            .peer
-            .certs
-            .first()
-            .and_then(|leaf| pki::peer_identity(leaf.as_ref()).ok())
-            .map(|id| id.fingerprint());
+        let cert_sha256 = req.peer.identity().map(|id| id.fingerprint());
         let query = match &req.query {
             Some(q) => format!("{}?{q}", req.path),
             None => req.path.clone(),

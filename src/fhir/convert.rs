@@ -192,14 +192,11 @@ impl XmlIn<'_> {
             }
             match groups
                 .iter_mut()
-                .find(|(g, _, _)| std::ptr::eq(g.def, child.def) && g.choice == child.choice)
+                .find(|(g, _, _)| g.def.path == child.def.path && g.choice == child.choice)
             {
                 Some((_, _, items)) => items.push(c),
                 None => {
-                    if groups
-                        .iter()
-                        .any(|(g, _, _)| std::ptr::eq(g.def, child.def))
-                    {
+                    if groups.iter().any(|(g, _, _)| g.def.path == child.def.path) {
                         return Err(self.invalid(
                             c,
                             &child_path,
@@ -264,7 +261,7 @@ impl XmlIn<'_> {
                     put(obj, name, child.def.many, out);
                 }
                 Kind::Complex(_) | Kind::Backbone | Kind::Group | Kind::ContentRef(_) => {
-                    let ctx = self.table.ctx_for(child.def, kind).ok_or_else(|| {
+                    let ctx = self.table.ctx_for(&child.def, kind).ok_or_else(|| {
                         FhirError::UnknownElement {
                             at: Location::path(base_path.clone()),
                         }
@@ -394,7 +391,7 @@ impl XmlIn<'_> {
 /// The JSON name of a child: its path leaf, or the choice name.
 fn json_name(child: &Child) -> String {
     match child.choice {
-        Some(code) => table::choice_name(child.def, code),
+        Some(code) => table::choice_name(&child.def, code),
         None => table::leaf(child.def.path).to_owned(),
     }
 }
@@ -652,7 +649,7 @@ impl XmlOut {
             let m = match slot {
                 Some(m) => m,
                 None => {
-                    if members.iter().any(|m| std::ptr::eq(m.child.def, child.def)) {
+                    if members.iter().any(|m| m.child.def.path == child.def.path) {
                         return Err(invalid(
                             &format!("{path}.{name}"),
                             "more than one type for a choice element",
@@ -734,8 +731,8 @@ impl XmlOut {
         depth: usize,
     ) -> Result<(), FhirError> {
         let base_path = format!("{path}.{}", m.name);
-        let values = items(m.value, m.child.def, &base_path)?;
-        let shadows = items(m.shadow, m.child.def, &format!("{path}._{}", m.name))?;
+        let values = items(m.value, &m.child.def, &base_path)?;
+        let shadows = items(m.shadow, &m.child.def, &format!("{path}._{}", m.name))?;
         let n = match (&values, &shadows) {
             (Some(v), Some(s)) if v.len() != s.len() => {
                 return Err(invalid(
@@ -786,7 +783,7 @@ impl XmlOut {
                     };
                     let ctx = self
                         .table
-                        .ctx_for(m.child.def, m.kind)
+                        .ctx_for(&m.child.def, m.kind)
                         .ok_or_else(|| unknown(p.clone()))?;
                     out.push('<');
                     out.push_str(&m.name);

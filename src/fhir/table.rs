@@ -172,7 +172,341 @@ pub struct Table {
     /// Sorted by name (bytewise).
     pub types: &'static [TypeInfo],
     /// Sorted by path (bytewise).
-    pub defs: &'static [Def],
+    pub defs: Defs,
+}
+
+/// The element definitions of a release without a pointer per row: the
+/// paths are one byte string and each row holds offsets into it.
+///
+/// A table of [`Def`]s holds four pointers per row; in the position
+/// independent binary every pointer is relocated at start, so the whole
+/// table (about 400 KB for both releases) would be written to, and kept in
+/// memory, by every process, even one that never converts a resource. These
+/// rows are constants the kernel pages in only when a conversion reads them.
+/// Built at compile time by [`packed_defs!`] from the generated `DEFS`.
+#[derive(Debug)]
+pub struct Defs {
+    rows: &'static [Row],
+    /// Every path, in row order, one after the other.
+    paths: &'static [u8],
+    /// The type lists of the choice elements, in row order.
+    choices: &'static [&'static [&'static str]],
+    /// The types of the release, which `Complex` rows name by position.
+    types: &'static [TypeInfo],
+}
+
+/// One packed element definition; see [`Defs`].
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    path_start: u32,
+    path_len: u16,
+    order: u16,
+    /// Into `types` (`Complex`), `choices` (`Choice`), the rows
+    /// (`ContentRef`), or a [`PRIMS`] position (`Prim`, `Attr`).
+    arg: u16,
+    tag: Tag,
+    many: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Prim,
+    Attr,
+    Complex,
+    Backbone,
+    Group,
+    Resource,
+    Choice,
+    ContentRef,
+    Xhtml,
+}
+
+/// The primitives in declaration order: a `Prim` row stores the position.
+const PRIMS: [Prim; 19] = [
+    Prim::Boolean,
+    Prim::Integer,
+    Prim::PositiveInt,
+    Prim::UnsignedInt,
+    Prim::Decimal,
+    Prim::String,
+    Prim::Code,
+    Prim::Id,
+    Prim::Markdown,
+    Prim::Uri,
+    Prim::Url,
+    Prim::Canonical,
+    Prim::Oid,
+    Prim::Uuid,
+    Prim::Base64Binary,
+    Prim::Instant,
+    Prim::Date,
+    Prim::DateTime,
+    Prim::Time,
+];
+
+/// Packs a generated `&[Def]` (sorted by path) into [`Defs`] at compile time;
+/// `types` is the release's `&[TypeInfo]` (sorted by name).
+macro_rules! packed_defs {
+    ($defs:ident, $types:ident) => {{
+        const ROWS: usize = $defs.len();
+        const PATH_BYTES: usize = super::table::path_bytes($defs);
+        const CHOICES: usize = super::table::choice_count($defs);
+        static ROW_DATA: [super::table::Row; ROWS] = super::table::pack_rows($defs, $types);
+        static PATH_DATA: [u8; PATH_BYTES] = super::table::pack_paths($defs);
+        static CHOICE_DATA: [&[&str]; CHOICES] = super::table::pack_choices($defs);
+        super::table::Defs::new(&ROW_DATA, &PATH_DATA, &CHOICE_DATA, $types)
+    }};
+}
+pub(super) use packed_defs;
+
+/// The length of all paths together.
+pub(super) const fn path_bytes(defs: &[Def]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < defs.len() {
+        n += defs[i].path.len();
+        i += 1;
+    }
+    n
+}
+
+/// How many elements are choices.
+pub(super) const fn choice_count(defs: &[Def]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < defs.len() {
+        if let Kind::Choice(_) = defs[i].kind {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// All paths, one after the other.
+pub(super) const fn pack_paths<const N: usize>(defs: &[Def]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut at = 0;
+    let mut i = 0;
+    while i < defs.len() {
+        let path = defs[i].path.as_bytes();
+        let mut j = 0;
+        while j < path.len() {
+            out[at] = path[j];
+            at += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(at == N, "path bytes miscounted");
+    out
+}
+
+/// The type lists of the choice elements, in row order.
+pub(super) const fn pack_choices<const N: usize>(
+    defs: &'static [Def],
+) -> [&'static [&'static str]; N] {
+    let mut out: [&'static [&'static str]; N] = [&[]; N];
+    let mut at = 0;
+    let mut i = 0;
+    while i < defs.len() {
+        if let Kind::Choice(types) = defs[i].kind {
+            out[at] = types;
+            at += 1;
+        }
+        i += 1;
+    }
+    assert!(at == N, "choices miscounted");
+    out
+}
+
+/// One row per definition; a `Complex` type or `ContentRef` target that is
+/// not in the table stops the build.
+pub(super) const fn pack_rows<const N: usize>(defs: &[Def], types: &[TypeInfo]) -> [Row; N] {
+    let mut out = [Row {
+        path_start: 0,
+        path_len: 0,
+        order: 0,
+        arg: 0,
+        tag: Tag::Backbone,
+        many: false,
+    }; N];
+    let mut start: usize = 0;
+    let mut choice: usize = 0;
+    let mut i = 0;
+    while i < N {
+        let d = &defs[i];
+        let (tag, arg) = match d.kind {
+            Kind::Prim(p) => (Tag::Prim, p as usize),
+            Kind::Attr(p) => (Tag::Attr, p as usize),
+            Kind::Complex(name) => {
+                // `types` is sorted by name.
+                let (mut lo, mut hi) = (0, types.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    match bytes_cmp(types[mid].name.as_bytes(), name.as_bytes()) {
+                        Ordering::Less => lo = mid + 1,
+                        Ordering::Greater => hi = mid,
+                        Ordering::Equal => {
+                            lo = mid;
+                            break;
+                        }
+                    }
+                }
+                assert!(
+                    lo < types.len() && bytes_eq(types[lo].name.as_bytes(), name.as_bytes()),
+                    "a Complex kind names an unknown type"
+                );
+                (Tag::Complex, lo)
+            }
+            Kind::Backbone => (Tag::Backbone, 0),
+            Kind::Group => (Tag::Group, 0),
+            Kind::Resource => (Tag::Resource, 0),
+            Kind::Choice(_) => {
+                choice += 1;
+                (Tag::Choice, choice - 1)
+            }
+            Kind::ContentRef(target) => {
+                // `defs` is sorted by path.
+                let (mut lo, mut hi) = (0, defs.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    match bytes_cmp(defs[mid].path.as_bytes(), target.as_bytes()) {
+                        Ordering::Less => lo = mid + 1,
+                        Ordering::Greater => hi = mid,
+                        Ordering::Equal => {
+                            lo = mid;
+                            break;
+                        }
+                    }
+                }
+                assert!(
+                    lo < defs.len() && bytes_eq(defs[lo].path.as_bytes(), target.as_bytes()),
+                    "a ContentRef names an unknown path"
+                );
+                (Tag::ContentRef, lo)
+            }
+            Kind::Xhtml => (Tag::Xhtml, 0),
+        };
+        assert!(arg <= u16::MAX as usize && d.path.len() <= u16::MAX as usize);
+        assert!(start + d.path.len() <= u32::MAX as usize);
+        out[i] = Row {
+            path_start: start as u32,
+            path_len: d.path.len() as u16,
+            order: d.order,
+            arg: arg as u16,
+            tag,
+            many: d.many,
+        };
+        start += d.path.len();
+        i += 1;
+    }
+    out
+}
+
+const fn bytes_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    let mut i = 0;
+    while i < a.len() && i < b.len() {
+        if a[i] < b[i] {
+            return Ordering::Less;
+        }
+        if a[i] > b[i] {
+            return Ordering::Greater;
+        }
+        i += 1;
+    }
+    if a.len() < b.len() {
+        Ordering::Less
+    } else if a.len() > b.len() {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }
+}
+
+const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl Defs {
+    pub(super) const fn new(
+        rows: &'static [Row],
+        paths: &'static [u8],
+        choices: &'static [&'static [&'static str]],
+        types: &'static [TypeInfo],
+    ) -> Defs {
+        Defs {
+            rows,
+            paths,
+            choices,
+            types,
+        }
+    }
+
+    /// How many definitions there are.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Every definition, in path order.
+    pub fn iter(&self) -> impl Iterator<Item = Def> + '_ {
+        (0..self.rows.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The definition at position `i`.
+    pub fn get(&self, i: usize) -> Option<Def> {
+        let row = self.rows.get(i)?;
+        let kind = match row.tag {
+            Tag::Prim => Kind::Prim(*PRIMS.get(usize::from(row.arg))?),
+            Tag::Attr => Kind::Attr(*PRIMS.get(usize::from(row.arg))?),
+            Tag::Complex => Kind::Complex(self.types.get(usize::from(row.arg))?.name),
+            Tag::Backbone => Kind::Backbone,
+            Tag::Group => Kind::Group,
+            Tag::Resource => Kind::Resource,
+            Tag::Choice => Kind::Choice(self.choices.get(usize::from(row.arg))?),
+            Tag::ContentRef => Kind::ContentRef(self.path(self.rows.get(usize::from(row.arg))?)?),
+            Tag::Xhtml => Kind::Xhtml,
+        };
+        Some(Def {
+            path: self.path(row)?,
+            order: row.order,
+            many: row.many,
+            kind,
+        })
+    }
+
+    fn path_of(&self, row: &Row) -> &'static [u8] {
+        let start = row.path_start as usize;
+        let paths: &'static [u8] = self.paths;
+        paths
+            .get(start..start + usize::from(row.path_len))
+            .unwrap_or_default()
+    }
+
+    fn path(&self, row: &Row) -> Option<&'static str> {
+        std::str::from_utf8(self.path_of(row)).ok()
+    }
+
+    /// The definition whose path `f` finds equal.
+    fn find(&self, f: impl Fn(&[u8]) -> Ordering) -> Option<Def> {
+        let i = self.rows.binary_search_by(|r| f(self.path_of(r))).ok()?;
+        self.get(i)
+    }
 }
 
 /// Where a lookup happens: the path whose children are wanted and the base
@@ -186,7 +520,7 @@ pub struct Ctx {
 /// A child element found for a JSON property or XML element name.
 #[derive(Debug, Clone, Copy)]
 pub struct Child {
-    pub def: &'static Def,
+    pub def: Def,
     /// For a choice: the chosen type code (`Quantity` for `valueQuantity`).
     pub choice: Option<&'static str>,
 }
@@ -232,8 +566,8 @@ impl Table {
     }
 
     /// The definition at exactly `path`.
-    pub fn def(&self, path: &str) -> Option<&'static Def> {
-        self.find(|d| d.path.as_bytes().cmp(path.as_bytes()))
+    pub fn def(&self, path: &str) -> Option<Def> {
+        self.defs.find(|p| p.cmp(path.as_bytes()))
     }
 
     /// The kind of a value of type `code` (a choice's chosen type).
@@ -261,7 +595,7 @@ impl Table {
 
     /// The context for the children of an element of `kind` at `def`, for
     /// complex, backbone and content-reference elements.
-    pub fn ctx_for(&self, def: &'static Def, kind: Kind) -> Option<Ctx> {
+    pub fn ctx_for(&self, def: &Def, kind: Kind) -> Option<Ctx> {
         match kind {
             Kind::Complex(name) => self.complex(name),
             Kind::Backbone => Some(Ctx {
@@ -275,7 +609,7 @@ impl Table {
             Kind::ContentRef(target) => {
                 let target_def = self.def(target)?;
                 match target_def.kind {
-                    Kind::Backbone | Kind::Group => self.ctx_for(target_def, target_def.kind),
+                    Kind::Backbone | Kind::Group => self.ctx_for(&target_def, target_def.kind),
                     _ => None,
                 }
             }
@@ -305,8 +639,8 @@ impl Table {
         self.choice(ctx.path, name)
     }
 
-    fn direct(&self, parent: &str, name: &str) -> Option<&'static Def> {
-        self.find(|d| cmp_joined(d.path, parent, name))
+    fn direct(&self, parent: &str, name: &str) -> Option<Def> {
+        self.defs.find(|p| cmp_joined(p, parent, name))
     }
 
     fn choice(&self, parent: &str, name: &str) -> Option<Child> {
@@ -315,7 +649,7 @@ impl Table {
                 continue;
             }
             let (stem, suffix) = name.split_at(i);
-            let def = self.find(|d| cmp_choice(d.path, parent, stem));
+            let def = self.defs.find(|p| cmp_choice(p, parent, stem));
             let Some(def) = def else { continue };
             let Kind::Choice(types) = def.kind else {
                 continue;
@@ -328,11 +662,6 @@ impl Table {
             }
         }
         None
-    }
-
-    fn find(&self, f: impl Fn(&Def) -> Ordering) -> Option<&'static Def> {
-        let defs: &'static [Def] = self.defs;
-        defs.binary_search_by(f).ok().and_then(|i| defs.get(i))
     }
 }
 
@@ -356,8 +685,8 @@ pub fn leaf(path: &str) -> &str {
 }
 
 /// Compares `path` with `parent + "." + name` without building the string.
-fn cmp_joined(path: &str, parent: &str, name: &str) -> Ordering {
-    path.bytes().cmp(
+fn cmp_joined(path: &[u8], parent: &str, name: &str) -> Ordering {
+    path.iter().copied().cmp(
         parent
             .bytes()
             .chain(std::iter::once(b'.'))
@@ -366,8 +695,8 @@ fn cmp_joined(path: &str, parent: &str, name: &str) -> Ordering {
 }
 
 /// Compares `path` with `parent + "." + stem + "[x]"`.
-fn cmp_choice(path: &str, parent: &str, stem: &str) -> Ordering {
-    path.bytes().cmp(
+fn cmp_choice(path: &[u8], parent: &str, stem: &str) -> Ordering {
+    path.iter().copied().cmp(
         parent
             .bytes()
             .chain(std::iter::once(b'.'))
@@ -406,7 +735,14 @@ mod tests {
     #[test]
     fn tables_are_sorted_and_unique() {
         for t in both() {
-            for w in t.defs.windows(2) {
+            let defs: Vec<Def> = t.defs.iter().collect();
+            assert_eq!(
+                defs.len(),
+                t.defs.len(),
+                "{}: a row does not decode",
+                t.fhir_version
+            );
+            for w in defs.windows(2) {
                 assert!(w[0].path.as_bytes() < w[1].path.as_bytes(), "{}", w[1].path);
             }
             for w in t.types.windows(2) {
@@ -418,9 +754,43 @@ mod tests {
     }
 
     #[test]
+    fn prim_rows_decode_to_the_primitive_they_were_built_from() {
+        for (i, p) in PRIMS.iter().enumerate() {
+            assert_eq!(*p as usize, i, "{p:?}");
+        }
+        let r4 = table(FhirVersion::R4);
+        assert_eq!(
+            r4.def("Patient.birthDate").map(|d| d.kind),
+            Some(Kind::Prim(Prim::Date))
+        );
+        assert_eq!(
+            r4.def("Attachment.size").map(|d| d.kind),
+            Some(Kind::Prim(Prim::UnsignedInt))
+        );
+        assert_eq!(
+            r4.def("Element.id").map(|d| d.kind),
+            Some(Kind::Attr(Prim::String))
+        );
+    }
+
+    #[test]
+    fn packed_rows_keep_order_and_repetition() {
+        let r4 = table(FhirVersion::R4);
+        let d = r4.def("Patient.contact.name").unwrap();
+        assert_eq!(d.path, "Patient.contact.name");
+        assert!(!d.many);
+        assert_eq!(d.kind, Kind::Complex("HumanName"));
+        let telecom = r4.def("Patient.contact.telecom").unwrap();
+        assert!(telecom.many);
+        assert!(d.order < telecom.order);
+        assert!(r4.def("Patient.contact.nam").is_none());
+        assert!(r4.def("Patient.contact.names").is_none());
+    }
+
+    #[test]
     fn every_reference_in_the_tables_resolves() {
         for t in both() {
-            for d in t.defs {
+            for d in t.defs.iter() {
                 match d.kind {
                     Kind::Complex(name) => assert!(t.complex(name).is_some(), "{}", d.path),
                     Kind::Choice(types) => {
@@ -428,7 +798,7 @@ mod tests {
                             assert!(t.kind_of_type(code).is_some(), "{} {code}", d.path)
                         }
                     }
-                    Kind::ContentRef(_) => assert!(t.ctx_for(d, d.kind).is_some(), "{}", d.path),
+                    Kind::ContentRef(_) => assert!(t.ctx_for(&d, d.kind).is_some(), "{}", d.path),
                     _ => {}
                 }
             }
@@ -477,7 +847,7 @@ mod tests {
         }
         assert_eq!(
             choice_name(
-                table(FhirVersion::R4).def("Observation.value[x]").unwrap(),
+                &table(FhirVersion::R4).def("Observation.value[x]").unwrap(),
                 "dateTime"
             ),
             "valueDateTime"
@@ -490,7 +860,7 @@ mod tests {
             let entry = child(t, "Bundle", "entry");
             assert!(entry.def.many);
             assert_eq!(entry.def.kind, Kind::Backbone);
-            let ctx = t.ctx_for(entry.def, entry.def.kind).unwrap();
+            let ctx = t.ctx_for(&entry.def, entry.def.kind).unwrap();
             let res = t.child(ctx, "resource").unwrap();
             assert_eq!(res.def.kind, Kind::Resource);
             assert!(!res.def.many);
@@ -539,16 +909,16 @@ mod tests {
     fn content_references_and_groups() {
         let r4 = table(FhirVersion::R4);
         let q = child(r4, "Questionnaire", "item");
-        let ctx = r4.ctx_for(q.def, q.def.kind).unwrap();
+        let ctx = r4.ctx_for(&q.def, q.def.kind).unwrap();
         let nested = r4.child(ctx, "item").unwrap();
         assert_eq!(nested.def.kind, Kind::ContentRef("Questionnaire.item"));
-        let nested_ctx = r4.ctx_for(nested.def, nested.def.kind).unwrap();
+        let nested_ctx = r4.ctx_for(&nested.def, nested.def.kind).unwrap();
         assert_eq!(nested_ctx.path, "Questionnaire.item");
         // STU3 Timing.repeat is typed Element: no modifierExtension.
         let stu3 = table(FhirVersion::Stu3);
         let rep = child(stu3, "Timing", "repeat");
         assert_eq!(rep.def.kind, Kind::Group);
-        let ctx = stu3.ctx_for(rep.def, rep.def.kind).unwrap();
+        let ctx = stu3.ctx_for(&rep.def, rep.def.kind).unwrap();
         assert!(stu3.child(ctx, "modifierExtension").is_none());
         assert!(stu3.child(ctx, "extension").is_some());
     }

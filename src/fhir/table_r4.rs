@@ -7,13 +7,13 @@
 //! tools/fhir-table/README.md). Not formatted by rustfmt (`#[rustfmt::skip]`
 //! on the module) so that it stays one row per element.
 
-use super::table::{Base as B, Def, Kind::*, Prim, Table, TypeInfo, TypeKind as T};
+use super::table::{Base as B, Def, Kind::*, Prim, Table, TypeInfo, TypeKind as T, packed_defs};
 
 /// The FHIR 4.0.1 element table.
 pub(super) static TABLE: Table = Table {
     fhir_version: "4.0.1",
     types: TYPES,
-    defs: DEFS,
+    defs: packed_defs!(DEFS, TYPES),
 };
 
 static C0: &[&str] = &["CodeableConcept", "Reference"];

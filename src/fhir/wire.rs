@@ -179,11 +179,11 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             request_id: "rid-1".into(),
-            peer: crate::http::Peer {
-                addr: "127.0.0.1:1".parse().unwrap(),
-                certs: std::sync::Arc::new(Vec::new()),
-                tls_version: "TLSv1.3",
-            },
+            peer: crate::http::Peer::new(
+                "127.0.0.1:1".parse().unwrap(),
+                std::sync::Arc::new(Vec::new()),
+                "TLSv1.3",
+            ),
         }
     }
 

@@ -57,10 +57,12 @@ mod wire;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
+
+use crate::pki::PeerIdentity;
 
 pub use self::server::{Server, TlsErrorClassifier, TlsSlot, classify_tls_error};
 
@@ -147,6 +149,36 @@ pub struct Peer {
     pub certs: Arc<Vec<CertificateDer<'static>>>,
     /// The negotiated protocol: `TLSv1.3` or `TLSv1.2`.
     pub tls_version: &'static str,
+    /// The end entity's identity, decoded once per connection: every
+    /// request on a kept-alive connection asks for it.
+    identity: Arc<OnceLock<Option<PeerIdentity>>>,
+}
+
+impl Peer {
+    pub fn new(
+        addr: SocketAddr,
+        certs: Arc<Vec<CertificateDer<'static>>>,
+        tls_version: &'static str,
+    ) -> Peer {
+        Peer {
+            addr,
+            certs,
+            tls_version,
+            identity: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The identity fields of the end-entity certificate; `None` without a
+    /// certificate or when it does not decode.
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.identity
+            .get_or_init(|| {
+                self.certs
+                    .first()
+                    .and_then(|leaf| crate::pki::peer_identity(leaf.as_ref()).ok())
+            })
+            .as_ref()
+    }
 }
 
 /// A response from the handler. The server adds framing headers (see the module docs).
@@ -363,11 +395,11 @@ impl Request {
                 .collect(),
             body: Vec::new(),
             request_id: "r".into(),
-            peer: Peer {
-                addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-                certs: Arc::new(Vec::new()),
-                tls_version: "TLSv1.3",
-            },
+            peer: Peer::new(
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+                Arc::new(Vec::new()),
+                "TLSv1.3",
+            ),
         }
     }
 }

@@ -661,20 +661,20 @@ fn serve(shared: &Shared, job: Job) {
         // Displaced while its handshake finished: it was counted when it was closed.
         return;
     }
-    let peer = Peer {
+    let peer = Peer::new(
         addr,
-        certs: Arc::new(
+        Arc::new(
             conn.tls
                 .peer_certificates()
                 .map(<[_]>::to_vec)
                 .unwrap_or_default(),
         ),
-        tls_version: match conn.tls.protocol_version() {
+        match conn.tls.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "unknown",
         },
-    };
+    );
     let close = serve_requests(shared, &tracked, &mut conn, &peer, accepted);
     conn.close(close, shared.limits.read_timeout.min(LINGER_TIME));
 }

@@ -71,11 +71,11 @@ fn request(body: &[u8], headers: &[(&str, &str)]) -> Request {
             .collect(),
         body: body.to_vec(),
         request_id: "rid-1".into(),
-        peer: Peer {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            certs: Arc::new(Vec::new()),
-            tls_version: "TLSv1.3",
-        },
+        peer: Peer::new(
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::new(Vec::new()),
+            "TLSv1.3",
+        ),
     }
 }
 

@@ -7,9 +7,14 @@
 //! | the partner's keys | [`KeyCache`] | JWKS fetch over mTLS, cached |
 //! | assertions, claims, base | [`decide::decide`] | none (lookups only) |
 //! | unknown `kid` | here | one JWKS refetch, then the decision again |
-//! | record both `jti`s | [`ReplayCache::record_all`] | journal append, group-committed `fdatasync` |
-//! | issue the token | [`TokenStore::issue`] | journal append, group-committed `fdatasync` |
-//! | audit | [`AuditLog::record`] | append, group-committed `fdatasync` |
+//! | record both `jti`s | [`ReplayCache::submit_all`] | journal line queued |
+//! | issue the token | [`TokenStore::submit`] | journal line queued |
+//! | audit | [`AuditLog::submit`] | audit line queued |
+//! | answer | the three `wait`s | group-committed `fdatasync`s, overlapping |
+//!
+//! The three lines are queued before any is waited for, so the three logs'
+//! flushes overlap (each shared with concurrent requests); the answer goes
+//! out only once all three are on disk.
 //!
 //! The router resolves the TLS client certificate to a configured partner
 //! and hands over the certificate's SHA-256, the peer address and the body;
@@ -20,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::assertion::{JtiEntry, ReplayCache, Seen};
-use crate::audit::{AuditLog, Event};
+use crate::audit::{self, AuditLog, Event};
 use crate::config::{Config, Partner};
 use crate::ids::IdScheme;
 use crate::jose::Jwks;
@@ -159,33 +164,30 @@ impl TokenService {
                 forget_after: j.forget_after,
             })
             .collect();
-        // Both `jti`s in one append: one flush, shared with concurrent requests.
-        match self.replay.record_all(&admitted.partner.name, &entries) {
-            Ok(seen) => {
-                if let Some((j, _)) = decision
-                    .jtis
-                    .iter()
-                    .zip(&seen)
-                    .find(|(_, s)| **s == Seen::Replayed)
-                {
-                    return Err(Refusal::replayed(j.assertion));
-                }
-            }
-            Err(e) => {
-                log::error!("event=replay_cache.failed error={}", Q(&e.to_string()));
-                return Err(Refusal::new(
-                    Reason::KeysUnavailable,
-                    "the replay cache is unavailable",
-                ));
-            }
+        // What the answer needs on disk is queued in each log first, then
+        // waited for: the `jti`s (both in one append), the token and the
+        // audit line go to disk in overlapping flushes shared with concurrent
+        // requests, not in three rounds one after another. Nothing is
+        // answered until all three are on disk.
+        let (seen, jtis_stored) = match self.replay.submit_all(&admitted.partner.name, &entries) {
+            Ok(s) => s,
+            Err(e) => return Err(replay_failed(&e)),
+        };
+        if let Some((j, _)) = decision
+            .jtis
+            .iter()
+            .zip(&seen)
+            .find(|(_, s)| **s == Seen::Replayed)
+        {
+            return Err(Refusal::replayed(j.assertion));
         }
         let Decision { grant, user_id, .. } = decision;
-        let issued = self.tokens.issue(grant, now).map_err(|e| {
-            log::error!("event=token.store_failed error={}", Q(&e.to_string()));
-            Refusal::new(Reason::ServerError, "the token could not be stored")
-        })?;
-        let g = &issued.grant;
-        let audited = self.audit.record_or_log(Event {
+        let token = self
+            .tokens
+            .submit(grant, now)
+            .map_err(|e| token_failed(&e))?;
+        let g = token.grant();
+        let audit_line = self.audit.submit(Event {
             action: "token.issued",
             outcome: "success",
             partner: Some(g.partner()),
@@ -201,8 +203,14 @@ impl TokenService {
             request_id: Some(req.request_id),
             ..Event::default()
         });
+        let partner = g.partner().to_string();
+        if let Some(stored) = jtis_stored {
+            stored.wait().map_err(|e| replay_failed(&e))?;
+        }
+        let issued = token.wait().map_err(|e| token_failed(&e))?;
         // Without an audit record the token must not be handed out.
-        if !audited {
+        if let Err(e) = audit_line.and_then(audit::Pending::wait) {
+            audit::log_failed("token.issued", Some(&partner), Some(req.request_id), &e);
             return Err(Refusal::new(
                 Reason::ServerError,
                 "the audit trail is unavailable",
@@ -257,6 +265,16 @@ impl TokenService {
             other => other,
         }
     }
+}
+
+fn replay_failed(e: &dyn std::fmt::Display) -> Refusal {
+    log::error!("event=replay_cache.failed error={}", Q(&e.to_string()));
+    Refusal::new(Reason::KeysUnavailable, "the replay cache is unavailable")
+}
+
+fn token_failed(e: &dyn std::fmt::Display) -> Refusal {
+    log::error!("event=token.store_failed error={}", Q(&e.to_string()));
+    Refusal::new(Reason::ServerError, "the token could not be stored")
 }
 
 fn no_store() -> Vec<(&'static str, String)> {

@@ -511,6 +511,34 @@ pub struct Issued {
     pub grant: Grant,
 }
 
+/// A token whose journal line is queued ([`TokenStore::submit`]).
+#[must_use = "a token is stored, and may be handed out, only once waited for"]
+pub struct PendingToken<'a> {
+    store: &'a TokenStore,
+    hash: [u8; 32],
+    stored: journal::Pending<'a>,
+    issued: Issued,
+}
+
+impl PendingToken<'_> {
+    /// The token, once its line is on disk; on a failed flush the token is
+    /// forgotten (never handed out, refused if presented).
+    pub fn wait(self) -> Result<Issued, StoreError> {
+        match self.stored.wait() {
+            Ok(()) => Ok(self.issued),
+            Err(e) => {
+                self.store.forget(&self.hash);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The grant the token will carry.
+    pub fn grant(&self) -> &Grant {
+        &self.issued.grant
+    }
+}
+
 /// Issued tokens, by hash.
 #[derive(Debug)]
 pub struct TokenStore {
@@ -583,7 +611,14 @@ impl TokenStore {
     /// Issues a token for `grant` (its `issued_at`/`expires_at` are set here),
     /// stored durably before it is returned. The grant must be bound to a
     /// client certificate ([`Grant::bound_to`]).
-    pub fn issue(&self, mut grant: Grant, now: i64) -> Result<Issued, StoreError> {
+    pub fn issue(&self, grant: Grant, now: i64) -> Result<Issued, StoreError> {
+        self.submit(grant, now)?.wait()
+    }
+
+    /// [`Self::issue`] without waiting for the disk: the token's line is
+    /// queued and [`PendingToken::wait`] hands the token out once it is on
+    /// disk. Dropped unwaited, the token is never handed out.
+    pub fn submit(&self, mut grant: Grant, now: i64) -> Result<PendingToken<'_>, StoreError> {
         if grant.cert_sha256.is_none() {
             return Err(StoreError(
                 "a token must be bound to a TLS client certificate".into(),
@@ -596,18 +631,29 @@ impl TokenStore {
         grant.expires_at = now + TOKEN_LIFETIME_SECS;
         let line = issued_line(&hash, &grant)?;
         // In memory before the append, so a journal rewrite running meanwhile
-        // keeps it; nobody holds the token before this returns it.
+        // keeps it; nobody holds the token before `wait` returns it.
         self.write()?.insert(hash, grant.clone());
-        if let Err(e) = self.journal.append(&[&line]) {
-            if let Ok(mut map) = self.write() {
-                map.remove(&hash);
+        match self.journal.submit(&[&line]) {
+            Ok(stored) => Ok(PendingToken {
+                store: self,
+                hash,
+                stored,
+                issued: Issued {
+                    access_token,
+                    grant,
+                },
+            }),
+            Err(e) => {
+                self.forget(&hash);
+                Err(e.into())
             }
-            return Err(e.into());
         }
-        Ok(Issued {
-            access_token,
-            grant,
-        })
+    }
+
+    fn forget(&self, hash: &[u8; 32]) {
+        if let Ok(mut map) = self.write() {
+            map.remove(hash);
+        }
     }
 
     /// The grant of a bearer token presented by `partner` over the TLS

@@ -789,14 +789,17 @@ impl Scanner<'_> {
                 s.case.case_id, s.case.version, sent.task_id
             );
             let audited = self.event_of(partner.name, org.as_deref(), event, &s.patient, &object);
-            match self.audit.line(audited) {
-                Ok(line) => lines.push(line),
-                Err(e) => audit_failed(event, partner.name, &e),
+            // Queued now, waited for below: one flush for the batch.
+            match self.audit.submit(audited) {
+                Ok(pending) => lines.push((event, pending)),
+                Err(e) => audit::log_failed(event, Some(partner.name), None, &e),
             }
             finished.push(f);
         }
-        if let Err(e) = self.audit.record_all(lines) {
-            audit_failed("export.accepted", partner.name, &e);
+        for (event, pending) in lines {
+            if let Err(e) = pending.wait() {
+                audit::log_failed(event, Some(partner.name), None, &e);
+            }
         }
         for f in finished {
             let done = if f.stored.update {
@@ -1476,15 +1479,6 @@ impl Pass<'_> {
         }
         waits
     }
-}
-
-/// An audit line that could not be written, logged as
-/// [`AuditLog::record_or_log`] does.
-fn audit_failed(action: &str, partner: &str, e: &durable::DurableError) {
-    log::error!(
-        "event=audit.failed action={action} partner={partner} rid=- error={}",
-        Q(&e.to_string())
-    );
 }
 
 /// Back-off before a file left after its `attempts`-th failure is tried

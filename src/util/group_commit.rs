@@ -9,11 +9,37 @@
 //! nothing is answered before its batch is on disk: a failed flush fails
 //! every writer of that batch, none of them is told it was stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Writes and flushes one batch, in the order the records were queued.
 pub type Flush<T> = Box<dyn Fn(Vec<T>) -> Result<(), String> + Send + Sync>;
+
+/// A record queued by [`GroupCommit::submit`]: [`Ticket::wait`] returns once
+/// it is on disk. Dropped unwaited, the record is still written with its
+/// batch; only its result is discarded.
+#[must_use = "a submitted record is known to be on disk only once its ticket is waited for"]
+pub struct Ticket<'a, T> {
+    log: &'a GroupCommit<T>,
+    seq: u64,
+    waited: bool,
+}
+
+impl<T> Ticket<'_, T> {
+    /// Returns once the record's batch is on disk, or with its error.
+    pub fn wait(mut self) -> Result<(), String> {
+        self.waited = true;
+        self.log.wait_for(self.seq)
+    }
+}
+
+impl<T> Drop for Ticket<'_, T> {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.log.abandon(self.seq);
+        }
+    }
+}
 
 /// The commit path of one durable log.
 pub struct GroupCommit<T> {
@@ -28,6 +54,8 @@ struct State<T> {
     flushing: bool,
     /// Results of flushed records whose writers have not collected them yet.
     results: HashMap<u64, Result<(), String>>,
+    /// Queued records whose tickets were dropped unwaited.
+    abandoned: HashSet<u64>,
     batches: u64,
 }
 
@@ -39,6 +67,7 @@ impl<T> GroupCommit<T> {
                 next: 0,
                 flushing: false,
                 results: HashMap::new(),
+                abandoned: HashSet::new(),
                 batches: 0,
             }),
             done: Condvar::new(),
@@ -49,10 +78,27 @@ impl<T> GroupCommit<T> {
     /// Queues `record` and returns once its batch is on disk, or with the
     /// batch's error.
     pub fn commit(&self, record: T) -> Result<(), String> {
+        self.submit(record).wait()
+    }
+
+    /// Queues `record` without waiting: a caller with records for several
+    /// logs queues them all, then waits for each, so their flushes overlap
+    /// (another writer may lead one while this one leads the next) instead
+    /// of running one after another.
+    pub fn submit(&self, record: T) -> Ticket<'_, T> {
         let mut s = self.lock();
         let seq = s.next;
         s.next += 1;
         s.queue.push((seq, record));
+        Ticket {
+            log: self,
+            seq,
+            waited: false,
+        }
+    }
+
+    fn wait_for(&self, seq: u64) -> Result<(), String> {
+        let mut s = self.lock();
         loop {
             if let Some(result) = s.results.remove(&seq) {
                 return result;
@@ -71,9 +117,20 @@ impl<T> GroupCommit<T> {
             s.flushing = false;
             s.batches += 1;
             for q in seqs {
-                s.results.insert(q, result.clone());
+                if !s.abandoned.remove(&q) {
+                    s.results.insert(q, result.clone());
+                }
             }
             self.done.notify_all();
+        }
+    }
+
+    /// A ticket dropped unwaited: its record is still written with its batch,
+    /// but nobody collects the result.
+    fn abandon(&self, seq: u64) {
+        let mut s = self.lock();
+        if s.results.remove(&seq).is_none() {
+            s.abandoned.insert(seq);
         }
     }
 
@@ -209,5 +266,70 @@ mod tests {
         }
         assert_eq!(g.commit("third"), Ok(()));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// A submitted record goes with the next batch, whoever leads it: the
+    /// submitter's wait then finds it stored without a flush of its own.
+    #[test]
+    fn a_submitted_record_rides_with_another_writers_flush() {
+        let flushed = Arc::new(Mutex::new(Vec::new()));
+        let f = flushed.clone();
+        let g = GroupCommit::new(Box::new(move |batch: Vec<u32>| {
+            f.lock().unwrap().push(batch);
+            Ok(())
+        }));
+        let ticket = g.submit(1);
+        g.commit(2).unwrap();
+        assert_eq!(ticket.wait(), Ok(()));
+        assert_eq!(*flushed.lock().unwrap(), vec![vec![1, 2]]);
+        assert_eq!(g.batches(), 1);
+    }
+
+    /// One writer with records for two logs queues both, then waits for
+    /// each: both are flushed, each log once.
+    #[test]
+    fn records_for_two_logs_are_queued_then_waited_for() {
+        let logs: Vec<Arc<Mutex<Vec<Vec<&str>>>>> = (0..2).map(|_| Arc::default()).collect();
+        let make = |l: Arc<Mutex<Vec<Vec<&'static str>>>>| {
+            GroupCommit::new(Box::new(move |batch: Vec<&'static str>| {
+                l.lock().unwrap().push(batch);
+                Ok(())
+            }))
+        };
+        let (a, b) = (make(logs[0].clone()), make(logs[1].clone()));
+        let (ta, tb) = (a.submit("jti"), b.submit("token"));
+        assert_eq!(ta.wait(), Ok(()));
+        assert_eq!(tb.wait(), Ok(()));
+        assert_eq!(*logs[0].lock().unwrap(), vec![vec!["jti"]]);
+        assert_eq!(*logs[1].lock().unwrap(), vec![vec!["token"]]);
+    }
+
+    /// A ticket dropped unwaited still has its record written with the next
+    /// batch, and leaves no result behind; a failure of that batch reaches
+    /// only the writers that wait.
+    #[test]
+    fn a_dropped_ticket_is_written_and_forgotten() {
+        let flushed = Arc::new(Mutex::new(Vec::new()));
+        let f = flushed.clone();
+        let g = GroupCommit::new(Box::new(move |batch: Vec<u32>| {
+            f.lock().unwrap().push(batch.clone());
+            if batch.contains(&3) {
+                Err("fdatasync failed".to_string())
+            } else {
+                Ok(())
+            }
+        }));
+        drop(g.submit(1));
+        g.commit(2).unwrap();
+        assert_eq!(*flushed.lock().unwrap(), vec![vec![1, 2]]);
+        drop(g.submit(3));
+        assert_eq!(g.commit(4), Err("fdatasync failed".to_string()));
+        // Dropped after its batch was flushed: the stored result goes too.
+        let late = g.submit(5);
+        g.commit(6).unwrap();
+        drop(late);
+        let s = g.lock();
+        assert!(s.results.is_empty(), "{:?}", s.results);
+        assert!(s.abandoned.is_empty());
     }
 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::util::durable::{self, DurableError};
-use crate::util::group_commit::GroupCommit;
+use crate::util::group_commit::{GroupCommit, Ticket};
 
 /// Hex digits of the checksum in front of each line.
 const CHECKSUM_HEX: usize = 16;
@@ -49,6 +49,26 @@ pub struct Journal {
     commit: GroupCommit<Vec<u8>>,
     /// Holds the exclusive lock for as long as the journal is open.
     _lock: File,
+}
+
+/// Lines queued by [`Journal::submit`], on disk once [`Pending::wait`]
+/// returns `Ok`. Dropped unwaited, they are still written with their batch.
+#[must_use = "queued lines are known to be on disk only once waited for"]
+pub struct Pending<'a> {
+    path: &'a Path,
+    ticket: Ticket<'a, Vec<u8>>,
+}
+
+impl Pending<'_> {
+    /// Returns once the lines are on disk, or with their batch's error.
+    pub fn wait(self) -> Result<(), DurableError> {
+        let path = self.path;
+        self.ticket.wait().map_err(|reason| DurableError {
+            path: path.to_path_buf(),
+            step: "append",
+            source: io::Error::other(reason),
+        })
+    }
 }
 
 /// What [`Journal::read`] found.
@@ -111,14 +131,20 @@ impl Journal {
     /// Appends `records` (one line each, in order, in one batch) and returns
     /// once they are on disk.
     pub fn append(&self, records: &[&str]) -> Result<(), DurableError> {
+        self.submit(records)?.wait()
+    }
+
+    /// Queues `records` (one line each, in order, in one batch) for the next
+    /// flush without waiting for it: [`Pending::wait`] does. A caller that
+    /// writes to several logs queues in each before it waits for any.
+    pub fn submit(&self, records: &[&str]) -> Result<Pending<'_>, DurableError> {
         let mut bytes = Vec::new();
         for r in records {
             frame(&self.path, r, &mut bytes)?;
         }
-        self.commit.commit(bytes).map_err(|reason| DurableError {
-            path: self.path.clone(),
-            step: "append",
-            source: io::Error::other(reason),
+        Ok(Pending {
+            path: &self.path,
+            ticket: self.commit.submit(bytes),
         })
     }
 
