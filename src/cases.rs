@@ -454,10 +454,7 @@ impl ExportFolders {
     ) -> Result<(), CaseError> {
         let dir = self.dir(partner, id);
         durable::create_dir_all(&dir)?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| CaseError::Corrupt {
-            path: dir.join(file),
-            reason: e.to_string(),
-        })?;
+        let bytes = record_bytes(&dir, file, record)?;
         durable::write_atomic(&dir.join(file), &bytes)?;
         Ok(())
     }
@@ -474,10 +471,7 @@ impl ExportFolders {
     ) -> Result<(), CaseError> {
         let dir = self.dir(partner, id);
         batch.create_dir_all(layer, &dir)?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| CaseError::Corrupt {
-            path: dir.join(file),
-            reason: e.to_string(),
-        })?;
+        let bytes = record_bytes(&dir, file, record)?;
         batch.write(layer, &dir.join(file), &bytes)?;
         Ok(())
     }
@@ -603,6 +597,14 @@ impl BaseRegistry for CaseStore {
             owner: case.owner.as_deref().and_then(|o| OrgId::parse(o).ok()),
         })
     }
+}
+
+/// A record as it is written into its item's folder `dir` as `file`.
+fn record_bytes<T: Serialize>(dir: &Path, file: &str, record: &T) -> Result<Vec<u8>, CaseError> {
+    serde_json::to_vec_pretty(record).map_err(|e| CaseError::Corrupt {
+        path: dir.join(file),
+        reason: e.to_string(),
+    })
 }
 
 /// The contents of a file; `None` when it does not exist.

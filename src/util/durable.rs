@@ -359,20 +359,7 @@ impl Batch {
         if dir.is_dir() {
             return Ok(());
         }
-        let mut missing = Vec::new();
-        let mut cur = dir;
-        while !cur.as_os_str().is_empty() && !cur.exists() {
-            missing.push(cur.to_path_buf());
-            match cur.parent() {
-                Some(p) => cur = p,
-                None => break,
-            }
-        }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(at(dir, "mkdir"))?;
+        let missing = make_dirs(dir)?;
         let l = self.layer(layer);
         for d in &missing {
             l.dirs.insert(parent_of(d).to_path_buf());
@@ -588,6 +575,18 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<(), DurableError> {
     if dir.is_dir() {
         return Ok(());
     }
+    let missing = make_dirs(dir)?;
+    if mode != 0o700 {
+        for d in &missing {
+            fs::set_permissions(d, fs::Permissions::from_mode(mode)).map_err(at(d, "chmod"))?;
+        }
+    }
+    sync_dir(parent_of(dir))
+}
+
+/// Creates `dir` and its missing parents (mode 0700) without a flush, and
+/// returns the folders it created, deepest first.
+fn make_dirs(dir: &Path) -> Result<Vec<PathBuf>, DurableError> {
     let mut missing = Vec::new();
     let mut cur = dir;
     while !cur.as_os_str().is_empty() && !cur.exists() {
@@ -602,12 +601,7 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<(), DurableError> {
         .mode(0o700)
         .create(dir)
         .map_err(at(dir, "mkdir"))?;
-    if mode != 0o700 {
-        for d in &missing {
-            fs::set_permissions(d, fs::Permissions::from_mode(mode)).map_err(at(d, "chmod"))?;
-        }
-    }
-    sync_dir(parent_of(dir))
+    Ok(missing)
 }
 
 /// fsyncs a directory so renames and creations inside it survive power loss.
