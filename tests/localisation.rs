@@ -264,22 +264,49 @@ fn assert_log_holds_no_secret(site: &Site, log: &str) {
 /// spool and the records hold the BSN, which is state; never the blind
 /// factor, the JWE, a token or a pseudonym).
 fn assert_state_holds_no_secret(site: &Site) {
-    fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
+    fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
             if path.is_dir() {
-                files(&path, out);
+                files(&path, out)?;
             } else {
                 out.push(path);
             }
         }
+        Ok(())
     }
-    let mut all = Vec::new();
-    files(&site.state(), &mut all);
-    assert!(all.iter().any(|p| p.starts_with(site.state().join("nvi"))));
+    // The daemon still runs: a file listed may be renamed or removed before
+    // it is read (a spool item moving on). Then list again, until one
+    // listing reads whole.
+    let mut contents = None;
+    for _ in 0..50 {
+        let mut all = Vec::new();
+        let read: Result<Vec<(PathBuf, Vec<u8>)>, _> =
+            files(&site.state(), &mut all).and_then(|()| {
+                all.into_iter()
+                    .map(|p| std::fs::read(&p).map(|bytes| (p, bytes)))
+                    .collect()
+            });
+        match read {
+            Ok(r) => {
+                contents = Some(r);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("reading the state: {e}"),
+        }
+    }
+    let contents = contents.expect("no listing of the state read whole in 50 tries");
+    assert!(
+        contents
+            .iter()
+            .any(|(p, _)| p.starts_with(site.state().join("nvi")))
+    );
     let secrets = exchanged_secrets(site);
-    for path in all {
-        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+    for (path, bytes) in contents {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         for needle in secrets.iter().flat_map(|s| needles(s)) {
             assert!(
                 !text.contains(needle),
