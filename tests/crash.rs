@@ -253,13 +253,7 @@ impl Harness {
     fn new(seed: u64, target_kills: usize) -> Harness {
         let tmp = TempDir::new("crash");
         let world = World::new();
-        let mut a = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
-        let mut b = AgentSetup::new(&world, tmp.path(), "hospb", "87654321");
-        a.add_agent(&b);
-        b.add_agent(&a);
-        for s in [&mut a, &mut b] {
-            s.env.set("NP_POLL_INTERVAL", "1s").set("NP_LOG", "info");
-        }
+        let (a, b) = AgentSetup::pair(&world, tmp.path(), "info");
         let exports = (target_kills * 3 / 5).max(12);
         let back = (exports / 5).max(2);
         let plan = Plan {

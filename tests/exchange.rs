@@ -35,13 +35,7 @@ struct Pair {
 fn pair(label: &str) -> Pair {
     let tmp = TempDir::new(label);
     let world = World::new();
-    let mut a = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
-    let mut b = AgentSetup::new(&world, tmp.path(), "hospb", "87654321");
-    a.add_agent(&b);
-    b.add_agent(&a);
-    for s in [&mut a, &mut b] {
-        s.env.set("NP_POLL_INTERVAL", "1s").set("NP_LOG", "info");
-    }
+    let (a, b) = AgentSetup::pair(&world, tmp.path(), "info");
     Pair { _tmp: tmp, a, b }
 }
 

@@ -118,13 +118,7 @@ impl AsB {
 fn the_sender_refuses_every_pull_outside_the_grant() {
     let tmp = TempDir::new("serve-grant");
     let world = World::new();
-    let mut a = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
-    let mut b = AgentSetup::new(&world, tmp.path(), "hospb", "87654321");
-    a.add_agent(&b);
-    b.add_agent(&a);
-    for s in [&mut a, &mut b] {
-        s.env.set("NP_POLL_INTERVAL", "1s").set("NP_LOG", "info");
-    }
+    let (mut a, b) = AgentSetup::pair(&world, tmp.path(), "info");
     // Notifications live 20 s, so expiry can be seen within the test.
     a.env.set("NP_NOTIFICATION_TTL", "20s");
     let pa = a.start();

@@ -42,13 +42,7 @@ pub fn cycles(opts: &Options) -> Vec<Run> {
         eprintln!("bench: cycles run {}/{}", i + 1, opts.runs);
         let tmp = TempDir::new("bench-cycles");
         let world = World::new();
-        let mut a = AgentSetup::new(&world, tmp.path(), "hospa", "12345678");
-        let mut b = AgentSetup::new(&world, tmp.path(), "hospb", "87654321");
-        a.add_agent(&b);
-        b.add_agent(&a);
-        for s in [&mut a, &mut b] {
-            s.env.set("NP_POLL_INTERVAL", "1s").set("NP_LOG", "warn");
-        }
+        let (a, b) = AgentSetup::pair(&world, tmp.path(), "warn");
         let pa = a.start();
         let pb = b.start();
         let outbox = a.outbox("hospb");

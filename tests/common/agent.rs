@@ -345,6 +345,20 @@ impl AgentSetup {
             .set(&k("CERT"), format!("ura:{}", party.ura));
     }
 
+    /// Hospital A (`hospa`, URA 12345678) and hospital B (`hospb`, URA
+    /// 87654321) under `dir`, each the other's twiin partner, polling every
+    /// second and logging at `log`.
+    pub fn pair(world: &World, dir: &Path, log: &str) -> (AgentSetup, AgentSetup) {
+        let mut a = AgentSetup::new(world, dir, "hospa", "12345678");
+        let mut b = AgentSetup::new(world, dir, "hospb", "87654321");
+        a.add_agent(&b);
+        b.add_agent(&a);
+        for s in [&mut a, &mut b] {
+            s.env.set("NP_POLL_INTERVAL", "1s").set("NP_LOG", log);
+        }
+        (a, b)
+    }
+
     /// Adds another agent under test as a twiin partner: its FHIR base,
     /// organisation and certificate; issuer, client id, token endpoint and
     /// JWKS come from defaults and discovery, as between two np-agents.
