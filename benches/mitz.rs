@@ -18,7 +18,7 @@ mod common;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
@@ -55,29 +55,8 @@ fn main() {
         let before = inbox_count(&inbox);
         let started = Instant::now();
         let per_thread = count / threads as u64;
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (broker, url, serial) = (broker.clone(), url.clone(), serial.clone());
-                std::thread::spawn(move || {
-                    let http = broker.client();
-                    for _ in 0..per_thread {
-                        // Distinct bytes: a newer consent state each time.
-                        let body =
-                            support::mitz_notification(serial.fetch_add(1, Ordering::Relaxed));
-                        let resp = http
-                            .post(&url)
-                            .header("Content-Type", "application/fhir+json")
-                            .send(body.as_bytes())
-                            .unwrap();
-                        assert_eq!(resp.status().as_u16(), 200);
-                        let _ = resp.into_body().read_to_vec().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
+        // Distinct bytes: a newer consent state each time.
+        support::post_mitz_notifications(&broker, &url, &serial, threads, per_thread);
         let answered = started.elapsed().as_secs_f64();
         let total = per_thread * threads as u64;
         let want = before + total as usize;

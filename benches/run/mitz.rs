@@ -4,7 +4,7 @@
 //! agent's state directory in the same run.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use crate::Options;
@@ -12,7 +12,7 @@ use crate::common::TempDir;
 use crate::common::agent::{AgentSetup, Party, World};
 use crate::report::Run;
 use crate::support::raw::durable_writes_per_sec;
-use crate::support::{mitz_notification, visible_files};
+use crate::support::{post_mitz_notifications, visible_files};
 
 const CLIENTS: usize = 4;
 
@@ -36,27 +36,7 @@ pub fn measure(opts: &Options) -> Vec<Run> {
             durable_writes_per_sec(&setup.dir.join("state"), 2048, Duration::from_secs(2)).unwrap();
         let want = visible_files(&inbox) + count;
         let started = Instant::now();
-        let handles: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let (broker, url, serial) = (broker.clone(), url.clone(), serial.clone());
-                std::thread::spawn(move || {
-                    let http = broker.client();
-                    for _ in 0..per_client {
-                        let body = mitz_notification(serial.fetch_add(1, Ordering::Relaxed));
-                        let resp = http
-                            .post(&url)
-                            .header("Content-Type", "application/fhir+json")
-                            .send(body.as_bytes())
-                            .unwrap();
-                        assert_eq!(resp.status().as_u16(), 200);
-                        let _ = resp.into_body().read_to_vec().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
+        post_mitz_notifications(&broker, &url, &serial, CLIENTS, per_client as u64);
         let answered = started.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(600);
         while visible_files(&inbox) < want {

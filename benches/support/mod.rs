@@ -194,6 +194,40 @@ pub fn mitz_notification(n: u64) -> String {
     )
 }
 
+/// `threads` client threads, each POSTing `per_thread` distinct
+/// notifications ([`mitz_notification`], numbered from `serial`) as
+/// `broker` to `url` over one kept-alive connection; returns once every one
+/// was answered 200.
+pub fn post_mitz_notifications(
+    broker: &Arc<Party>,
+    url: &str,
+    serial: &Arc<std::sync::atomic::AtomicU64>,
+    threads: usize,
+    per_thread: u64,
+) {
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (broker, url, serial) = (broker.clone(), url.to_string(), serial.clone());
+            std::thread::spawn(move || {
+                let http = broker.client();
+                for _ in 0..per_thread {
+                    let n = serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let resp = http
+                        .post(&url)
+                        .header("Content-Type", "application/fhir+json")
+                        .send(mitz_notification(n).as_bytes())
+                        .unwrap();
+                    assert_eq!(resp.status().as_u16(), 200);
+                    let _ = resp.into_body().read_to_vec().unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
 /// Files in `dir` whose names do not start with `.`.
 pub fn visible_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| {
