@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::ops::logging::{Q, Rid};
-use crate::util::group_commit::{GroupCommit, Ticket};
+use crate::util::group_commit::{self, GroupCommit};
 use crate::util::{durable, time};
 
 /// A Zorgviewer read of one resource (`GET <Type>/<id>`, `Binary/<id>`).
@@ -291,10 +291,10 @@ impl AuditLog {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        Ok(Pending {
-            dir: &self.dir,
-            ticket: self.commit.submit((time::date(now), line)),
-        })
+        Ok(self
+            .commit
+            .submit((time::date(now), line))
+            .at(&self.dir, "append"))
     }
 
     /// Flushes so far: how many batches the records went to disk in.
@@ -320,23 +320,7 @@ pub fn log_failed(
 }
 
 /// An audit line queued by [`AuditLog::submit`].
-#[must_use = "an audit line is known to be on disk only once waited for"]
-pub struct Pending<'a> {
-    dir: &'a Path,
-    ticket: Ticket<'a, (String, Vec<u8>)>,
-}
-
-impl Pending<'_> {
-    /// Returns once the line is on disk, or with its batch's error.
-    pub fn wait(self) -> Result<(), durable::DurableError> {
-        let dir = self.dir;
-        self.ticket.wait().map_err(|reason| durable::DurableError {
-            path: dir.to_path_buf(),
-            step: "append",
-            source: std::io::Error::other(reason),
-        })
-    }
-}
+pub type Pending<'a> = group_commit::Pending<'a, (String, Vec<u8>)>;
 
 /// The day files of the trail, written only by the leader of a batch.
 struct DayFiles {

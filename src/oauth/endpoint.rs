@@ -203,14 +203,14 @@ impl TokenService {
             request_id: Some(req.request_id),
             ..Event::default()
         });
-        let partner = g.partner().to_string();
         if let Some(stored) = jtis_stored {
             stored.wait().map_err(|e| replay_failed(&e))?;
         }
         let issued = token.wait().map_err(|e| token_failed(&e))?;
         // Without an audit record the token must not be handed out.
         if let Err(e) = audit_line.and_then(audit::Pending::wait) {
-            audit::log_failed("token.issued", Some(&partner), Some(req.request_id), &e);
+            let partner = issued.grant.partner();
+            audit::log_failed("token.issued", Some(partner), Some(req.request_id), &e);
             return Err(Refusal::new(
                 Reason::ServerError,
                 "the audit trail is unavailable",

@@ -169,11 +169,10 @@ impl DirSync {
     /// Returns once an fsync of the folder that began after this call is
     /// done: every rename into or out of it made before the call is durable.
     pub fn sync(&self) -> Result<(), DurableError> {
-        self.commit.commit(()).map_err(|reason| DurableError {
-            path: self.dir.clone(),
-            step: "fsync directory",
-            source: io::Error::other(reason),
-        })
+        self.commit
+            .submit(())
+            .at(&self.dir, "fsync directory")
+            .wait()
     }
 
     /// Folder fsyncs done so far (tests, metrics).

@@ -10,7 +10,10 @@
 //! every writer of that batch, none of them is told it was stored.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::util::durable::DurableError;
 
 /// Writes and flushes one batch, in the order the records were queued.
 pub type Flush<T> = Box<dyn Fn(Vec<T>) -> Result<(), String> + Send + Sync>;
@@ -25,11 +28,43 @@ pub struct Ticket<'a, T> {
     waited: bool,
 }
 
-impl<T> Ticket<'_, T> {
+impl<'a, T> Ticket<'a, T> {
     /// Returns once the record's batch is on disk, or with its error.
     pub fn wait(mut self) -> Result<(), String> {
         self.waited = true;
         self.log.wait_for(self.seq)
+    }
+
+    /// The ticket of a record for the file or folder `path`, whose wait
+    /// reports a failed batch as a [`DurableError`] of step `step`.
+    pub fn at(self, path: &'a Path, step: &'static str) -> Pending<'a, T> {
+        Pending {
+            path,
+            step,
+            ticket: self,
+        }
+    }
+}
+
+/// A record queued for the log at `path` ([`Ticket::at`]), on disk once
+/// [`Pending::wait`] returns `Ok`. Dropped unwaited, it is still written
+/// with its batch.
+#[must_use = "a queued record is known to be on disk only once waited for"]
+pub struct Pending<'a, T> {
+    path: &'a Path,
+    step: &'static str,
+    ticket: Ticket<'a, T>,
+}
+
+impl<T> Pending<'_, T> {
+    /// Returns once the record is on disk, or with its batch's error.
+    pub fn wait(self) -> Result<(), DurableError> {
+        let (path, step) = (self.path, self.step);
+        self.ticket.wait().map_err(|reason| DurableError {
+            path: path.to_path_buf(),
+            step,
+            source: std::io::Error::other(reason),
+        })
     }
 }
 

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::util::durable::{self, DurableError};
-use crate::util::group_commit::{GroupCommit, Ticket};
+use crate::util::group_commit::{self, GroupCommit};
 
 /// Hex digits of the checksum in front of each line.
 const CHECKSUM_HEX: usize = 16;
@@ -51,25 +51,8 @@ pub struct Journal {
     _lock: File,
 }
 
-/// Lines queued by [`Journal::submit`], on disk once [`Pending::wait`]
-/// returns `Ok`. Dropped unwaited, they are still written with their batch.
-#[must_use = "queued lines are known to be on disk only once waited for"]
-pub struct Pending<'a> {
-    path: &'a Path,
-    ticket: Ticket<'a, Vec<u8>>,
-}
-
-impl Pending<'_> {
-    /// Returns once the lines are on disk, or with their batch's error.
-    pub fn wait(self) -> Result<(), DurableError> {
-        let path = self.path;
-        self.ticket.wait().map_err(|reason| DurableError {
-            path: path.to_path_buf(),
-            step: "append",
-            source: io::Error::other(reason),
-        })
-    }
-}
+/// Lines queued by [`Journal::submit`].
+pub type Pending<'a> = group_commit::Pending<'a, Vec<u8>>;
 
 /// What [`Journal::read`] found.
 #[derive(Debug, Default)]
@@ -142,10 +125,7 @@ impl Journal {
         for r in records {
             frame(&self.path, r, &mut bytes)?;
         }
-        Ok(Pending {
-            path: &self.path,
-            ticket: self.commit.submit(bytes),
-        })
+        Ok(self.commit.submit(bytes).at(&self.path, "append"))
     }
 
     /// Replaces the journal by the records `live` returns: a new file written
