@@ -320,6 +320,30 @@ pub(super) const fn pack_choices<const N: usize>(
     out
 }
 
+/// The position of the element of `$sorted` (sorted by its field
+/// `$field`, a `&str`) equal to `$key`, or `$sorted.len()` when there is
+/// none: a binary search usable in a `const fn`, which cannot take a
+/// closure.
+macro_rules! sorted_position {
+    ($sorted:expr, $field:ident, $key:expr) => {{
+        let (sorted, key) = ($sorted, $key.as_bytes());
+        let (mut lo, mut hi) = (0, sorted.len());
+        let mut found = sorted.len();
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match bytes_cmp(sorted[mid].$field.as_bytes(), key) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => {
+                    found = mid;
+                    break;
+                }
+            }
+        }
+        found
+    }};
+}
+
 /// One row per definition; a `Complex` type or `ContentRef` target that is
 /// not in the table stops the build.
 pub(super) const fn pack_rows<const N: usize>(defs: &[Def], types: &[TypeInfo]) -> [Row; N] {
@@ -341,23 +365,9 @@ pub(super) const fn pack_rows<const N: usize>(defs: &[Def], types: &[TypeInfo]) 
             Kind::Attr(p) => (Tag::Attr, p as usize),
             Kind::Complex(name) => {
                 // `types` is sorted by name.
-                let (mut lo, mut hi) = (0, types.len());
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    match bytes_cmp(types[mid].name.as_bytes(), name.as_bytes()) {
-                        Ordering::Less => lo = mid + 1,
-                        Ordering::Greater => hi = mid,
-                        Ordering::Equal => {
-                            lo = mid;
-                            break;
-                        }
-                    }
-                }
-                assert!(
-                    lo < types.len() && bytes_eq(types[lo].name.as_bytes(), name.as_bytes()),
-                    "a Complex kind names an unknown type"
-                );
-                (Tag::Complex, lo)
+                let at = sorted_position!(types, name, name);
+                assert!(at < types.len(), "a Complex kind names an unknown type");
+                (Tag::Complex, at)
             }
             Kind::Backbone => (Tag::Backbone, 0),
             Kind::Group => (Tag::Group, 0),
@@ -368,23 +378,9 @@ pub(super) const fn pack_rows<const N: usize>(defs: &[Def], types: &[TypeInfo]) 
             }
             Kind::ContentRef(target) => {
                 // `defs` is sorted by path.
-                let (mut lo, mut hi) = (0, defs.len());
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    match bytes_cmp(defs[mid].path.as_bytes(), target.as_bytes()) {
-                        Ordering::Less => lo = mid + 1,
-                        Ordering::Greater => hi = mid,
-                        Ordering::Equal => {
-                            lo = mid;
-                            break;
-                        }
-                    }
-                }
-                assert!(
-                    lo < defs.len() && bytes_eq(defs[lo].path.as_bytes(), target.as_bytes()),
-                    "a ContentRef names an unknown path"
-                );
-                (Tag::ContentRef, lo)
+                let at = sorted_position!(defs, path, target);
+                assert!(at < defs.len(), "a ContentRef names an unknown path");
+                (Tag::ContentRef, at)
             }
             Kind::Xhtml => (Tag::Xhtml, 0),
         };
@@ -422,20 +418,6 @@ const fn bytes_cmp(a: &[u8], b: &[u8]) -> Ordering {
     } else {
         Ordering::Equal
     }
-}
-
-const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 impl Defs {
