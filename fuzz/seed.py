@@ -126,6 +126,8 @@ with tempfile.TemporaryDirectory() as tmp:
     put("jwks", "three-keys", '{"keys":[%s]}' % ",".join(keys))
     put("jwks", "one-key", '{"keys":[%s]}' % keys[0])
     put("jwks", "skipped", '{"keys":[{"kty":"oct","k":"c2VjcmV0"},%s]}' % keys[1])
+    # A kid that reads like a private member once written with its escape.
+    put("jwks", "kid-quote-k", '{"keys":[%s]}' % keys[0].replace('"kid":"P-256"', '"kid":"P-256\\"k"'))
 
     # --- Certificates: a UZI server certificate, PKIoverheid-style, DNS only
     uzi = "2.16.528.1.1003.1.3.5.5.2-1-12345678-S-87654321-00.000-00000000"

@@ -11,10 +11,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let written = set.to_json();
-    for private in [
-        "\"d\"", "\"p\"", "\"q\"", "\"dp\"", "\"dq\"", "\"qi\"", "\"k\"",
-    ] {
-        assert!(!written.contains(private), "{written}");
+    // Member names are checked on the parsed text: a substring test would
+    // mistake a `kid` such as `a"k` (written `"a\"k"`) for a `k` member.
+    let value: serde_json::Value = match serde_json::from_str(&written) {
+        Ok(value) => value,
+        Err(e) => panic!("written set is not JSON: {e}: {written}"),
+    };
+    let written_keys = value["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    assert_eq!(written_keys.len(), set.keys.len(), "{written}");
+    for key in written_keys {
+        let Some(members) = key.as_object() else {
+            panic!("written key is not an object: {written}");
+        };
+        for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
+            assert!(!members.contains_key(private), "{written}");
+        }
     }
     let again = match Jwks::parse(written.as_bytes()) {
         Ok(again) => again,
