@@ -10,6 +10,7 @@
 //! exact text, so a decimal `1.50` stays `1.50`.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
@@ -81,7 +82,14 @@ fn write_value(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        Value::String(s) => write_str(out, s),
+        Value::Number(n) => {
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{n}");
+        }
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Null => out.push_str("null"),
     }
 }
 
@@ -93,11 +101,42 @@ fn write_object(out: &mut String, map: &Map<String, Value>) {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&Value::String(k.clone()).to_string());
+        write_str(out, k);
         out.push(':');
         write_value(out, v);
     }
     out.push('}');
+}
+
+/// A JSON string, escaped as serde_json escapes it (`"`, `\\`, the short
+/// forms `\b \f \n \r \t`, other control characters as `\u00xx`),
+/// straight into `out`: a resource is written on every read, and a copy per
+/// key and value was most of what reads allocated.
+fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if short.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(short);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// Checks every `text.div` string in the document against the narrative rules.
@@ -466,6 +505,26 @@ mod tests {
             to_json_string(&v),
             r#"{"resourceType":"Observation","valueQuantity":{"value":1.50}}"#
         );
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut every: String = (0u8..0x80).map(char::from).collect();
+        every.push_str("é€𝄞\u{7f}\u{2028}");
+        for s in [every.as_str(), "", "plain", "\"", "a\\b", "\u{1}x\u{1f}"] {
+            let mut out = String::new();
+            write_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+        let v = serde_json::json!({
+            "b": [true, false, null, "x\ny"], "resourceType": "Basic", "k\"ey": {"n": 1}
+        });
+        let written = to_json_string(&v);
+        assert!(
+            written.starts_with(r#"{"resourceType":"Basic","#),
+            "{written}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), v);
     }
 
     #[test]

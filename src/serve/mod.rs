@@ -369,13 +369,16 @@ impl Served<'_> {
                 cx.returned(&[(e.resource_type, e.id)]);
                 match delivery {
                     Delivery::RawBinary => cx.raw_binary(e.resource),
-                    Delivery::Fhir(_) => {
-                        let mut resource = e.resource.clone();
-                        if let Some(d) = self.decorate {
+                    // Written from the case's data as it is: a copy only
+                    // when a decoration changes it.
+                    Delivery::Fhir(_) => match self.decorate {
+                        Some(d) => {
+                            let mut resource = e.resource.clone();
                             d(&mut resource);
+                            cx.success(&resource, 1)
                         }
-                        cx.success(&resource, 1)
-                    }
+                        None => cx.success(e.resource, 1),
+                    },
                 }
             }
             Route::Search { resource_type, op } => {

@@ -14,7 +14,7 @@ use super::params::{DateDef, OBSERVATION_DATE};
 use super::query::{
     Canonical, Filter, Include, Op, RefValue, Search, SortKey, SystemSel, TokenValue,
 };
-use super::view::{CaseView, Entry, type_and_id, values_at};
+use super::view::{CaseView, Entry, any_at, each_at, first_at, type_and_id};
 use crate::util::time::parse_rfc3339;
 
 /// The positions of every match of `search`, in result order.
@@ -73,24 +73,24 @@ pub(crate) fn included(view: &CaseView<'_>, page: &[usize], includes: &[Include]
         for inc in includes {
             let targets = inc.def.targets();
             for path in inc.def.paths {
-                for elem in values_at(resource, path) {
+                each_at(resource, path, |elem| {
                     let Some(i) = elem
                         .get("reference")
                         .and_then(Value::as_str)
                         .and_then(|r| view.resolve(r))
                     else {
-                        continue;
+                        return;
                     };
                     let t = view.entries()[i].resource_type;
                     if (!targets.is_empty() && !targets.contains(&t))
                         || inc.target.as_deref().is_some_and(|x| x != t)
                     {
-                        continue;
+                        return;
                     }
                     if seen.insert(i) {
                         out.push(i);
                     }
-                }
+                });
             }
         }
     }
@@ -100,28 +100,34 @@ pub(crate) fn included(view: &CaseView<'_>, page: &[usize], includes: &[Include]
 fn filter_matches(view: &CaseView<'_>, e: &Entry<'_>, filter: &Filter) -> bool {
     match filter {
         Filter::Id(ids) => ids.iter().any(|id| id == e.id),
-        Filter::Profile(profiles) => values_at(e.resource, "meta.profile")
-            .into_iter()
-            .filter_map(Value::as_str)
-            .map(Canonical::parse)
-            .any(|declared| profiles.iter().any(|p| p.matches(&declared))),
-        Filter::Token(def, values) => def
-            .paths
-            .iter()
-            .flat_map(|p| values_at(e.resource, p))
-            .any(|elem| values.iter().any(|v| token_matches(elem, v))),
+        Filter::Profile(profiles) => any_at(e.resource, "meta.profile", &mut |declared| {
+            declared
+                .as_str()
+                .map(Canonical::parse)
+                .is_some_and(|declared| profiles.iter().any(|p| p.matches(&declared)))
+        }),
+        Filter::Token(def, values) => def.paths.iter().any(|p| {
+            any_at(e.resource, p, &mut |elem| {
+                values.iter().any(|v| token_matches(elem, v))
+            })
+        }),
         Filter::Reference(def, values) => {
             let targets = def.targets();
-            def.paths
-                .iter()
-                .flat_map(|p| values_at(e.resource, p))
-                .filter_map(|elem| elem.get("reference").and_then(Value::as_str))
-                .filter_map(|r| match view.resolve(r) {
-                    Some(i) => Some((view.entries()[i].resource_type, view.entries()[i].id)),
-                    None => type_and_id(r),
+            def.paths.iter().any(|p| {
+                any_at(e.resource, p, &mut |elem| {
+                    let Some(r) = elem.get("reference").and_then(Value::as_str) else {
+                        return false;
+                    };
+                    let target = match view.resolve(r) {
+                        Some(i) => Some((view.entries()[i].resource_type, view.entries()[i].id)),
+                        None => type_and_id(r),
+                    };
+                    target.is_some_and(|(t, id)| {
+                        (targets.is_empty() || targets.contains(&t))
+                            && values.iter().any(|v| reference_matches(t, id, v))
+                    })
                 })
-                .filter(|(t, _)| targets.is_empty() || targets.contains(t))
-                .any(|(t, id)| values.iter().any(|v| reference_matches(t, id, v)))
+            })
         }
     }
 }
@@ -218,8 +224,7 @@ fn code_key(e: Entry<'_>) -> String {
 /// first date found along its paths.
 fn date_of(resource: &Value, def: &DateDef) -> Option<i64> {
     def.paths.iter().find_map(|p| {
-        values_at(resource, p)
-            .first()
+        first_at(resource, p)
             .and_then(|v| v.as_str())
             .and_then(fhir_instant)
     })

@@ -80,7 +80,7 @@ impl<'a> CaseView<'a> {
                 .ok_or(ViewError::NotABundle)?;
             raw.extend(entries);
         }
-        let mut all = Index::default();
+        let mut all = Index::with_capacity(raw.len());
         let mut hidden = 0;
         for e in raw {
             let resource = e.get("resource");
@@ -131,16 +131,16 @@ impl<'a> CaseView<'a> {
             if e.resource_type != "DocumentReference" || !keep[i] {
                 continue;
             }
-            for url in values_at(e.resource, "content.attachment.url") {
+            each_at(e.resource, "content.attachment.url", |url| {
                 if let Some(b) = url.as_str().and_then(|u| all.resolve(u)) {
                     if all.entries[b].resource_type == "Binary" {
                         keep[b] = true;
                     }
                 }
-            }
+            });
         }
 
-        let mut view = Index::default();
+        let mut view = Index::with_capacity(all.entries.len());
         let mut patient_idx = 0;
         for (i, e) in all.entries.iter().enumerate() {
             if !keep[i] {
@@ -187,7 +187,6 @@ impl<'a> CaseView<'a> {
     }
 }
 
-#[derive(Default)]
 struct Index<'a> {
     entries: Vec<Entry<'a>>,
     full_urls: Vec<Option<&'a str>>,
@@ -196,6 +195,15 @@ struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
+    fn with_capacity(n: usize) -> Index<'a> {
+        Index {
+            entries: Vec::with_capacity(n),
+            full_urls: Vec::with_capacity(n),
+            by_key: HashMap::with_capacity(n),
+            by_full_url: HashMap::with_capacity(n),
+        }
+    }
+
     /// Adds an entry; false when its `Type/id` is already there.
     fn push(&mut self, e: Entry<'a>, full_url: Option<&'a str>) -> bool {
         let key = (e.resource_type, e.id);
@@ -235,38 +243,66 @@ pub(crate) fn type_and_id(reference: &str) -> Option<(&str, &str)> {
     if reference.starts_with('#') || reference.starts_with("urn:") {
         return None;
     }
-    let path = reference.split(['?', '#']).next()?;
-    let mut segs: Vec<&str> = path.split('/').collect();
-    if segs.len() >= 4 && segs[segs.len() - 2] == "_history" {
-        segs.truncate(segs.len() - 2);
+    let mut path = reference.split(['?', '#']).next()?;
+    // `…/_history/<v>` goes when at least two segments precede it.
+    if let Some((head, _version)) = path.rsplit_once('/') {
+        if let Some((before, "_history")) = head.rsplit_once('/') {
+            if before.contains('/') {
+                path = before;
+            }
+        }
     }
-    let id = segs.pop()?;
-    let t = segs.pop()?;
-    if !segs.is_empty() && !reference.contains("://") {
-        return None;
-    }
+    let (head, id) = path.rsplit_once('/')?;
+    let t = match head.rsplit_once('/') {
+        Some(_) if !reference.contains("://") => return None,
+        Some((_, t)) => t,
+        None => head,
+    };
     (is_type(t) && is_id(id)).then_some((t, id))
 }
 
-/// Every value at a dotted path, walking through arrays.
-pub(crate) fn values_at<'v>(resource: &'v Value, path: &str) -> Vec<&'v Value> {
-    let mut current = vec![resource];
-    for step in path.split('.') {
-        let mut next = Vec::new();
-        for v in current {
-            match v.get(step) {
-                Some(Value::Array(items)) => next.extend(items.iter()),
-                Some(x) => next.push(x),
-                None => {}
-            }
-        }
-        current = next;
+/// Calls `f` with every value at a dotted path, walking through arrays, in
+/// document order, until it returns true; true when it did. Allocates
+/// nothing: it runs for every entry of a case on every read.
+pub(crate) fn any_at<'v, F>(resource: &'v Value, path: &str, f: &mut F) -> bool
+where
+    F: FnMut(&'v Value) -> bool,
+{
+    let (step, rest) = match path.split_once('.') {
+        Some((step, rest)) => (step, Some(rest)),
+        None => (path, None),
+    };
+    let mut visit = |v: &'v Value| match rest {
+        Some(rest) => any_at(v, rest, f),
+        None => f(v),
+    };
+    match resource.get(step) {
+        Some(Value::Array(items)) => items.iter().any(visit),
+        Some(v) => visit(v),
+        None => false,
     }
-    current
+}
+
+/// Calls `f` with every value at a dotted path (see [`any_at`]).
+pub(crate) fn each_at<'v>(resource: &'v Value, path: &str, mut f: impl FnMut(&'v Value)) {
+    any_at(resource, path, &mut |v| {
+        f(v);
+        false
+    });
+}
+
+/// The first value at a dotted path (see [`any_at`]).
+pub(crate) fn first_at<'v>(resource: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut first = None;
+    any_at(resource, path, &mut |v| {
+        first = Some(v);
+        true
+    });
+    first
 }
 
 fn has_bsn(patient: &Value, bsn: &str) -> bool {
-    values_at(patient, "identifier").into_iter().any(|i| {
+    any_at(patient, "identifier", &mut |i| {
         i.get("system").and_then(Value::as_str) == Some(BSN_SYSTEM)
             && i.get("value").and_then(Value::as_str) == Some(bsn)
     })
@@ -274,10 +310,8 @@ fn has_bsn(patient: &Value, bsn: &str) -> bool {
 
 /// True when the resource's patient links name a Patient other than ours.
 fn about_another_patient(all: &Index<'_>, resource: &Value, patient: usize, bsn: &str) -> bool {
-    PATIENT_LINKS
-        .iter()
-        .flat_map(|field| values_at(resource, field))
-        .any(|link| {
+    PATIENT_LINKS.iter().any(|field| {
+        any_at(resource, field, &mut |link| {
             if let Some(r) = link.get("reference").and_then(Value::as_str) {
                 match all.resolve(r) {
                     Some(i) => all.entries[i].resource_type == "Patient" && i != patient,
@@ -290,6 +324,7 @@ fn about_another_patient(all: &Index<'_>, resource: &Value, patient: usize, bsn:
                 false
             }
         })
+    })
 }
 
 #[cfg(test)]
@@ -334,9 +369,45 @@ mod tests {
             "a/Patient/p1",
             "patient/p1",
             "Patient/p 1",
+            "/Patient/p1",
+            "x/_history/3",
         ] {
             assert_eq!(type_and_id(r), None, "{r}");
         }
+        assert_eq!(
+            type_and_id("https://x.example/Observation/o1/_history/2?a=b#c"),
+            Some(("Observation", "o1"))
+        );
+        assert_eq!(
+            type_and_id("Patient/p1/_history/3"),
+            Some(("Patient", "p1"))
+        );
+    }
+
+    #[test]
+    fn values_at_a_path_walk_through_arrays_in_order() {
+        let r = json!({
+            "content": [
+                {"attachment": {"url": "a"}},
+                {"attachment": [{"url": "b"}, {"url": ["c", "d"]}]},
+                {"other": 1},
+            ],
+            "nested": [[{"url": "hidden"}]],
+        });
+        let mut seen = Vec::new();
+        each_at(&r, "content.attachment.url", |v| seen.push(v.clone()));
+        assert_eq!(seen, [json!("a"), json!("b"), json!("c"), json!("d")]);
+        assert_eq!(first_at(&r, "content.attachment.url"), Some(&json!("a")));
+        assert_eq!(first_at(&r, "content.missing"), None);
+        let mut seen = Vec::new();
+        each_at(&r, "nested.url", |v| seen.push(v.clone()));
+        assert!(seen.is_empty(), "an array inside an array is not walked");
+        let mut calls = 0;
+        assert!(any_at(&r, "content.attachment.url", &mut |v| {
+            calls += 1;
+            v == "b"
+        }));
+        assert_eq!(calls, 2, "stops at the first match");
     }
 
     #[test]
