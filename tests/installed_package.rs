@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
-use common::agent::{Party, World, free_port, key_pem_for};
+use common::agent::{Party, World, free_ports, key_pem_for};
 use np_agent::jose::Alg;
 use np_agent::pki::throwaway::{LeafSpec, UziOtherName};
 use np_agent::util::percent::encode_form as encode;
@@ -164,7 +164,7 @@ fn installed_package_serves_a_token_as_the_service_user() {
     let party = Party::new(&world, tmp.path(), "vip", PARTNER_URA, &[Alg::Es256]);
     let jwks = party.serve_jwks();
 
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports();
     let public = format!("https://localhost:{port}");
     let path_of = |name: &str| file(name).display().to_string();
     let settings: Vec<(String, String)> = [

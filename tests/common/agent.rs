@@ -26,14 +26,19 @@ pub fn agent_bin() -> PathBuf {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released: the kernel does not hand
-/// it out again at once).
+/// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free TCP ports on 127.0.0.1: all bound before any is
+/// released, since the kernel may hand a port just released out again to
+/// the next `bind` to port 0 (seen once: an agent's listen and admin ports
+/// were the same, and it could not start).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [TcpListener; N] = std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 /// The test PKI: one CA for everybody, plus a foreign CA nobody trusts.
@@ -261,7 +266,7 @@ impl AgentSetup {
         let signing_pem = key_pem_for(Alg::Es256);
         let signing = dir.join("signing.pem");
         np_agent::util::durable::write_atomic(&signing, signing_pem.as_bytes()).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
+        let [port, admin_port] = free_ports();
         let mut env = Env::default();
         env.set("NP_LISTEN", format!("127.0.0.1:{port}"))
             .set("NP_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
