@@ -352,15 +352,23 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(type_and_id("Patient/p1"), Some(("Patient", "p1")));
-        assert_eq!(
-            type_and_id("https://x.example/fhir/Binary/b1"),
-            Some(("Binary", "b1"))
-        );
-        assert_eq!(
-            type_and_id("https://x.example/fhir/Patient/p1/_history/3"),
-            Some(("Patient", "p1"))
-        );
+        for (r, t, id) in [
+            ("Patient/p1", "Patient", "p1"),
+            ("https://x.example/fhir/Binary/b1", "Binary", "b1"),
+            (
+                "https://x.example/fhir/Patient/p1/_history/3",
+                "Patient",
+                "p1",
+            ),
+            ("Patient/p1/_history/3", "Patient", "p1"),
+            (
+                "https://x.example/Observation/o1/_history/2?a=b#c",
+                "Observation",
+                "o1",
+            ),
+        ] {
+            assert_eq!(type_and_id(r), Some((t, id)), "{r}");
+        }
         for r in [
             "#c1",
             "urn:uuid:x",
@@ -374,18 +382,10 @@ mod tests {
         ] {
             assert_eq!(type_and_id(r), None, "{r}");
         }
-        assert_eq!(
-            type_and_id("https://x.example/Observation/o1/_history/2?a=b#c"),
-            Some(("Observation", "o1"))
-        );
-        assert_eq!(
-            type_and_id("Patient/p1/_history/3"),
-            Some(("Patient", "p1"))
-        );
     }
 
     #[test]
-    fn values_at_a_path_walk_through_arrays_in_order() {
+    fn the_values_at_a_path_are_walked_through_arrays_in_order() {
         let r = json!({
             "content": [
                 {"attachment": {"url": "a"}},

@@ -91,9 +91,6 @@ struct State<T> {
     queue: Vec<(u64, T)>,
     next: u64,
     flushing: bool,
-    /// Sequence numbers below this were taken by a flush (finished or
-    /// running); the one running is batch number `batches`.
-    taken: u64,
     /// Results of flushed records whose writers have not collected them yet.
     results: HashMap<u64, Result<(), String>>,
     /// Queued records whose tickets were dropped unwaited.
@@ -108,7 +105,6 @@ impl<T> GroupCommit<T> {
                 queue: Vec::new(),
                 next: 0,
                 flushing: false,
-                taken: 0,
                 results: HashMap::new(),
                 abandoned: HashSet::new(),
                 batches: 0,
@@ -147,16 +143,16 @@ impl<T> GroupCommit<T> {
                 return result;
             }
             if s.flushing {
-                // In the running batch, or in the one after it.
-                let batch = s.batches + u64::from(seq >= s.taken);
-                s = self.done[(batch % 2) as usize]
-                    .wait(s)
-                    .unwrap_or_else(|p| p.into_inner());
+                // The running flush is batch number `batches`; a record
+                // still queued (the queue holds the sequence numbers from
+                // `next - queue.len()` up) goes in the one after it.
+                let queued = seq >= s.next - s.queue.len() as u64;
+                let batch = s.batches + u64::from(queued);
+                s = self.done(batch).wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             // Lead: flush everything queued so far, this record included.
             s.flushing = true;
-            s.taken = s.next;
             let batch = std::mem::take(&mut s.queue);
             drop(s);
             let (seqs, records): (Vec<u64>, Vec<T>) = batch.into_iter().unzip();
@@ -170,9 +166,9 @@ impl<T> GroupCommit<T> {
                     s.results.insert(q, result.clone());
                 }
             }
-            self.done[(finished % 2) as usize].notify_all();
+            self.done(finished).notify_all();
             if !s.queue.is_empty() {
-                self.done[((finished + 1) % 2) as usize].notify_one();
+                self.done(finished + 1).notify_one();
             }
         }
     }
@@ -196,6 +192,11 @@ impl<T> GroupCommit<T> {
     pub(crate) fn pending(&self) -> (usize, bool) {
         let s = self.lock();
         (s.queue.len(), s.flushing)
+    }
+
+    /// The condvar the writers of batch number `batch` sleep on.
+    fn done(&self, batch: u64) -> &Condvar {
+        &self.done[(batch % 2) as usize]
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
