@@ -136,13 +136,7 @@ fn a_token_works_only_over_the_certificate_it_was_issued_over() {
     let world = World::new();
     // A second CA that A trusts as well: it too can vouch for B's URA.
     let other_ca = Ca::new("second trusted ca").unwrap();
-    let mut a = AgentSetup::new(&world, tmp.path(), "hospa", URA_A);
-    let mut b = AgentSetup::new(&world, tmp.path(), "hospb", URA_B);
-    a.add_agent(&b);
-    b.add_agent(&a);
-    for s in [&mut a, &mut b] {
-        s.env.set("NP_POLL_INTERVAL", "1s");
-    }
+    let (mut a, b) = AgentSetup::pair(&world, tmp.path(), "debug");
     let trust = a.env.vars["NP_TLS_TRUST"].clone();
     let mut bundle = std::fs::read_to_string(&trust).unwrap();
     bundle.push_str(&other_ca.cert_pem());

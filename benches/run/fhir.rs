@@ -18,8 +18,6 @@ use crate::report::Run;
 use crate::support::{PulledCase, tls_files};
 use crate::tools::{Load, LoadResult, Nginx, oha};
 
-const A_URA: &str = "12345678";
-const B_URA: &str = "87654321";
 const BSN: &str = "999999151";
 const CONDITION: &str = "cond-0";
 const PATIENT: &str = "pat-0";
@@ -31,13 +29,7 @@ const CONNECTIONS: usize = 16;
 pub fn measure(opts: &Options) -> Vec<Run> {
     let tmp = TempDir::new("bench-fhir");
     let world = World::new();
-    let mut a = AgentSetup::new(&world, tmp.path(), "hospa", A_URA);
-    let mut b = AgentSetup::new(&world, tmp.path(), "hospb", B_URA);
-    a.add_agent(&b);
-    b.add_agent(&a);
-    for s in [&mut a, &mut b] {
-        s.env.set("NP_POLL_INTERVAL", "1s").set("NP_LOG", "warn");
-    }
+    let (a, b) = AgentSetup::pair(&world, tmp.path(), "warn");
     let pb = b.start();
     let pa = a.start();
     let case = PulledCase::new(&a, &b, &[&pa, &pb], export().as_bytes(), BSN);
